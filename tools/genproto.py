@@ -28,19 +28,26 @@ def generate(out_dir: Path) -> None:
     bindir = Path(sys.executable).parent  # the venv's bin/, where mypy-protobuf installs its plugins
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
-            sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}", f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
-            f"--python_out={tmp}", f"--grpc_python_out={tmp}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
+            f"--python_out={tmp}",
+            f"--grpc_python_out={tmp}",
             f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-            f"--mypy_out={tmp}", f"--mypy_grpc_out={tmp}",
+            f"--mypy_out={tmp}",
+            f"--mypy_grpc_out={tmp}",
             *protos,
         ]
         subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
-        (out_dir / "__init__.py").write_text('"""Generated from proto/ by tools/genproto.py; never hand-edited."""\n')
+        (out_dir / "__init__.py").write_text(
+            '"""Generated from proto/ by tools/genproto.py; never hand-edited."""\n'
+        )
         for src in sorted(Path(tmp).rglob("*")):
             if src.is_dir():
                 continue

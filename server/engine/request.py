@@ -14,9 +14,6 @@ DEFAULT_ENCLOSURE_KIND = "STOCK"
 DEFAULT_MATERIAL = "STEEL_1_6"
 DEFAULT_SENSITIVITY_MA = 30
 
-_BREAKER_INT_FIELDS = ("poles", "trip_at", "frame_af", "sensitivity_ma", "qty")
-_BREAKER_STR_FIELDS = ("kind", "model", "brand", "remark")
-
 
 def clean_text(value: str | None) -> str | None:
     """Trim a string; an empty string counts as absent (DOMAIN.md §2)."""
@@ -70,9 +67,17 @@ def _obj(obj: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any] | Non
 
 
 def _breaker(obj: Mapping[str, Any], path: str) -> BreakerLine:
-    ints = {k: _int(obj, k, path) for k in _BREAKER_INT_FIELDS}
-    strs = {k: _str(obj, k, path) for k in _BREAKER_STR_FIELDS}
-    return BreakerLine(**ints, **strs)
+    return BreakerLine(
+        kind=_str(obj, "kind", path),
+        poles=_int(obj, "poles", path),
+        trip_at=_int(obj, "trip_at", path),
+        frame_af=_int(obj, "frame_af", path),
+        model=_str(obj, "model", path),
+        brand=_str(obj, "brand", path),
+        sensitivity_ma=_int(obj, "sensitivity_ma", path),
+        qty=_int(obj, "qty", path),
+        remark=_str(obj, "remark", path),
+    )
 
 
 def request_from_dict(data: Mapping[str, Any]) -> EstimateRequest:

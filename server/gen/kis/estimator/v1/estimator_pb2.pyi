@@ -457,25 +457,23 @@ Global___RequestMeta: _TypeAlias = RequestMeta  # noqa: Y015
 
 @_typing.final
 class CreateEstimateResponse(_message.Message):
-    """Reply of CreateEstimate."""
+    """Reply of CreateEstimate. A replay of a known request_id returns the stored reply byte for
+    byte; the server then sets the initial metadata header `kis-replayed: true`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ESTIMATE_FIELD_NUMBER: _builtins.int
-    REPLAYED_FIELD_NUMBER: _builtins.int
-    replayed: _builtins.bool
-    """True when the reply was served from the idempotency record of request_id."""
     @_builtins.property
     def estimate(self) -> Global___Estimate: ...
     def __init__(
         self,
         *,
         estimate: Global___Estimate | None = ...,
-        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "replayed", b"replayed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,59 @@
+# KIS Estimator — the two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup gen check-gen lint typecheck proto-check unit integration clean
+
+setup: $(STAMP) $(BUF)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $(BUF)
+
+gen: $(STAMP)
+	$(PY) tools/genproto.py 2>/dev/null
+
+# Generated code is committed; CI regenerates it and fails on any difference.
+check-gen: $(STAMP)
+	@tmp=$$(mktemp -d) && $(PY) tools/genproto.py $$tmp/gen 2>/dev/null && \
+	  if ! diff -r -x __pycache__ $$tmp/gen server/gen; then \
+	    echo "server/gen is stale: run 'make gen' and commit"; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
+	@echo "generated code up to date"
+
+proto-check: $(BUF)
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+	@if git rev-parse --verify -q refs/heads/main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+	  $(BUF) breaking --against '.git#branch=main' && echo "buf breaking: compatible with main"; \
+	else echo "buf breaking: no main branch with a proto API to compare against yet"; fi
+	$(BUF) breaking --against proto/baseline/kis-estimator-v1.binpb && echo "buf breaking: compatible with the released v1 baseline"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+run: setup gen
+	@mkdir -p var
+	@echo "KIS Estimator: gRPC on 127.0.0.1:8787 (SQLite var/kis.db). In another shell, create a token:"
+	@echo "  $(VENV)/bin/kis-estimator token create --role ESTIMATOR --name \$$USER"
+	@echo "then: KIS_TOKEN=<token> $(VENV)/bin/kis-estimator estimate examples/example1.json"
+	$(VENV)/bin/kis-estimator serve
+
+test: setup check-gen proto-check lint typecheck
+	$(PY) -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,386 @@
+"""Runs the acceptance cases (DOMAIN.md §17 regression, §18 supplementary, §19 smoke) over gRPC.
+
+A pure client: it talks to any endpoint through the generated stubs, like ``kis-estimator regress
+--target HOST:PORT``, and the in-process test suite uses the very same code.
+
+Run prefix: ``{run}`` in request ids and dedup keys is replaced by a prefix unique to the run, so the
+suite can run twice against one store without replaying the first run's stored replies. Expected
+values never depend on it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta, timezone
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from server.acceptance.cases import Case, build_request, load_cases, substitute
+from server.clock import Clock, SystemClock
+from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+
+KST = timezone(timedelta(hours=9))
+CALL_TIMEOUT_S = 10.0
+DEFAULT_ROLE = "ESTIMATOR"  # steps without "role" call as an estimator; "role": null calls without a token
+SUPPORTED_RPCS = frozenset({"CreateEstimate", "GetEstimate", "ValidateEstimate", "ListEstimates"})
+
+# Statuses, decisions as the cases spell them.
+_STATUS_NAMES = {v: k.removeprefix("ESTIMATE_STATUS_") for k, v in pb.EstimateStatus.items()}
+_DECISION_NAMES = {v: k.removeprefix("DECISION_") for k, v in pb.Decision.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one call returned: status code name, the estimate view (on OK) or the error details."""
+
+    code: str
+    estimate: Mapping[str, Any] | None = None
+    raw: bytes = b""
+    violations: tuple[Mapping[str, str], ...] = ()
+    error_info: Mapping[str, str] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass(slots=True)
+class CaseResult:
+    case_id: str
+    suite: str
+    title: str
+    passed: bool = False
+    skipped: str = ""
+    failures: list[str] = field(default_factory=list)
+    estimate_ids: list[str] = field(default_factory=list)
+
+
+def _opt(msg: Any, name: str) -> int | None:
+    return int(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def estimate_view(est: pb.Estimate) -> dict[str, Any]:
+    """A plain-data view of an Estimate message, in the vocabulary of the case files."""
+    lines = []
+    for line in est.lines:
+        lines.append(
+            {
+                "no": line.no,
+                "section": line.section,
+                "name": line.name,
+                "spec": line.spec,
+                "unit": line.unit,
+                "qty": line.qty if line.WhichOneof("quantity") == "qty" else None,
+                "qty_kg": line.qty_kg if line.WhichOneof("quantity") == "qty_kg" else None,
+                "unit_price_krw": _opt(line, "unit_price_krw"),
+                "amount_krw": _opt(line, "amount_krw"),
+                "rule_id": line.rule_id,
+                "reason_id": line.reason_id,
+            }
+        )
+    enc = est.enclosure
+    return {
+        "estimate_id": est.estimate_id,
+        "revision": est.revision,
+        "status": _STATUS_NAMES[est.status],
+        "decision": _DECISION_NAMES[est.decision],
+        "catalog_version": est.catalog_version,
+        "size_mm": [est.sizing.width_mm, est.sizing.height_mm, est.sizing.depth_mm],
+        "sizing": json_format.MessageToDict(est.sizing, preserving_proto_field_name=True),
+        "enclosure": {
+            "kind": enc.kind,
+            "series": enc.series,
+            "model": enc.model,
+            "material": enc.material,
+            "width_mm": enc.width_mm,
+            "height_mm": enc.height_mm,
+            "depth_mm": enc.depth_mm,
+            "unit_price_krw": _opt(enc, "unit_price_krw"),
+        },
+        "totals": {
+            "subtotal_krw": _opt(est.totals, "subtotal_krw"),
+            "vat_krw": _opt(est.totals, "vat_krw"),
+            "total_krw": _opt(est.totals, "total_krw"),
+            "partial_subtotal_krw": est.totals.partial_subtotal_krw,
+        },
+        "review_reasons": [
+            {"reason_id": r.reason_id, "code": r.code, "path": r.path} for r in est.review_reasons
+        ],
+        "warnings": [{"code": w.code, "path": w.path} for w in est.warnings],
+        "phase_balance": {
+            "applicable": est.phase_balance.applicable,
+            "r_a": est.phase_balance.r_a,
+            "s_a": est.phase_balance.s_a,
+            "t_a": est.phase_balance.t_a,
+            "imbalance_pct": est.phase_balance.imbalance_pct,
+        },
+        "lines": lines,
+        "selections": [
+            {
+                "path": s.path,
+                "kind": s.kind,
+                "poles": s.poles,
+                "trip_at": s.trip_at,
+                "qty": s.qty,
+                "high_sensitivity": s.high_sensitivity,
+                "explicit_model": s.explicit_model,
+                "model": s.model,
+                "brand": s.brand,
+                "grade": s.grade,
+                "frame_af": s.frame_af,
+                "unit_price_krw": _opt(s, "unit_price_krw"),
+                "reason_id": s.reason_id,
+            }
+            for s in est.selections
+        ],
+    }
+
+
+def outcome_of_error(err: grpc.RpcError) -> Outcome:
+    """Decode a failed call's rich status."""
+    call: Any = err
+    status = rpc_status.from_call(call)
+    violations: list[dict[str, str]] = []
+    info: dict[str, str] = {}
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations.extend(
+                    {
+                        "code": fv.reason,
+                        "field": fv.field,
+                        "message_en": fv.description,
+                        "message_ko": fv.localized_message.message,
+                    }
+                    for fv in bad.field_violations
+                )
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                ei = error_details_pb2.ErrorInfo()
+                detail.Unpack(ei)
+                info = {"reason": ei.reason, "domain": ei.domain, **dict(ei.metadata)}
+    return Outcome(
+        code=call.code().name,
+        violations=tuple(violations),
+        error_info=info,
+        message=call.details() or "",
+    )
+
+
+def _subset_failures(path: str, expected: Any, actual: Any) -> list[str]:
+    if isinstance(expected, Mapping):
+        if not isinstance(actual, Mapping):
+            return [f"{path}: expected an object, got {actual!r}"]
+        out: list[str] = []
+        for key, value in expected.items():
+            out += _subset_failures(f"{path}.{key}", value, actual.get(key))
+        return out
+    if expected != actual:
+        return [f"{path}: expected {expected!r}, got {actual!r}"]
+    return []
+
+
+def _matches(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
+    return not _subset_failures("", expected, actual)
+
+
+def check_outcome(expect: Mapping[str, Any], outcome: Outcome, refs: Mapping[str, str]) -> list[str]:
+    """Every difference between a step's expectation and what the call returned."""
+    failures: list[str] = []
+    want_code = expect.get("code", "OK")
+    if outcome.code != want_code:
+        first = outcome.violations[0] if outcome.violations else {}
+        failures.append(
+            f"code: expected {want_code}, got {outcome.code} {first.get('code', '')} {outcome.message}"
+        )
+        return failures
+    if "violations" in expect:
+        got = [{"code": v["code"], "field": v["field"]} for v in outcome.violations]
+        if got != list(expect["violations"]):
+            failures.append(f"violations: expected {expect['violations']}, got {got}")
+    for key, value in expect.get("error_info", {}).items():
+        want = (
+            refs.get(value[1:], f"<unknown ref {value}>")
+            if isinstance(value, str) and value.startswith("@")
+            else value
+        )
+        if outcome.error_info.get(key) != want:
+            failures.append(f"error_info.{key}: expected {want!r}, got {outcome.error_info.get(key)!r}")
+    est = outcome.estimate
+    if est is None:
+        return failures
+    for key in ("status", "decision", "size_mm", "revision"):
+        if key in expect and est.get(key) != expect[key]:
+            failures.append(f"{key}: expected {expect[key]!r}, got {est.get(key)!r}")
+    for key in ("enclosure", "totals", "phase_balance"):
+        if key in expect:
+            failures += _subset_failures(key, expect[key], est[key])
+    if "review_reasons" in expect:
+        got = [{"code": r["code"], "path": r["path"]} for r in est["review_reasons"]]
+        want = [{"code": r["code"], "path": r["path"]} for r in expect["review_reasons"]]
+        if got != want:
+            failures.append(f"review_reasons: expected {want}, got {got}")
+    for key in ("warnings", "lines", "selections"):
+        for wanted in expect.get(key, []):
+            if not any(_matches(wanted, row) for row in est[key]):
+                failures.append(f"{key}: no entry matches {wanted!r} (have {est[key]!r})")
+    return failures
+
+
+Caller = Callable[[str, Mapping[str, Any], str | None], Outcome]
+
+
+class GrpcCaller:
+    """Calls the estimator's RPCs by name with a bearer token per role."""
+
+    def __init__(
+        self, channel: grpc.Channel, tokens: Mapping[str, str], default_role: str = "ESTIMATOR"
+    ) -> None:
+        self._stub = pb_grpc.EstimatorServiceStub(channel)
+        self._tokens = tokens
+        self._default_role = default_role
+
+    def _metadata(self, role: str | None) -> tuple[tuple[str, str | bytes], ...]:
+        token = self._tokens.get(role) if role else None
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __call__(self, rpc: str, request: Mapping[str, Any], role: str | None) -> Outcome:
+        metadata = self._metadata(role)
+        try:
+            if rpc == "CreateEstimate":
+                msg = json_format.ParseDict(dict(request), pb.CreateEstimateRequest())
+                reply, _call = self._stub.CreateEstimate.with_call(
+                    msg, metadata=metadata, timeout=CALL_TIMEOUT_S
+                )
+                return Outcome("OK", estimate_view(reply.estimate), reply.SerializeToString())
+            if rpc == "ValidateEstimate":
+                msg_v = json_format.ParseDict({"request": request}, pb.ValidateEstimateRequest())
+                reply_v = self._stub.ValidateEstimate(msg_v, metadata=metadata, timeout=CALL_TIMEOUT_S)
+                return Outcome("OK", estimate_view(reply_v.estimate), reply_v.SerializeToString())
+            if rpc == "GetEstimate":
+                msg_g = json_format.ParseDict(dict(request), pb.GetEstimateRequest())
+                reply_g = self._stub.GetEstimate(msg_g, metadata=metadata, timeout=CALL_TIMEOUT_S)
+                return Outcome("OK", estimate_view(reply_g.estimate), reply_g.SerializeToString())
+        except grpc.RpcError as err:
+            return outcome_of_error(err)
+        raise ValueError(f"unsupported rpc {rpc}")
+
+
+def _resolve_refs(obj: Any, refs: Mapping[str, str]) -> Any:
+    if isinstance(obj, str) and obj.startswith("@") and obj[1:] in refs:
+        return refs[obj[1:]]
+    if isinstance(obj, dict):
+        return {k: _resolve_refs(v, refs) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_resolve_refs(v, refs) for v in obj]
+    return obj
+
+
+def run_case(case: Case, call: Caller, run: str, month: str, refs: dict[str, str]) -> CaseResult:
+    """Run one case's steps in order; later steps may refer to ``@step0`` or ``@<case id>``."""
+    result = CaseResult(case_id=case.id, suite=case.suite, title=case.title)
+    missing = [rpc for rpc in case.requires if rpc not in SUPPORTED_RPCS]
+    if missing:
+        result.skipped = f"needs {', '.join(missing)} (not served yet)"
+        return result
+    step_refs = dict(refs)
+    replies: list[bytes] = []
+    for index, step in enumerate(case.steps):
+        request = _resolve_refs(substitute(build_request(step), run, month), step_refs)
+        role = None if step.anonymous else (step.role or DEFAULT_ROLE)
+        outcome = call(step.rpc, request, role)
+        failures = check_outcome(step.expect, outcome, step_refs)
+        same = step.expect.get("same_as_step")
+        if same is not None and (same >= len(replies) or replies[same] != outcome.raw):
+            failures.append(f"reply differs from step {same}'s reply")
+        result.failures += [f"step {index}: {f}" for f in failures]
+        replies.append(outcome.raw)
+        if outcome.estimate is not None and outcome.estimate.get("estimate_id"):
+            step_refs[f"step{index}"] = outcome.estimate["estimate_id"]
+            result.estimate_ids.append(outcome.estimate["estimate_id"])
+            if case.id not in refs:
+                refs[case.id] = outcome.estimate["estimate_id"]
+    result.passed = not result.failures
+    return result
+
+
+def kst_month(clock: Clock) -> str:
+    return clock.now().astimezone(KST).strftime("%Y-%m")
+
+
+def run_suites(
+    call: Caller,
+    suites: Sequence[str] = ("regression",),
+    *,
+    run: str | None = None,
+    clock: Clock | None = None,
+    cases: Sequence[Case] | None = None,
+) -> list[CaseResult]:
+    """Run the named suites in case order; returns one result per case."""
+    run = run if run is not None else f"r{uuid.uuid4().hex[:8]}-"
+    month = kst_month(clock or SystemClock())
+    refs: dict[str, str] = {}
+    selected = [c for c in (cases if cases is not None else load_cases()) if c.suite in suites]
+    return [run_case(case, call, run, month, refs) for case in selected]
+
+
+# --------------------------------------------------------------------------- smoke (§19)
+
+
+def run_smoke(channel: grpc.Channel, call: Caller, *, clock: Clock | None = None) -> list[CaseResult]:
+    """The three smoke checks of DOMAIN.md §19."""
+    results = []
+    health = CaseResult("SMOKE-1", "smoke", "grpc.health.v1.Health/Check service '' is SERVING")
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT_S
+        )
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            health.failures.append(
+                f"health status {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+            )
+    except grpc.RpcError as err:
+        health.failures.append(f"health check failed: {outcome_of_error(err).code}")
+    health.passed = not health.failures
+    results.append(health)
+
+    s01 = next(c for c in load_cases() if c.id == "S01")
+    request = dict(build_request(s01.steps[0]))
+    request.pop("meta", None)
+    request["request_id"] = f"smoke-{uuid.uuid4().hex}"
+    create = CaseResult("SMOKE-2", "smoke", "S01 without dedup_key: COMPLETED, total 495,385")
+    outcome = call("CreateEstimate", request, "ESTIMATOR")
+    create.failures = check_outcome(
+        {"code": "OK", "status": "COMPLETED", "decision": "OK", "totals": {"total_krw": 495385}}, outcome, {}
+    )
+    create.passed = not create.failures
+    results.append(create)
+
+    bad = dict(request)
+    bad["request_id"] = f"smoke-{uuid.uuid4().hex}"
+    bad["branches"] = [dict(bad["branches"][0], poles=5), *bad["branches"][1:]]
+    invalid = CaseResult("SMOKE-3", "smoke", "branches[0].poles = 5: exactly one POLES_MISMATCH")
+    invalid.failures = check_outcome(
+        {
+            "code": "INVALID_ARGUMENT",
+            "violations": [{"code": "POLES_MISMATCH", "field": "branches[0].poles"}],
+        },
+        call("CreateEstimate", bad, "ESTIMATOR"),
+        {},
+    )
+    invalid.passed = not invalid.failures
+    results.append(invalid)
+    return results
+
+
+def summarise(results: Sequence[CaseResult]) -> tuple[int, int, int]:
+    """(passed, failed, skipped)."""
+    passed = sum(1 for r in results if r.passed)
+    skipped = sum(1 for r in results if r.skipped)
+    return passed, len(results) - passed - skipped, skipped

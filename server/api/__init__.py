@@ -1,0 +1,1 @@
+"""gRPC adapters: servicers, conversion, status mapping, the interceptor."""

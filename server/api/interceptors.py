@@ -1,0 +1,264 @@
+"""The server interceptor: request ids, authentication + RBAC, hostile-input guards, error mapping, logs.
+
+It rewraps every method handler so that all of this runs in the worker thread that serves the
+call (``intercept_service`` itself runs before a worker is chosen):
+
+1. request id: the client's ``x-request-id`` (if sane) or a new one; every log line carries it;
+2. P1 of DOMAIN.md §3: ``authorization: Bearer <token>`` → :class:`Principal`; no or unknown token →
+   UNAUTHENTICATED, a role the §16.4 table does not allow → PERMISSION_DENIED. Health checks and
+   reflection are public;
+3. request bytes that do not decode, or carry fields this server does not know, are answered
+   INVALID_ARGUMENT ``MALFORMED_REQUEST`` (grpcio would otherwise answer INTERNAL). Unknown fields
+   are refused rather than ignored: a client built from a newer schema must not get a quote that
+   silently ignores what it asked for;
+4. servicers never call ``context.abort`` (grpcio signals it with a bare ``Exception``); they raise
+   :class:`DomainError`, which becomes its rich status (``server/api/status.py``); any other exception is a
+   bug: logged with a trace id and answered INTERNAL ``INTERNAL_ERROR`` naming that id.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import message as pb_message
+from google.protobuf import unknown_fields
+
+from server.api.status import status_code_of, to_grpc_status
+from server.engine.errors import DomainError, ErrorCode
+from server.engine.messages import violation
+from server.engine.roles import Principal, may_call
+from server.service.estimates import CallAbandoned
+
+log = logging.getLogger(__name__)
+
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+REQUEST_ID_HEADER = "x-request-id"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+Authenticator = Callable[[str], Principal | None]
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC being served (set by the interceptor before the servicer runs)."""
+    principal = _principal.get()
+    if principal is None:
+        raise RuntimeError("no authenticated principal in this context")
+    return principal
+
+
+def current_request_id() -> str:
+    return _request_id.get()
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """Stands in for a request whose bytes did not decode."""
+
+    error: str
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        if deserialize is None:
+            return data
+        try:
+            return deserialize(data)
+        except pb_message.DecodeError as exc:
+            return MalformedRequest(str(exc) or "undecodable message")
+
+    return parse
+
+
+def _unknown_field_path(msg: pb_message.Message, prefix: str = "") -> str | None:
+    """Path of the first unknown field in ``msg`` (depth first), or None."""
+    unknown = unknown_fields.UnknownFieldSet(msg)
+    if len(unknown):
+        return f"{prefix}#{unknown[0].field_number}"
+    for fd, value in msg.ListFields():
+        if fd.message_type is None:
+            continue
+        if fd.is_repeated:
+            for i, item in enumerate(value):
+                found = _unknown_field_path(item, f"{prefix}{fd.name}[{i}].")
+                if found:
+                    return found
+        else:
+            found = _unknown_field_path(value, f"{prefix}{fd.name}.")
+            if found:
+                return found
+    return None
+
+
+def _bearer_token(metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
+    for key, value in metadata:
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _metadata_value(metadata: tuple[tuple[str, str | bytes], ...], name: str) -> str | None:
+    for key, value in metadata:
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs: generic in stubs only
+    """See the module docstring."""
+
+    def __init__(self, authenticate: Authenticator) -> None:
+        self._authenticate = authenticate
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        service, _, operation = method.lstrip("/").rpartition("/")
+        public = service in PUBLIC_SERVICES
+        if handler.request_streaming:
+            return handler  # no client-streaming RPCs of ours; reflection is public and streams
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, operation, public),
+                request_deserializer=_safe_deserializer(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, operation, public),
+                request_deserializer=_safe_deserializer(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _admit(
+        self, request: Any, context: grpc.ServicerContext, operation: str, public: bool
+    ) -> Principal | None:
+        """P1 and the input guards; raises DomainError to refuse the call."""
+        metadata = tuple(context.invocation_metadata() or ())
+        principal: Principal | None = None
+        if not public:
+            token = _bearer_token(metadata)
+            principal = self._authenticate(token) if token else None
+            if principal is None:
+                raise DomainError(violation(ErrorCode.UNAUTHENTICATED, ""))
+            if not may_call(principal.role, operation):
+                raise DomainError(
+                    violation(ErrorCode.PERMISSION_DENIED, "", role=principal.role.value, operation=operation)
+                )
+        if isinstance(request, MalformedRequest):
+            raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, "", v=request.error))
+        if isinstance(request, pb_message.Message):
+            unknown = _unknown_field_path(request)
+            if unknown is not None:
+                raise DomainError(
+                    violation(ErrorCode.MALFORMED_REQUEST, unknown, v=f"unknown field {unknown}")
+                )
+        return principal
+
+    def _enter(self, context: grpc.ServicerContext) -> str:
+        metadata = tuple(context.invocation_metadata() or ())
+        given = _metadata_value(metadata, REQUEST_ID_HEADER)
+        request_id = given if given and _SANE_REQUEST_ID.match(given) else secrets.token_hex(8)
+        _request_id.set(request_id)
+        _principal.set(None)
+        return request_id
+
+    def _fail(self, context: grpc.ServicerContext, exc: Exception, method: str) -> grpc.StatusCode:
+        if isinstance(exc, DomainError):
+            context.abort_with_status(to_grpc_status(exc))
+        trace_id = secrets.token_hex(8)
+        log.error("unhandled error", extra={"trace_id": trace_id, "method": method}, exc_info=exc)
+        context.abort_with_status(
+            to_grpc_status(DomainError(violation(ErrorCode.INTERNAL_ERROR, "", trace_id=trace_id)))
+        )
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    def _log(
+        self, method: str, code: str, started: float, principal: Principal | None, extra_code: str = ""
+    ) -> None:
+        log.info(
+            "rpc",
+            extra={
+                "method": method,
+                "grpc_code": code,
+                "error_code": extra_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "actor": principal.name if principal else "",
+                "role": principal.role.value if principal else "",
+            },
+        )
+
+    def _wrap_unary(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Any], method: str, operation: str, public: bool
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            self._enter(context)
+            principal = None
+            try:
+                principal = self._admit(request, context, operation, public)
+                _principal.set(principal)
+                response = behavior(request, context)
+            except DomainError as exc:
+                self._log(method, status_code_of(exc.kind).name, started, principal, exc.code.value)
+                self._fail(context, exc, method)
+            except CallAbandoned:
+                self._log(method, "CANCELLED", started, principal)
+                context.abort(grpc.StatusCode.CANCELLED, "the call ended before the estimate was stored")
+            except Exception as exc:  # noqa: BLE001 - the boundary of STYLE.md §2.7: log, convert, never swallow
+                self._log(method, "INTERNAL", started, principal, ErrorCode.INTERNAL_ERROR.value)
+                self._fail(context, exc, method)
+            self._log(method, "OK", started, principal)
+            return response
+
+        return wrapped
+
+    def _wrap_stream(
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+        method: str,
+        operation: str,
+        public: bool,
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            self._enter(context)
+            principal = None
+            try:
+                principal = self._admit(request, context, operation, public)
+                _principal.set(principal)
+                yield from behavior(request, context)
+            except DomainError as exc:
+                self._log(method, status_code_of(exc.kind).name, started, principal, exc.code.value)
+                self._fail(context, exc, method)
+            except Exception as exc:  # noqa: BLE001 - the boundary of STYLE.md §2.7: log, convert, never swallow
+                self._log(method, "INTERNAL", started, principal, ErrorCode.INTERNAL_ERROR.value)
+                self._fail(context, exc, method)
+            self._log(method, "OK", started, principal)
+
+        return wrapped

@@ -1,0 +1,269 @@
+"""``kis-estimator``: serve, tokens, and a client for estimates, regression and smoke checks.
+
+Client commands find the server with ``--target`` (default 127.0.0.1:8787) and the bearer token with
+``--token`` or the ``KIS_TOKEN`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf import json_format
+
+from server.acceptance import runner
+from server.clock import SystemClock
+from server.engine.roles import Role
+from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from server.logging_json import configure_logging
+from server.main import open_store, serve
+from server.service.tokens import TokenService
+from server.settings import ClientSettings, Settings, SettingsError
+
+DEFAULT_TARGET = "127.0.0.1:8787"
+
+
+def _out(text: str = "", stream: TextIO | None = None) -> None:
+    (stream or sys.stdout).write(text + "\n")
+
+
+def _err(text: str) -> None:
+    _out(text, sys.stderr)
+
+
+def _channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str | bytes], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _print_error(err: grpc.RpcError) -> int:
+    outcome = runner.outcome_of_error(err)
+    _err(f"error: {outcome.code}: {outcome.message}")
+    for v in outcome.violations:
+        _err(f"  {v['field'] or '-'}  {v['code']}  {v['message_en']}")
+        if v.get("message_ko"):
+            _err(f"  {'':{len(v['field'] or '-')}}  {'':{len(v['code'])}}  {v['message_ko']}")
+    extra = {k: v for k, v in outcome.error_info.items() if k not in {"reason", "domain"}}
+    if extra:
+        _err("  " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
+    return 2
+
+
+def _money(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def format_estimate(est: pb.Estimate) -> str:
+    """A readable quote: header, lines, totals, review questions, warnings."""
+    view = runner.estimate_view(est)
+    enc = view["enclosure"]
+    out = [
+        f"Estimate {est.estimate_id or '(not stored)'}  revision {est.revision}  "
+        f"{view['status']} / {view['decision']}",
+        f"Catalog {est.catalog_version[:8]}  rules {est.rules_version}",
+        "Computed size {}x{}x{} mm; enclosure {} {} {}x{}x{}".format(
+            *view["size_mm"],
+            enc["kind"],
+            enc["model"] or "(custom)",
+            enc["width_mm"],
+            enc["height_mm"],
+            enc["depth_mm"],
+        ),
+        "",
+        f"{'no':>3}  {'section':<22} {'item':<44} {'qty':>7} {'unit':<3} {'unit price':>12} {'amount':>12}",
+    ]
+    for line in view["lines"]:
+        qty = line["qty_kg"] if line["qty_kg"] is not None else str(line["qty"])
+        item = f"{line['name']} {line['spec']}".strip()
+        out.append(
+            f"{line['no']:>3}  {line['section']:<22} {item[:44]:<44} {qty:>7} {line['unit']:<3} "
+            f"{_money(line['unit_price_krw']):>12} {_money(line['amount_krw']):>12}"
+            + (f"  ({line['reason_id']})" if line["reason_id"] else "")
+        )
+    t = view["totals"]
+    out += [
+        "",
+        f"{'subtotal':>96} {_money(t['subtotal_krw']):>12}",
+        f"{'VAT 10%':>96} {_money(t['vat_krw']):>12}",
+        f"{'total KRW':>96} {_money(t['total_krw']):>12}",
+    ]
+    if t["total_krw"] is None:
+        out.append(f"{'partial subtotal (known prices)':>96} {_money(t['partial_subtotal_krw']):>12}")
+    if est.review_reasons:
+        out += ["", "Review questions:"]
+        for r in est.review_reasons:
+            out += [f"  {r.reason_id} {r.code} at {r.path}", f"     {r.question_en}", f"     {r.question_ko}"]
+    if est.warnings:
+        out += ["", "Warnings:"]
+        out += [f"  {w.code} at {w.path or '-'}: {w.message_en} / {w.message_ko}" for w in est.warnings]
+    pbal = est.phase_balance
+    if pbal.applicable:
+        out.append(f"\nPhase balance R {pbal.r_a} A, S {pbal.s_a} A, T {pbal.t_a} A: {pbal.imbalance_pct} %")
+    return "\n".join(out)
+
+
+def _emit(est: pb.Estimate, as_json: bool) -> None:
+    if as_json:
+        _out(
+            json.dumps(
+                json_format.MessageToDict(est, preserving_proto_field_name=True), ensure_ascii=False, indent=2
+            )
+        )
+    else:
+        _out(format_estimate(est))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    return serve(settings, address=args.listen)
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        service = TokenService(store, SystemClock())
+        new = service.create(Role(args.role), args.name)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        return 2
+    finally:
+        store.close()
+    _out(new.token)
+    return 0
+
+
+def _load_request(path: str) -> pb.CreateEstimateRequest:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return json_format.Parse(text, pb.CreateEstimateRequest())
+
+
+def cmd_estimate(args: argparse.Namespace, client: ClientSettings) -> int:
+    try:
+        request = _load_request(args.file)
+    except (OSError, json_format.ParseError) as exc:
+        _err(f"error: cannot read {args.file}: {exc}")
+        return 2
+    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    try:
+        if args.dry_run:
+            reply_v = stub.ValidateEstimate(
+                pb.ValidateEstimateRequest(request=request),
+                metadata=_metadata(client.token),
+                timeout=args.timeout,
+            )
+            _emit(reply_v.estimate, args.json)
+        else:
+            reply = stub.CreateEstimate(request, metadata=_metadata(client.token), timeout=args.timeout)
+            _emit(reply.estimate, args.json)
+    except grpc.RpcError as err:
+        return _print_error(err)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, client: ClientSettings) -> int:
+    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    try:
+        reply = stub.GetEstimate(
+            pb.GetEstimateRequest(estimate_id=args.estimate_id),
+            metadata=_metadata(client.token),
+            timeout=args.timeout,
+        )
+    except grpc.RpcError as err:
+        return _print_error(err)
+    _emit(reply.estimate, args.json)
+    return 0
+
+
+def _report(results: Sequence[runner.CaseResult], label: str) -> int:
+    for r in results:
+        mark = "PASS" if r.passed else ("SKIP" if r.skipped else "FAIL")
+        _out(f"{mark}  {r.case_id:<8} {r.title}" + (f"  [{r.skipped}]" if r.skipped else ""))
+        for failure in r.failures:
+            _out(f"        {failure}")
+    passed, failed, skipped = runner.summarise(results)
+    total = passed + failed
+    _out(f"{label}: {passed}/{total} passed" + (f", {skipped} skipped" if skipped else ""))
+    return 0 if failed == 0 and total > 0 else 1
+
+
+def _caller(client: ClientSettings) -> tuple[grpc.Channel, runner.GrpcCaller]:
+    channel = _channel(client.target)
+    tokens = dict.fromkeys([r.value for r in Role], client.token) if client.token else {}
+    return channel, runner.GrpcCaller(channel, tokens)
+
+
+def cmd_regress(args: argparse.Namespace, client: ClientSettings) -> int:
+    _, call = _caller(client)
+    suites = ("regression", "supplementary") if args.all else ("regression",)
+    return _report(runner.run_suites(call, suites), "regression" if not args.all else "acceptance")
+
+
+def cmd_smoke(args: argparse.Namespace, client: ClientSettings) -> int:
+    channel, call = _caller(client)
+    return _report(runner.run_smoke(channel, call), "smoke")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kis-estimator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="run the gRPC service")
+    p_serve.add_argument("--listen", help="HOST:PORT (default KIS_GRPC_ADDRESS or 127.0.0.1:8787)")
+
+    p_token = sub.add_parser("token", help="manage API tokens")
+    token_sub = p_token.add_subparsers(dest="token_command", required=True)
+    p_create = token_sub.add_parser("create", help="create a token; prints only the token")
+    p_create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p_create.add_argument("--name", required=True)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", help=f"HOST:PORT of the service (default {DEFAULT_TARGET})")
+        p.add_argument("--token", help="bearer token (default: $KIS_TOKEN)")
+        p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds")
+
+    p_est = sub.add_parser("estimate", help="price a request JSON file (- for stdin)")
+    p_est.add_argument("file")
+    p_est.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p_est.add_argument("--dry-run", action="store_true", help="ValidateEstimate: price without storing")
+    client_args(p_est)
+
+    p_get = sub.add_parser("get", help="show a stored estimate")
+    p_get.add_argument("estimate_id")
+    p_get.add_argument("--json", action="store_true")
+    client_args(p_get)
+
+    p_reg = sub.add_parser("regress", help="run the 40 regression cases against a live endpoint")
+    p_reg.add_argument("--all", action="store_true", help="also the supplementary cases")
+    client_args(p_reg)
+
+    p_smoke = sub.add_parser("smoke", help="run the 3 smoke checks against a live endpoint")
+    client_args(p_smoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in {"serve", "token"}:
+            settings = Settings.from_process_env()
+            handler: Any = cmd_serve if args.command == "serve" else cmd_token
+            return int(handler(args, settings))
+        client = ClientSettings.from_process_env(target=args.target, token=args.token)
+    except SettingsError as exc:
+        _err(f"configuration error: {exc}")
+        return 2
+    commands = {"estimate": cmd_estimate, "get": cmd_get, "regress": cmd_regress, "smoke": cmd_smoke}
+    return commands[args.command](args, client)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,563 @@
+"""SQLite implementation of :mod:`server.storage.repository` (WAL, plain parameterized SQL).
+
+Connection model. The gRPC server calls in from a thread pool, and a ``sqlite3.Connection`` must
+never be used by two threads at once. So each unit of work checks one connection out of a small
+pool for its whole life and returns it afterwards: a connection is used by one thread at a time
+(``check_same_thread=False`` only lets it move between threads between units). The pool keeps at
+most ``max_idle_connections`` idle connections and opens more on demand, so concurrency is bounded
+by the callers' thread pool, not here. A unit of work itself must stay on one thread.
+
+Transactions. Connections run in autocommit mode and each unit issues its own ``BEGIN``:
+
+* write units: ``BEGIN IMMEDIATE`` takes the write lock up front, so writers queue on
+  ``busy_timeout`` instead of failing with an unretriable lock upgrade mid-transaction; a
+  read-check-insert in one write unit (dedup, MIXED quota) is therefore atomic;
+* read-only units: ``BEGIN DEFERRED`` under ``PRAGMA query_only``; in WAL mode they read a
+  consistent snapshot and never block or wait for writers.
+
+Durability: ``synchronous = FULL``, so a committed estimate (and the reply built from it) survives
+power loss, not just a process crash. Requires SQLite >= 3.37 (STRICT tables).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from server.engine.codec import (
+    DocumentError,
+    datetime_from_text,
+    datetime_to_text,
+    record_from_document,
+    record_to_document,
+)
+from server.engine.model import Status
+from server.engine.records import EstimateRecord
+from server.storage.migrate import Migration, load_migrations, migrate_sqlite
+from server.storage.repository import (
+    DuplicateKeyError,
+    EstimateCursor,
+    IdempotencyRecord,
+    StaleRevisionError,
+    StorageError,
+    TokenRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+MIN_SQLITE_VERSION = (3, 37, 0)
+_RETRYABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_UNIQUE = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
+
+Row = tuple[object, ...]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def translate(exc: sqlite3.Error, what: str) -> StorageError:
+    """The storage error for a driver error; busy/locked (also extended codes) are retryable."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    retryable = isinstance(code, int) and (code & 0xFF) in _RETRYABLE
+    err = StorageError(f"{what}: {exc}", retryable=retryable)
+    err.__cause__ = exc
+    return err
+
+
+def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in _UNIQUE
+
+
+# --------------------------------------------------------------------------- transaction
+
+
+class _Transaction:
+    """The connection of one open unit of work; every statement goes through here."""
+
+    def __init__(self) -> None:
+        self.conn: sqlite3.Connection | None = None  # set while the unit is open
+
+    @property
+    def active(self) -> bool:
+        return self.conn is not None
+
+    def connection(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise StorageError("unit of work is not open (not entered, committed or rolled back)")
+        return self.conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement; returns the number of rows changed."""
+        try:
+            return self.connection().execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise translate(exc, "sqlite statement failed") from exc
+
+    def insert(self, sql: str, params: Sequence[object]) -> bool:
+        """Run an INSERT; False (nothing written) when a unique or primary key is already taken."""
+        try:
+            self.connection().execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            if _is_unique_violation(exc):
+                return False
+            raise translate(exc, "sqlite insert failed") from exc
+        except sqlite3.Error as exc:
+            raise translate(exc, "sqlite insert failed") from exc
+        return True
+
+    def one(self, sql: str, params: Sequence[object]) -> Row | None:
+        try:
+            row: Row | None = self.connection().execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc, "sqlite query failed") from exc
+        return row
+
+    def all(self, sql: str, params: Sequence[object]) -> list[Row]:
+        try:
+            rows: list[Row] = self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, "sqlite query failed") from exc
+        return rows
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise StorageError(f"corrupt row: expected TEXT, got {type(value).__name__}")
+    return value
+
+
+def _opt_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _time(value: object) -> datetime:
+    try:
+        return datetime_from_text(_text(value))
+    except ValueError as exc:
+        raise StorageError(f"corrupt row: {exc}") from exc
+
+
+def _opt_time(value: object) -> datetime | None:
+    return None if value is None else _time(value)
+
+
+# --------------------------------------------------------------------------- repositories
+
+_ESTIMATE_COLUMNS = (
+    "estimate_id, revision, status, decision, brand, request_id, dedup_key, request_hash, actor,"
+    " accepted_at, completed_at, total_krw, partial_subtotal_krw, catalog_version, document"
+)
+_ESTIMATE_PLACEHOLDERS = ", ".join("?" for _ in _ESTIMATE_COLUMNS.split(","))
+
+
+def _document_text(record: EstimateRecord) -> str:
+    return json.dumps(record_to_document(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _record(estimate_id: object, document: object) -> EstimateRecord:
+    try:
+        return record_from_document(json.loads(_text(document)))
+    except (ValueError, DocumentError) as exc:  # json.JSONDecodeError is a ValueError
+        raise StorageError(f"estimate {estimate_id}: stored document is unreadable: {exc}") from exc
+
+
+class SqliteEstimateRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, record: EstimateRecord) -> None:
+        """Insert a new estimate; DuplicateKeyError when its request_id or dedup_key is taken."""
+        if record.request.brand is None:
+            raise ValueError("a stored estimate needs a brand")
+        inserted = self._tx.insert(
+            f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})",
+            (
+                record.estimate_id,
+                record.revision,
+                record.status.value,
+                record.decision.value,
+                record.request.brand,
+                record.request_id,
+                record.dedup_key,
+                record.request_hash,
+                record.actor,
+                datetime_to_text(record.accepted_at),
+                None if record.completed_at is None else datetime_to_text(record.completed_at),
+                record.quote.totals.total_krw,
+                record.quote.totals.partial_subtotal_krw,
+                record.quote.catalog_version,
+                _document_text(record),
+            ),
+        )
+        if inserted:
+            return
+        # Which key collided: request_id first, since a replay wins over a duplicate (DOMAIN.md §13).
+        if record.request_id is not None:
+            row = self._tx.one("SELECT estimate_id FROM estimates WHERE request_id = ?", (record.request_id,))
+            if row is not None:
+                raise DuplicateKeyError("request_id", _text(row[0]))
+        if record.dedup_key is not None:
+            existing = self.find_by_dedup_key(record.dedup_key)
+            if existing is not None:
+                raise DuplicateKeyError("dedup_key", existing)
+        raise StorageError(f"estimate id {record.estimate_id} is already stored")
+
+    def update(self, record: EstimateRecord) -> None:
+        """Replace the stored revision ``record.revision - 1`` by ``record``."""
+        row = self._tx.one(
+            "SELECT revision, request_hash, request_id, dedup_key, actor, accepted_at"
+            " FROM estimates WHERE estimate_id = ?",
+            (record.estimate_id,),
+        )
+        expected = record.revision - 1
+        if row is None:
+            raise StaleRevisionError(record.estimate_id, expected, None)
+        if row[0] != expected:
+            found = row[0] if isinstance(row[0], int) else None
+            raise StaleRevisionError(record.estimate_id, expected, found)
+        identity = (
+            record.request_hash,
+            record.request_id,
+            record.dedup_key,
+            record.actor,
+            datetime_to_text(record.accepted_at),
+        )
+        if tuple(row[1:]) != identity:
+            raise ValueError(f"estimate {record.estimate_id}: an update must not change its identity fields")
+        self._tx.execute(
+            "UPDATE estimates SET revision = ?, status = ?, decision = ?, completed_at = ?, total_krw = ?,"
+            " partial_subtotal_krw = ?, catalog_version = ?, document = ?"
+            " WHERE estimate_id = ? AND revision = ?",
+            (
+                record.revision,
+                record.status.value,
+                record.decision.value,
+                None if record.completed_at is None else datetime_to_text(record.completed_at),
+                record.quote.totals.total_krw,
+                record.quote.totals.partial_subtotal_krw,
+                record.quote.catalog_version,
+                _document_text(record),
+                record.estimate_id,
+                expected,
+            ),
+        )
+
+    def get(self, estimate_id: str) -> EstimateRecord | None:
+        row = self._tx.one("SELECT document FROM estimates WHERE estimate_id = ?", (estimate_id,))
+        return None if row is None else _record(estimate_id, row[0])
+
+    def find_by_dedup_key(self, dedup_key: str) -> str | None:
+        row = self._tx.one("SELECT estimate_id FROM estimates WHERE dedup_key = ?", (dedup_key,))
+        return None if row is None else _text(row[0])
+
+    def list(
+        self, status: Status | None, page_size: int, after: EstimateCursor | None
+    ) -> tuple[Sequence[EstimateRecord], EstimateCursor | None]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        conditions: list[str] = []
+        params: list[object] = []
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(status.value)
+        if after is not None:
+            conditions.append("(accepted_at, estimate_id) < (?, ?)")
+            params += [datetime_to_text(after.accepted_at), after.estimate_id]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._tx.all(
+            f"SELECT estimate_id, document FROM estimates{where}"  # fixed fragments only; values are bound
+            " ORDER BY accepted_at DESC, estimate_id DESC LIMIT ?",
+            (*params, page_size + 1),
+        )
+        records = [_record(row[0], row[1]) for row in rows[:page_size]]
+        if len(rows) <= page_size:
+            return records, None
+        last = records[-1]
+        return records, EstimateCursor(accepted_at=last.accepted_at, estimate_id=last.estimate_id)
+
+    def count_accepted(self, brand: str, accepted_from: datetime, accepted_before: datetime) -> int:
+        row = self._tx.one(
+            "SELECT COUNT(*) FROM estimates WHERE brand = ? AND accepted_at >= ? AND accepted_at < ?",
+            (brand, datetime_to_text(accepted_from), datetime_to_text(accepted_before)),
+        )
+        count = row[0] if row is not None else 0
+        if not isinstance(count, int):
+            raise StorageError("COUNT(*) did not return an integer")
+        return count
+
+
+class SqliteIdempotencyRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def get(self, request_id: str) -> IdempotencyRecord | None:
+        row = self._tx.one(
+            "SELECT request_id, request_hash, estimate_id, response FROM idempotency WHERE request_id = ?",
+            (request_id,),
+        )
+        if row is None:
+            return None
+        response = row[3]
+        if not isinstance(response, bytes):
+            raise StorageError(f"idempotency {request_id}: response is not a BLOB")
+        return IdempotencyRecord(
+            request_id=_text(row[0]),
+            request_hash=_text(row[1]),
+            estimate_id=_text(row[2]),
+            response=response,
+        )
+
+    def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
+        inserted = self._tx.insert(
+            "INSERT INTO idempotency (request_id, request_hash, estimate_id, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                record.request_id,
+                record.request_hash,
+                record.estimate_id,
+                bytes(record.response),
+                datetime_to_text(created_at),
+            ),
+        )
+        if not inserted:
+            existing = self.get(record.request_id)
+            if existing is None:  # pragma: no cover - the conflicting row is visible in this transaction
+                raise StorageError(f"idempotency {record.request_id}: conflict without a stored row")
+            raise DuplicateKeyError("request_id", existing.estimate_id)
+
+
+_TOKEN_COLUMNS = "token_id, name, role, token_sha256, created_at, revoked_at"
+
+
+def _token(row: Row) -> TokenRecord:
+    return TokenRecord(
+        token_id=_text(row[0]),
+        name=_text(row[1]),
+        role=_text(row[2]),
+        token_sha256=_text(row[3]),
+        created_at=_time(row[4]),
+        revoked_at=_opt_time(row[5]),
+    )
+
+
+class SqliteTokenRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, token_id: str, name: str, role: str, token_sha256: str, created_at: datetime) -> None:
+        inserted = self._tx.insert(
+            f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL)",
+            (token_id, name, role, token_sha256, datetime_to_text(created_at)),
+        )
+        if not inserted:
+            raise StorageError(f"token {token_id}: its id or hash is already stored")
+
+    def find_by_hash(self, token_sha256: str) -> TokenRecord | None:
+        row = self._tx.one(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = ? AND revoked_at IS NULL",
+            (token_sha256,),
+        )
+        return None if row is None else _token(row)
+
+    def list(self) -> Sequence[TokenRecord]:
+        rows = self._tx.all(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, token_id", ())
+        return [_token(row) for row in rows]
+
+    def revoke(self, token_id: str, at: datetime) -> bool:
+        changed = self._tx.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+            (datetime_to_text(at), token_id),
+        )
+        return changed == 1
+
+
+# --------------------------------------------------------------------------- unit of work and store
+
+
+class SqliteUnitOfWork:
+    """One transaction on one pooled connection; see the module docstring."""
+
+    def __init__(self, store: SqliteStore, *, read_only: bool) -> None:
+        self._store = store
+        self._read_only = read_only
+        self._tx = _Transaction()
+        self._entered = False
+        self.estimates = SqliteEstimateRepository(self._tx)
+        self.idempotency = SqliteIdempotencyRepository(self._tx)
+        self.tokens = SqliteTokenRepository(self._tx)
+
+    def __enter__(self) -> Self:
+        if self._entered:
+            raise StorageError("a unit of work can be entered only once")
+        self._entered = True
+        conn = self._store.acquire()
+        try:
+            conn.execute(f"PRAGMA query_only = {1 if self._read_only else 0}")
+            conn.execute("BEGIN DEFERRED" if self._read_only else "BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._store.release(conn, healthy=not conn.in_transaction)
+            raise translate(exc, "cannot begin a transaction") from exc
+        self._tx.conn = conn
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._tx.active:
+            return
+        try:
+            self.rollback()
+        except StorageError:
+            if exc is None:
+                raise
+            # the original exception is the one to report; the rollback failure is secondary
+            logger.exception("rollback failed while handling %s", exc_type)
+
+    def commit(self) -> None:
+        """Commit and finish the unit; on failure it is rolled back and StorageError raised."""
+        conn = self._tx.connection()
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._finish(conn)
+            raise translate(exc, "commit failed") from exc
+        self._finish(conn)
+
+    def rollback(self) -> None:
+        """Roll back and finish the unit."""
+        conn = self._tx.connection()
+        self._finish(conn)
+
+    def _finish(self, conn: sqlite3.Connection) -> None:
+        self._tx.conn = None
+        healthy = True
+        failure: sqlite3.Error | None = None
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                healthy = False
+                failure = exc
+        self._store.release(conn, healthy=healthy)
+        if failure is not None:
+            raise translate(failure, "rollback failed")
+
+
+class SqliteStore:
+    """The SQLite store at ``path`` (parent directories created; schema migrated on open).
+
+    ``busy_timeout_s`` bounds how long a write unit waits for the write lock before failing with a
+    retryable :class:`StorageError`. ``now`` stamps ``schema_migrations.applied_at``.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        busy_timeout_s: float = 5.0,
+        max_idle_connections: int = 8,
+        migrations: Sequence[Migration] | None = None,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise StorageError(
+                f"SQLite {sqlite3.sqlite_version} is too old; "
+                f"need {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer"
+            )
+        if busy_timeout_s <= 0:
+            raise ValueError("busy_timeout_s must be > 0")
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._max_idle = max_idle_connections
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory of {self.path}: {exc}") from exc
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StorageError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
+            migrate_sqlite(
+                conn,
+                load_migrations() if migrations is None else migrations,
+                now=now,
+                format_time=datetime_to_text,
+            )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise translate(exc, f"cannot open {self.path}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._idle.append(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,  # sets SQLite's busy_timeout on this connection
+                isolation_level=None,  # autocommit: units issue BEGIN/COMMIT themselves
+                check_same_thread=False,  # moved between threads by the pool, never shared
+            )
+        except sqlite3.Error as exc:
+            raise translate(exc, f"cannot open {self.path}") from exc
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise translate(exc, f"cannot configure {self.path}") from exc
+        return conn
+
+    def acquire(self) -> sqlite3.Connection:
+        """A connection for the calling unit of work (pool internals, used by SqliteUnitOfWork)."""
+        with self._lock:
+            if self._closed:
+                raise StorageError("store is closed")
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def release(self, conn: sqlite3.Connection, *, healthy: bool) -> None:
+        """Return a connection after its unit finished; broken or surplus ones are closed."""
+        with self._lock:
+            if healthy and not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
+        return SqliteUnitOfWork(self, read_only=read_only)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+__all__ = [
+    "MIN_SQLITE_VERSION",
+    "SqliteEstimateRepository",
+    "SqliteIdempotencyRepository",
+    "SqliteStore",
+    "SqliteTokenRepository",
+    "SqliteUnitOfWork",
+    "translate",
+]

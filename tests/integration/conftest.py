@@ -1,0 +1,73 @@
+"""A real server on 127.0.0.1:0 with a fresh SQLite file, reached through pytest-grpc's fixtures.
+
+pytest-grpc's own ``grpc_server`` builds a bare ``grpc.server``; here it is overridden with the wired
+service (interceptor, health, reflection, storage), and its ``grpc_channel``/``grpc_stub`` fixtures
+are used as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from server.engine.roles import Role
+from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from server.main import App, build_app
+from server.settings import Settings
+
+TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Served:
+    app: App
+    address: str
+    tokens: dict[str, str]
+
+    def metadata(self, role: str | None) -> tuple[tuple[str, str | bytes], ...]:
+        return (("authorization", f"Bearer {self.tokens[role]}"),) if role else ()
+
+
+def start_app(db_dir: Path, **overrides: object) -> Served:
+    settings = Settings(database_url=f"sqlite:///{db_dir / 'kis.db'}", shutdown_grace_s=5.0, **overrides)  # type: ignore[arg-type]
+    app = build_app(settings, address="127.0.0.1:0")
+    app.start()
+    tokens = {role.value: app.deps.tokens.create(role, f"test-{role.value.lower()}").token for role in Role}
+    return Served(app=app, address=f"127.0.0.1:{app.port}", tokens=tokens)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    s = start_app(tmp_path_factory.mktemp("kis"))
+    yield s
+    s.app.stop(0)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[Served]:
+    """A server with an empty store, for tests that depend on what is stored."""
+    s = start_app(tmp_path)
+    yield s
+    s.app.stop(0)
+
+
+# pytest-grpc wiring ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grpc_addr(served: Served) -> str:
+    return served.address
+
+
+@pytest.fixture(scope="module")
+def grpc_server(served: Served) -> grpc.Server:
+    return served.app.running.server
+
+
+@pytest.fixture(scope="module")
+def grpc_stub_cls(grpc_channel: grpc.Channel) -> Callable[[grpc.Channel], pb_grpc.EstimatorServiceStub]:
+    return pb_grpc.EstimatorServiceStub
