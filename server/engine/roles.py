@@ -31,6 +31,8 @@ ALLOWED_ROLES: Mapping[str, frozenset[Role]] = {
     "RejectEstimate": _WRITERS,
     "GetEvidenceBundle": _ADMIN,
     "GrantMixedException": _ADMIN,
+    "GetMixedQuota": _ALL,
+    "ListAuditEvents": _ADMIN,
     "ActivateCatalog": _ADMIN,
 }
 

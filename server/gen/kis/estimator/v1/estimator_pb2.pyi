@@ -698,6 +698,7 @@ class Estimate(_message.Message):
     REVIEW_REASONS_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     PHASE_BALANCE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
     """Server-generated, opaque; empty for ValidateEstimate."""
     revision: _builtins.int
@@ -735,6 +736,10 @@ class Estimate(_message.Message):
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Warning]: ...
     @_builtins.property
     def phase_balance(self) -> Global___PhaseBalance: ...
+    @_builtins.property
+    def evidence(self) -> Global___EvidenceSummary:
+        """The evidence bundle of this revision (DOMAIN.md §15); bytes via EvidenceService."""
+
     def __init__(
         self,
         *,
@@ -758,14 +763,39 @@ class Estimate(_message.Message):
         review_reasons: _abc.Iterable[Global___ReviewReason] | None = ...,
         warnings: _abc.Iterable[Global___Warning] | None = ...,
         phase_balance: Global___PhaseBalance | None = ...,
+        evidence: Global___EvidenceSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "completed_at", b"completed_at", "enclosure", b"enclosure", "phase_balance", b"phase_balance", "request", b"request", "sizing", b"sizing", "totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "completed_at", b"completed_at", "enclosure", b"enclosure", "evidence", b"evidence", "phase_balance", b"phase_balance", "request", b"request", "sizing", b"sizing", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "catalog_version", b"catalog_version", "completed_at", b"completed_at", "decision", b"decision", "dedup_key", b"dedup_key", "enclosure", b"enclosure", "estimate_id", b"estimate_id", "lines", b"lines", "phase_balance", b"phase_balance", "request", b"request", "request_hash", b"request_hash", "request_id", b"request_id", "review_reasons", b"review_reasons", "revision", b"revision", "rules_version", b"rules_version", "selections", b"selections", "sizing", b"sizing", "status", b"status", "totals", b"totals", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "catalog_version", b"catalog_version", "completed_at", b"completed_at", "decision", b"decision", "dedup_key", b"dedup_key", "enclosure", b"enclosure", "estimate_id", b"estimate_id", "evidence", b"evidence", "lines", b"lines", "phase_balance", b"phase_balance", "request", b"request", "request_hash", b"request_hash", "request_id", b"request_id", "review_reasons", b"review_reasons", "revision", b"revision", "rules_version", b"rules_version", "selections", b"selections", "sizing", b"sizing", "status", b"status", "totals", b"totals", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Estimate: _TypeAlias = Estimate  # noqa: Y015
+
+@_typing.final
+class EvidenceSummary(_message.Message):
+    """SHA-256 and size of an estimate revision's evidence bundle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceSummary: _TypeAlias = EvidenceSummary  # noqa: Y015
 
 @_typing.final
 class Enclosure(_message.Message):
