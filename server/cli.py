@@ -7,6 +7,8 @@ Client commands find the server with ``--target`` (default 127.0.0.1:8787) and t
 from __future__ import annotations
 
 import argparse
+import getpass
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -18,11 +20,18 @@ from google.protobuf import json_format
 
 from server.acceptance import runner
 from server.clock import SystemClock
-from server.engine.roles import Role
+from server.engine.roles import Principal, Role
+from server.evidence.verify import verify_bundle
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from server.logging_json import configure_logging
-from server.main import open_store, serve
+from server.main import KEY_FILE_NAME, load_keyring, open_store, serve
+from server.service.admin import AdminService
+from server.service.caller import Caller
 from server.service.tokens import TokenService
 from server.settings import ClientSettings, Settings, SettingsError
 
@@ -131,7 +140,7 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
         service = TokenService(store, SystemClock())
-        new = service.create(Role(args.role), args.name)
+        new = service.create(Role(args.role), args.name, _local_caller())
     except ValueError as exc:
         _err(f"error: {exc}")
         return 2
@@ -212,6 +221,138 @@ def cmd_smoke(args: argparse.Namespace, client: ClientSettings) -> int:
     return _report(runner.run_smoke(channel, call), "smoke")
 
 
+def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        records = TokenService(store, SystemClock()).list()
+    finally:
+        store.close()
+    _out(f"{'token id':<18} {'role':<10} {'created (UTC)':<20} {'revoked (UTC)':<20} name")
+    for r in records:
+        revoked = f"{r.revoked_at:%Y-%m-%d %H:%M:%S}" if r.revoked_at else "-"
+        _out(f"{r.token_id:<18} {r.role:<10} {r.created_at:%Y-%m-%d %H:%M:%S}  {revoked:<20} {r.name}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        done = TokenService(store, SystemClock()).revoke(args.token_id, _local_caller())
+    finally:
+        store.close()
+    if not done:
+        _err(f"error: no active token {args.token_id}")
+        return 2
+    _out(f"revoked {args.token_id}")
+    return 0
+
+
+def _local_caller() -> Caller:
+    """The operator at this machine's shell, for audit records of local admin commands."""
+    return Caller(Principal(token_id="local", name=f"cli:{getpass.getuser()}", role=Role.ADMIN), "local")
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        admin = AdminService(
+            store, SystemClock(), settings.mixed_monthly_quota, settings.audit_retention_days
+        )
+        if args.audit_command == "prune":
+            removed = admin.prune_audit(_local_caller())
+            _out(f"pruned {removed} audit record(s) older than {settings.audit_retention_days} days")
+            return 0
+        checked, broken = admin.verify_audit()
+    finally:
+        store.close()
+    if broken is not None:
+        _out(f"audit chain BROKEN at record {broken.seq}: {broken.reason} ({checked} record(s) read)")
+        return 1
+    _out(f"audit chain OK: {checked} record(s) verified")
+    return 0
+
+
+def cmd_evidence_verify(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        _err(f"error: cannot read {args.file}: {exc}")
+        return 2
+    keyring = None
+    key_file = settings.sqlite_path.parent / KEY_FILE_NAME
+    if settings.evidence_keys or key_file.exists():
+        keyring = load_keyring(settings)
+    report = verify_bundle(data, keyring)
+    for line in report.lines():
+        _out(line)
+    _out(f"{args.file}: {'OK' if report.ok else 'NOT OK'} (sha256 {hashlib.sha256(data).hexdigest()})")
+    return 0 if report.ok else 1
+
+
+def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
+    stub = evidence_grpc.EvidenceServiceStub(_channel(client.target))
+    request = evidence_pb.GetEvidenceBundleRequest(estimate_id=args.estimate_id, revision=args.revision)
+    data = bytearray()
+    expected_sha, expected_size = "", -1
+    try:
+        for chunk in stub.GetEvidenceBundle(request, metadata=_metadata(client.token), timeout=args.timeout):
+            if chunk.offset != len(data):
+                _err(f"error: chunk at offset {chunk.offset}, expected {len(data)}")
+                return 1
+            if chunk.sha256:
+                expected_sha, expected_size = chunk.sha256, chunk.size_bytes
+            data.extend(chunk.chunk)
+    except grpc.RpcError as err:
+        return _print_error(err)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha or len(data) != expected_size:
+        _err(
+            f"error: download corrupt: sha256 {actual} ({len(data)} bytes), "
+            f"server said {expected_sha} ({expected_size})"
+        )
+        return 1
+    Path(args.output).write_bytes(bytes(data))
+    _out(f"{args.output}: {len(data)} bytes, sha256 {actual} (verified)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, client: ClientSettings) -> int:
+    stub = review_grpc.ReviewServiceStub(_channel(client.target))
+    try:
+        m = stub.GetMetrics(
+            review_pb.GetMetricsRequest(month=args.month or ""),
+            metadata=_metadata(client.token),
+            timeout=args.timeout,
+        )
+    except grpc.RpcError as err:
+        return _print_error(err)
+
+    def ms(msg: Any, name: str) -> str:
+        return f"{getattr(msg, name) / 1000:.1f} s" if msg.HasField(name) else "—"
+
+    oldest = f"{m.oldest_open_review_age_seconds} s" if m.HasField("oldest_open_review_age_seconds") else "—"
+    rows = [
+        ("month (KST)", m.month),
+        ("estimates accepted", str(m.accepted)),
+        (
+            "  completed / needs review / reviewed / rejected",
+            f"{m.completed} / {m.needs_review} / {m.reviewed} / {m.rejected}",
+        ),
+        (
+            "auto-processing rate (SLO >= 70 %)",
+            f"{m.auto_processing_rate_pct} %" if m.auto_processing_rate_pct else "—",
+        ),
+        ("TAT median (SLO <= 120 s)", ms(m, "tat_median_ms")),
+        ("TAT p90", ms(m, "tat_p90_ms")),
+        ("TAT samples", str(m.tat_samples)),
+        ("oldest open review age", oldest),
+        ("MIXED used / quota", f"{m.mixed_used} / {m.mixed_quota}"),
+    ]
+    for label, value in rows:
+        _out(f"{label:<50} {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kis-estimator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_create = token_sub.add_parser("create", help="create a token; prints only the token")
     p_create.add_argument("--role", required=True, choices=[r.value for r in Role])
     p_create.add_argument("--name", required=True)
+    token_sub.add_parser("list", help="list tokens (never their secrets)")
+    p_revoke = token_sub.add_parser("revoke", help="revoke a token; refused from the next call on")
+    p_revoke.add_argument("token_id")
+
+    p_audit = sub.add_parser("audit", help="the tamper-evident audit log (local database)")
+    audit_sub = p_audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="walk the hash chain; names the first broken record")
+    audit_sub.add_parser("prune", help="delete records older than KIS_AUDIT_RETENTION_DAYS")
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", help=f"HOST:PORT of the service (default {DEFAULT_TARGET})")
@@ -247,22 +396,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_smoke = sub.add_parser("smoke", help="run the 3 smoke checks against a live endpoint")
     client_args(p_smoke)
+
+    p_evidence = sub.add_parser("evidence", help="evidence bundles")
+    evidence_sub = p_evidence.add_subparsers(dest="evidence_command", required=True)
+    p_eget = evidence_sub.add_parser("get", help="download (ADMIN) and verify a bundle")
+    p_eget.add_argument("estimate_id")
+    p_eget.add_argument("-o", "--output", required=True)
+    p_eget.add_argument("--revision", type=int, default=0, help="0 = current revision")
+    client_args(p_eget)
+    p_everify = evidence_sub.add_parser("verify", help="check a bundle offline; names altered entries")
+    p_everify.add_argument("file")
+
+    p_report = sub.add_parser("report", help="monthly TAT / auto-processing report (DOMAIN.md §16.3)")
+    p_report.add_argument("--month", help="KST month YYYY-MM (default: current)")
+    client_args(p_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    local: dict[str, Any] = {
+        "serve": cmd_serve,
+        "token": {"create": cmd_token, "list": cmd_token_list, "revoke": cmd_token_revoke}.get(
+            getattr(args, "token_command", ""), cmd_token
+        ),
+        "audit": cmd_audit,
+        "evidence": cmd_evidence_verify,
+    }
     try:
-        if args.command in {"serve", "token"}:
-            settings = Settings.from_process_env()
-            handler: Any = cmd_serve if args.command == "serve" else cmd_token
-            return int(handler(args, settings))
+        if args.command in local and not (args.command == "evidence" and args.evidence_command == "get"):
+            return int(local[args.command](args, Settings.from_process_env()))
         client = ClientSettings.from_process_env(target=args.target, token=args.token)
     except SettingsError as exc:
         _err(f"configuration error: {exc}")
         return 2
-    commands = {"estimate": cmd_estimate, "get": cmd_get, "regress": cmd_regress, "smoke": cmd_smoke}
-    return commands[args.command](args, client)
+    commands: dict[str, Any] = {
+        "estimate": cmd_estimate,
+        "get": cmd_get,
+        "regress": cmd_regress,
+        "smoke": cmd_smoke,
+        "evidence": cmd_evidence_get,
+        "report": cmd_report,
+    }
+    return int(commands[args.command](args, client))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,23 @@ class Settings:
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     mixed_monthly_quota: int = 2
-    _parsers: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    metrics_address: str = "127.0.0.1:8788"
+    rate_limit_per_hour: int = 1000
+    # "kid:hexkey,kid:hexkey" (first = active unless KIS_EVIDENCE_ACTIVE_KEY); unset: a key file
+    # `evidence-keys` is created beside the SQLite database on first start (mode 0600).
+    evidence_keys: str | None = field(default=None, repr=False)
+    evidence_active_key: str | None = None
+    # Audit records older than this many days may be pruned (`kis-estimator audit prune`); 1825 days
+    # = 5 years, the Korean statutory period for business records.
+    audit_retention_days: int = 1825
+
+    def __repr__(self) -> str:
+        secret = {"evidence_keys"}
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name in secret and getattr(self, f.name) else repr(getattr(self, f.name))}"
+            for f in fields(self)
+        )
+        return f"Settings({shown})"
 
     @property
     def sqlite_path(self) -> Path:
@@ -127,6 +143,11 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "shutdown_grace_s": _float_in(0.0, 300.0),
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
     "mixed_monthly_quota": _int_in(0, 1000),
+    "metrics_address": _parse_address,
+    "rate_limit_per_hour": _int_in(1, 10_000_000),
+    "evidence_keys": lambda name, value: value,
+    "evidence_active_key": lambda name, value: value,
+    "audit_retention_days": _int_in(1, 36500),
 }
 
 # KIS_* variables read by other programs (clients, the test suite, CI), not by the service.
@@ -155,4 +176,4 @@ class ClientSettings:
         return cls.from_env(os.environ, target=target, token=token)
 
 
-assert set(_PARSERS) == {f.name for f in fields(Settings) if not f.name.startswith("_")}
+assert set(_PARSERS) == {f.name for f in fields(Settings)}

@@ -10,6 +10,7 @@ values never depend on it.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +25,28 @@ from grpc_status import rpc_status
 
 from server.acceptance.cases import Case, build_request, load_cases, substitute
 from server.clock import Clock, SystemClock
+from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 
 KST = timezone(timedelta(hours=9))
 CALL_TIMEOUT_S = 10.0
 DEFAULT_ROLE = "ESTIMATOR"  # steps without "role" call as an estimator; "role": null calls without a token
-SUPPORTED_RPCS = frozenset({"CreateEstimate", "GetEstimate", "ValidateEstimate", "ListEstimates"})
+SUPPORTED_RPCS = frozenset(
+    {
+        "CreateEstimate",
+        "GetEstimate",
+        "ValidateEstimate",
+        "CompleteReview",
+        "GrantMixedException",
+        "GetEvidenceBundle",
+    }
+)
 
 # Statuses, decisions as the cases spell them.
 _STATUS_NAMES = {v: k.removeprefix("ESTIMATE_STATUS_") for k, v in pb.EstimateStatus.items()}
@@ -87,6 +103,7 @@ def estimate_view(est: pb.Estimate) -> dict[str, Any]:
     return {
         "estimate_id": est.estimate_id,
         "revision": est.revision,
+        "evidence_sha256": est.evidence.sha256,
         "status": _STATUS_NAMES[est.status],
         "decision": _DECISION_NAMES[est.decision],
         "catalog_version": est.catalog_version,
@@ -215,6 +232,12 @@ def check_outcome(expect: Mapping[str, Any], outcome: Outcome, refs: Mapping[str
     est = outcome.estimate
     if est is None:
         return failures
+    if "bundle_sha256" in expect:
+        want = expect["bundle_sha256"]
+        want = refs.get(want[1:], f"<unknown ref {want}>") if want.startswith("@") else want
+        if est.get("bundle_sha256") != want:
+            failures.append(f"bundle_sha256: expected {want}, got {est.get('bundle_sha256')}")
+        return failures
     for key in ("status", "decision", "size_mm", "revision"):
         if key in expect and est.get(key) != expect[key]:
             failures.append(f"{key}: expected {expect[key]!r}, got {est.get(key)!r}")
@@ -243,6 +266,9 @@ class GrpcCaller:
         self, channel: grpc.Channel, tokens: Mapping[str, str], default_role: str = "ESTIMATOR"
     ) -> None:
         self._stub = pb_grpc.EstimatorServiceStub(channel)
+        self._reviews = review_grpc.ReviewServiceStub(channel)
+        self._admin = admin_grpc.AdminServiceStub(channel)
+        self._evidence = evidence_grpc.EvidenceServiceStub(channel)
         self._tokens = tokens
         self._default_role = default_role
 
@@ -267,6 +293,23 @@ class GrpcCaller:
                 msg_g = json_format.ParseDict(dict(request), pb.GetEstimateRequest())
                 reply_g = self._stub.GetEstimate(msg_g, metadata=metadata, timeout=CALL_TIMEOUT_S)
                 return Outcome("OK", estimate_view(reply_g.estimate), reply_g.SerializeToString())
+            if rpc == "CompleteReview":
+                msg_c = json_format.ParseDict(dict(request), review_pb.CompleteReviewRequest())
+                reply_c = self._reviews.CompleteReview(msg_c, metadata=metadata, timeout=CALL_TIMEOUT_S)
+                return Outcome("OK", estimate_view(reply_c.estimate), reply_c.SerializeToString())
+            if rpc == "GrantMixedException":
+                msg_m = json_format.ParseDict(dict(request), admin_pb.GrantMixedExceptionRequest())
+                reply_m = self._admin.GrantMixedException(msg_m, metadata=metadata, timeout=CALL_TIMEOUT_S)
+                return Outcome("OK", None, reply_m.SerializeToString())
+            if rpc == "GetEvidenceBundle":
+                msg_e = json_format.ParseDict(dict(request), evidence_pb.GetEvidenceBundleRequest())
+                data = b"".join(
+                    c.chunk
+                    for c in self._evidence.GetEvidenceBundle(
+                        msg_e, metadata=metadata, timeout=CALL_TIMEOUT_S
+                    )
+                )
+                return Outcome("OK", {"bundle_sha256": hashlib.sha256(data).hexdigest()}, data)
         except grpc.RpcError as err:
             return outcome_of_error(err)
         raise ValueError(f"unsupported rpc {rpc}")
@@ -295,8 +338,9 @@ def run_case(case: Case, call: Caller, run: str, month: str, refs: dict[str, str
         request = _resolve_refs(substitute(build_request(step), run, month), step_refs)
         role = None if step.anonymous else (step.role or DEFAULT_ROLE)
         outcome = call(step.rpc, request, role)
-        failures = check_outcome(step.expect, outcome, step_refs)
-        same = step.expect.get("same_as_step")
+        expect = substitute(dict(step.expect), run, month)
+        failures = check_outcome(expect, outcome, step_refs)
+        same = expect.get("same_as_step")
         if same is not None and (same >= len(replies) or replies[same] != outcome.raw):
             failures.append(f"reply differs from step {same}'s reply")
         result.failures += [f"step {index}: {f}" for f in failures]
@@ -306,6 +350,7 @@ def run_case(case: Case, call: Caller, run: str, month: str, refs: dict[str, str
             result.estimate_ids.append(outcome.estimate["estimate_id"])
             if case.id not in refs:
                 refs[case.id] = outcome.estimate["estimate_id"]
+                refs[f"{case.id}.sha256"] = outcome.estimate["evidence_sha256"]
     result.passed = not result.failures
     return result
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 
+from server.engine.audit import AuditEvent
 from server.engine.model import (
     AccessoryLine,
     BreakerLine,
@@ -19,7 +22,14 @@ from server.engine.model import (
 )
 from server.engine.records import EstimateRecord
 from server.engine.request import canonical_request, clean_text
+from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from server.service.estimates import Stored
+from server.service.evidence import EvidenceSummary
+from server.service.reviews import MonthReport, ReviewAnswer
+from server.storage.repository import EvidenceRecord
 
 STATUS_TO_PROTO = {
     Status.COMPLETED: pb.ESTIMATE_STATUS_COMPLETED,
@@ -219,7 +229,7 @@ def draft_to_proto(req: EstimateRequest, request_hash: str, quote: Quote) -> pb.
     return out
 
 
-def record_to_proto(record: EstimateRecord) -> pb.Estimate:
+def record_to_proto(record: EstimateRecord, evidence: EvidenceSummary | None = None) -> pb.Estimate:
     """A stored estimate as returned by GetEstimate."""
     out = pb.Estimate(
         estimate_id=record.estimate_id,
@@ -236,7 +246,107 @@ def record_to_proto(record: EstimateRecord) -> pb.Estimate:
     # The record's lifecycle status wins over the quote's (review changes it later).
     out.status = STATUS_TO_PROTO[record.status]
     out.decision = DECISION_TO_PROTO[record.decision]
+    if evidence is not None:
+        out.evidence.sha256 = evidence.sha256
+        out.evidence.size_bytes = evidence.size_bytes
     return out
+
+
+def stored_to_proto(stored: Stored) -> pb.Estimate:
+    return record_to_proto(stored.record, stored.evidence)
+
+
+def review_item_to_proto(record: EstimateRecord, now: datetime) -> review_pb.ReviewItem:
+    item = review_pb.ReviewItem(
+        estimate_id=record.estimate_id,
+        revision=record.revision,
+        brand=record.request.brand or "",
+        age_seconds=max(0, int((now - record.accepted_at).total_seconds())),
+        partial_subtotal_krw=record.quote.totals.partial_subtotal_krw,
+    )
+    item.accepted_at.CopyFrom(timestamp(record.accepted_at))
+    for r in record.quote.review_reasons:
+        item.review_reasons.add(
+            reason_id=r.reason_id,
+            code=r.code,
+            path=r.path,
+            question_en=r.question_en,
+            question_ko=r.question_ko,
+        )
+    return item
+
+
+def resolutions_from_proto(items: Sequence[review_pb.ReviewResolution]) -> list[ReviewAnswer]:
+    return [
+        ReviewAnswer(
+            reason_id=r.reason_id,
+            model=clean_text(r.model),
+            unit_price_krw=r.unit_price_krw if r.HasField("unit_price_krw") else None,
+        )
+        for r in items
+    ]
+
+
+def report_to_proto(report: MonthReport) -> review_pb.GetMetricsResponse:
+    out = review_pb.GetMetricsResponse(
+        month=report.month,
+        accepted=report.accepted,
+        completed=report.completed,
+        needs_review=report.needs_review,
+        reviewed=report.reviewed,
+        rejected=report.rejected,
+        auto_processing_rate_pct=_decimal_text(report.auto_processing_rate_pct),
+        tat_samples=report.tat_samples,
+        mixed_used=report.mixed_used,
+        mixed_quota=report.mixed_quota,
+    )
+    if report.tat_median_ms is not None:
+        out.tat_median_ms = report.tat_median_ms
+    if report.tat_p90_ms is not None:
+        out.tat_p90_ms = report.tat_p90_ms
+    if report.oldest_open_review_age_s is not None:
+        out.oldest_open_review_age_seconds = report.oldest_open_review_age_s
+    return out
+
+
+def evidence_info_to_proto(found: EvidenceRecord) -> evidence_pb.GetEvidenceInfoResponse:
+    out = evidence_pb.GetEvidenceInfoResponse(
+        estimate_id=found.estimate_id,
+        revision=found.revision,
+        sha256=found.sha256,
+        size_bytes=found.size_bytes,
+        manifest_json=found.manifest_json,
+    )
+    json_format.Parse(found.manifest_json.decode("utf-8"), out.manifest, ignore_unknown_fields=True)
+    if found.signature is not None:
+        out.signature.CopyFrom(
+            evidence_pb.ManifestSignature(
+                key_id=found.signature_key_id or "", algorithm="hmac-sha256", signature=found.signature
+            )
+        )
+    return out
+
+
+def audit_event_to_proto(event: AuditEvent) -> admin_pb.AuditEvent:
+    out = admin_pb.AuditEvent(
+        seq=event.seq,
+        action=event.action,
+        outcome=event.outcome,
+        actor=event.actor,
+        role=event.role,
+        estimate_id=event.estimate_id or "",
+        revision=event.revision or 0,
+        details_json=json.dumps(dict(event.details), ensure_ascii=False, sort_keys=True),
+        peer=event.peer,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+    out.at.CopyFrom(timestamp(event.at))
+    return out
+
+
+def optional_time(msg: Any, name: str) -> datetime | None:
+    return getattr(msg, name).ToDatetime(tzinfo=UTC) if msg.HasField(name) else None
 
 
 def summary_to_proto(record: EstimateRecord) -> pb.EstimateSummary:

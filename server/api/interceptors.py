@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import re
 import secrets
 import time
@@ -36,6 +37,7 @@ from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
 from server.engine.roles import Principal, may_call
 from server.service.estimates import CallAbandoned
+from server.service.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("p
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Authenticator = Callable[[str], Principal | None]
+# (operation, request, principal or None, peer, outcome) of a refused call, for operations whose
+# refusals must be audited (GetEvidenceBundle: "allowed AND denied").
+DenialRecorder = Callable[[str, Any, Principal | None, str, str], None]
+AUDITED_DENIALS = frozenset({"GetEvidenceBundle"})
 
 
 def current_principal() -> Principal:
@@ -125,8 +131,16 @@ def _metadata_value(metadata: tuple[tuple[str, str | bytes], ...], name: str) ->
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs: generic in stubs only
     """See the module docstring."""
 
-    def __init__(self, authenticate: Authenticator) -> None:
+    def __init__(
+        self,
+        authenticate: Authenticator,
+        *,
+        rate_limiter: RateLimiter | None = None,
+        record_denial: DenialRecorder | None = None,
+    ) -> None:
         self._authenticate = authenticate
+        self._limiter = rate_limiter
+        self._record_denial = record_denial
 
     def intercept_service(
         self,
@@ -165,11 +179,22 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             token = _bearer_token(metadata)
             principal = self._authenticate(token) if token else None
             if principal is None:
+                self._deny(operation, request, None, context, "UNAUTHENTICATED")
                 raise DomainError(violation(ErrorCode.UNAUTHENTICATED, ""))
             if not may_call(principal.role, operation):
+                self._deny(operation, request, principal, context, "DENIED")
                 raise DomainError(
                     violation(ErrorCode.PERMISSION_DENIED, "", role=principal.role.value, operation=operation)
                 )
+            if self._limiter is not None:
+                decision = self._limiter.check(principal.token_id)
+                if not decision.allowed:
+                    retry_ms = max(1, math.ceil(decision.retry_after_s * 1000))
+                    raise DomainError(
+                        violation(
+                            ErrorCode.RATE_LIMITED, "", max=self._limiter.budget, retry_after_ms=retry_ms
+                        )
+                    )
         if isinstance(request, MalformedRequest):
             raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, "", v=request.error))
         if isinstance(request, pb_message.Message):
@@ -179,6 +204,17 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
                     violation(ErrorCode.MALFORMED_REQUEST, unknown, v=f"unknown field {unknown}")
                 )
         return principal
+
+    def _deny(
+        self,
+        operation: str,
+        request: Any,
+        principal: Principal | None,
+        context: grpc.ServicerContext,
+        outcome: str,
+    ) -> None:
+        if self._record_denial is not None and operation in AUDITED_DENIALS:
+            self._record_denial(operation, request, principal, context.peer() or "", outcome)
 
     def _enter(self, context: grpc.ServicerContext) -> str:
         metadata = tuple(context.invocation_metadata() or ())

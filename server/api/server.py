@@ -1,29 +1,52 @@
-"""Building the gRPC server: our services behind the interceptor, plus health and reflection."""
+"""Building the gRPC server: our services behind the interceptors, plus health and reflection."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.api.interceptors import ServiceInterceptor
-from server.api.servicers import EstimatorServicer
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
+from server.clock import Clock
+from server.engine.roles import Principal
+from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2
+from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from server.service.admin import AdminService
+from server.service.caller import Caller
 from server.service.estimates import EstimateService
+from server.service.evidence import EvidenceService
+from server.service.rate_limit import RateLimiter
+from server.service.reviews import ReviewService
 from server.service.tokens import TokenService
 from server.settings import Settings
 
-ESTIMATOR_SERVICE = pb.DESCRIPTOR.services_by_name["EstimatorService"].full_name
+SERVICE_NAMES = (
+    estimator_pb2.DESCRIPTOR.services_by_name["EstimatorService"].full_name,
+    review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name,
+    evidence_pb2.DESCRIPTOR.services_by_name["EvidenceService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+ESTIMATOR_SERVICE = SERVICE_NAMES[0]
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceDeps:
     estimates: EstimateService
+    reviews: ReviewService
+    evidence: EvidenceService
+    admin: AdminService
     tokens: TokenService
+    clock: Clock
+    rate_limiter: RateLimiter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +60,7 @@ class RunningServer:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", ESTIMATOR_SERVICE):
+        for name in ("", *SERVICE_NAMES):
             self.health.set(name, status)
 
 
@@ -50,23 +73,45 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def create_server(settings: Settings, deps: ServiceDeps, address: str | None = None) -> RunningServer:
-    """Build and bind (not start) the server; health starts NOT_SERVING until ``set_serving``."""
+def _denial_recorder(evidence: EvidenceService) -> Any:
+    def record(operation: str, request: Any, principal: Principal | None, peer: str, outcome: str) -> None:
+        estimate_id = getattr(request, "estimate_id", "") if not isinstance(request, bytes) else ""
+        revision = getattr(request, "revision", 0) if not isinstance(request, bytes) else 0
+        evidence.record_denied(str(estimate_id).strip(), int(revision), Caller(principal, peer), outcome)
+
+    return record
+
+
+def create_server(
+    settings: Settings,
+    deps: ServiceDeps,
+    address: str | None = None,
+    *,
+    outer_interceptors: Sequence[grpc.ServerInterceptor] = (),  # type: ignore[type-arg]
+) -> RunningServer:
+    """Build and bind (not start) the server; health starts NOT_SERVING until ``set_serving``.
+
+    ``outer_interceptors`` run before the service interceptor (metrics: they see its final status).
+    """
+    interceptor = ServiceInterceptor(
+        deps.tokens.authenticate,
+        rate_limiter=deps.rate_limiter,
+        record_denial=_denial_recorder(deps.evidence),
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor(deps.tokens.authenticate)],
+        interceptors=[*outer_interceptors, interceptor],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_workers * 8,
     )
     pb_grpc.add_EstimatorServiceServicer_to_server(EstimatorServicer(deps.estimates), server)
+    review_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(deps.reviews, deps.clock), server)
+    evidence_grpc.add_EvidenceServiceServicer_to_server(EvidenceServicer(deps.evidence), server)
+    admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.admin), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (
-            ESTIMATOR_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
     port = server.add_insecure_port(address or settings.grpc_address)

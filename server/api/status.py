@@ -3,7 +3,8 @@
 Details follow the rich error model: ``google.rpc.BadRequest`` with one FieldViolation per
 violation (field = path, reason = code, description = English, localized_message = Korean) and
 ``google.rpc.ErrorInfo`` (reason = first code, domain = ``kis.estimator.v1``, metadata = the first
-violation's extra keys). The status message is the first violation's English message (DOMAIN.md §4).
+violation's extra keys) and, for ``RATE_LIMITED``, ``google.rpc.RetryInfo`` from the extra key
+``retry_after_ms``. The status message is the first violation's English message (DOMAIN.md §4).
 
 Trailing metadata is limited (8 KiB by default in gRPC), so violations are added until the encoded
 details reach :data:`DETAILS_BUDGET_BYTES`; ErrorInfo then says ``violations_total`` and
@@ -50,7 +51,9 @@ def _field_violation(v: Violation) -> error_details_pb2.BadRequest.FieldViolatio
     return fv
 
 
-def _pack(message: error_details_pb2.BadRequest | error_details_pb2.ErrorInfo) -> any_pb2.Any:
+def _pack(
+    message: error_details_pb2.BadRequest | error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo,
+) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -73,11 +76,13 @@ def to_rpc_status(error: DomainError) -> status_pb2.Status:
         metadata["violations_total"] = str(len(error.violations))
         metadata["violations_sent"] = str(sent)
     info = error_details_pb2.ErrorInfo(reason=first.code, domain=ERROR_DOMAIN, metadata=metadata)
-    return status_pb2.Status(
-        code=code.value[0],
-        message=first.message_en,
-        details=[_pack(bad_request), _pack(info)],
-    )
+    details = [_pack(bad_request), _pack(info)]
+    retry_after_ms = metadata.get("retry_after_ms")
+    if retry_after_ms is not None and retry_after_ms.isdigit():
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(retry_after_ms))
+        details.append(_pack(retry))
+    return status_pb2.Status(code=code.value[0], message=first.message_en, details=details)
 
 
 def to_grpc_status(error: DomainError) -> grpc.Status:

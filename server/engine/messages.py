@@ -13,7 +13,8 @@ large to print (Python refuses above 4,300 digits; such a value is shown as ``�
 
 Templates of the service-added codes (``errors.py``) are this module's own wording:
 ``MALFORMED_REQUEST`` ``{v}`` (what could not be decoded), ``TOO_MANY_ITEMS`` ``{max}``,
-``PAGE_TOKEN_INVALID`` (none), ``PAGE_SIZE_INVALID`` ``{v}`` ``{max}``, ``RATE_LIMITED`` (none).
+``PAGE_TOKEN_INVALID`` (none), ``PAGE_SIZE_INVALID`` ``{v}`` ``{max}``, ``RATE_LIMITED`` ``{max}``
+``{retry_after_ms}``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ MISSING_PARAM = "?"
 _ECHO_MAX_INT_BITS = 212
 
 # Detail keys DOMAIN.md §4 lists ("extra key ..."), plus ``max`` of the service-added codes.
-EXTRA_KEYS = frozenset({"gate", "max", "allowed", "existing_estimate_id", "month", "used", "quota"})
+# ``retry_after_ms`` (RATE_LIMITED) and ``trace_id`` (INTERNAL_ERROR) are this service's additions.
+EXTRA_KEYS = frozenset(
+    {"gate", "max", "allowed", "existing_estimate_id", "month", "used", "quota", "retry_after_ms", "trace_id"}
+)
 
 _C = ErrorCode
 
@@ -221,8 +225,8 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "page_size는 1 이상 {max} 이하여야 합니다 (입력값 {v}).",
     ),
     _C.RATE_LIMITED: (
-        "Too many requests; retry later.",
-        "요청이 너무 많습니다. 잠시 후 다시 시도하세요.",
+        "Request budget of this token is used up ({max} per hour); retry in {retry_after_ms} ms.",
+        "이 토큰의 요청 한도(시간당 {max}건)를 모두 사용했습니다. {retry_after_ms}ms 후 다시 시도하세요.",
     ),
 }
 TEMPLATES: Mapping[ErrorCode, tuple[str, str]] = MappingProxyType(_TEMPLATES)

@@ -5,9 +5,10 @@ into the domain answers of DOMAIN.md §13:
 
 * P2 idempotency: a known ``request_id`` with the same canonical hash is answered with the stored
   reply bytes (nothing recomputed); a different hash is ``IDEMPOTENCY_MISMATCH``.
-* P3 validation, P4 ``meta.dedup_key`` (``DUPLICATE_REQUEST``), P5 MIXED quota, P6 pricing and one
-  write transaction holding the estimate, its dedup key and its idempotency record. The reply is
-  returned only after the commit.
+* P3 validation, P4 ``meta.dedup_key`` (``DUPLICATE_REQUEST``), P6 pricing, then one write
+  transaction holding P5 (the MIXED quota is counted and checked inside it: SQLite's BEGIN IMMEDIATE
+  serialises writers, so check and insert are atomic), the estimate, its evidence bundle, its
+  idempotency record and its audit record. The reply is returned only after the commit.
 * Two concurrent creates racing on one ``request_id`` or ``dedup_key`` are decided by the unique
   indexes: the loser re-reads and answers as if it had arrived second.
 
@@ -18,34 +19,39 @@ nothing and uses no quota.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry
-
 from server.clock import Clock
+from server.engine import audit as actions
 from server.engine.catalog import Catalog
 from server.engine.codec import stored_request
 from server.engine.errors import DomainError, ErrorCode
 from server.engine.estimate import price_estimate
 from server.engine.messages import violation
-from server.engine.model import EstimateRequest, Quote, Status
+from server.engine.model import EstimateRequest, Quote, RuleApplication, Status
+from server.engine.months import kst_month_of, month_bounds_utc
 from server.engine.records import EstimateRecord
 from server.engine.request import request_hash
-from server.engine.roles import Principal
 from server.engine.validation import validate_request
 from server.metrics import Metrics
-from server.storage.repository import DuplicateKeyError, EstimateCursor, IdempotencyRecord, Store
+from server.service.caller import Caller
+from server.service.evidence import EvidenceArchive, EvidenceSummary, summary_of
+from server.service.paging import estimate_cursor_of, estimate_cursor_token, page_size_of
+from server.storage.repository import (
+    DuplicateKeyError,
+    IdempotencyRecord,
+    StorageError,
+    Store,
+    UnitOfWork,
+)
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
-
-ResponseEncoder = Callable[[EstimateRecord], bytes]
+ResponseEncoder = Callable[[EstimateRecord, EvidenceSummary | None], bytes]
+MIXED_BRAND = "MIXED"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,14 @@ class Draft:
     request: EstimateRequest
     request_hash: str
     quote: Quote
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored estimate with the summary of its current evidence bundle."""
+
+    record: EstimateRecord
+    evidence: EvidenceSummary | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +104,14 @@ class EstimateService:
         catalog: Catalog,
         clock: Clock,
         *,
-        metrics: Metrics | None = None,
+        archive: EvidenceArchive,
+        metrics: Metrics,
+        mixed_monthly_quota: int = 2,
         id_factory: Callable[[], str] = new_estimate_id,
     ) -> None:
-        self._metrics = metrics or Metrics(CollectorRegistry())
+        self._metrics = metrics
+        self._archive = archive
+        self._mixed_quota = mixed_monthly_quota
         self._store = store
         self._catalog = catalog
         self._clock = clock
@@ -137,7 +155,7 @@ class EstimateService:
     def create(
         self,
         req: EstimateRequest,
-        actor: Principal,
+        caller: Caller,
         encode: ResponseEncoder,
         still_wanted: Callable[[], bool] = lambda: True,
     ) -> Created:
@@ -145,18 +163,41 @@ class EstimateService:
 
         ``still_wanted`` is asked just before the write: a caller whose deadline passed or who
         cancelled gets nothing stored (its retry starts afresh instead of meeting a phantom estimate).
+        Refused requests are not stored; they are counted and written to the audit log with codes.
         """
         try:
-            created = self._create(req, actor, encode, still_wanted)
+            return self._create(req, caller, encode, still_wanted)
         except DomainError as refused:
-            self._metrics.estimate_rejections.labels(code=refused.code.value).inc()
+            self._record_refusal(req, caller, refused)
             raise
-        return created
+
+    def _record_refusal(self, req: EstimateRequest, caller: Caller, refused: DomainError) -> None:
+        self._metrics.request_rejected(refused.code.value)
+        if refused.code is ErrorCode.MIXED_QUOTA_EXCEEDED:
+            self._metrics.mixed_blocked()
+        codes = sorted({v.code.value for v in refused.violations})
+        draft = caller.audit(
+            self._clock.now(),
+            actions.REQUEST_REJECTED,
+            "REJECTED",
+            first_code=refused.code.value,
+            codes=codes[:50],
+            violations=len(refused.violations),
+            request_id=(req.request_id or "")[:128] or None,
+            brand=(req.brand or "")[:16] or None,
+        )
+        try:
+            with self._store.unit_of_work() as uow:
+                uow.audit.append(draft)
+                uow.commit()
+        except StorageError:
+            # The refusal itself must reach the client; a failed audit write is logged loudly.
+            log.exception("could not audit a rejected request", extra={"code": refused.code.value})
 
     def _create(
         self,
         req: EstimateRequest,
-        actor: Principal,
+        caller: Caller,
         encode: ResponseEncoder,
         still_wanted: Callable[[], bool],
     ) -> Created:
@@ -177,21 +218,40 @@ class EstimateService:
             request_hash=digest,
             request_id=req.request_id,
             dedup_key=req.dedup_key,
-            actor=actor.name,
+            actor=caller.actor,
             accepted_at=accepted_at,
             completed_at=accepted_at if quote.status is Status.COMPLETED else None,
             quote=quote,
         )
-        response = encode(record)
-        if not still_wanted():
-            raise CallAbandoned
+        mixed = req.brand == MIXED_BRAND
+        evidence = None if mixed else self._archive.build(record)
         try:
             with self._store.unit_of_work() as uow:
+                if mixed:
+                    evidence = self._archive.build(record, self._take_mixed_quota(uow, req, accepted_at))
+                assert evidence is not None
+                response = encode(record, summary_of(evidence))
+                if not still_wanted():
+                    raise CallAbandoned
                 uow.estimates.add(record)
+                uow.evidence.add(evidence)
                 if req.request_id is not None:
                     uow.idempotency.add(
                         IdempotencyRecord(req.request_id, digest, record.estimate_id, response), accepted_at
                     )
+                uow.audit.append(
+                    caller.audit(
+                        accepted_at,
+                        actions.ESTIMATE_ACCEPTED,
+                        "ACCEPTED",
+                        estimate_id=record.estimate_id,
+                        revision=record.revision,
+                        status=record.status.value,
+                        brand=req.brand,
+                        request_id=req.request_id,
+                        sha256=evidence.sha256,
+                    )
+                )
                 uow.commit()
         except DuplicateKeyError as race:
             if race.kind == "request_id":
@@ -199,8 +259,28 @@ class EstimateService:
                 if replay is not None:
                     return replay
             raise _duplicate(req.dedup_key or "", race.existing_estimate_id) from None
-        self._metrics.estimates_accepted.labels(status=record.status.value, brand=req.brand or "").inc()
+        self._metrics.estimate_accepted(record.status.value, req.brand or "")
+        if record.completed_at is not None:
+            self._metrics.estimate_completed(0.0)
         return Created(response=response, replayed=False, estimate_id=record.estimate_id)
+
+    def _take_mixed_quota(
+        self, uow: UnitOfWork, req: EstimateRequest, accepted_at: datetime
+    ) -> list[RuleApplication]:
+        """P5 (DOMAIN.md §12): count and check inside the write transaction, which serialises writers."""
+        month = kst_month_of(accepted_at)
+        start, end = month_bounds_utc(month)
+        used = uow.estimates.count_accepted(MIXED_BRAND, start, end)
+        grant = uow.mixed_grants.get(month)
+        quota = self._mixed_quota + (1 if grant is not None else 0)
+        if used >= quota:
+            raise DomainError(
+                violation(ErrorCode.MIXED_QUOTA_EXCEEDED, "brand", month=month, used=used, quota=quota)
+            )
+        why = f"reason: {req.mixed_reason}; month {month}; counter {used + 1}/{quota}"
+        if grant is not None:
+            why += f"; grant {grant.grant_id}"
+        return [RuleApplication("MIX-1", "quota", why)]
 
     def validate(self, req: EstimateRequest) -> Draft:
         """ValidateEstimate: P3, P4 (read only) and pricing; nothing stored."""
@@ -208,29 +288,26 @@ class EstimateService:
         self._check_dedup(req)
         return Draft(request=req, request_hash=request_hash(req), quote=price_estimate(req, self._catalog))
 
-    def get(self, estimate_id: str) -> EstimateRecord:
+    def get(self, estimate_id: str) -> Stored:
         """GetEstimate; ESTIMATE_NOT_FOUND for an unknown id."""
-        record = None
+        record = evidence = None
         if estimate_id:
             with self._store.unit_of_work(read_only=True) as uow:
                 record = uow.estimates.get(estimate_id)
+                if record is not None:
+                    evidence = uow.evidence.get_info(estimate_id, record.revision)
         if record is None:
             raise DomainError(violation(ErrorCode.ESTIMATE_NOT_FOUND, "estimate_id", v=estimate_id))
-        return record
+        return Stored(record, summary_of(evidence))
 
     def list(self, status: Status | None, page_size: int, page_token: str) -> Page:
         """ListEstimates: newest first, keyset-paged; ``page_size`` 0 means the default."""
-        if page_size == 0:
-            page_size = DEFAULT_PAGE_SIZE
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise DomainError(
-                violation(ErrorCode.PAGE_SIZE_INVALID, "page_size", v=page_size, max=MAX_PAGE_SIZE)
-            )
-        cursor = _decode_token(page_token, status)
+        size = page_size_of(page_size)
+        scope = f"estimates:{status.value if status else ''}"
+        cursor = estimate_cursor_of(page_token, scope)
         with self._store.unit_of_work(read_only=True) as uow:
-            records, next_cursor = uow.estimates.list(status, page_size, cursor)
-        token = _encode_token(next_cursor, status) if next_cursor is not None else ""
-        return Page(records=tuple(records), next_page_token=token)
+            records, next_cursor = uow.estimates.list(status, size, cursor)
+        return Page(records=tuple(records), next_page_token=estimate_cursor_token(next_cursor, scope))
 
 
 def _duplicate(dedup_key: str, existing_id: str) -> DomainError:
@@ -241,28 +318,4 @@ def _duplicate(dedup_key: str, existing_id: str) -> DomainError:
     )
 
 
-def _encode_token(cursor: EstimateCursor, status: Status | None) -> str:
-    data = {"t": cursor.accepted_at.isoformat(), "i": cursor.estimate_id, "s": status.value if status else ""}
-    raw = json.dumps(data, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, status: Status | None) -> EstimateCursor | None:
-    """The storage cursor inside a page token; the token must come from the same status filter."""
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        accepted_at = datetime.fromisoformat(data["t"])
-        estimate_id, token_status = data["i"], data["s"]
-        if accepted_at.tzinfo is None or not isinstance(estimate_id, str):
-            raise ValueError("malformed cursor")
-        if token_status != (status.value if status else ""):
-            raise ValueError("token of another query")
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise DomainError(violation(ErrorCode.PAGE_TOKEN_INVALID, "page_token", v=token[:64])) from None
-    return EstimateCursor(accepted_at=accepted_at, estimate_id=estimate_id)
-
-
-__all__ = ["CallAbandoned", "Created", "Draft", "EstimateService", "Page"]
+__all__ = ["CallAbandoned", "Created", "Draft", "EstimateService", "Page", "Stored"]

@@ -1,15 +1,22 @@
-"""API tokens: creation (plaintext shown once, only its SHA-256 stored) and authentication."""
+"""API tokens: creation (plaintext shown once, only its SHA-256 stored), authentication, revocation.
+
+Revocation takes effect on the next call: every call looks its token up in the store (no cache).
+Creation and revocation are audited in the same transaction.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.clock import Clock
+from server.engine import audit as actions
 from server.engine.roles import Principal, Role
-from server.storage.repository import Store
+from server.service.caller import Caller
+from server.storage.repository import Store, TokenRecord
 
 TOKEN_PREFIX = "kis_"
 _MAX_TOKEN_CHARS = 512
@@ -31,17 +38,41 @@ class TokenService:
         self._store = store
         self._clock = clock
 
-    def create(self, role: Role, name: str) -> NewToken:
+    def create(self, role: Role, name: str, caller: Caller | None = None) -> NewToken:
         """A new random bearer token for ``role``; returns the plaintext once."""
         name = name.strip()
         if not name or len(name) > 200:
             raise ValueError("token name must be 1-200 characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = f"tok_{secrets.token_hex(6)}"
+        now = self._clock.now()
         with self._store.unit_of_work() as uow:
-            uow.tokens.add(token_id, name, role.value, token_digest(token), self._clock.now())
+            uow.tokens.add(token_id, name, role.value, token_digest(token), now)
+            uow.audit.append(
+                (caller or Caller(None, "local")).audit(
+                    now, actions.TOKEN_CREATED, "CREATED", token_id=token_id, name=name, token_role=role.value
+                )
+            )
             uow.commit()
         return NewToken(token_id=token_id, token=token)
+
+    def list(self) -> Sequence[TokenRecord]:
+        with self._store.unit_of_work(read_only=True) as uow:
+            return list(uow.tokens.list())
+
+    def revoke(self, token_id: str, caller: Caller | None = None) -> bool:
+        """Revoke a token at once; False if unknown or already revoked."""
+        now = self._clock.now()
+        with self._store.unit_of_work() as uow:
+            done = uow.tokens.revoke(token_id, now)
+            if done:
+                uow.audit.append(
+                    (caller or Caller(None, "local")).audit(
+                        now, actions.TOKEN_REVOKED, "REVOKED", token_id=token_id
+                    )
+                )
+            uow.commit()
+        return done
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal of a valid, unrevoked token, else None."""

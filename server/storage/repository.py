@@ -9,20 +9,24 @@ only failures that leave ``server.storage``:
 * :class:`DuplicateKeyError` — an insert hit a business key already stored (DOMAIN.md §13), also when
   two requests race past the service's own look-up; carries the existing estimate id.
 * :class:`StaleRevisionError` — an update was based on a revision that is no longer current.
+* :class:`GrantExistsError` — the month already has its MIXED exception grant (DOMAIN.md §12).
 
 All datetimes are aware and stored in UTC (DOMAIN.md §16.1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import builtins
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
+from server.engine.audit import AuditDraft, AuditEvent
 from server.engine.model import Status
-from server.engine.records import EstimateRecord
+from server.engine.records import EstimateRecord, as_utc
 
 DuplicateKind = Literal["dedup_key", "request_id"]
 
@@ -60,6 +64,18 @@ class StaleRevisionError(Exception):
         self.found_revision = found_revision
 
 
+class GrantExistsError(Exception):
+    """``month`` (``YYYY-MM``, KST) already has a MIXED exception grant, ``existing_grant_id``.
+
+    A domain conflict (MIXED_EXCEPTION_ALREADY_GRANTED, DOMAIN.md §12), not a :class:`StorageError`.
+    """
+
+    def __init__(self, month: str, existing_grant_id: str) -> None:
+        super().__init__(f"month {month} already has MIXED exception grant {existing_grant_id}")
+        self.month = month
+        self.existing_grant_id = existing_grant_id
+
+
 @dataclass(frozen=True, slots=True)
 class EstimateCursor:
     """Keyset position in the newest-first estimate listing: the last row of the previous page.
@@ -91,6 +107,66 @@ class TokenRecord:
     token_sha256: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """The evidence bundle of one estimate revision (DOMAIN.md §15) as stored.
+
+    ``sha256`` (lowercase hex) and ``size_bytes`` describe ``bundle``, the ZIP bytes;
+    ``manifest_json`` is the bundle's ``manifest.json`` entry, byte for byte. A record from
+    :meth:`EvidenceRepository.get_info` has ``bundle == b""`` (not loaded) and the real size.
+    ``signature_key_id`` and ``signature`` (of the manifest) are both set or both None.
+    """
+
+    estimate_id: str
+    revision: int
+    sha256: str
+    size_bytes: int
+    bundle: bytes
+    manifest_json: bytes
+    signature_key_id: str | None
+    signature: str | None
+    created_at: datetime
+
+    def __post_init__(self) -> None:
+        if self.revision < 1:
+            raise ValueError("evidence revision must be >= 1")
+        if (self.signature_key_id is None) != (self.signature is None):
+            raise ValueError("evidence signature_key_id and signature must be given together")
+        object.__setattr__(self, "created_at", as_utc(self.created_at, "created_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit events to list; every given criterion must match.
+
+    ``since`` is inclusive and ``until`` exclusive (on the event time ``at``).
+    """
+
+    action: str | None = None
+    estimate_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+_MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+
+
+@dataclass(frozen=True, slots=True)
+class MixedGrant:
+    """A MIXED exception: ``month`` (``YYYY-MM`` in KST) gets one extra accepted MIXED estimate (§12)."""
+
+    grant_id: str
+    month: str
+    reason: str
+    actor: str
+    granted_at: datetime
+
+    def __post_init__(self) -> None:
+        if not _MONTH.match(self.month):
+            raise ValueError(f"grant month must be YYYY-MM, got {self.month!r}")
+        object.__setattr__(self, "granted_at", as_utc(self.granted_at, "granted_at"))
 
 
 class EstimateRepository(Protocol):
@@ -126,6 +202,31 @@ class EstimateRepository(Protocol):
         check and the insert are atomic.
         """
 
+    def list_oldest(
+        self, status: Status, page_size: int, after: EstimateCursor | None
+    ) -> tuple[Sequence[EstimateRecord], EstimateCursor | None]:
+        """One page of ``status`` oldest first (accepted_at, then estimate_id, ascending): the review queue.
+
+        ``after`` is the cursor returned with the previous page (its last row); None when this page
+        is the last.
+        """
+
+    def count_by_status(self, accepted_from: datetime, accepted_before: datetime) -> dict[Status, int]:
+        """Estimates accepted in ``[accepted_from, accepted_before)`` per current status.
+
+        Every status is a key (0 when none); for the auto-processing rate (DOMAIN.md §16.3).
+        """
+
+    def tat_seconds(self, completed_from: datetime, completed_before: datetime) -> builtins.list[int]:
+        """TATs in **microseconds** (exact ints), ascending, of estimates completed in the window.
+
+        TAT = ``completed_at - accepted_at`` (DOMAIN.md §16.3) for COMPLETED and REVIEWED estimates
+        whose ``completed_at`` is in ``[completed_from, completed_before)``.
+        """
+
+    def oldest_accepted_at(self, status: Status) -> datetime | None:
+        """``accepted_at`` of the oldest estimate in ``status`` (the oldest open review), or None."""
+
 
 class IdempotencyRepository(Protocol):
     def get(self, request_id: str) -> IdempotencyRecord | None:
@@ -149,6 +250,64 @@ class TokenRepository(Protocol):
         """Revoke a token; False if it does not exist or is already revoked."""
 
 
+class EvidenceRepository(Protocol):
+    def add(self, record: EvidenceRecord) -> None:
+        """Store a revision's bundle; :class:`StorageError` if that revision already has one.
+
+        ``ValueError`` when ``sha256``/``size_bytes`` do not describe ``bundle``. The estimate
+        must be stored (same unit of work is fine).
+        """
+
+    def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
+        """The bundle of ``revision`` (None: the highest stored revision), blob included, or None."""
+
+    def get_info(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
+        """Like :meth:`get` without reading the blob: ``bundle`` is ``b""``, the rest is real."""
+
+
+class AuditRepository(Protocol):
+    def append(self, draft: AuditDraft) -> AuditEvent:
+        """Add ``draft`` at the head of the chain and return it sealed (seq, prev_hash, hash).
+
+        Needs a write unit: its exclusive lock is what keeps concurrent appends in one chain.
+        The event is durable only when the unit commits, together with the action it records.
+        """
+
+    def list(
+        self, filter: AuditFilter, page_size: int, before_seq: int | None
+    ) -> tuple[Sequence[AuditEvent], int | None]:
+        """One page newest first (seq descending) of events matching ``filter`` with seq < ``before_seq``.
+
+        Returns the page and the ``before_seq`` of the next one (None when this page is the last).
+        """
+
+    def iter_ascending(self, from_seq: int = 1) -> Iterator[AuditEvent]:
+        """Events with seq >= ``from_seq`` in ascending order, read in chunks (never all at once).
+
+        Lazy: consume it inside the unit of work. Read with :meth:`anchor` in one read-only unit
+        to verify a consistent snapshot.
+        """
+
+    def anchor(self) -> tuple[int, str]:
+        """(seq, hash) of the last pruned event; ``(0, GENESIS_HASH)`` when never pruned."""
+
+    def prune_before(self, cutoff: datetime) -> int:
+        """Delete the oldest events while their ``at`` < ``cutoff``; returns how many.
+
+        Stops at the first event at or after ``cutoff``, so what remains is contiguous, and moves
+        the anchor to the last deleted event in the same unit. The caller then appends an
+        AUDIT_PRUNED event.
+        """
+
+
+class MixedGrantRepository(Protocol):
+    def add(self, grant: MixedGrant) -> None:
+        """Store a grant; :class:`GrantExistsError` if its month already has one."""
+
+    def get(self, month: str) -> MixedGrant | None:
+        """The grant of ``month`` (``YYYY-MM``), or None."""
+
+
 class UnitOfWork(Protocol):
     """One transaction. ``with store.unit_of_work() as uow: ...; uow.commit()``.
 
@@ -164,6 +323,15 @@ class UnitOfWork(Protocol):
 
     @property
     def tokens(self) -> TokenRepository: ...
+
+    @property
+    def evidence(self) -> EvidenceRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
+    @property
+    def mixed_grants(self) -> MixedGrantRepository: ...
 
     def __enter__(self) -> Self: ...
 
@@ -188,12 +356,19 @@ class Store(Protocol):
 
 
 __all__ = [
+    "AuditFilter",
+    "AuditRepository",
     "DuplicateKeyError",
     "DuplicateKind",
     "EstimateCursor",
     "EstimateRepository",
+    "EvidenceRecord",
+    "EvidenceRepository",
+    "GrantExistsError",
     "IdempotencyRecord",
     "IdempotencyRepository",
+    "MixedGrant",
+    "MixedGrantRepository",
     "StaleRevisionError",
     "StorageError",
     "Store",

@@ -11,7 +11,8 @@ Transactions. Connections run in autocommit mode and each unit issues its own ``
 
 * write units: ``BEGIN IMMEDIATE`` takes the write lock up front, so writers queue on
   ``busy_timeout`` instead of failing with an unretriable lock upgrade mid-transaction; a
-  read-check-insert in one write unit (dedup, MIXED quota) is therefore atomic;
+  read-check-insert in one write unit (dedup, MIXED quota, the audit chain's head) is therefore
+  atomic;
 * read-only units: ``BEGIN DEFERRED`` under ``PRAGMA query_only``; in WAL mode they read a
   consistent snapshot and never block or wait for writers.
 
@@ -21,16 +22,19 @@ power loss, not just a process crash. Requires SQLite >= 3.37 (STRICT tables).
 
 from __future__ import annotations
 
+import builtins
+import hashlib
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from server.engine.audit import AuditDraft, AuditEvent, DetailValue, seal
 from server.engine.codec import (
     DocumentError,
     datetime_from_text,
@@ -42,9 +46,13 @@ from server.engine.model import Status
 from server.engine.records import EstimateRecord
 from server.storage.migrate import Migration, load_migrations, migrate_sqlite
 from server.storage.repository import (
+    AuditFilter,
     DuplicateKeyError,
     EstimateCursor,
+    EvidenceRecord,
+    GrantExistsError,
     IdempotencyRecord,
+    MixedGrant,
     StaleRevisionError,
     StorageError,
     TokenRecord,
@@ -147,6 +155,29 @@ def _time(value: object) -> datetime:
 
 def _opt_time(value: object) -> datetime | None:
     return None if value is None else _time(value)
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int):
+        raise StorageError(f"corrupt row: expected INTEGER, got {type(value).__name__}")
+    return value
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _blob(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise StorageError(f"corrupt row: expected BLOB, got {type(value).__name__}")
+    return value
+
+
+def _count(row: Row | None) -> int:
+    count = row[0] if row is not None else 0
+    if not isinstance(count, int):
+        raise StorageError("COUNT(*) did not return an integer")
+    return count
 
 
 # --------------------------------------------------------------------------- repositories
@@ -277,21 +308,72 @@ class SqliteEstimateRepository:
             " ORDER BY accepted_at DESC, estimate_id DESC LIMIT ?",
             (*params, page_size + 1),
         )
-        records = [_record(row[0], row[1]) for row in rows[:page_size]]
-        if len(rows) <= page_size:
-            return records, None
-        last = records[-1]
-        return records, EstimateCursor(accepted_at=last.accepted_at, estimate_id=last.estimate_id)
+        return _page(rows, page_size)
 
     def count_accepted(self, brand: str, accepted_from: datetime, accepted_before: datetime) -> int:
         row = self._tx.one(
             "SELECT COUNT(*) FROM estimates WHERE brand = ? AND accepted_at >= ? AND accepted_at < ?",
             (brand, datetime_to_text(accepted_from), datetime_to_text(accepted_before)),
         )
-        count = row[0] if row is not None else 0
-        if not isinstance(count, int):
-            raise StorageError("COUNT(*) did not return an integer")
-        return count
+        return _count(row)
+
+    def list_oldest(
+        self, status: Status, page_size: int, after: EstimateCursor | None
+    ) -> tuple[Sequence[EstimateRecord], EstimateCursor | None]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        params: list[object] = [status.value]
+        keyset = ""
+        if after is not None:
+            keyset = " AND (accepted_at, estimate_id) > (?, ?)"
+            params += [datetime_to_text(after.accepted_at), after.estimate_id]
+        rows = self._tx.all(
+            f"SELECT estimate_id, document FROM estimates WHERE status = ?{keyset}"  # fixed fragment
+            " ORDER BY accepted_at, estimate_id LIMIT ?",
+            (*params, page_size + 1),
+        )
+        return _page(rows, page_size)
+
+    def count_by_status(self, accepted_from: datetime, accepted_before: datetime) -> dict[Status, int]:
+        rows = self._tx.all(
+            "SELECT status, COUNT(*) FROM estimates"
+            " WHERE accepted_at >= ? AND accepted_at < ? GROUP BY status",
+            (datetime_to_text(accepted_from), datetime_to_text(accepted_before)),
+        )
+        counts = dict.fromkeys(Status, 0)
+        for status, count in rows:
+            try:
+                counts[Status(_text(status))] = _int(count)
+            except ValueError as exc:
+                raise StorageError(f"corrupt row: unknown status {status!r}") from exc
+        return counts
+
+    def tat_seconds(self, completed_from: datetime, completed_before: datetime) -> builtins.list[int]:
+        # "+status": filter on it but search the completed_at window (index estimates_completed);
+        # without statistics SQLite would otherwise scan every COMPLETED estimate ever stored.
+        rows = self._tx.all(
+            "SELECT accepted_at, completed_at FROM estimates"
+            " WHERE completed_at >= ? AND completed_at < ? AND +status IN ('COMPLETED', 'REVIEWED')",
+            (datetime_to_text(completed_from), datetime_to_text(completed_before)),
+        )
+        # timedelta // 1 µs is exact integer arithmetic, unlike total_seconds()
+        return sorted((_time(done) - _time(accepted)) // _MICROSECOND for accepted, done in rows)
+
+    def oldest_accepted_at(self, status: Status) -> datetime | None:
+        row = self._tx.one("SELECT MIN(accepted_at) FROM estimates WHERE status = ?", (status.value,))
+        return None if row is None else _opt_time(row[0])
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _page(rows: Sequence[Row], page_size: int) -> tuple[list[EstimateRecord], EstimateCursor | None]:
+    """The first ``page_size`` of ``rows`` (estimate_id, document) read one beyond, and the next cursor."""
+    records = [_record(row[0], row[1]) for row in rows[:page_size]]
+    if len(rows) <= page_size:
+        return records, None
+    last = records[-1]
+    return records, EstimateCursor(accepted_at=last.accepted_at, estimate_id=last.estimate_id)
 
 
 class SqliteIdempotencyRepository:
@@ -379,6 +461,262 @@ class SqliteTokenRepository:
         return changed == 1
 
 
+# --------------------------------------------------------------------------- evidence
+
+_EVIDENCE_INFO_COLUMNS = (
+    "estimate_id, revision, sha256, size_bytes, signature_key_id, signature, created_at, manifest_json"
+)
+
+
+def _evidence(row: Row, bundle: bytes) -> EvidenceRecord:
+    try:
+        return EvidenceRecord(
+            estimate_id=_text(row[0]),
+            revision=_int(row[1]),
+            sha256=_text(row[2]),
+            size_bytes=_int(row[3]),
+            signature_key_id=_opt_text(row[4]),
+            signature=_opt_text(row[5]),
+            created_at=_time(row[6]),
+            manifest_json=_blob(row[7]),
+            bundle=bundle,
+        )
+    except ValueError as exc:
+        raise StorageError(f"corrupt evidence row: {exc}") from exc
+
+
+class SqliteEvidenceRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, record: EvidenceRecord) -> None:
+        """Insert a revision's bundle; StorageError when that revision already has one."""
+        if record.size_bytes != len(record.bundle):
+            raise ValueError(f"evidence size_bytes {record.size_bytes} != bundle length {len(record.bundle)}")
+        if record.sha256 != hashlib.sha256(record.bundle).hexdigest():
+            raise ValueError("evidence sha256 does not match the bundle bytes")
+        inserted = self._tx.insert(
+            f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.estimate_id,
+                record.revision,
+                record.sha256,
+                record.size_bytes,
+                record.signature_key_id,
+                record.signature,
+                datetime_to_text(record.created_at),
+                bytes(record.manifest_json),
+                bytes(record.bundle),
+            ),
+        )
+        if not inserted:
+            raise StorageError(
+                f"evidence of estimate {record.estimate_id} revision {record.revision} is already stored"
+            )
+
+    def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
+        row = self._row(f"{_EVIDENCE_INFO_COLUMNS}, bundle", estimate_id, revision)
+        return None if row is None else _evidence(row, _blob(row[8]))
+
+    def get_info(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
+        row = self._row(_EVIDENCE_INFO_COLUMNS, estimate_id, revision)
+        return None if row is None else _evidence(row, b"")
+
+    def _row(self, columns: str, estimate_id: str, revision: int | None) -> Row | None:
+        # columns is one of the two constants above; values are bound
+        if revision is None:
+            return self._tx.one(
+                f"SELECT {columns} FROM evidence WHERE estimate_id = ? ORDER BY revision DESC LIMIT 1",
+                (estimate_id,),
+            )
+        return self._tx.one(
+            f"SELECT {columns} FROM evidence WHERE estimate_id = ? AND revision = ?", (estimate_id, revision)
+        )
+
+
+# --------------------------------------------------------------------------- audit
+
+_AUDIT_COLUMNS = (
+    "seq, prev_hash, hash, at, action, outcome, actor, role, estimate_id, revision, details, peer"
+)
+_AUDIT_CHUNK = 500  # rows per read in iter_ascending: bounded memory for any log size
+
+
+def _details_text(details: Mapping[str, DetailValue]) -> str:
+    return json.dumps(dict(details), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _audit_event(row: Row) -> AuditEvent:
+    seq = _int(row[0])
+    try:
+        details = json.loads(_text(row[10]))
+    except ValueError as exc:
+        raise StorageError(f"corrupt audit event {seq}: details are not JSON: {exc}") from exc
+    if not isinstance(details, dict):
+        raise StorageError(f"corrupt audit event {seq}: details are not a JSON object")
+    # Read as stored, not re-validated: verify_chain judges the content (an edit shows as a break).
+    return AuditEvent(
+        seq=seq,
+        prev_hash=_text(row[1]),
+        hash=_text(row[2]),
+        at=_time(row[3]),
+        action=_text(row[4]),
+        outcome=_text(row[5]),
+        actor=_text(row[6]),
+        role=_text(row[7]),
+        estimate_id=_opt_text(row[8]),
+        revision=_opt_int(row[9]),
+        details=details,
+        peer=_text(row[11]),
+    )
+
+
+class SqliteAuditRepository:
+    """The hash-chained audit log; the schema's triggers keep it append-only (migration 0002)."""
+
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def append(self, draft: AuditDraft) -> AuditEvent:
+        """Seal ``draft`` after the current head and insert it (call in a write unit)."""
+        head = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
+        last_seq, last_hash = (_int(head[0]), _text(head[1])) if head is not None else self.anchor()
+        event = seal(last_seq + 1, last_hash, draft)
+        inserted = self._tx.insert(
+            f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.seq,
+                event.prev_hash,
+                event.hash,
+                datetime_to_text(event.at),
+                event.action,
+                event.outcome,
+                event.actor,
+                event.role,
+                event.estimate_id,
+                event.revision,
+                _details_text(event.details),
+                event.peer,
+            ),
+        )
+        if not inserted:  # pragma: no cover - the write lock makes the head read above current
+            raise StorageError(f"audit seq {event.seq} was taken concurrently", retryable=True)
+        return event
+
+    def list(
+        self, filter: AuditFilter, page_size: int, before_seq: int | None
+    ) -> tuple[Sequence[AuditEvent], int | None]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        conditions: list[str] = []
+        params: list[object] = []
+        if filter.action is not None:
+            conditions.append("action = ?")
+            params.append(filter.action)
+        if filter.estimate_id is not None:
+            conditions.append("estimate_id = ?")
+            params.append(filter.estimate_id)
+        if filter.since is not None:
+            conditions.append("at >= ?")
+            params.append(datetime_to_text(filter.since))
+        if filter.until is not None:
+            conditions.append("at < ?")
+            params.append(datetime_to_text(filter.until))
+        if before_seq is not None:
+            conditions.append("seq < ?")
+            params.append(before_seq)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._tx.all(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events{where}"  # fixed fragments only; values are bound
+            " ORDER BY seq DESC LIMIT ?",
+            (*params, page_size + 1),
+        )
+        events = [_audit_event(row) for row in rows[:page_size]]
+        return events, (events[-1].seq if len(rows) > page_size else None)
+
+    def iter_ascending(self, from_seq: int = 1) -> Iterator[AuditEvent]:
+        next_seq = from_seq
+        while True:
+            rows = self._tx.all(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE seq >= ? ORDER BY seq LIMIT ?",
+                (next_seq, _AUDIT_CHUNK),
+            )
+            for row in rows:
+                event = _audit_event(row)
+                next_seq = event.seq + 1
+                yield event
+            if len(rows) < _AUDIT_CHUNK:
+                return
+
+    def anchor(self) -> tuple[int, str]:
+        row = self._tx.one("SELECT seq, hash FROM audit_anchor WHERE id = 1", ())
+        if row is None:
+            raise StorageError("audit_anchor row is missing (schema 0002 inserts it)")
+        return _int(row[0]), _text(row[1])
+
+    def prune_before(self, cutoff: datetime) -> int:
+        anchor_seq, _ = self.anchor()
+        # "+at": walk seq upwards from the oldest event and stop at the first one to keep (reads
+        # about as many rows as are pruned), rather than sorting every event after the cutoff.
+        first_kept = self._tx.one(
+            "SELECT seq FROM audit_events WHERE +at >= ? ORDER BY seq LIMIT 1", (datetime_to_text(cutoff),)
+        )
+        if first_kept is None:
+            last = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
+        else:
+            last = self._tx.one(
+                "SELECT seq, hash FROM audit_events WHERE seq < ? ORDER BY seq DESC LIMIT 1",
+                (_int(first_kept[0]),),
+            )
+        if last is None:
+            return 0
+        last_seq = _int(last[0])
+        # Anchor first: the delete trigger only lets events up to the anchor go.
+        self._tx.execute(
+            "UPDATE audit_anchor SET seq = ?, hash = ?, pruned_before = ? WHERE id = 1",
+            (last_seq, _text(last[1]), datetime_to_text(cutoff)),
+        )
+        return self._tx.execute("DELETE FROM audit_events WHERE seq > ? AND seq <= ?", (anchor_seq, last_seq))
+
+
+# --------------------------------------------------------------------------- MIXED grants
+
+_GRANT_COLUMNS = "grant_id, month, reason, actor, granted_at"
+
+
+class SqliteMixedGrantRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, grant: MixedGrant) -> None:
+        """Insert a grant; GrantExistsError when its month already has one."""
+        inserted = self._tx.insert(
+            f"INSERT INTO mixed_grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            (grant.grant_id, grant.month, grant.reason, grant.actor, datetime_to_text(grant.granted_at)),
+        )
+        if inserted:
+            return
+        existing = self.get(grant.month)
+        if existing is not None:
+            raise GrantExistsError(grant.month, existing.grant_id)
+        raise StorageError(f"MIXED grant id {grant.grant_id} is already stored")
+
+    def get(self, month: str) -> MixedGrant | None:
+        row = self._tx.one(f"SELECT {_GRANT_COLUMNS} FROM mixed_grants WHERE month = ?", (month,))
+        if row is None:
+            return None
+        try:
+            return MixedGrant(
+                grant_id=_text(row[0]),
+                month=_text(row[1]),
+                reason=_text(row[2]),
+                actor=_text(row[3]),
+                granted_at=_time(row[4]),
+            )
+        except ValueError as exc:
+            raise StorageError(f"corrupt MIXED grant row: {exc}") from exc
+
+
 # --------------------------------------------------------------------------- unit of work and store
 
 
@@ -393,6 +731,9 @@ class SqliteUnitOfWork:
         self.estimates = SqliteEstimateRepository(self._tx)
         self.idempotency = SqliteIdempotencyRepository(self._tx)
         self.tokens = SqliteTokenRepository(self._tx)
+        self.evidence = SqliteEvidenceRepository(self._tx)
+        self.audit = SqliteAuditRepository(self._tx)
+        self.mixed_grants = SqliteMixedGrantRepository(self._tx)
 
     def __enter__(self) -> Self:
         if self._entered:
@@ -554,8 +895,11 @@ class SqliteStore:
 
 __all__ = [
     "MIN_SQLITE_VERSION",
+    "SqliteAuditRepository",
     "SqliteEstimateRepository",
+    "SqliteEvidenceRepository",
     "SqliteIdempotencyRepository",
+    "SqliteMixedGrantRepository",
     "SqliteStore",
     "SqliteTokenRepository",
     "SqliteUnitOfWork",

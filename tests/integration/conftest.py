@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from server.clock import Clock
 from server.engine.roles import Role
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.main import App, build_app
@@ -32,9 +33,9 @@ class Served:
         return (("authorization", f"Bearer {self.tokens[role]}"),) if role else ()
 
 
-def start_app(db_dir: Path, **overrides: object) -> Served:
+def start_app(db_dir: Path, *, clock: Clock | None = None, **overrides: object) -> Served:
     settings = Settings(database_url=f"sqlite:///{db_dir / 'kis.db'}", shutdown_grace_s=5.0, **overrides)  # type: ignore[arg-type]
-    app = build_app(settings, address="127.0.0.1:0")
+    app = build_app(settings, address="127.0.0.1:0", clock=clock)
     app.start()
     tokens = {role.value: app.deps.tokens.create(role, f"test-{role.value.lower()}").token for role in Role}
     return Served(app=app, address=f"127.0.0.1:{app.port}", tokens=tokens)

@@ -42,8 +42,9 @@ def test_store_open_creates_parents_wal_schema_and_records_the_version(tmp_path:
     store = SqliteStore(path, now=lambda: T0)
     store.close()
     SqliteStore(path, now=lambda: datetime(2030, 1, 1, tzinfo=UTC)).close()  # reopen: nothing applied
-    assert _versions(path) == [(1, "2025-10-01T00:00:00.000000Z")]
-    assert {"estimates", "idempotency", "tokens", "schema_migrations"} <= _tables(path)
+    assert _versions(path) == [(1, "2025-10-01T00:00:00.000000Z"), (2, "2025-10-01T00:00:00.000000Z")]
+    expected = {"estimates", "idempotency", "tokens", "schema_migrations", "audit_events", "evidence"}
+    assert expected <= _tables(path)
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -2,15 +2,18 @@
 
 Backends come from the ``backend`` fixture (``params=["sqlite"]``). A PostgreSQL backend adds a
 param whose factory skips with a reason when no server is reachable (and fails under
-``KIS_REQUIRE_PG=1``), per STYLE.md §2.3; nothing below names a backend.
+``KIS_REQUIRE_PG=1``), per STYLE.md §2.3; nothing below names a backend. Tampering tests reach the
+database around the store through the backend's ``raw`` hooks, as an attacker with database access
+would.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from server.engine import audit
+from server.engine.audit import GENESIS_HASH, AuditDraft, AuditEvent, ChainBreak, event_hash, verify_chain
 from server.engine.codec import stored_request
 from server.engine.model import (
     RULES_VERSION,
@@ -36,11 +41,15 @@ from server.engine.model import (
 )
 from server.engine.records import EstimateRecord
 from server.engine.request import request_hash
-from server.storage.migrate import SchemaVersionError
+from server.storage.migrate import SchemaVersionError, load_migrations
 from server.storage.repository import (
+    AuditFilter,
     DuplicateKeyError,
     EstimateCursor,
+    EvidenceRecord,
+    GrantExistsError,
     IdempotencyRecord,
+    MixedGrant,
     StaleRevisionError,
     StorageError,
     Store,
@@ -62,10 +71,19 @@ class Backend:
     name: str
     open_store: Callable[[float], Store]  # busy_timeout_s -> a new store on the same database
     write_schema_version: Callable[[int], None]  # simulate a migration by a newer build
+    open_at_version: Callable[[int], Store]  # a store migrated only up to this schema version
+    raw: Callable[[str, Sequence[object]], None]  # one statement on the database, around the store
+    raw_error: type[Exception]  # what ``raw`` raises when the database refuses a statement
+    drop_audit_guards: Callable[[], None]  # the append-only triggers, as an attacker would drop them
     opened: list[Store] = field(default_factory=list)
 
     def open(self, busy_timeout_s: float = 10.0) -> Store:
         store = self.open_store(busy_timeout_s)
+        self.opened.append(store)
+        return store
+
+    def open_old(self, version: int) -> Store:
+        store = self.open_at_version(version)
         self.opened.append(store)
         return store
 
@@ -84,7 +102,29 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
             )
         conn.close()
 
-    return Backend("sqlite", open_store, write_schema_version)
+    def open_at_version(version: int) -> Store:
+        return SqliteStore(path, migrations=load_migrations()[:version])
+
+    def raw(sql: str, params: Sequence[object]) -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute(sql, params)
+        finally:
+            conn.close()
+
+    def drop_audit_guards() -> None:
+        for trigger in ("audit_events_no_update", "audit_events_delete_only_pruned"):
+            raw(f"DROP TRIGGER {trigger}", ())
+
+    return Backend(
+        "sqlite",
+        open_store,
+        write_schema_version,
+        open_at_version,
+        raw,
+        sqlite3.IntegrityError,  # RAISE(ABORT) in a trigger is a constraint failure
+        drop_audit_guards,
+    )
 
 
 @pytest.fixture(params=["sqlite"])
@@ -528,3 +568,502 @@ def test_concurrent_writers_all_land(store: Store) -> None:
         assert [f.result(timeout=JOIN_TIMEOUT_S) for f in futures] == [per_thread] * threads_n
     ids = _all_pages(store, None, 37)
     assert sorted(ids) == [f"E{n:04d}" for n in range(threads_n * per_thread)]
+
+
+def test_upgrade_from_schema_1_keeps_the_data_and_adds_the_new_tables(backend: Backend) -> None:
+    old = backend.open_old(1)
+    first = make_record("E1", request_id="rid-1", dedup_key="dedup:1")
+    with old.unit_of_work() as uow:
+        uow.estimates.add(first)
+        uow.idempotency.add(IdempotencyRecord("rid-1", "h", "E1", b"reply"), T0)
+        uow.tokens.add("t1", "ci", "ADMIN", "a" * 64, T0)
+        uow.commit()
+    old.close()
+    upgraded = backend.open()
+    with upgraded.unit_of_work() as uow:
+        assert uow.estimates.get("E1") == first
+        assert uow.idempotency.get("rid-1") == IdempotencyRecord("rid-1", "h", "E1", b"reply")
+        assert uow.tokens.find_by_hash("a" * 64) is not None
+        assert uow.audit.anchor() == (0, GENESIS_HASH)
+        uow.evidence.add(make_evidence("E1", 1))
+        assert uow.audit.append(draft(1)).seq == 1
+        uow.mixed_grants.add(MixedGrant("G1", "2025-10", "vendor shortage", "admin", T0))
+        assert uow.estimates.count_by_status(T0, T0 + timedelta(days=1))[Status.COMPLETED] == 1
+        uow.commit()
+    assert get_evidence(upgraded, "E1", None) == make_evidence("E1", 1)
+
+
+# --------------------------------------------------------------------------- review queue and reports
+
+
+@pytest.mark.parametrize("page_size", [1, 4, 100], ids=["size1", "size4", "one_page"])
+def test_list_oldest_pages_a_status_oldest_first(store: Store, page_size: int) -> None:
+    records = []
+    for i in range(30):
+        accepted = T0 + timedelta(seconds=i % 4)  # shared instants: estimate_id breaks the tie
+        state = Status.NEEDS_REVIEW if i % 3 else Status.COMPLETED
+        records.append(make_record(f"E{(i * 11) % 30:02d}", accepted_at=accepted, status=state))
+    add_committed(store, *records)
+    expected = [
+        r.estimate_id
+        for r in sorted(records, key=lambda r: (r.accepted_at, r.estimate_id))
+        if r.status is Status.NEEDS_REVIEW
+    ]
+    got: list[str] = []
+    cursor: EstimateCursor | None = None
+    with store.unit_of_work(read_only=True) as uow:
+        while True:
+            page, cursor = uow.estimates.list_oldest(Status.NEEDS_REVIEW, page_size, cursor)
+            assert len(page) <= page_size
+            got += [r.estimate_id for r in page]
+            if cursor is None:
+                break
+        assert uow.estimates.list_oldest(Status.REVIEWED, 5, None) == ([], None)
+        with pytest.raises(ValueError, match="page_size"):
+            uow.estimates.list_oldest(Status.NEEDS_REVIEW, 0, None)
+    assert got == expected
+
+
+def test_list_oldest_returns_full_records_and_the_cursor_of_the_last_row(store: Store) -> None:
+    older = make_record("E2", accepted_at=T0, status=Status.NEEDS_REVIEW)
+    newer = make_record("E1", accepted_at=T0 + timedelta(microseconds=1), status=Status.NEEDS_REVIEW)
+    add_committed(store, newer, older)
+    with store.unit_of_work(read_only=True) as uow:
+        first, cursor = uow.estimates.list_oldest(Status.NEEDS_REVIEW, 1, None)
+        assert (list(first), cursor) == ([older], EstimateCursor(T0, "E2"))
+        second, last = uow.estimates.list_oldest(Status.NEEDS_REVIEW, 1, cursor)
+        assert (list(second), last) == ([newer], None)
+
+
+WINDOW_FROM = datetime(2025, 9, 30, 15, 0, tzinfo=UTC)  # 2025-10-01 00:00 KST
+WINDOW_BEFORE = datetime(2025, 10, 31, 15, 0, tzinfo=UTC)  # 2025-11-01 00:00 KST
+
+
+def test_count_by_status_counts_a_half_open_accepted_window(store: Store) -> None:
+    inside = WINDOW_FROM + timedelta(days=2)
+    add_committed(
+        store,
+        make_record("before", accepted_at=WINDOW_FROM - timedelta(microseconds=1)),
+        make_record("first", accepted_at=WINDOW_FROM),
+        make_record("c2", accepted_at=inside),
+        make_record("open", accepted_at=inside, status=Status.NEEDS_REVIEW),
+        make_record("rejected", accepted_at=inside, status=Status.REJECTED),
+        make_record(
+            "last", accepted_at=WINDOW_BEFORE - timedelta(microseconds=1), status=Status.NEEDS_REVIEW
+        ),
+        make_record("after", accepted_at=WINDOW_BEFORE),
+    )
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.estimates.count_by_status(WINDOW_FROM, WINDOW_BEFORE) == {
+            Status.COMPLETED: 2,
+            Status.NEEDS_REVIEW: 2,
+            Status.REVIEWED: 0,
+            Status.REJECTED: 1,
+        }
+        assert uow.estimates.count_by_status(WINDOW_BEFORE, WINDOW_BEFORE) == dict.fromkeys(Status, 0)
+
+
+def test_tat_is_exact_microseconds_over_a_half_open_completed_window(store: Store) -> None:
+    def done(estimate_id: str, completed_at: datetime, tat: timedelta, status: Status) -> EstimateRecord:
+        base = make_record(estimate_id, accepted_at=completed_at - tat, status=status)
+        return dataclasses.replace(base, completed_at=completed_at)
+
+    add_committed(
+        store,
+        done("before", WINDOW_FROM - timedelta(microseconds=1), timedelta(seconds=1), Status.COMPLETED),
+        done("first", WINDOW_FROM, timedelta(minutes=3, microseconds=7), Status.COMPLETED),
+        # accepted in the previous month, completed inside the window: counted (window is on completed_at)
+        done("reviewed", WINDOW_FROM + timedelta(hours=1), timedelta(days=2), Status.REVIEWED),
+        done("rejected", WINDOW_FROM + timedelta(hours=1), timedelta(seconds=9), Status.REJECTED),
+        done("last", WINDOW_BEFORE - timedelta(microseconds=1), timedelta(microseconds=1), Status.COMPLETED),
+        done("after", WINDOW_BEFORE, timedelta(seconds=2), Status.COMPLETED),
+        make_record("open", accepted_at=WINDOW_FROM + timedelta(hours=2), status=Status.NEEDS_REVIEW),
+    )
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.estimates.tat_seconds(WINDOW_FROM, WINDOW_BEFORE) == [1, 180_000_007, 172_800_000_000]
+        assert uow.estimates.tat_seconds(WINDOW_BEFORE, WINDOW_BEFORE) == []
+
+
+def test_oldest_accepted_at_per_status(store: Store) -> None:
+    add_committed(
+        store,
+        make_record("E1", accepted_at=T0 + timedelta(hours=1), status=Status.NEEDS_REVIEW),
+        make_record("E2", accepted_at=T0, status=Status.NEEDS_REVIEW),
+        make_record("E3", accepted_at=T0 - timedelta(days=1)),
+    )
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.estimates.oldest_accepted_at(Status.NEEDS_REVIEW) == T0
+        assert uow.estimates.oldest_accepted_at(Status.COMPLETED) == T0 - timedelta(days=1)
+        assert uow.estimates.oldest_accepted_at(Status.REVIEWED) is None
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def make_evidence(estimate_id: str, revision: int, *, signed: bool = False) -> EvidenceRecord:
+    # every byte value, NULs and a non-UTF-8 tail: the blob must come back untouched
+    bundle = bytes(range(256)) * 40 + f"{estimate_id}/{revision}".encode() + b"\x00\xff\xfe"
+    return EvidenceRecord(
+        estimate_id=estimate_id,
+        revision=revision,
+        sha256=hashlib.sha256(bundle).hexdigest(),
+        size_bytes=len(bundle),
+        bundle=bundle,
+        manifest_json=f'{{"estimate_id": "{estimate_id}", "revision": {revision}, "비고": "한"}}\n'.encode(),
+        signature_key_id="k-2025" if signed else None,
+        signature="c2lnbmF0dXJl" if signed else None,
+        created_at=T0 + timedelta(minutes=revision),
+    )
+
+
+def get_evidence(store: Store, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
+    with store.unit_of_work(read_only=True) as uow:
+        return uow.evidence.get(estimate_id, revision)
+
+
+def test_evidence_reads_back_byte_identical_by_revision_or_highest(store: Store) -> None:
+    rev1, rev2 = make_evidence("E1", 1), make_evidence("E1", 2, signed=True)
+    with store.unit_of_work() as uow:
+        uow.estimates.add(make_record("E1"))
+        uow.estimates.add(make_record("E2"))
+        uow.evidence.add(rev2)  # insertion order does not decide "highest"
+        uow.evidence.add(rev1)
+        uow.commit()
+    assert get_evidence(store, "E1", 1) == rev1
+    assert get_evidence(store, "E1", 2) == rev2
+    latest = get_evidence(store, "E1", None)
+    assert latest == rev2
+    assert latest is not None and latest.bundle == rev2.bundle
+    assert hashlib.sha256(latest.bundle).hexdigest() == rev2.sha256
+    assert get_evidence(store, "E1", 3) is None
+    assert get_evidence(store, "E2", None) is None
+    assert get_evidence(store, "unknown", None) is None
+
+
+def test_evidence_info_has_everything_but_the_blob(store: Store) -> None:
+    rev1, rev2 = make_evidence("E1", 1, signed=True), make_evidence("E1", 2)
+    with store.unit_of_work() as uow:
+        uow.estimates.add(make_record("E1"))
+        uow.evidence.add(rev1)
+        uow.evidence.add(rev2)
+        uow.commit()
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.evidence.get_info("E1", None) == dataclasses.replace(rev2, bundle=b"")
+        assert uow.evidence.get_info("E1", 1) == dataclasses.replace(rev1, bundle=b"")
+        assert uow.evidence.get_info("E1", 9) is None
+
+
+def test_evidence_of_a_revision_is_stored_once(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        uow.estimates.add(make_record("E1"))
+        uow.evidence.add(make_evidence("E1", 1))
+        uow.commit()
+    with store.unit_of_work() as uow, pytest.raises(StorageError, match="already stored"):
+        uow.evidence.add(make_evidence("E1", 1, signed=True))
+    assert get_evidence(store, "E1", 1) == make_evidence("E1", 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"sha256": "0" * 64}, "sha256"), ({"size_bytes": 1}, "size_bytes")],
+    ids=["wrong_sha256", "wrong_size"],
+)
+def test_evidence_must_describe_its_bundle(store: Store, change: dict[str, object], message: str) -> None:
+    with store.unit_of_work() as uow, pytest.raises(ValueError, match=message):
+        uow.estimates.add(make_record("E1"))
+        uow.evidence.add(dataclasses.replace(make_evidence("E1", 1), **change))  # type: ignore[arg-type]
+
+
+def test_evidence_needs_a_stored_estimate(store: Store) -> None:
+    with store.unit_of_work() as uow, pytest.raises(StorageError):
+        uow.evidence.add(make_evidence("E-missing", 1))
+
+
+# --------------------------------------------------------------------------- audit log
+
+
+def draft(
+    n: int,
+    *,
+    action: str = audit.ESTIMATE_ACCEPTED,
+    estimate_id: str | None = None,
+    at: datetime | None = None,
+) -> AuditDraft:
+    return AuditDraft(
+        at=T0 + timedelta(minutes=n) if at is None else at,
+        action=action,
+        outcome="OK",
+        actor="관리자-1",
+        role="ADMIN",
+        estimate_id=estimate_id,
+        revision=None if estimate_id is None else 1,
+        details={"n": n, "codes": ["MIX-1", "DUP-1"], "granted": n % 2 == 0, "note": None},
+        peer="ipv4:127.0.0.1:50000",
+    )
+
+
+def append_committed(store: Store, *drafts: AuditDraft) -> list[AuditEvent]:
+    with store.unit_of_work() as uow:
+        events = [uow.audit.append(d) for d in drafts]
+        uow.commit()
+    return events
+
+
+def read_chain(store: Store) -> tuple[int, str, list[AuditEvent]]:
+    with store.unit_of_work(read_only=True) as uow:
+        seq, hash_ = uow.audit.anchor()
+        return seq, hash_, list(uow.audit.iter_ascending(seq + 1))
+
+
+def verify(store: Store) -> ChainBreak | None:
+    """What an operator's verification does: anchor and events from one read snapshot."""
+    with store.unit_of_work(read_only=True) as uow:
+        seq, hash_ = uow.audit.anchor()
+        return verify_chain(uow.audit.iter_ascending(seq + 1), anchor_seq=seq, anchor_hash=hash_)
+
+
+def test_appends_build_a_verifiable_chain_from_genesis(store: Store) -> None:
+    first = append_committed(store, draft(0), draft(1, estimate_id="E1"))
+    second = append_committed(store, draft(2, action=audit.EVIDENCE_DOWNLOAD))
+    events = first + second
+    assert [(e.seq, e.prev_hash) for e in events] == [
+        (1, GENESIS_HASH),
+        (2, events[0].hash),
+        (3, events[1].hash),
+    ]
+    assert all(e.hash == event_hash(e.seq, e.prev_hash, e.draft) for e in events)
+    assert read_chain(store) == (0, GENESIS_HASH, events)  # read back equal, field for field
+    assert verify(store) is None
+
+
+def test_a_rolled_back_append_leaves_no_gap(store: Store) -> None:
+    append_committed(store, draft(0))
+    with store.unit_of_work() as uow:
+        assert uow.audit.append(draft(1)).seq == 2  # not committed
+    assert append_committed(store, draft(2))[0].seq == 2
+    assert [e.seq for e in read_chain(store)[2]] == [1, 2]
+    assert verify(store) is None
+
+
+def test_append_needs_a_write_unit(store: Store) -> None:
+    with store.unit_of_work(read_only=True) as uow, pytest.raises(StorageError):
+        uow.audit.append(draft(0))
+
+
+def test_iter_ascending_reads_long_chains_in_order_from_any_seq(store: Store) -> None:
+    events = append_committed(store, *(draft(i) for i in range(1234)))
+    with store.unit_of_work(read_only=True) as uow:
+        assert list(uow.audit.iter_ascending()) == events
+        assert list(uow.audit.iter_ascending(1001)) == events[1000:]
+        assert list(uow.audit.iter_ascending(5000)) == []
+    assert verify(store) is None
+
+
+def test_concurrent_appends_form_one_contiguous_chain(store: Store) -> None:
+    threads_n, per_thread = 8, 25
+    start = threading.Barrier(threads_n)
+
+    def write(thread_no: int) -> list[AuditEvent]:
+        start.wait(timeout=JOIN_TIMEOUT_S)
+        written = []
+        for i in range(per_thread):
+            written += append_committed(store, draft(i, estimate_id=f"T{thread_no}"))
+        return written
+
+    with ThreadPoolExecutor(max_workers=threads_n) as pool:
+        futures = [pool.submit(write, t) for t in range(threads_n)]
+        written = [e for f in futures for e in f.result(timeout=JOIN_TIMEOUT_S)]
+    _, _, stored = read_chain(store)
+    assert [e.seq for e in stored] == list(range(1, threads_n * per_thread + 1))
+    assert sorted(written, key=lambda e: e.seq) == stored
+    assert verify(store) is None
+
+
+AUDIT_FILTERS: list[tuple[str, AuditFilter]] = [
+    ("all", AuditFilter()),
+    ("action", AuditFilter(action=audit.EVIDENCE_DOWNLOAD)),
+    ("estimate", AuditFilter(estimate_id="E1")),
+    ("action_and_estimate", AuditFilter(action=audit.EVIDENCE_DOWNLOAD, estimate_id="E1")),
+    ("since_inclusive", AuditFilter(since=T0 + timedelta(minutes=10))),
+    ("until_exclusive", AuditFilter(until=T0 + timedelta(minutes=10))),
+    ("window", AuditFilter(since=T0 + timedelta(minutes=5), until=T0 + timedelta(minutes=15))),
+    ("no_match", AuditFilter(action=audit.TOKEN_REVOKED)),
+]
+
+
+def _matches(event: AuditEvent, f: AuditFilter) -> bool:
+    return (
+        (f.action is None or event.action == f.action)
+        and (f.estimate_id is None or event.estimate_id == f.estimate_id)
+        and (f.since is None or event.at >= f.since)
+        and (f.until is None or event.at < f.until)
+    )
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 100], ids=["size1", "size3", "one_page"])
+@pytest.mark.parametrize("audit_filter", [f for _, f in AUDIT_FILTERS], ids=[n for n, _ in AUDIT_FILTERS])
+def test_audit_list_filters_and_pages_newest_first(
+    store: Store, audit_filter: AuditFilter, page_size: int
+) -> None:
+    drafts = [
+        draft(
+            i,
+            action=audit.EVIDENCE_DOWNLOAD if i % 3 == 0 else audit.ESTIMATE_ACCEPTED,
+            estimate_id=None if i % 5 == 4 else f"E{i % 2}",
+        )
+        for i in range(20)
+    ]
+    events = append_committed(store, *drafts)
+    expected = [e for e in reversed(events) if _matches(e, audit_filter)]
+    got: list[AuditEvent] = []
+    before: int | None = None
+    with store.unit_of_work(read_only=True) as uow:
+        while True:
+            page, before = uow.audit.list(audit_filter, page_size, before)
+            assert len(page) <= page_size
+            got += page
+            if before is None:
+                break
+    assert got == expected
+
+
+def test_audit_list_rejects_a_non_positive_page_size(store: Store) -> None:
+    with store.unit_of_work(read_only=True) as uow, pytest.raises(ValueError, match="page_size"):
+        uow.audit.list(AuditFilter(), 0, None)
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "expected"),
+    [
+        (
+            "UPDATE audit_events SET details = ? WHERE seq = ?",
+            ('{"n":99}', 4),
+            ChainBreak(4, "record 4 was altered"),
+        ),
+        (
+            "UPDATE audit_events SET outcome = ? WHERE seq = ?",
+            ("DENIED", 1),
+            ChainBreak(1, "record 1 was altered"),
+        ),
+        (
+            "UPDATE audit_events SET at = ? WHERE seq = ?",
+            ("2025-10-01T03:04:05.000000Z", 6),
+            ChainBreak(6, "record 6 was altered"),
+        ),
+        ("DELETE FROM audit_events WHERE seq = ?", (5,), ChainBreak(6, "missing record(s) before seq 6")),
+        ("DELETE FROM audit_events WHERE seq <= ?", (2,), ChainBreak(3, "missing record(s) before seq 3")),
+    ],
+    ids=["details_edited", "outcome_edited", "time_edited", "middle_deleted", "first_deleted"],
+)
+def test_tampering_around_the_store_is_detected(
+    backend: Backend, store: Store, sql: str, params: tuple[object, ...], expected: ChainBreak
+) -> None:
+    append_committed(store, *(draft(i) for i in range(8)))
+    backend.drop_audit_guards()
+    backend.raw(sql, params)
+    assert verify(store) == expected
+
+
+def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(backend: Backend, store: Store) -> None:
+    events = append_committed(store, *(draft(i) for i in range(5)))
+    forged = dataclasses.replace(events[2], outcome="DENIED")
+    backend.drop_audit_guards()
+    backend.raw(
+        "UPDATE audit_events SET outcome = ?, hash = ? WHERE seq = ?",
+        ("DENIED", event_hash(3, forged.prev_hash, forged.draft), 3),
+    )
+    assert verify(store) == ChainBreak(4, "record 4 does not link to record 3")
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("UPDATE audit_events SET details = '{}' WHERE seq = ?", (2,)),
+        ("DELETE FROM audit_events WHERE seq = ?", (1,)),
+        ("DELETE FROM audit_events WHERE seq = ?", (3,)),
+        (
+            "INSERT INTO audit_events (seq, at, action, outcome, actor, role, details, peer, prev_hash, hash)"
+            " VALUES (?, '2025-10-01T00:00:00.000000Z', 'X', 'OK', 'a', '', '{}', '', ?, ?)",
+            (5, "0" * 64, "0" * 64),
+        ),
+        ("UPDATE audit_anchor SET seq = 2, hash = ? WHERE id = 1", ("f" * 64,)),
+        ("DELETE FROM audit_anchor", ()),
+    ],
+    ids=["update", "delete_first", "delete_last", "insert_off_head", "anchor_to_fake_hash", "anchor_delete"],
+)
+def test_the_database_refuses_edits_while_its_guards_stand(
+    backend: Backend, store: Store, sql: str, params: tuple[object, ...]
+) -> None:
+    events = append_committed(store, *(draft(i) for i in range(3)))
+    with pytest.raises(backend.raw_error, match="audit"):
+        backend.raw(sql, params)
+    assert read_chain(store) == (0, GENESIS_HASH, events)
+
+
+def test_prune_deletes_a_contiguous_prefix_and_moves_the_anchor(store: Store) -> None:
+    minutes = [0, 1, 2, 9, 3, 4, 5, 6]  # seq 4 is late: pruning stops there, keeping seq 5 too
+    events = append_committed(store, *(draft(i, at=T0 + timedelta(minutes=m)) for i, m in enumerate(minutes)))
+    with store.unit_of_work() as uow:
+        assert uow.audit.prune_before(T0 + timedelta(minutes=5)) == 3
+        assert uow.audit.anchor() == (3, events[2].hash)
+        marker = uow.audit.append(draft(99, action=audit.AUDIT_PRUNED))
+        uow.commit()
+    assert marker.seq == 9
+    assert read_chain(store) == (3, events[2].hash, [*events[3:], marker])
+    assert verify(store) is None
+    with store.unit_of_work() as uow:
+        assert uow.audit.prune_before(T0 + timedelta(minutes=5)) == 0  # seq 4 still blocks
+        assert uow.audit.prune_before(T0) == 0
+        uow.commit()
+    assert read_chain(store)[0] == 3
+
+
+def test_prune_of_everything_keeps_the_next_append_linked(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        assert uow.audit.prune_before(T0 + timedelta(days=1)) == 0  # empty log
+        assert uow.audit.anchor() == (0, GENESIS_HASH)
+        uow.commit()
+    events = append_committed(store, *(draft(i) for i in range(4)))
+    with store.unit_of_work() as uow:
+        assert uow.audit.prune_before(T0 + timedelta(days=1)) == 4
+        uow.commit()
+    assert read_chain(store) == (4, events[3].hash, [])
+    assert verify(store) is None
+    after = append_committed(store, draft(5, action=audit.AUDIT_PRUNED))
+    assert (after[0].seq, after[0].prev_hash) == (5, events[3].hash)
+    assert verify(store) is None
+
+
+def test_a_rolled_back_prune_changes_nothing(store: Store) -> None:
+    events = append_committed(store, *(draft(i) for i in range(4)))
+    with store.unit_of_work() as uow:
+        assert uow.audit.prune_before(T0 + timedelta(days=1)) == 4
+    assert read_chain(store) == (0, GENESIS_HASH, events)
+
+
+# --------------------------------------------------------------------------- MIXED grants
+
+
+def test_mixed_grants_are_unique_per_month(store: Store) -> None:
+    october = MixedGrant("G1", "2025-10", "고객 요청: 혼합 브랜드", "admin", T0)
+    with store.unit_of_work() as uow:
+        uow.mixed_grants.add(october)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        with pytest.raises(GrantExistsError) as caught:
+            uow.mixed_grants.add(MixedGrant("G2", "2025-10", "again", "admin-2", T0))
+        uow.mixed_grants.add(MixedGrant("G3", "2025-11", "next month", "admin", T0))
+        with pytest.raises(StorageError, match="already stored"):
+            uow.mixed_grants.add(MixedGrant("G1", "2025-12", "same id", "admin", T0))
+        uow.commit()
+    assert (caught.value.month, caught.value.existing_grant_id) == ("2025-10", "G1")
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.mixed_grants.get("2025-10") == october
+        assert uow.mixed_grants.get("2025-11") == MixedGrant("G3", "2025-11", "next month", "admin", T0)
+        assert uow.mixed_grants.get("2025-12") is None
+
+
+@pytest.mark.parametrize("month", ["2025-13", "2025-1", "25-10", "2025-00", "2025/10"])
+def test_a_grant_month_is_yyyy_mm(month: str) -> None:
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        MixedGrant("G1", month, "r", "admin", T0)

@@ -49,7 +49,11 @@ def test_engine_imports_only_stdlib_and_itself() -> None:
     assert _violations("server.engine", ("server.engine",), banned) == []
 
 
-@pytest.mark.parametrize("package", ["server.storage"])
+def test_evidence_imports_only_stdlib_the_engine_and_itself() -> None:
+    assert _violations("server.evidence", ("server.engine", "server.evidence")) == []
+
+
+@pytest.mark.parametrize("package", ["server.storage", "server.evidence"])
 def test_storage_never_reaches_the_api_or_grpc(package: str) -> None:
     bad = [
         f"{p.relative_to(ROOT)}:{n} imports {m}"

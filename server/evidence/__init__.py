@@ -1,0 +1,23 @@
+"""Evidence bundles of estimate revisions (DOMAIN.md §15): building, signing, offline verification.
+
+Imports only the stdlib and :mod:`server.engine` (STYLE.md §2.1).
+"""
+
+from server.evidence.bundle import EvidenceBundle, EvidenceError, build_bundle
+from server.evidence.signing import KeyRing, ManifestSigner, Signature, SignatureStatus, parse_keyring
+from server.evidence.verify import Finding, FindingCode, VerificationReport, verify_bundle
+
+__all__ = [
+    "EvidenceBundle",
+    "EvidenceError",
+    "Finding",
+    "FindingCode",
+    "KeyRing",
+    "ManifestSigner",
+    "Signature",
+    "SignatureStatus",
+    "VerificationReport",
+    "build_bundle",
+    "parse_keyring",
+    "verify_bundle",
+]

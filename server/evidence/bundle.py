@@ -1,0 +1,424 @@
+"""The evidence bundle of one estimate revision: a byte-reproducible ZIP (DOMAIN.md §15, ``[EVD-*]``).
+
+Entries (§15), written in path order with the §15 ZIP rules (:func:`write_zip`) and JSON rules
+(:func:`document_bytes`)::
+
+    inputs_snapshot.json  {request (canonical, §13), request_hash, request_id, dedup_key, actor,
+                           accepted_at, mixed_reason?}
+    manifest.json         {bundle_format "kis-evidence/1", estimate_id, revision, catalog_version,
+                           rules_version, files [{path, sha256, size_bytes}] of the five others}
+    manifest.sig          extension, only with a signer (see below)
+    result.json           the estimate as GetEstimate returns it, without the evidence hash
+    rules_doc.json        {rules_version, rules [{rule_id, applied_to, why}]}
+    tables/pricing.json   {catalog_version, rows {"accessories.csv": [...], "breakers.csv": [...],
+                           "enclosures.csv": [...]}}, each row {line, values {header: raw cell}}
+    trace.json            ``Quote.trace`` as the engine recorded it
+
+Extension (not in §15): with a ``signer``, a seventh entry ``manifest.sig`` holds
+``{"algorithm": "hmac-sha256", "key_id": ..., "signature": <lowercase hex HMAC-SHA256 of the
+manifest.json bytes>}`` in the same JSON form. It signs the manifest, so the manifest does not list it
+(§15's "five other entries" stays true); the manifest lists a SHA-256 of every other entry, so the
+signature covers the whole content. HMAC is deterministic: the same revision signed with the same
+key gives the same bytes, but a bundle rebuilt after a key rotation differs in ``manifest.sig``
+(and so in its ZIP SHA-256) while ``manifest.json`` stays identical.
+
+Choices where §15 is silent (STYLE.md §2.10):
+
+* timestamps are truncated to whole seconds (``2025-10-01T03:04:05Z``); codec.py's microsecond
+  text is the source, so storage and evidence agree on the instant up to the second;
+* ``result.json`` uses the Estimate message's field names with JSON values, not proto3 JSON: money
+  and counts are integers, decimals fixed-point strings (``decimal_to_text``), enums their names,
+  absent values ``null`` (proto's ``""``/``0`` defaults would be ambiguous). A line carries ``qty`` or,
+  on BUSBAR, ``qty_kg`` (the proto ``oneof``), never both. ``status``/``decision`` are the record's
+  (its lifecycle), the rest the quote's. Review reasons carry ``resolution`` (``null`` or
+  ``{reason_id, model, unit_price_krw}``). The request itself is not repeated: it is in
+  ``inputs_snapshot.json``, in canonical form;
+* ``inputs_snapshot.json`` writes ``request_id``/``dedup_key`` as ``null`` when absent and omits
+  ``mixed_reason`` when absent (§15 marks only that one optional);
+* rules are ``quote.rules`` plus ``extra_rules`` (facts the service owns: MIX-1 quota counter and
+  grant, REV-R reviewer and answers), sorted by (rule_id, applied_to, why) as plain strings; ``why``
+  only breaks ties so the order never depends on the caller's order; duplicates are kept;
+* ``tables/pricing.json`` always has the three file keys (an unused file has ``[]``); a row used
+  twice appears once; a reference to a line the catalog lacks is an :class:`EvidenceError`;
+* every document is checked to hold only str/int/bool/None/list/dict with string keys: a float or a
+  Decimal in the trace raises :class:`EvidenceError` rather than being written lossy or unstable.
+
+Byte-reproducibility assumes the stdlib ``zipfile`` writer; it is used exactly as §15 prescribes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from server.engine.catalog import ACCESSORIES_FILE, BREAKERS_FILE, CATALOG_FILES, ENCLOSURES_FILE, Catalog
+from server.engine.codec import datetime_to_text, decimal_to_text
+from server.engine.model import (
+    Enclosure,
+    PhaseBalance,
+    PricedLine,
+    Quote,
+    ReviewReason,
+    RuleApplication,
+    Selection,
+    Sizing,
+    Totals,
+)
+from server.engine.records import EstimateRecord
+from server.engine.request import canonical_request
+from server.evidence.signing import ManifestSigner, Signature
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "CONTENT_PATHS",
+    "INPUTS_PATH",
+    "MANIFEST_PATH",
+    "PRICING_PATH",
+    "RESULT_PATH",
+    "RULES_PATH",
+    "SIGNATURE_PATH",
+    "TRACE_PATH",
+    "ZIP_DATE_TIME",
+    "ZIP_EXTERNAL_ATTR",
+    "ZIP_UNIX_SYSTEM",
+    "EvidenceBundle",
+    "EvidenceError",
+    "build_bundle",
+    "document_bytes",
+    "evidence_timestamp",
+    "inputs_document",
+    "pricing_document",
+    "result_document",
+    "rules_document",
+    "write_zip",
+]
+
+BUNDLE_FORMAT = "kis-evidence/1"
+INPUTS_PATH = "inputs_snapshot.json"
+MANIFEST_PATH = "manifest.json"
+SIGNATURE_PATH = "manifest.sig"
+RESULT_PATH = "result.json"
+RULES_PATH = "rules_doc.json"
+PRICING_PATH = "tables/pricing.json"
+TRACE_PATH = "trace.json"
+CONTENT_PATHS = (INPUTS_PATH, RESULT_PATH, RULES_PATH, PRICING_PATH, TRACE_PATH)  # sorted by path
+
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+ZIP_UNIX_SYSTEM = 3
+ZIP_EXTERNAL_ATTR = 0o100644 << 16  # regular file, rw-r--r--
+
+
+class EvidenceError(ValueError):
+    """The bundle cannot be built faithfully (wrong catalog, unknown row, non-JSON value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceBundle:
+    """A built bundle; ``sha256`` is lowercase hex of ``zip_bytes`` (DOMAIN.md §15)."""
+
+    zip_bytes: bytes
+    sha256: str
+    size_bytes: int
+    manifest: dict[str, object]
+    manifest_json: bytes  # exactly the manifest.json entry
+    signature: Signature | None
+
+
+# --------------------------------------------------------------------------- §15 byte rules
+
+
+def _check_json(value: object, path: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EvidenceError(f"{path}: key {key!r} is not a string")
+            _check_json(item, f"{path}.{key}")
+        return
+    # floats and Decimals included: §15 wants fixed-decimal strings, written by the producer
+    raise EvidenceError(f"{path}: {type(value).__name__} is not a JSON value of the evidence bundle")
+
+
+def document_bytes(obj: Mapping[str, object], name: str = "document") -> bytes:
+    """UTF-8 of ``json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2) + "\\n"`` (§15)."""
+    _check_json(obj, name)
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate in some string
+        raise EvidenceError(f"{name}: not encodable as UTF-8: {exc}") from None
+
+
+def evidence_timestamp(value: datetime) -> str:
+    """RFC 3339 UTC with whole seconds, e.g. ``2025-10-01T03:04:05Z`` (fraction truncated)."""
+    return datetime_to_text(value).partition(".")[0] + "Z"
+
+
+def write_zip(entries: Mapping[str, bytes]) -> bytes:
+    """A ZIP of ``entries`` by the §15 rules: path order, STORED, 1980-01-01, Unix 0644, no extras."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path in sorted(entries):
+            info = zipfile.ZipInfo(path, date_time=ZIP_DATE_TIME)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = ZIP_UNIX_SYSTEM
+            info.external_attr = ZIP_EXTERNAL_ATTR
+            archive.writestr(info, entries[path])
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def _opt_decimal(value: Decimal | None) -> str | None:
+    return None if value is None else decimal_to_text(value)
+
+
+def _opt_timestamp(value: datetime | None) -> str | None:
+    return None if value is None else evidence_timestamp(value)
+
+
+def inputs_document(record: EstimateRecord) -> dict[str, object]:
+    """``inputs_snapshot.json`` (§15)."""
+    doc: dict[str, object] = {
+        "request": canonical_request(record.request),
+        "request_hash": record.request_hash,
+        "request_id": record.request_id,
+        "dedup_key": record.dedup_key,
+        "actor": record.actor,
+        "accepted_at": evidence_timestamp(record.accepted_at),
+    }
+    if record.request.mixed_reason is not None:
+        doc["mixed_reason"] = record.request.mixed_reason
+    return doc
+
+
+def rules_document(quote: Quote, extra_rules: Iterable[RuleApplication]) -> dict[str, object]:
+    """``rules_doc.json`` (§15): the quote's rules and the service's, sorted by rule_id, applied_to."""
+    rules = sorted((*quote.rules, *extra_rules), key=lambda r: (r.rule_id, r.applied_to, r.why))
+    return {
+        "rules_version": quote.rules_version,
+        "rules": [{"rule_id": r.rule_id, "applied_to": r.applied_to, "why": r.why} for r in rules],
+    }
+
+
+def pricing_document(quote: Quote, catalog: Catalog) -> dict[str, object]:
+    """``tables/pricing.json`` (§15): exactly the catalog rows the quote used, raw cells, by line."""
+    if catalog.version != quote.catalog_version:
+        raise EvidenceError(
+            f"estimate was priced with catalog {quote.catalog_version} but the catalog given is "
+            f"{catalog.version}; evidence needs the rows of the estimate's own catalog"
+        )
+    raw_by_line: dict[str, dict[int, Mapping[str, str]]] = {
+        BREAKERS_FILE: {row.line: row.raw for row in catalog.breakers},
+        ENCLOSURES_FILE: {row.line: row.raw for row in catalog.enclosures},
+        ACCESSORIES_FILE: {row.line: row.raw for row in catalog.accessories.values()},
+    }
+    used: dict[str, set[int]] = {name: set() for name in CATALOG_FILES}
+    for ref in quote.catalog_rows:
+        if ref.file not in used:
+            raise EvidenceError(f"catalog row reference to unknown file {ref.file!r}")
+        if ref.line not in raw_by_line[ref.file]:
+            raise EvidenceError(f"catalog {catalog.version[:8]} has no row at {ref.file}:{ref.line}")
+        used[ref.file].add(ref.line)
+    return {
+        "catalog_version": catalog.version,
+        "rows": {
+            name: [{"line": line, "values": dict(raw_by_line[name][line])} for line in sorted(used[name])]
+            for name in CATALOG_FILES
+        },
+    }
+
+
+def _enclosure_doc(e: Enclosure) -> dict[str, object]:
+    return {
+        "kind": e.kind,
+        "series": e.series,
+        "model": e.model,
+        "material": e.material,
+        "location": e.location,
+        "mount": e.mount,
+        "width_mm": e.width_mm,
+        "height_mm": e.height_mm,
+        "depth_mm": e.depth_mm,
+        "unit_price_krw": e.unit_price_krw,
+    }
+
+
+def _sizing_doc(s: Sizing) -> dict[str, object]:
+    return {
+        "width_mm": s.width_mm,
+        "height_mm": s.height_mm,
+        "depth_mm": s.depth_mm,
+        "a_mm": s.a_mm,
+        "b_mm": s.b_mm,
+        "c_mm": s.c_mm,
+        "d_mm": s.d_mm,
+        "e_mm": s.e_mm,
+        "h_raw_mm": s.h_raw_mm,
+    }
+
+
+def _selection_doc(s: Selection) -> dict[str, object]:
+    return {
+        "path": s.path,
+        "brand": s.brand,
+        "kind": s.kind,
+        "poles": s.poles,
+        "trip_at": s.trip_at,
+        "qty": s.qty,
+        "model": s.model,
+        "grade": s.grade,
+        "frame_af": s.frame_af,
+        "high_sensitivity": s.high_sensitivity,
+        "unit_price_krw": s.unit_price_krw,
+        "explicit_model": s.explicit_model,
+        "reason_id": s.reason_id,
+    }
+
+
+def _line_doc(line: PricedLine) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "no": line.no,
+        "section": line.section,
+        "name": line.name,
+        "spec": line.spec,
+        "unit": line.unit,
+        "unit_price_krw": line.unit_price_krw,
+        "amount_krw": line.amount_krw,
+        "rule_id": line.rule_id,
+        "notes": line.notes,
+        "reason_id": line.reason_id,
+    }
+    # the Estimate message's `oneof quantity`, as convert.py fills it
+    if line.qty_kg is not None:
+        doc["qty_kg"] = decimal_to_text(line.qty_kg)
+    else:
+        doc["qty"] = line.qty
+    return doc
+
+
+def _totals_doc(t: Totals) -> dict[str, object]:
+    return {
+        "subtotal_krw": t.subtotal_krw,
+        "vat_krw": t.vat_krw,
+        "total_krw": t.total_krw,
+        "partial_subtotal_krw": t.partial_subtotal_krw,
+    }
+
+
+def _reason_doc(r: ReviewReason) -> dict[str, object]:
+    res = r.resolution
+    return {
+        "reason_id": r.reason_id,
+        "code": r.code,
+        "path": r.path,
+        "question_en": r.question_en,
+        "question_ko": r.question_ko,
+        "resolution": None
+        if res is None
+        else {"reason_id": res.reason_id, "model": res.model, "unit_price_krw": res.unit_price_krw},
+    }
+
+
+def _phase_doc(p: PhaseBalance) -> dict[str, object]:
+    return {
+        "applicable": p.applicable,
+        "r_a": _opt_decimal(p.r_a),
+        "s_a": _opt_decimal(p.s_a),
+        "t_a": _opt_decimal(p.t_a),
+        "imbalance_pct": _opt_decimal(p.imbalance_pct),
+    }
+
+
+def result_document(record: EstimateRecord) -> dict[str, object]:
+    """``result.json`` (§15): the estimate as GetEstimate returns it, without the evidence hash."""
+    q = record.quote
+    return {
+        "estimate_id": record.estimate_id,
+        "revision": record.revision,
+        "status": record.status.value,
+        "decision": record.decision.value,
+        "catalog_version": q.catalog_version,
+        "rules_version": q.rules_version,
+        "request_hash": record.request_hash,
+        "request_id": record.request_id,
+        "dedup_key": record.dedup_key,
+        "accepted_at": evidence_timestamp(record.accepted_at),
+        "completed_at": _opt_timestamp(record.completed_at),
+        "enclosure": _enclosure_doc(q.enclosure),
+        "sizing": _sizing_doc(q.sizing),
+        "selections": [_selection_doc(s) for s in q.selections],
+        "lines": [_line_doc(line) for line in q.lines],
+        "totals": _totals_doc(q.totals),
+        "review_reasons": [_reason_doc(r) for r in q.review_reasons],
+        "warnings": [
+            {"code": w.code, "path": w.path, "message_en": w.message_en, "message_ko": w.message_ko}
+            for w in q.warnings
+        ],
+        "phase_balance": _phase_doc(q.phase_balance),
+    }
+
+
+def _signature_document(signature: Signature) -> dict[str, object]:
+    return {"key_id": signature.key_id, "algorithm": signature.algorithm, "signature": signature.signature}
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def build_bundle(
+    record: EstimateRecord,
+    catalog: Catalog,
+    *,
+    signer: ManifestSigner | None,
+    extra_rules: Sequence[RuleApplication] = (),
+) -> EvidenceBundle:
+    """The §15 ZIP of ``record``'s revision; same inputs (and signing key) give the same bytes.
+
+    ``catalog`` must be the catalog the estimate was priced with (``EvidenceError`` otherwise).
+    """
+    quote = record.quote
+    entries = {
+        INPUTS_PATH: document_bytes(inputs_document(record), INPUTS_PATH),
+        RESULT_PATH: document_bytes(result_document(record), RESULT_PATH),
+        RULES_PATH: document_bytes(rules_document(quote, extra_rules), RULES_PATH),
+        PRICING_PATH: document_bytes(pricing_document(quote, catalog), PRICING_PATH),
+        TRACE_PATH: document_bytes(quote.trace, TRACE_PATH),
+    }
+    manifest: dict[str, object] = {
+        "bundle_format": BUNDLE_FORMAT,
+        "estimate_id": record.estimate_id,
+        "revision": record.revision,
+        "catalog_version": quote.catalog_version,
+        "rules_version": quote.rules_version,
+        "files": [
+            {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+            for path, data in sorted(entries.items())
+        ],
+    }
+    manifest_json = document_bytes(manifest, MANIFEST_PATH)
+    entries[MANIFEST_PATH] = manifest_json
+    signature = None if signer is None else signer.sign(manifest_json)
+    if signature is not None:
+        entries[SIGNATURE_PATH] = document_bytes(_signature_document(signature), SIGNATURE_PATH)
+    zip_bytes = write_zip(entries)
+    return EvidenceBundle(
+        zip_bytes=zip_bytes,
+        sha256=hashlib.sha256(zip_bytes).hexdigest(),
+        size_bytes=len(zip_bytes),
+        manifest=manifest,
+        manifest_json=manifest_json,
+        signature=signature,
+    )
