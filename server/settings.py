@@ -119,7 +119,7 @@ class Settings:
             if not key.startswith("KIS_"):
                 continue
             if key not in known:
-                if key in _NON_SERVICE_KEYS:
+                if key in _NON_SERVICE_KEYS or key.startswith(WORKFLOW_PREFIXES):
                     continue
                 close = difflib.get_close_matches(key, list(known), n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
@@ -150,6 +150,25 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "audit_retention_days": _int_in(1, 36500),
 }
 
+# The release/incident workflows own these KIS_* namespaces (workflows/settings.py PREFIXES); the
+# service ignores them and rejects every other unknown KIS_* name.
+WORKFLOW_PREFIXES = (
+    "KIS_JIRA_",
+    "KIS_RELEASE_",
+    "KIS_DEPLOY_",
+    "KIS_ROLLBACK_",
+    "KIS_PROMETHEUS_",
+    "KIS_SLACK_",
+    "KIS_SMTP_",
+    "KIS_NOTIFY_",
+    "KIS_STANDBY_",
+    "KIS_TRACKER_",
+    "KIS_OUTBOX_",
+    "KIS_INCIDENT_",
+    "KIS_ALERT_",
+    "KIS_DASHBOARD_",
+    "KIS_WORKFLOW_",
+)
 # KIS_* variables read by other programs (clients, the test suite, CI), not by the service.
 _NON_SERVICE_KEYS = frozenset({"KIS_REQUIRE_PG", "KIS_TEST_DATABASE_URL", "KIS_TOKEN", "KIS_TARGET"})
 

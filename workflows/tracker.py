@@ -1,0 +1,136 @@
+"""The issue-tracker seam: what workflows file, and the one Protocol every tracker implements.
+
+Issue bodies are structured :class:`Document` objects; each tracker renders them in its own markup
+(Jira wiki markup for Jira Server/DC REST v2, Markdown for the file tracker), so templates are
+written once (``workflows/templates.py``) and tested on the rendered text.
+
+Every create is idempotent: an :class:`IssueDraft` carries a deterministic ``idempotency_key``
+(a hash of the release version or incident id) that the tracker stores as a label and looks up
+before creating, so retries, re-runs and concurrent runs never file duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class TrackerError(Exception):
+    """A tracker call failed; ``retryable`` says whether the same call may succeed later."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """``- Label: value`` (a key/value line of the seed templates)."""
+
+    label: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """``- [x] text`` / ``- [ ] text``."""
+
+    done: bool
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    text: str
+    language: str = ""
+
+
+Block = Text | Field | Check | Code
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    heading: str
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    sections: tuple[Section, ...]
+
+
+# ---------------------------------------------------------------------------------- issues
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    name: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class IssueDraft:
+    """An issue to file. ``issue_type`` and ``status`` are logical names mapped by the tracker."""
+
+    idempotency_key: str
+    summary: str
+    body: Document
+    issue_type: str  # "Deployment" | "Incident" (mapped to the instance's names by configuration)
+    priority: str  # "High" | "Critical"
+    labels: tuple[str, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    status: str | None = None  # target status after creation, e.g. "Done", "In Progress"
+    assignee: str | None = None
+    watchers: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IssueRef:
+    key: str
+    url: str
+    created: bool = True  # False: an issue with this idempotency key already existed
+    pending: bool = False  # True: kept in the outbox, not yet filed
+    status: str = ""
+
+
+class IssueTracker(Protocol):
+    def file(self, draft: IssueDraft) -> IssueRef:
+        """Create the issue unless one with ``draft.idempotency_key`` exists; attach, transition."""
+        ...
+
+    def comment(self, key: str, body: Document, idempotency_key: str) -> None:
+        """Add a comment once per ``idempotency_key``."""
+        ...
+
+    def attach(self, key: str, attachments: Sequence[Attachment]) -> None: ...
+
+    def transition(self, key: str, status: str) -> None: ...
+
+    def find(self, idempotency_key: str) -> IssueRef | None:
+        """The issue filed for ``idempotency_key`` (with its current status), or None."""
+        ...
+
+    def search_labels(self, label: str, since_iso: str | None = None) -> list[IssueRef]:
+        """Issues carrying ``label`` (created at or after ``since_iso``), for bug-report counting."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerOptions:
+    """Field mapping for a tracker (from configuration)."""
+
+    project: str = "KIS"
+    issue_types: dict[str, str] = field(default_factory=lambda: {"Deployment": "Deployment", "Incident": "Incident"})
+    browse_url: str = ""
