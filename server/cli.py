@@ -11,6 +11,7 @@ import getpass
 import hashlib
 import json
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,6 +72,25 @@ def _money(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 
+ITEM_COLUMNS = 58
+
+
+def _columns(text: str) -> int:
+    """Terminal columns of ``text``: Hangul and other wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, columns: int) -> str:
+    """``text`` cut and padded to exactly ``columns`` terminal columns."""
+    out, used = "", 0
+    for ch in text:
+        w = _columns(ch)
+        if used + w > columns:
+            break
+        out, used = out + ch, used + w
+    return out + " " * (columns - used)
+
+
 def format_estimate(est: pb.Estimate) -> str:
     """A readable quote: header, lines, totals, review questions, warnings."""
     view = runner.estimate_view(est)
@@ -88,25 +108,27 @@ def format_estimate(est: pb.Estimate) -> str:
             enc["depth_mm"],
         ),
         "",
-        f"{'no':>3}  {'section':<22} {'item':<44} {'qty':>7} {'unit':<3} {'unit price':>12} {'amount':>12}",
+        f"{'no':>3}  {'section':<22} {_pad('item', ITEM_COLUMNS)} {'qty':>7} {_pad('unit', 4)} "
+        f"{'unit price':>12} {'amount':>12}",
     ]
     for line in view["lines"]:
         qty = line["qty_kg"] if line["qty_kg"] is not None else str(line["qty"])
         item = f"{line['name']} {line['spec']}".strip()
         out.append(
-            f"{line['no']:>3}  {line['section']:<22} {item[:44]:<44} {qty:>7} {line['unit']:<3} "
-            f"{_money(line['unit_price_krw']):>12} {_money(line['amount_krw']):>12}"
+            f"{line['no']:>3}  {line['section']:<22} {_pad(item, ITEM_COLUMNS)} {qty:>7} "
+            f"{_pad(line['unit'], 4)} {_money(line['unit_price_krw']):>12} {_money(line['amount_krw']):>12}"
             + (f"  ({line['reason_id']})" if line["reason_id"] else "")
         )
     t = view["totals"]
+    width = 3 + 2 + 22 + 1 + ITEM_COLUMNS + 1 + 7 + 1 + 4 + 1 + 12
     out += [
         "",
-        f"{'subtotal':>96} {_money(t['subtotal_krw']):>12}",
-        f"{'VAT 10%':>96} {_money(t['vat_krw']):>12}",
-        f"{'total KRW':>96} {_money(t['total_krw']):>12}",
+        f"{'subtotal':>{width}} {_money(t['subtotal_krw']):>12}",
+        f"{'VAT 10%':>{width}} {_money(t['vat_krw']):>12}",
+        f"{'total KRW':>{width}} {_money(t['total_krw']):>12}",
     ]
     if t["total_krw"] is None:
-        out.append(f"{'partial subtotal (known prices)':>96} {_money(t['partial_subtotal_krw']):>12}")
+        out.append(f"{'partial subtotal (known prices)':>{width}} {_money(t['partial_subtotal_krw']):>12}")
     if est.review_reasons:
         out += ["", "Review questions:"]
         for r in est.review_reasons:
