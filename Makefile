@@ -6,9 +6,14 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup gen check-gen lint typecheck proto-check unit integration clean
 
-setup: $(STAMP) $(BUF)
+.PHONY: run test setup tools gen check-gen lint typecheck proto-check unit integration clean
+
+setup: $(STAMP) $(BUF) tools
+
+# promtool/prometheus (Debian `prometheus`) for the rule tests and the real-Prometheus test.
+tools:
+	@bash tools/ensure_prometheus.sh
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -35,6 +35,7 @@ from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.tokens import TokenService
 from server.settings import ClientSettings, Settings, SettingsError
+from server.slo import DEFAULT_WINDOW, run_slo_report
 
 DEFAULT_TARGET = "127.0.0.1:8787"
 
@@ -429,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_everify = evidence_sub.add_parser("verify", help="check a bundle offline; names altered entries")
     p_everify.add_argument("file")
 
+    p_slo = sub.add_parser("slo", help="p95, error rate, TAT median, auto-rate against the SLOs")
+    p_slo.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
+    p_slo.add_argument("--window", default=DEFAULT_WINDOW, help="PromQL range such as 5m or 1d")
+
     p_report = sub.add_parser("report", help="monthly TAT / auto-processing report (DOMAIN.md §16.3)")
     p_report.add_argument("--month", help="KST month YYYY-MM (default: current)")
     client_args(p_report)
@@ -445,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": cmd_audit,
         "evidence": cmd_evidence_verify,
     }
+    if args.command == "slo":
+        return run_slo_report(args.prometheus, args.window, _out)
     try:
         if args.command in local and not (args.command == "evidence" and args.evidence_command == "get"):
             return int(local[args.command](args, Settings.from_process_env()))

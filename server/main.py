@@ -7,19 +7,25 @@ import os
 import secrets
 import signal
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from server.api.server import RunningServer, ServiceDeps, create_server
+from server.api.metrics_interceptor import MetricsInterceptor
+from server.api.server import RunningServer, ServiceDeps, api_services, create_server
 from server.clock import Clock, SystemClock, monotonic_s
 from server.engine.catalog import DEFAULT_CATALOG_DIR, Catalog, load_catalog
+from server.engine.model import Status
+from server.engine.months import kst_month_of, month_bounds_utc
 from server.evidence.signing import KeyRing, parse_keyring
-from server.metrics import Metrics
+from server.metrics import Metrics, StoreGauges, StoreGaugesCollector
+from server.metrics_http import MetricsHttpServer, start_metrics_http
 from server.service.admin import AdminService
-from server.service.estimates import EstimateService
+from server.service.estimates import MIXED_BRAND, EstimateService
 from server.service.evidence import EvidenceArchive, EvidenceService
 from server.service.rate_limit import RateLimiter
 from server.service.reviews import ReviewService
@@ -30,6 +36,8 @@ from server.storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 KEY_FILE_NAME = "evidence-keys"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +51,27 @@ class App:
     running: RunningServer
     metrics: Metrics
     keyring: KeyRing
+    metrics_address: str
+    _http: list[MetricsHttpServer] = field(default_factory=list)
+    _serving: threading.Event = field(default_factory=threading.Event)
 
     @property
     def port(self) -> int:
         return self.running.port
 
+    @property
+    def metrics_port(self) -> int:
+        """Port of the /metrics endpoint (0 until started)."""
+        return self._http[0].port if self._http else 0
+
     def start(self) -> None:
+        """Start the metrics endpoint, then the gRPC server; health turns SERVING last."""
+        self._http.append(
+            start_metrics_http(self.metrics_address, self.metrics.registry, self._serving.is_set)
+        )
         self.running.server.start()
         self.running.set_serving(True)
+        self._serving.set()
         log.info(
             "serving",
             extra={
@@ -60,10 +81,22 @@ class App:
             },
         )
 
+    def set_serving(self, serving: bool) -> None:
+        """Flip gRPC health and /healthz together (e.g. to drain a replica before stopping it)."""
+        self.running.set_serving(serving)
+        if serving:
+            self._serving.set()
+        else:
+            self._serving.clear()
+
     def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting calls, let in-flight calls finish (up to the grace period), close the store."""
+        self._serving.clear()
         self.running.set_serving(False)
         self.running.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s).wait()
+        for http in self._http:
+            http.stop()
+        self._http.clear()
         self.store.close()
         log.info("stopped")
 
@@ -86,11 +119,30 @@ def load_keyring(settings: Settings) -> KeyRing:
     return parse_keyring(path.read_text(encoding="ascii").strip(), settings.evidence_active_key)
 
 
+def store_gauges(store: Store, clock: Clock, quota: int) -> Callable[[], StoreGauges]:
+    """Scrape-time gauges read from the store, so they are right across restarts and replicas."""
+
+    def read() -> StoreGauges:
+        now = clock.now()
+        month = kst_month_of(now)
+        start, end = month_bounds_utc(month)
+        with store.unit_of_work(read_only=True) as uow:
+            used = uow.estimates.count_accepted(MIXED_BRAND, start, end)
+            grant = uow.mixed_grants.get(month)
+            depth = uow.estimates.count_by_status(EPOCH, FAR_FUTURE).get(Status.NEEDS_REVIEW, 0)
+            oldest = uow.estimates.oldest_accepted_at(Status.NEEDS_REVIEW)
+        age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+        return StoreGauges(used, quota + (grant is not None), depth, age)
+
+    return read
+
+
 def build_app(
     settings: Settings,
     *,
     clock: Clock | None = None,
     address: str | None = None,
+    metrics_address: str | None = None,
     registry: CollectorRegistry | None = None,
 ) -> App:
     """Wire everything; the server is bound but not started."""
@@ -99,6 +151,7 @@ def build_app(
     store = open_store(settings)
     clock = clock or SystemClock()
     metrics = Metrics(registry or CollectorRegistry())
+    metrics.registry.register(StoreGaugesCollector(store_gauges(store, clock, settings.mixed_monthly_quota)))
     archive = EvidenceArchive(catalog, keyring, clock, metrics)
     quota = settings.mixed_monthly_quota
     evidence = EvidenceService(store, clock, metrics)
@@ -114,7 +167,9 @@ def build_app(
         rate_limiter=RateLimiter(settings.rate_limit_per_hour, 3600.0, monotonic_s),
     )
     try:
-        running = create_server(settings, deps, address)
+        running = create_server(
+            settings, deps, address, outer_interceptors=[MetricsInterceptor(metrics, services=api_services())]
+        )
     except Exception:
         store.close()
         raise
@@ -126,6 +181,7 @@ def build_app(
         running=running,
         metrics=metrics,
         keyring=keyring,
+        metrics_address=metrics_address or settings.metrics_address,
     )
 
 
@@ -133,6 +189,7 @@ def serve(settings: Settings, address: str | None = None) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit status."""
     try:
         app = build_app(settings, address=address)
+        app.start()
     except (OSError, RuntimeError, ValueError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1
@@ -144,7 +201,6 @@ def serve(settings: Settings, address: str | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app.start()
     stop.wait()
     app.stop()
     return 0

@@ -34,7 +34,9 @@ PREFIXES = (
     "KIS_DASHBOARD_",
     "KIS_WORKFLOW_",
 )
-SECRETS = frozenset({"jira_token", "release_token", "release_viewer_token", "smtp_password", "slack_webhook_url"})
+SECRETS = frozenset(
+    {"jira_token", "release_token", "release_viewer_token", "smtp_password", "slack_webhook_url"}
+)
 
 
 class WorkflowSettingsError(ValueError):
@@ -172,7 +174,7 @@ class WorkflowSettings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={'***' if f.name in SECRETS and getattr(self, f.name) else repr(getattr(self, f.name))}"
+            f"{f.name}={'***' if f.name in SECRETS and getattr(self, f.name) else getattr(self, f.name)!r}"
             for f in fields(self)
         )
         return f"WorkflowSettings({shown})"
@@ -205,7 +207,11 @@ def _known(name: str, shown: str) -> str:
     if name in _PARSERS:
         return name
     close = difflib.get_close_matches(name, list(_PARSERS), n=1)
-    hint = f"; did you mean {'KIS_' + close[0].upper() if shown.startswith('KIS_') else close[0]}?" if close else ""
+    hint = (
+        f"; did you mean {'KIS_' + close[0].upper() if shown.startswith('KIS_') else close[0]}?"
+        if close
+        else ""
+    )
     raise WorkflowSettingsError(f"unknown setting {shown}{hint}")
 
 

@@ -19,10 +19,13 @@ from typing import Protocol
 class TrackerError(Exception):
     """A tracker call failed; ``retryable`` says whether the same call may succeed later."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.retry_after_s = retry_after_s  # the server's Retry-After (integer seconds), if it sent one
 
 
 # ---------------------------------------------------------------------------------- documents
@@ -132,5 +135,7 @@ class TrackerOptions:
     """Field mapping for a tracker (from configuration)."""
 
     project: str = "KIS"
-    issue_types: dict[str, str] = field(default_factory=lambda: {"Deployment": "Deployment", "Incident": "Incident"})
+    issue_types: dict[str, str] = field(
+        default_factory=lambda: {"Deployment": "Deployment", "Incident": "Incident"}
+    )
     browse_url: str = ""

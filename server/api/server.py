@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.api.interceptors import ServiceInterceptor
+from server.api.metrics_interceptor import services_of
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
 from server.clock import Clock
 from server.engine.roles import Principal
@@ -62,6 +64,13 @@ class RunningServer:
         )
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, status)
+
+
+def api_services() -> list[ServiceDescriptor]:
+    """Every service of the API (for the metrics interceptor's zero-initialised series)."""
+    return services_of(
+        estimator_pb2.DESCRIPTOR, review_pb2.DESCRIPTOR, evidence_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR
+    )
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -35,7 +35,7 @@ class Served:
 
 def start_app(db_dir: Path, *, clock: Clock | None = None, **overrides: object) -> Served:
     settings = Settings(database_url=f"sqlite:///{db_dir / 'kis.db'}", shutdown_grace_s=5.0, **overrides)  # type: ignore[arg-type]
-    app = build_app(settings, address="127.0.0.1:0", clock=clock)
+    app = build_app(settings, address="127.0.0.1:0", metrics_address="127.0.0.1:0", clock=clock)
     app.start()
     tokens = {role.value: app.deps.tokens.create(role, f"test-{role.value.lower()}").token for role in Role}
     return Served(app=app, address=f"127.0.0.1:{app.port}", tokens=tokens)
