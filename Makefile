@@ -7,7 +7,7 @@ BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
 
-.PHONY: run test setup tools gen check-gen lint typecheck proto-check unit integration clean
+.PHONY: run test bench setup tools gen check-gen lint typecheck proto-check unit integration clean
 
 setup: $(STAMP) $(BUF) tools
 
@@ -59,6 +59,10 @@ run: setup gen
 
 test: setup check-gen proto-check lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Latency/memory figures of a real server process (prints ratios to a same-run baseline; not a test).
+bench: setup
+	$(PY) bench/bench.py
 
 clean:
 	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache .hypothesis
