@@ -57,7 +57,7 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def measure(name: str, call: Callable[[int], None], calls: int, concurrency: int) -> dict[str, Any]:
+def measure(name: str, call: Callable[[int], object], calls: int, concurrency: int) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -99,7 +99,7 @@ def measure(name: str, call: Callable[[int], None], calls: int, concurrency: int
     }
 
 
-def measure_open_loop(name: str, call: Callable[[int], None], rate: float, seconds: float) -> dict[str, Any]:
+def measure_open_loop(name: str, call: Callable[[int], object], rate: float, seconds: float) -> dict[str, Any]:
     """Calls at a fixed arrival rate; latency counts from the scheduled send (no coordinated omission)."""
     from concurrent.futures import ThreadPoolExecutor
 
