@@ -99,7 +99,9 @@ def measure(name: str, call: Callable[[int], object], calls: int, concurrency: i
     }
 
 
-def measure_open_loop(name: str, call: Callable[[int], object], rate: float, seconds: float) -> dict[str, Any]:
+def measure_open_loop(
+    name: str, call: Callable[[int], object], rate: float, seconds: float
+) -> dict[str, Any]:
     """Calls at a fixed arrival rate; latency counts from the scheduled send (no coordinated omission)."""
     from concurrent.futures import ThreadPoolExecutor
 

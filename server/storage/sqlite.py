@@ -838,6 +838,8 @@ class SqliteStore:
         # handler polls with sleeps of up to 100 ms, which turned 8 concurrent creates into a p95 of
         # ~400 ms. Other processes (CLI token commands) still meet busy_timeout, as before.
         self.write_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._max_idle = max_idle_connections
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
@@ -864,6 +866,7 @@ class SqliteStore:
             conn.close()
             raise
         self._idle.append(conn)
+        self.start_checkpointer()
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -878,6 +881,9 @@ class SqliteStore:
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = FULL")
+            # Checkpoints run in the background thread (see _checkpoint_loop), not in a committing
+            # request: an inline auto-checkpoint copies ~4 MB and stalled 1 % of creates by ~150 ms.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             conn.close()
             raise translate(exc, f"cannot configure {self.path}") from exc
@@ -907,10 +913,39 @@ class SqliteStore:
     def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
         return SqliteUnitOfWork(self, read_only=read_only)
 
+    def start_checkpointer(self, interval_s: float = 1.0) -> None:
+        """Run ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_s`` in a daemon thread until close.
+
+        PASSIVE never blocks readers or writers; whatever it cannot copy now, the next run does.
+        """
+        if self._checkpointer is not None:
+            return
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(interval_s,), name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self, interval_s: float) -> None:
+        conn = self._connect()
+        try:
+            while not self._stopping.wait(interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    logger.exception("WAL checkpoint failed; retrying in %s s", interval_s)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            logger.exception("final WAL checkpoint failed")
+        finally:
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+        self._stopping.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=self._busy_timeout_s + 5)
         for conn in idle:
             conn.close()
 
