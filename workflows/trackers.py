@@ -1,0 +1,100 @@
+"""Choose and wire the issue tracker from settings; ``kis-release outbox flush``.
+
+Jira (Server/DC REST v2) when ``KIS_JIRA_URL`` is set, else the file tracker under
+``KIS_TRACKER_DIR`` (``var/tracker``) so every command runs anywhere. Either way the tracker is
+wrapped in the outbox (``KIS_OUTBOX_DIR``), so an unreachable Jira never fails a workflow or loses
+a ticket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from workflows import clock as clock_module
+from workflows.clock import Clock
+from workflows.file_tracker import FileIssueTracker
+from workflows.jira_tracker import JiraConfig, JiraIssueTracker
+from workflows.outbox import OutboxTracker
+from workflows.settings import WorkflowSettings
+from workflows.tracker import IssueTracker, TrackerError, TrackerOptions
+
+__all__ = ["build_inner_tracker", "build_tracker", "run_outbox_flush", "tracker_options"]
+
+_CONNECT_TIMEOUT_MAX_S = 10.0
+
+
+def tracker_options(settings: WorkflowSettings) -> TrackerOptions:
+    """Project and issue-type names of this instance."""
+    return TrackerOptions(
+        project=settings.jira_project,
+        issue_types={
+            "Deployment": settings.jira_issue_type_deployment,
+            "Incident": settings.jira_issue_type_incident,
+        },
+        browse_url=settings.jira_url or "",
+    )
+
+
+def build_inner_tracker(
+    settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
+) -> JiraIssueTracker | FileIssueTracker:
+    """The tracker itself, without the outbox."""
+    options = tracker_options(settings)
+    if not settings.jira_url:
+        return FileIssueTracker(settings.tracker_dir, options, clock=clock)
+    if settings.jira_user and not settings.jira_token:
+        raise TrackerError("KIS_JIRA_USER is set but KIS_JIRA_TOKEN is not", retryable=False)
+    # One ledger per Jira instance and project: keys from a test instance must not answer for prod.
+    scope = hashlib.sha256(f"{settings.jira_url} {settings.jira_project}".encode()).hexdigest()[:12]
+    config = JiraConfig(
+        url=settings.jira_url,
+        ledger_path=settings.tracker_dir / f"jira-ledger-{scope}.json",
+        user=settings.jira_user,
+        token=settings.jira_token,
+        # A dead host should fail fast; the read timeout is the configured one.
+        connect_timeout_s=min(settings.jira_timeout_s, _CONNECT_TIMEOUT_MAX_S),
+        read_timeout_s=settings.jira_timeout_s,
+        default_assignee=settings.jira_assignee,
+        default_watchers=settings.jira_watchers,
+        default_components=settings.jira_components,
+    )
+    return JiraIssueTracker(config, options, sleep=sleep)
+
+
+def build_tracker(
+    settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
+) -> OutboxTracker:
+    """Jira when ``jira_url`` is set, else the file tracker; always behind the outbox."""
+    inner: IssueTracker = build_inner_tracker(settings, sleep=sleep, clock=clock)
+    return OutboxTracker(inner, settings.outbox_dir)
+
+
+def run_outbox_flush(
+    settings: WorkflowSettings,
+    out: Callable[[str], None],
+    *,
+    sleep: Callable[[float], None] = clock_module.sleep,
+) -> int:
+    """``kis-release outbox flush``: file what the outbox holds. Exit code 0 when it is empty after."""
+    try:
+        tracker = build_tracker(settings, sleep=sleep)
+    except TrackerError as exc:
+        out(f"outbox flush: {exc}")
+        return 1
+    try:
+        if tracker.pending() == 0:
+            out(f"outbox {settings.outbox_dir}: empty, nothing to file")
+            return 0
+        report = tracker.flush()
+    except TrackerError as exc:
+        out(f"outbox flush: {exc}")
+        return 1
+    finally:
+        tracker.close()
+    for pending_key, real_key in report.keys:
+        out(f"filed {pending_key} as {real_key}")
+    for error in report.errors:
+        out(f"error: {error}")
+    out(f"outbox {settings.outbox_dir}: delivered {report.filed}, remaining {report.remaining}")
+    return 0 if report.remaining == 0 else 1
