@@ -175,7 +175,7 @@ class _Reader:
 # --------------------------------------------------------------------------- quote parts
 
 
-def _enclosure_doc(e: Enclosure) -> Document:
+def enclosure_document(e: Enclosure) -> Document:
     return {
         "kind": e.kind,
         "series": e.series,
@@ -208,7 +208,7 @@ def _enclosure(r: _Reader) -> Enclosure:
 _SIZING_FIELDS = ("width_mm", "height_mm", "depth_mm", "a_mm", "b_mm", "c_mm", "d_mm", "e_mm", "h_raw_mm")
 
 
-def _sizing_doc(s: Sizing) -> Document:
+def sizing_document(s: Sizing) -> Document:
     return {name: getattr(s, name) for name in _SIZING_FIELDS}
 
 
@@ -216,7 +216,7 @@ def _sizing(r: _Reader) -> Sizing:
     return Sizing(**{name: r.integer(name) for name in _SIZING_FIELDS})
 
 
-def _selection_doc(s: Selection) -> Document:
+def selection_document(s: Selection) -> Document:
     return {
         "path": s.path,
         "brand": s.brand,
@@ -286,7 +286,7 @@ def _line(r: _Reader) -> PricedLine:
     )
 
 
-def _totals_doc(t: Totals) -> Document:
+def totals_document(t: Totals) -> Document:
     return {
         "subtotal_krw": t.subtotal_krw,
         "vat_krw": t.vat_krw,
@@ -304,7 +304,7 @@ def _totals(r: _Reader) -> Totals:
     )
 
 
-def _reason_doc(reason: ReviewReason) -> Document:
+def reason_document(reason: ReviewReason) -> Document:
     res = reason.resolution
     return {
         "reason_id": reason.reason_id,
@@ -349,7 +349,7 @@ def _warning(r: _Reader) -> Warning:
     )
 
 
-def _phase_doc(p: PhaseBalance) -> Document:
+def phase_document(p: PhaseBalance) -> Document:
     return {
         "applicable": p.applicable,
         "r_a": _opt_decimal(p.r_a),
@@ -387,14 +387,14 @@ def quote_to_document(q: Quote) -> Document:
         "decision": q.decision.value,
         "catalog_version": q.catalog_version,
         "rules_version": q.rules_version,
-        "enclosure": _enclosure_doc(q.enclosure),
-        "sizing": _sizing_doc(q.sizing),
-        "selections": [_selection_doc(s) for s in q.selections],
+        "enclosure": enclosure_document(q.enclosure),
+        "sizing": sizing_document(q.sizing),
+        "selections": [selection_document(s) for s in q.selections],
         "lines": [_line_doc(line) for line in q.lines],
-        "totals": _totals_doc(q.totals),
-        "review_reasons": [_reason_doc(reason) for reason in q.review_reasons],
+        "totals": totals_document(q.totals),
+        "review_reasons": [reason_document(reason) for reason in q.review_reasons],
         "warnings": [_warning_doc(w) for w in q.warnings],
-        "phase_balance": _phase_doc(q.phase_balance),
+        "phase_balance": phase_document(q.phase_balance),
         "rules": [{"rule_id": a.rule_id, "applied_to": a.applied_to, "why": a.why} for a in q.rules],
         # Quote.trace is JSON-ready by contract (model.py); copied so the document owns its data.
         "trace": _copy_json(q.trace),

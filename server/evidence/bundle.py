@@ -58,17 +58,20 @@ from datetime import datetime
 from decimal import Decimal
 
 from server.engine.catalog import ACCESSORIES_FILE, BREAKERS_FILE, CATALOG_FILES, ENCLOSURES_FILE, Catalog
-from server.engine.codec import datetime_to_text, decimal_to_text
+from server.engine.codec import (
+    datetime_to_text,
+    decimal_to_text,
+    enclosure_document,
+    phase_document,
+    reason_document,
+    selection_document,
+    sizing_document,
+    totals_document,
+)
 from server.engine.model import (
-    Enclosure,
-    PhaseBalance,
     PricedLine,
     Quote,
-    ReviewReason,
     RuleApplication,
-    Selection,
-    Sizing,
-    Totals,
 )
 from server.engine.records import EstimateRecord
 from server.engine.request import canonical_request
@@ -241,53 +244,6 @@ def pricing_document(quote: Quote, catalog: Catalog) -> dict[str, object]:
     }
 
 
-def _enclosure_doc(e: Enclosure) -> dict[str, object]:
-    return {
-        "kind": e.kind,
-        "series": e.series,
-        "model": e.model,
-        "material": e.material,
-        "location": e.location,
-        "mount": e.mount,
-        "width_mm": e.width_mm,
-        "height_mm": e.height_mm,
-        "depth_mm": e.depth_mm,
-        "unit_price_krw": e.unit_price_krw,
-    }
-
-
-def _sizing_doc(s: Sizing) -> dict[str, object]:
-    return {
-        "width_mm": s.width_mm,
-        "height_mm": s.height_mm,
-        "depth_mm": s.depth_mm,
-        "a_mm": s.a_mm,
-        "b_mm": s.b_mm,
-        "c_mm": s.c_mm,
-        "d_mm": s.d_mm,
-        "e_mm": s.e_mm,
-        "h_raw_mm": s.h_raw_mm,
-    }
-
-
-def _selection_doc(s: Selection) -> dict[str, object]:
-    return {
-        "path": s.path,
-        "brand": s.brand,
-        "kind": s.kind,
-        "poles": s.poles,
-        "trip_at": s.trip_at,
-        "qty": s.qty,
-        "model": s.model,
-        "grade": s.grade,
-        "frame_af": s.frame_af,
-        "high_sensitivity": s.high_sensitivity,
-        "unit_price_krw": s.unit_price_krw,
-        "explicit_model": s.explicit_model,
-        "reason_id": s.reason_id,
-    }
-
-
 def _line_doc(line: PricedLine) -> dict[str, object]:
     doc: dict[str, object] = {
         "no": line.no,
@@ -309,39 +265,6 @@ def _line_doc(line: PricedLine) -> dict[str, object]:
     return doc
 
 
-def _totals_doc(t: Totals) -> dict[str, object]:
-    return {
-        "subtotal_krw": t.subtotal_krw,
-        "vat_krw": t.vat_krw,
-        "total_krw": t.total_krw,
-        "partial_subtotal_krw": t.partial_subtotal_krw,
-    }
-
-
-def _reason_doc(r: ReviewReason) -> dict[str, object]:
-    res = r.resolution
-    return {
-        "reason_id": r.reason_id,
-        "code": r.code,
-        "path": r.path,
-        "question_en": r.question_en,
-        "question_ko": r.question_ko,
-        "resolution": None
-        if res is None
-        else {"reason_id": res.reason_id, "model": res.model, "unit_price_krw": res.unit_price_krw},
-    }
-
-
-def _phase_doc(p: PhaseBalance) -> dict[str, object]:
-    return {
-        "applicable": p.applicable,
-        "r_a": _opt_decimal(p.r_a),
-        "s_a": _opt_decimal(p.s_a),
-        "t_a": _opt_decimal(p.t_a),
-        "imbalance_pct": _opt_decimal(p.imbalance_pct),
-    }
-
-
 def result_document(record: EstimateRecord) -> dict[str, object]:
     """``result.json`` (§15): the estimate as GetEstimate returns it, without the evidence hash."""
     q = record.quote
@@ -357,17 +280,17 @@ def result_document(record: EstimateRecord) -> dict[str, object]:
         "dedup_key": record.dedup_key,
         "accepted_at": evidence_timestamp(record.accepted_at),
         "completed_at": _opt_timestamp(record.completed_at),
-        "enclosure": _enclosure_doc(q.enclosure),
-        "sizing": _sizing_doc(q.sizing),
-        "selections": [_selection_doc(s) for s in q.selections],
+        "enclosure": enclosure_document(q.enclosure),
+        "sizing": sizing_document(q.sizing),
+        "selections": [selection_document(s) for s in q.selections],
         "lines": [_line_doc(line) for line in q.lines],
-        "totals": _totals_doc(q.totals),
-        "review_reasons": [_reason_doc(r) for r in q.review_reasons],
+        "totals": totals_document(q.totals),
+        "review_reasons": [reason_document(r) for r in q.review_reasons],
         "warnings": [
             {"code": w.code, "path": w.path, "message_en": w.message_en, "message_ko": w.message_ko}
             for w in q.warnings
         ],
-        "phase_balance": _phase_doc(q.phase_balance),
+        "phase_balance": phase_document(q.phase_balance),
     }
 
 
