@@ -18,6 +18,7 @@ from server.engine.model import (
     EstimateRequest,
     PricedLine,
     Quote,
+    ReviewReason,
     Status,
 )
 from server.engine.records import EstimateRecord
@@ -135,6 +136,12 @@ def _line_to_proto(line: PricedLine) -> pb.Line:
     return out
 
 
+def reason_to_proto(r: ReviewReason) -> pb.ReviewReason:
+    return pb.ReviewReason(
+        reason_id=r.reason_id, code=r.code, path=r.path, question_en=r.question_en, question_ko=r.question_ko
+    )
+
+
 def quote_to_proto(quote: Quote, out: pb.Estimate) -> None:
     """Fill the priced part of an Estimate message from a quote."""
     out.status = STATUS_TO_PROTO[quote.status]
@@ -197,14 +204,7 @@ def quote_to_proto(quote: Quote, out: pb.Estimate) -> None:
         out.totals.vat_krw = t.vat_krw
     if t.total_krw is not None:
         out.totals.total_krw = t.total_krw
-    for r in quote.review_reasons:
-        out.review_reasons.add(
-            reason_id=r.reason_id,
-            code=r.code,
-            path=r.path,
-            question_en=r.question_en,
-            question_ko=r.question_ko,
-        )
+    out.review_reasons.extend(reason_to_proto(r) for r in quote.review_reasons)
     for w in quote.warnings:
         out.warnings.add(code=w.code, path=w.path, message_en=w.message_en, message_ko=w.message_ko)
     pbal = quote.phase_balance
@@ -265,14 +265,7 @@ def review_item_to_proto(record: EstimateRecord, now: datetime) -> review_pb.Rev
         partial_subtotal_krw=record.quote.totals.partial_subtotal_krw,
     )
     item.accepted_at.CopyFrom(timestamp(record.accepted_at))
-    for r in record.quote.review_reasons:
-        item.review_reasons.add(
-            reason_id=r.reason_id,
-            code=r.code,
-            path=r.path,
-            question_en=r.question_en,
-            question_ko=r.question_ko,
-        )
+    item.review_reasons.extend(reason_to_proto(r) for r in record.quote.review_reasons)
     return item
 
 
