@@ -381,3 +381,26 @@ def test_graceful_stop_loses_nothing_that_was_accepted(tmp_path: Path) -> None:
             assert outcome.code == "OK"
     finally:
         again.app.stop(0)
+
+
+def test_a_caller_that_gave_up_gets_nothing_stored(fresh: Served) -> None:
+    from server.api.servicers import encode_create_response
+    from server.engine.request import request_from_dict
+    from server.service.caller import Caller
+    from server.service.estimates import CallAbandoned
+
+    principal = fresh.app.deps.tokens.authenticate(fresh.tokens["ESTIMATOR"])
+    request = request_from_dict({**BASE, "request_id": "gone", "meta": {"dedup_key": "gone"}})
+    with pytest.raises(CallAbandoned):
+        fresh.app.deps.estimates.create(
+            request, Caller(principal, "t"), encode_create_response, lambda: False
+        )
+    ok, reply = call(fresh, "CreateEstimate", base(request_id="gone", meta={"dedup_key": "gone"}))
+    assert ok.code == "OK" and reply.estimate.request_id == "gone"  # no phantom record, no duplicate
+
+
+def test_expired_deadline_is_deadline_exceeded_not_internal(served: Served) -> None:
+    stub = pb_grpc.EstimatorServiceStub(grpc.insecure_channel(served.address))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.CreateEstimate(base(), metadata=served.metadata("ESTIMATOR"), timeout=0.0001)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
