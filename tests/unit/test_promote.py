@@ -425,3 +425,51 @@ def test_prometheus_is_the_slo_gate_when_configured(
     assert (slo.passed, text in slo.summary) == (passed, True)
     assert len(waits) == (5 if p95 is None else 0)  # no data: bounded wait for the first scrapes
     assert release.estimator.calls.count("burst") == 1  # the burst still runs, for the chart
+
+
+def test_a_new_promotion_sends_the_korean_notice_and_a_rerun_does_not(release: Release) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from workflows.cli import _notify
+
+    received: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = replace(release.settings, slack_webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        out = io.StringIO()
+
+        def run() -> int:
+            return run_promote(
+                settings,
+                release.options,
+                out,
+                tracker=release.tracker,
+                estimator=release.estimator,
+                run_command=release.commands,
+                clock=ManualClock(),
+                sleep=lambda _s: None,
+                on_promoted=_notify(settings),
+            )
+
+        assert run() == 0
+        text = json.loads(received[0])["text"]
+        assert "1.0.1" in text and "배포" in text and "3/3" in text and "40/40" in text
+        assert run() == 0  # already promoted: no second notice
+        assert "already promoted" in out.getvalue()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 1
