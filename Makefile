@@ -50,7 +50,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-run: setup gen
+run: $(STAMP) gen
 	@mkdir -p var
 	@echo "KIS Estimator: gRPC on 127.0.0.1:8787 (SQLite var/kis.db). In another shell, create a token:"
 	@echo "  $(VENV)/bin/kis-estimator token create --role ESTIMATOR --name \$$USER"
@@ -61,7 +61,7 @@ test: setup check-gen proto-check lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Latency/memory figures of a real server process (prints ratios to a same-run baseline; not a test).
-bench: setup
+bench: $(STAMP)
 	$(PY) bench/bench.py
 
 clean:
