@@ -30,7 +30,7 @@ from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from server.gen.kis.estimator.v1 import review_pb2 as review_pb
 from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from server.logging_json import configure_logging
-from server.main import KEY_FILE_NAME, load_keyring, open_store, serve
+from server.main import load_keyring, open_store, serve
 from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.tokens import TokenService
@@ -302,7 +302,7 @@ def cmd_evidence_verify(args: argparse.Namespace, settings: Settings) -> int:
         _err(f"error: cannot read {args.file}: {exc}")
         return 2
     keyring = None
-    key_file = settings.sqlite_path.parent / KEY_FILE_NAME
+    key_file = settings.evidence_key_file
     if settings.evidence_keys or key_file.exists():
         keyring = load_keyring(settings)
     report = verify_bundle(data, keyring)

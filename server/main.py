@@ -35,7 +35,6 @@ from server.storage.repository import Store
 from server.storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
-KEY_FILE_NAME = "evidence-keys"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -102,6 +101,12 @@ class App:
 
 
 def open_store(settings: Settings) -> Store:
+    """The store ``database_url`` names: a PostgreSQL database or a SQLite file."""
+    if settings.database_url.startswith("postgresql://"):
+        # imported here: a SQLite deployment never loads the PostgreSQL driver
+        from server.storage.postgres import PostgresStore
+
+        return PostgresStore(settings.database_url)
     return SqliteStore(settings.sqlite_path)
 
 
@@ -109,7 +114,7 @@ def load_keyring(settings: Settings) -> KeyRing:
     """Evidence signing keys from settings, else from (or into) a key file beside the database."""
     if settings.evidence_keys:
         return parse_keyring(settings.evidence_keys, settings.evidence_active_key)
-    path = settings.sqlite_path.parent / KEY_FILE_NAME
+    path = settings.evidence_key_file
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

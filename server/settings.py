@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_DATABASE_PATH = Path("var") / "kis.db"
 DEFAULT_TARGET = "127.0.0.1:8787"
@@ -70,9 +71,33 @@ def _path(name: str, value: str) -> Path:
 
 
 def _database_url(name: str, value: str) -> str:
+    """``sqlite:///PATH`` or ``postgresql://[USER@]HOST[:PORT]/DBNAME[?PARAM=VALUE…]`` (libpq URL).
+
+    A PostgreSQL password is refused in the URL (also as ``?password=``): the URL is logged at
+    start-up and shown by ``repr(Settings)``; libpq reads it from ``PGPASSWORD`` or ``~/.pgpass``.
+    """
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return value
-    raise SettingsError(f"{name}={value!r}: expected sqlite:///PATH (PostgreSQL support is planned)")
+    if value.startswith("postgresql://"):
+        # never echo the value below: it may hold the very password being refused
+        try:
+            parts = urlsplit(value)
+            # ValueError when not a number in 0-65535; libpq's multi-host form h1:p1,h2:p2 is not checked
+            port = None if "," in parts.netloc else parts.port
+        except ValueError:
+            raise SettingsError(f"{name}: malformed postgresql:// URL (host or port)") from None
+        if port == 0:
+            raise SettingsError(f"{name}: port 0 in the postgresql:// URL")
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise SettingsError(
+                f"{name}: no password in the URL (it is logged); set PGPASSWORD or use ~/.pgpass"
+            )
+        if not parts.path.strip("/"):
+            raise SettingsError(f"{name}: the postgresql:// URL needs a database name (…/DBNAME)")
+        return value
+    raise SettingsError(
+        f"{name}={value!r}: expected sqlite:///PATH or postgresql://[USER@]HOST[:PORT]/DBNAME"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +134,13 @@ class Settings:
     def sqlite_path(self) -> Path:
         """The SQLite file of ``database_url``."""
         return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def evidence_key_file(self) -> Path:
+        """Where the generated evidence signing key lives when ``evidence_keys`` is not set:
+        beside the SQLite database, or ``var/`` for PostgreSQL."""
+        base = self.sqlite_path.parent if self.database_url.startswith("sqlite:///") else Path("var")
+        return base / "evidence-keys"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

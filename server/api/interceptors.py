@@ -7,8 +7,9 @@ call (``intercept_service`` itself runs before a worker is chosen):
 2. P1 of DOMAIN.md §3: ``authorization: Bearer <token>`` → :class:`Principal`; no or unknown token →
    UNAUTHENTICATED, a role the §16.4 table does not allow → PERMISSION_DENIED. Health checks and
    reflection are public;
-3. request bytes that do not decode, or carry fields this server does not know, are answered
-   INVALID_ARGUMENT ``MALFORMED_REQUEST`` (grpcio would otherwise answer INTERNAL). Unknown fields
+3. request bytes that do not decode, carry fields this server does not know, or strings with a NUL
+   character, are answered INVALID_ARGUMENT ``MALFORMED_REQUEST`` (grpcio would otherwise answer
+   INTERNAL). Unknown fields
    are refused rather than ignored: a client built from a newer schema must not get a quote that
    silently ignores what it asked for;
 4. servicers never call ``context.abort`` (grpcio signals it with a bare ``Exception``); they raise
@@ -112,6 +113,24 @@ def _unknown_field_path(msg: pb_message.Message, prefix: str = "") -> str | None
     return None
 
 
+def _nul_field_path(msg: pb_message.Message, prefix: str = "") -> str | None:
+    """Path of the first string field holding a NUL character (depth first), or None."""
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None:
+            items = value if fd.is_repeated else [value]
+            for i, item in enumerate(items):
+                name = f"{prefix}{fd.name}[{i}]." if fd.is_repeated else f"{prefix}{fd.name}."
+                found = _nul_field_path(item, name)
+                if found:
+                    return found
+        elif fd.type == fd.TYPE_STRING:
+            texts = value if fd.is_repeated else [value]
+            for i, text in enumerate(texts):
+                if "\x00" in text:
+                    return f"{prefix}{fd.name}[{i}]" if fd.is_repeated else f"{prefix}{fd.name}"
+    return None
+
+
 def _bearer_token(metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
     for key, value in metadata:
         if key == "authorization" and isinstance(value, str):
@@ -198,6 +217,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         if isinstance(request, MalformedRequest):
             raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, "", v=request.error))
         if isinstance(request, pb_message.Message):
+            nul = _nul_field_path(request)
+            if nul is not None:  # no store keeps NUL in text (PostgreSQL refuses it): refuse it here
+                raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, nul, v="a NUL character"))
             unknown = _unknown_field_path(request)
             if unknown is not None:
                 raise DomainError(

@@ -1,6 +1,6 @@
-"""Persistence of estimates, idempotency records and API tokens (STYLE.md §2.3).
+"""Persistence of estimates, evidence, audit, grants and API tokens (STYLE.md §2.3).
 
-``repository`` holds the protocols the service depends on; ``sqlite`` implements them;
-``migrate`` applies the numbered schema files in ``migrations/``. Nothing here opens a
-database at import time.
+``repository`` holds the protocols the service depends on; ``sqlite`` (the embedded default) and
+``postgres`` implement them with plain SQL; ``migrate`` applies the numbered schema files in
+``migrations/`` (SQLite) and ``migrations_postgres/``. Nothing here opens a database at import time.
 """

@@ -6,8 +6,10 @@ row, so a failed migration leaves the previous version intact. A database holdin
 build does not know (written by a newer build) is refused with :class:`SchemaVersionError`
 instead of being used or altered.
 
-The files are SQLite dialect; a PostgreSQL backend gets its own directory and reuses
-:func:`load_migrations`.
+``migrations/`` holds the SQLite dialect and :func:`migrate_sqlite` applies it. PostgreSQL has
+its own directory, ``migrations_postgres/`` (same versions, same schema in PostgreSQL types), loaded
+with ``load_migrations(package_dir=POSTGRES_MIGRATIONS)`` and applied by ``server.storage.postgres``
+under the same rules (:func:`refuse_unknown_versions`); this module never imports a PostgreSQL driver.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from importlib.resources.abc import Traversable
 from server.storage.repository import StorageError
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+SQLITE_MIGRATIONS = "migrations"
+POSTGRES_MIGRATIONS = "migrations_postgres"
 
 
 class SchemaVersionError(StorageError):
@@ -36,13 +40,15 @@ class Migration:
     sql: str
 
 
-def load_migrations(directory: Traversable | None = None) -> tuple[Migration, ...]:
-    """The migrations in ``directory`` (default: the packaged SQLite set), ordered by version.
+def load_migrations(
+    directory: Traversable | None = None, *, package_dir: str = SQLITE_MIGRATIONS
+) -> tuple[Migration, ...]:
+    """The migrations in ``directory`` (default: the packaged set ``package_dir``), ordered by version.
 
     Versions must run 1, 2, 3, … without gaps; anything else is a packaging bug and raises
     ``ValueError`` at start-up.
     """
-    root = directory if directory is not None else resources.files("server.storage") / "migrations"
+    root = directory if directory is not None else resources.files("server.storage") / package_dir
     found: list[Migration] = []
     for entry in root.iterdir():
         match = _FILE_NAME.match(entry.name)
@@ -94,7 +100,7 @@ def migrate_sqlite(
         " applied_at TEXT NOT NULL) STRICT"
     )
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    _refuse_unknown(applied, known)
+    refuse_unknown_versions(applied, known)
     if known <= applied:
         return []  # the common case: no write lock taken at open
     applied_now: list[int] = []
@@ -102,7 +108,7 @@ def migrate_sqlite(
         conn.execute("BEGIN IMMEDIATE")
         try:
             applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            _refuse_unknown(applied, known)
+            refuse_unknown_versions(applied, known)
             if migration.version not in applied:
                 for statement in split_statements(migration.sql):
                     conn.execute(statement)
@@ -117,11 +123,12 @@ def migrate_sqlite(
                 conn.execute("ROLLBACK")
             raise
     applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    _refuse_unknown(applied, known)
+    refuse_unknown_versions(applied, known)
     return applied_now
 
 
-def _refuse_unknown(applied: set[int], known: set[int]) -> None:
+def refuse_unknown_versions(applied: set[int], known: set[int]) -> None:
+    """Raise :class:`SchemaVersionError` when ``applied`` holds a version not in ``known``."""
     unknown = sorted(applied - known)
     if unknown:
         raise SchemaVersionError(
@@ -131,4 +138,13 @@ def _refuse_unknown(applied: set[int], known: set[int]) -> None:
         )
 
 
-__all__ = ["Migration", "SchemaVersionError", "load_migrations", "migrate_sqlite", "split_statements"]
+__all__ = [
+    "POSTGRES_MIGRATIONS",
+    "SQLITE_MIGRATIONS",
+    "Migration",
+    "SchemaVersionError",
+    "load_migrations",
+    "migrate_sqlite",
+    "refuse_unknown_versions",
+    "split_statements",
+]

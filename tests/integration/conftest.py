@@ -34,7 +34,8 @@ class Served:
 
 
 def start_app(db_dir: Path, *, clock: Clock | None = None, **overrides: object) -> Served:
-    settings = Settings(database_url=f"sqlite:///{db_dir / 'kis.db'}", shutdown_grace_s=5.0, **overrides)  # type: ignore[arg-type]
+    values: dict[str, object] = {"database_url": f"sqlite:///{db_dir / 'kis.db'}", "shutdown_grace_s": 5.0}
+    settings = Settings(**(values | overrides))  # type: ignore[arg-type]
     app = build_app(settings, address="127.0.0.1:0", metrics_address="127.0.0.1:0", clock=clock)
     app.start()
     tokens = {role.value: app.deps.tokens.create(role, f"test-{role.value.lower()}").token for role in Role}

@@ -404,3 +404,16 @@ def test_expired_deadline_is_deadline_exceeded_not_internal(served: Served) -> N
     with pytest.raises(grpc.RpcError) as info:
         stub.CreateEstimate(base(), metadata=served.metadata("ESTIMATOR"), timeout=0.0001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_nul_characters_in_text_are_refused_with_their_path(served: Served) -> None:
+    outcome, _ = call(served, "CreateEstimate", base(request_id="a\x00b"))
+    assert outcome.code == "INVALID_ARGUMENT"
+    assert (outcome.violations[0]["code"], outcome.violations[0]["field"]) == (
+        "MALFORMED_REQUEST",
+        "request_id",
+    )
+    request = base()
+    request.branches[0].remark = "x\x00"
+    outcome, _ = call(served, "CreateEstimate", request)
+    assert outcome.violations[0]["field"] == "branches[0].remark"

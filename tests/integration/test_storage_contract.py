@@ -1,26 +1,33 @@
 """The storage contract: every backend behind ``server.storage.repository`` passes this suite.
 
-Backends come from the ``backend`` fixture (``params=["sqlite"]``). A PostgreSQL backend adds a
-param whose factory skips with a reason when no server is reachable (and fails under
-``KIS_REQUIRE_PG=1``), per STYLE.md §2.3; nothing below names a backend. Tampering tests reach the
-database around the store through the backend's ``raw`` hooks, as an attacker with database access
-would.
+Backends come from the ``backend`` fixture (``params=["sqlite", "postgres"]``). The PostgreSQL
+backend gives each test a fresh database on the server of ``KIS_TEST_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``, used only to create and drop it); its cases skip with
+a reason when no server is reachable, and fail under ``KIS_REQUIRE_PG=1``, per STYLE.md §2.3.
+Nothing below the backends names one. Tampering tests reach the database around the store through
+the backend's ``raw`` hooks, as an attacker with database access would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
+from psycopg import sql as pgsql
 
 from server.engine import audit
 from server.engine.audit import GENESIS_HASH, AuditDraft, AuditEvent, ChainBreak, event_hash, verify_chain
@@ -41,7 +48,8 @@ from server.engine.model import (
 )
 from server.engine.records import EstimateRecord
 from server.engine.request import request_hash
-from server.storage.migrate import SchemaVersionError, load_migrations
+from server.storage.migrate import POSTGRES_MIGRATIONS, SchemaVersionError, load_migrations
+from server.storage.postgres import PostgresStore
 from server.storage.repository import (
     AuditFilter,
     DuplicateKeyError,
@@ -127,13 +135,81 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
     )
 
 
-@pytest.fixture(params=["sqlite"])
+PG_SERVER_URL = os.environ.get("KIS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_pg_unreachable: list[str] = []  # the reason, once a connection attempt failed (tried once per session)
+
+
+def _pg_admin() -> psycopg.Connection[tuple[object, ...]]:
+    """A connection to the test server's maintenance database; skips (or fails) when unreachable."""
+    if not _pg_unreachable:
+        try:
+            return psycopg.connect(PG_SERVER_URL, autocommit=True, connect_timeout=3)
+        except psycopg.OperationalError as exc:
+            detail = " ".join(str(exc).split())  # libpq's message spans lines
+            _pg_unreachable.append(f"PostgreSQL is not reachable at {PG_SERVER_URL}: {detail}")
+    if os.environ.get("KIS_REQUIRE_PG") == "1":
+        pytest.fail(f"KIS_REQUIRE_PG=1 but {_pg_unreachable[0]}")
+    pytest.skip(_pg_unreachable[0])
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """The URL of a new, empty database on the test server, dropped (with its sessions) afterwards."""
+    name = f"kis_test_{uuid.uuid4().hex[:16]}"
+    with _pg_admin() as admin:
+        admin.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    try:
+        yield urlsplit(PG_SERVER_URL)._replace(path=f"/{name}").geturl()
+    finally:
+        with _pg_admin() as admin:
+            admin.execute(pgsql.SQL("DROP DATABASE {} WITH (FORCE)").format(pgsql.Identifier(name)))
+
+
+def _postgres_backend(url: str) -> Backend:
+    def open_store(busy_timeout_s: float) -> Store:
+        return PostgresStore(url, busy_timeout_s=busy_timeout_s)
+
+    def write_schema_version(version: int) -> None:
+        raw("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, T0))
+
+    def open_at_version(version: int) -> Store:
+        return PostgresStore(url, migrations=load_migrations(package_dir=POSTGRES_MIGRATIONS)[:version])
+
+    def raw(sql: str, params: Sequence[object]) -> None:
+        # the suite writes SQLite's "?" placeholders; its statements hold no literal "?" or "%"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s"), params)
+
+    def drop_audit_guards() -> None:
+        for trigger in ("audit_events_no_update", "audit_events_delete_only_pruned"):
+            raw(f"DROP TRIGGER {trigger} ON audit_events", ())
+
+    return Backend(
+        "postgres",
+        open_store,
+        write_schema_version,
+        open_at_version,
+        raw,
+        psycopg.errors.RaiseException,  # RAISE EXCEPTION in a PL/pgSQL trigger function
+        drop_audit_guards,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    factories: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite_backend}
-    chosen = factories[request.param](tmp_path)
-    yield chosen
-    for store in chosen.opened:
-        store.close()
+    if request.param == "sqlite":
+        chosen = _sqlite_backend(tmp_path)
+        yield chosen
+        for store in chosen.opened:
+            store.close()
+        return
+    with pg_database() as url:
+        chosen = _postgres_backend(url)
+        try:
+            yield chosen
+        finally:
+            for store in chosen.opened:
+                store.close()
 
 
 @pytest.fixture

@@ -1,0 +1,1034 @@
+"""PostgreSQL implementation of :mod:`server.storage.repository` (psycopg 3, plain parameterized SQL).
+
+Selected by ``KIS_DATABASE_URL=postgresql://…``; the schema is ``migrations_postgres/`` (the same
+versions and guards as the SQLite files, in PostgreSQL types), applied when the store opens.
+
+Connection model. As in ``sqlite.py``: each unit of work checks one connection out of a small
+pool for its whole life and returns it afterwards, so a connection is used by one thread at a
+time. The pool keeps at most ``max_idle_connections`` idle connections and opens more on demand;
+a connection that failed (lost, or left in a transaction) is closed, not pooled. Connections run
+in autocommit mode with the session time zone set to UTC, and each unit issues its own ``BEGIN``.
+
+Transactions.
+
+* Write units: ``BEGIN ISOLATION LEVEL READ COMMITTED``, then ``pg_advisory_xact_lock`` on one
+  database-wide key (:data:`WRITE_LOCK_KEY`), released by the commit or rollback. Every write
+  unit of every process holding this store's database is therefore serialised: the single-writer
+  model of SQLite's ``BEGIN IMMEDIATE``, which the service relies on for its read-check-insert
+  sequences in one unit (dedup look-up and insert, the MIXED quota's ``count_accepted`` then
+  ``add``, the audit chain's head read then append). A per-month key would let MIXED creates of
+  different months overlap, but nearly every write unit also appends to the one audit chain,
+  which needs a single order anyway, so one key costs nothing and keeps the rule simple.
+  READ COMMITTED on purpose: under REPEATABLE READ or SERIALIZABLE the snapshot is taken by the
+  unit's first statement, which is the lock request itself, so a unit would *not* see the commit
+  of the writer it waited for (a stale quota count). Under READ COMMITTED every statement after the
+  lock sees all commits before it, and with writers serialised that is serial execution.
+  Threads of this process first queue on an in-process lock (as in ``sqlite.py``) so that waiting
+  writers hold no connection; both waits are bounded by ``busy_timeout_s`` (the advisory lock
+  through ``lock_timeout``) and end in a retryable :class:`StorageError`.
+* Read-only units: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot for the whole
+  unit (audit verification reads the anchor and the events consistently), never blocked by
+  writers; the server refuses writes in them (a non-retryable :class:`StorageError`).
+
+Errors. Unique keys are handled with ``INSERT … ON CONFLICT DO NOTHING`` and a look-up of the
+holder, so a DuplicateKeyError or GrantExistsError leaves the transaction usable, as in SQLite.
+Any other failed statement aborts a PostgreSQL transaction: the unit can then only roll back, and
+:meth:`PostgresUnitOfWork.commit` raises instead of letting the server turn COMMIT into ROLLBACK.
+Serialization failures, deadlocks, lock timeouts and lost connections are ``retryable``. A
+connection lost during COMMIT leaves the outcome unknown and is reported retryable too: a retried
+create is then caught by its request_id or dedup_key (DOMAIN.md §13), as after any lost reply.
+
+Documents (the estimate record and audit details) are JSON in ``text`` columns, written and read
+byte for byte; times are ``timestamptz``, read back as aware UTC datetimes. Durability is the
+server's (``synchronous_commit``); "accepted" is replied only after COMMIT returns.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import psycopg
+from psycopg import conninfo
+from psycopg.pq import TransactionStatus
+
+from server.engine.audit import AuditDraft, AuditEvent, DetailValue, seal
+from server.engine.codec import DocumentError, record_from_document, record_to_document
+from server.engine.model import Status
+from server.engine.records import EstimateRecord
+from server.storage.migrate import (
+    POSTGRES_MIGRATIONS,
+    Migration,
+    load_migrations,
+    refuse_unknown_versions,
+)
+from server.storage.repository import (
+    AuditFilter,
+    DuplicateKeyError,
+    EstimateCursor,
+    EvidenceRecord,
+    GrantExistsError,
+    IdempotencyRecord,
+    MixedGrant,
+    StaleRevisionError,
+    StorageError,
+    TokenRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+WRITE_LOCK_KEY = int.from_bytes(b"KIS-EST\x01", "big")
+"""The ``pg_advisory_xact_lock`` key every write unit (and every migration) takes; database-wide."""
+
+_Connection = psycopg.Connection[tuple[Any, ...]]
+Row = tuple[object, ...]
+
+# Retryable: the same unit may succeed when run again. Class 40 = transaction rollback
+# (serialization_failure 40001, deadlock_detected 40P01), class 08 = connection exception,
+# 55P03 lock_not_available (our lock_timeout), 57P01-57P03 server shutting down or starting,
+# 53300 too_many_connections.
+_RETRYABLE_CLASSES = ("40", "08")
+_RETRYABLE_STATES = frozenset({"55P03", "57P01", "57P02", "57P03", "53300"})
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def translate(exc: psycopg.Error, what: str) -> StorageError:
+    """The storage error for a driver error; see the module docstring for what is retryable."""
+    state = exc.sqlstate
+    if state is None:
+        # no server error code: the connection failed or was lost on the client side
+        retryable = isinstance(exc, psycopg.OperationalError)
+    else:
+        retryable = state.startswith(_RETRYABLE_CLASSES) or state in _RETRYABLE_STATES
+    err = StorageError(f"{what}: {exc}", retryable=retryable)
+    err.__cause__ = exc
+    return err
+
+
+# --------------------------------------------------------------------------- transaction
+
+
+class _Transaction:
+    """The connection of one open unit of work; every statement goes through here."""
+
+    def __init__(self) -> None:
+        self.conn: _Connection | None = None  # set while the unit is open
+
+    @property
+    def active(self) -> bool:
+        return self.conn is not None
+
+    def connection(self) -> _Connection:
+        if self.conn is None:
+            raise StorageError("unit of work is not open (not entered, committed or rolled back)")
+        return self.conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement; returns the number of rows changed."""
+        try:
+            return self.connection().execute(sql, params).rowcount
+        except psycopg.Error as exc:
+            raise translate(exc, "postgres statement failed") from exc
+
+    def insert(self, sql: str, params: Sequence[object]) -> bool:
+        """Run an ``INSERT … ON CONFLICT DO NOTHING``; False when a unique key was already taken.
+
+        ON CONFLICT instead of catching the unique violation: a failed statement would abort the
+        whole PostgreSQL transaction, and the caller may go on after a duplicate (as with SQLite).
+        """
+        return self.execute(sql, params) == 1
+
+    def one(self, sql: str, params: Sequence[object]) -> Row | None:
+        try:
+            row: Row | None = self.connection().execute(sql, params).fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc, "postgres query failed") from exc
+        return row
+
+    def all(self, sql: str, params: Sequence[object]) -> list[Row]:
+        try:
+            rows: list[Row] = self.connection().execute(sql, params).fetchall()
+        except psycopg.Error as exc:
+            raise translate(exc, "postgres query failed") from exc
+        return rows
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise StorageError(f"corrupt row: expected text, got {type(value).__name__}")
+    return value
+
+
+def _opt_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _time(value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise StorageError(f"corrupt row: expected timestamptz, got {type(value).__name__}")
+    return value.astimezone(UTC)
+
+
+def _opt_time(value: object) -> datetime | None:
+    return None if value is None else _time(value)
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise StorageError(f"corrupt row: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _blob(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise StorageError(f"corrupt row: expected bytea, got {type(value).__name__}")
+    return value
+
+
+def _count(row: Row | None) -> int:
+    return 0 if row is None else _int(row[0])
+
+
+# --------------------------------------------------------------------------- estimates
+
+_ESTIMATE_COLUMNS = (
+    "estimate_id, revision, status, decision, brand, request_id, dedup_key, request_hash, actor,"
+    " accepted_at, completed_at, total_krw, partial_subtotal_krw, catalog_version, document"
+)
+_ESTIMATE_PLACEHOLDERS = ", ".join("%s" for _ in _ESTIMATE_COLUMNS.split(","))
+
+
+def _document_text(record: EstimateRecord) -> str:
+    return json.dumps(record_to_document(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _record(estimate_id: object, document: object) -> EstimateRecord:
+    try:
+        return record_from_document(json.loads(_text(document)))
+    except (ValueError, DocumentError) as exc:  # json.JSONDecodeError is a ValueError
+        raise StorageError(f"estimate {estimate_id}: stored document is unreadable: {exc}") from exc
+
+
+class PostgresEstimateRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, record: EstimateRecord) -> None:
+        """Insert a new estimate; DuplicateKeyError when its request_id or dedup_key is taken."""
+        if record.request.brand is None:
+            raise ValueError("a stored estimate needs a brand")
+        inserted = self._tx.insert(
+            f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})"
+            " ON CONFLICT DO NOTHING",
+            (
+                record.estimate_id,
+                record.revision,
+                record.status.value,
+                record.decision.value,
+                record.request.brand,
+                record.request_id,
+                record.dedup_key,
+                record.request_hash,
+                record.actor,
+                record.accepted_at,
+                record.completed_at,
+                record.quote.totals.total_krw,
+                record.quote.totals.partial_subtotal_krw,
+                record.quote.catalog_version,
+                _document_text(record),
+            ),
+        )
+        if inserted:
+            return
+        # Which key collided: request_id first, since a replay wins over a duplicate (DOMAIN.md §13).
+        if record.request_id is not None:
+            row = self._tx.one(
+                "SELECT estimate_id FROM estimates WHERE request_id = %s", (record.request_id,)
+            )
+            if row is not None:
+                raise DuplicateKeyError("request_id", _text(row[0]))
+        if record.dedup_key is not None:
+            existing = self.find_by_dedup_key(record.dedup_key)
+            if existing is not None:
+                raise DuplicateKeyError("dedup_key", existing)
+        raise StorageError(f"estimate id {record.estimate_id} is already stored")
+
+    def update(self, record: EstimateRecord) -> None:
+        """Replace the stored revision ``record.revision - 1`` by ``record``."""
+        row = self._tx.one(
+            "SELECT revision, request_hash, request_id, dedup_key, actor, accepted_at"
+            " FROM estimates WHERE estimate_id = %s",
+            (record.estimate_id,),
+        )
+        expected = record.revision - 1
+        if row is None:
+            raise StaleRevisionError(record.estimate_id, expected, None)
+        if row[0] != expected:
+            found = row[0] if isinstance(row[0], int) else None
+            raise StaleRevisionError(record.estimate_id, expected, found)
+        stored = (_text(row[1]), _opt_text(row[2]), _opt_text(row[3]), _text(row[4]), _time(row[5]))
+        identity = (
+            record.request_hash,
+            record.request_id,
+            record.dedup_key,
+            record.actor,
+            record.accepted_at,
+        )
+        if stored != identity:
+            raise ValueError(f"estimate {record.estimate_id}: an update must not change its identity fields")
+        self._tx.execute(
+            "UPDATE estimates SET revision = %s, status = %s, decision = %s, completed_at = %s,"
+            " total_krw = %s, partial_subtotal_krw = %s, catalog_version = %s, document = %s"
+            " WHERE estimate_id = %s AND revision = %s",
+            (
+                record.revision,
+                record.status.value,
+                record.decision.value,
+                record.completed_at,
+                record.quote.totals.total_krw,
+                record.quote.totals.partial_subtotal_krw,
+                record.quote.catalog_version,
+                _document_text(record),
+                record.estimate_id,
+                expected,
+            ),
+        )
+
+    def get(self, estimate_id: str) -> EstimateRecord | None:
+        row = self._tx.one("SELECT document FROM estimates WHERE estimate_id = %s", (estimate_id,))
+        return None if row is None else _record(estimate_id, row[0])
+
+    def find_by_dedup_key(self, dedup_key: str) -> str | None:
+        row = self._tx.one("SELECT estimate_id FROM estimates WHERE dedup_key = %s", (dedup_key,))
+        return None if row is None else _text(row[0])
+
+    def list(
+        self, status: Status | None, page_size: int, after: EstimateCursor | None
+    ) -> tuple[Sequence[EstimateRecord], EstimateCursor | None]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        conditions: list[str] = []
+        params: list[object] = []
+        if status is not None:
+            conditions.append("status = %s")
+            params.append(status.value)
+        if after is not None:
+            conditions.append("(accepted_at, estimate_id) < (%s, %s)")
+            params += [after.accepted_at, after.estimate_id]
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._tx.all(
+            f"SELECT estimate_id, document FROM estimates{where}"  # fixed fragments only; values are bound
+            " ORDER BY accepted_at DESC, estimate_id DESC LIMIT %s",
+            (*params, page_size + 1),
+        )
+        return _page(rows, page_size)
+
+    def count_accepted(self, brand: str, accepted_from: datetime, accepted_before: datetime) -> int:
+        row = self._tx.one(
+            "SELECT COUNT(*) FROM estimates WHERE brand = %s AND accepted_at >= %s AND accepted_at < %s",
+            (brand, accepted_from, accepted_before),
+        )
+        return _count(row)
+
+    def list_oldest(
+        self, status: Status, page_size: int, after: EstimateCursor | None
+    ) -> tuple[Sequence[EstimateRecord], EstimateCursor | None]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        params: list[object] = [status.value]
+        keyset = ""
+        if after is not None:
+            keyset = " AND (accepted_at, estimate_id) > (%s, %s)"
+            params += [after.accepted_at, after.estimate_id]
+        rows = self._tx.all(
+            f"SELECT estimate_id, document FROM estimates WHERE status = %s{keyset}"  # fixed fragment
+            " ORDER BY accepted_at, estimate_id LIMIT %s",
+            (*params, page_size + 1),
+        )
+        return _page(rows, page_size)
+
+    def count_by_status(self, accepted_from: datetime, accepted_before: datetime) -> dict[Status, int]:
+        rows = self._tx.all(
+            "SELECT status, COUNT(*) FROM estimates"
+            " WHERE accepted_at >= %s AND accepted_at < %s GROUP BY status",
+            (accepted_from, accepted_before),
+        )
+        counts = dict.fromkeys(Status, 0)
+        for status, count in rows:
+            try:
+                counts[Status(_text(status))] = _int(count)
+            except ValueError as exc:
+                raise StorageError(f"corrupt row: unknown status {status!r}") from exc
+        return counts
+
+    def tat_seconds(self, completed_from: datetime, completed_before: datetime) -> builtins.list[int]:
+        rows = self._tx.all(
+            "SELECT accepted_at, completed_at FROM estimates"
+            " WHERE completed_at >= %s AND completed_at < %s AND status IN ('COMPLETED', 'REVIEWED')",
+            (completed_from, completed_before),
+        )
+        # in Python, not EXTRACT(EPOCH …): timedelta // 1 µs is exact integer arithmetic
+        return sorted((_time(done) - _time(accepted)) // _MICROSECOND for accepted, done in rows)
+
+    def oldest_accepted_at(self, status: Status) -> datetime | None:
+        row = self._tx.one("SELECT MIN(accepted_at) FROM estimates WHERE status = %s", (status.value,))
+        return None if row is None else _opt_time(row[0])
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _page(rows: Sequence[Row], page_size: int) -> tuple[list[EstimateRecord], EstimateCursor | None]:
+    """The first ``page_size`` of ``rows`` (estimate_id, document) read one beyond, and the next cursor."""
+    records = [_record(row[0], row[1]) for row in rows[:page_size]]
+    if len(rows) <= page_size:
+        return records, None
+    last = records[-1]
+    return records, EstimateCursor(accepted_at=last.accepted_at, estimate_id=last.estimate_id)
+
+
+# --------------------------------------------------------------------------- idempotency and tokens
+
+
+class PostgresIdempotencyRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def get(self, request_id: str) -> IdempotencyRecord | None:
+        row = self._tx.one(
+            "SELECT request_id, request_hash, estimate_id, response FROM idempotency WHERE request_id = %s",
+            (request_id,),
+        )
+        if row is None:
+            return None
+        return IdempotencyRecord(
+            request_id=_text(row[0]),
+            request_hash=_text(row[1]),
+            estimate_id=_text(row[2]),
+            response=_blob(row[3]),
+        )
+
+    def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
+        inserted = self._tx.insert(
+            "INSERT INTO idempotency (request_id, request_hash, estimate_id, response, created_at)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (record.request_id, record.request_hash, record.estimate_id, bytes(record.response), created_at),
+        )
+        if not inserted:
+            existing = self.get(record.request_id)
+            if existing is None:  # pragma: no cover - the conflicting row is visible in this transaction
+                raise StorageError(f"idempotency {record.request_id}: conflict without a stored row")
+            raise DuplicateKeyError("request_id", existing.estimate_id)
+
+
+_TOKEN_COLUMNS = "token_id, name, role, token_sha256, created_at, revoked_at"
+
+
+def _token(row: Row) -> TokenRecord:
+    return TokenRecord(
+        token_id=_text(row[0]),
+        name=_text(row[1]),
+        role=_text(row[2]),
+        token_sha256=_text(row[3]),
+        created_at=_time(row[4]),
+        revoked_at=_opt_time(row[5]),
+    )
+
+
+class PostgresTokenRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, token_id: str, name: str, role: str, token_sha256: str, created_at: datetime) -> None:
+        inserted = self._tx.insert(
+            f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, NULL) ON CONFLICT DO NOTHING",
+            (token_id, name, role, token_sha256, created_at),
+        )
+        if not inserted:
+            raise StorageError(f"token {token_id}: its id or hash is already stored")
+
+    def find_by_hash(self, token_sha256: str) -> TokenRecord | None:
+        row = self._tx.one(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = %s AND revoked_at IS NULL",
+            (token_sha256,),
+        )
+        return None if row is None else _token(row)
+
+    def list(self) -> Sequence[TokenRecord]:
+        rows = self._tx.all(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, token_id", ())
+        return [_token(row) for row in rows]
+
+    def revoke(self, token_id: str, at: datetime) -> bool:
+        changed = self._tx.execute(
+            "UPDATE tokens SET revoked_at = %s WHERE token_id = %s AND revoked_at IS NULL", (at, token_id)
+        )
+        return changed == 1
+
+
+# --------------------------------------------------------------------------- evidence
+
+_EVIDENCE_INFO_COLUMNS = (
+    "estimate_id, revision, sha256, size_bytes, signature_key_id, signature, created_at, manifest_json"
+)
+
+
+def _evidence(row: Row, bundle: bytes) -> EvidenceRecord:
+    try:
+        return EvidenceRecord(
+            estimate_id=_text(row[0]),
+            revision=_int(row[1]),
+            sha256=_text(row[2]),
+            size_bytes=_int(row[3]),
+            signature_key_id=_opt_text(row[4]),
+            signature=_opt_text(row[5]),
+            created_at=_time(row[6]),
+            manifest_json=_blob(row[7]),
+            bundle=bundle,
+        )
+    except ValueError as exc:
+        raise StorageError(f"corrupt evidence row: {exc}") from exc
+
+
+class PostgresEvidenceRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, record: EvidenceRecord) -> None:
+        """Insert a revision's bundle; StorageError when that revision already has one."""
+        if record.size_bytes != len(record.bundle):
+            raise ValueError(f"evidence size_bytes {record.size_bytes} != bundle length {len(record.bundle)}")
+        if record.sha256 != hashlib.sha256(record.bundle).hexdigest():
+            raise ValueError("evidence sha256 does not match the bundle bytes")
+        inserted = self._tx.insert(
+            f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (
+                record.estimate_id,
+                record.revision,
+                record.sha256,
+                record.size_bytes,
+                record.signature_key_id,
+                record.signature,
+                record.created_at,
+                bytes(record.manifest_json),
+                bytes(record.bundle),
+            ),
+        )
+        if not inserted:
+            raise StorageError(
+                f"evidence of estimate {record.estimate_id} revision {record.revision} is already stored"
+            )
+
+    def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
+        row = self._row(f"{_EVIDENCE_INFO_COLUMNS}, bundle", estimate_id, revision)
+        return None if row is None else _evidence(row, _blob(row[8]))
+
+    def get_info(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
+        row = self._row(_EVIDENCE_INFO_COLUMNS, estimate_id, revision)
+        return None if row is None else _evidence(row, b"")
+
+    def _row(self, columns: str, estimate_id: str, revision: int | None) -> Row | None:
+        # columns is one of the two constants above; values are bound
+        if revision is None:
+            return self._tx.one(
+                f"SELECT {columns} FROM evidence WHERE estimate_id = %s ORDER BY revision DESC LIMIT 1",
+                (estimate_id,),
+            )
+        return self._tx.one(
+            f"SELECT {columns} FROM evidence WHERE estimate_id = %s AND revision = %s",
+            (estimate_id, revision),
+        )
+
+
+# --------------------------------------------------------------------------- audit
+
+_AUDIT_COLUMNS = (
+    "seq, prev_hash, hash, at, action, outcome, actor, role, estimate_id, revision, details, peer"
+)
+_AUDIT_PLACEHOLDERS = ", ".join("%s" for _ in _AUDIT_COLUMNS.split(","))
+_AUDIT_CHUNK = 500  # rows per read in iter_ascending: bounded memory for any log size
+
+
+def _details_text(details: Mapping[str, DetailValue]) -> str:
+    return json.dumps(dict(details), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _audit_event(row: Row) -> AuditEvent:
+    seq = _int(row[0])
+    try:
+        details = json.loads(_text(row[10]))
+    except ValueError as exc:
+        raise StorageError(f"corrupt audit event {seq}: details are not JSON: {exc}") from exc
+    if not isinstance(details, dict):
+        raise StorageError(f"corrupt audit event {seq}: details are not a JSON object")
+    # Read as stored, not re-validated: verify_chain judges the content (an edit shows as a break).
+    return AuditEvent(
+        seq=seq,
+        prev_hash=_text(row[1]),
+        hash=_text(row[2]),
+        at=_time(row[3]),
+        action=_text(row[4]),
+        outcome=_text(row[5]),
+        actor=_text(row[6]),
+        role=_text(row[7]),
+        estimate_id=_opt_text(row[8]),
+        revision=_opt_int(row[9]),
+        details=details,
+        peer=_text(row[11]),
+    )
+
+
+class PostgresAuditRepository:
+    """The hash-chained audit log; the schema's triggers keep it append-only (migration 0002)."""
+
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def append(self, draft: AuditDraft) -> AuditEvent:
+        """Seal ``draft`` after the current head and insert it (call in a write unit).
+
+        The unit's advisory lock makes the head read below current until the unit ends.
+        """
+        head = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
+        last_seq, last_hash = (_int(head[0]), _text(head[1])) if head is not None else self.anchor()
+        event = seal(last_seq + 1, last_hash, draft)
+        self._tx.execute(
+            f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) VALUES ({_AUDIT_PLACEHOLDERS})",
+            (
+                event.seq,
+                event.prev_hash,
+                event.hash,
+                event.at,
+                event.action,
+                event.outcome,
+                event.actor,
+                event.role,
+                event.estimate_id,
+                event.revision,
+                _details_text(event.details),
+                event.peer,
+            ),
+        )
+        return event
+
+    def list(
+        self, filter: AuditFilter, page_size: int, before_seq: int | None
+    ) -> tuple[Sequence[AuditEvent], int | None]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        conditions: list[str] = []
+        params: list[object] = []
+        if filter.action is not None:
+            conditions.append("action = %s")
+            params.append(filter.action)
+        if filter.estimate_id is not None:
+            conditions.append("estimate_id = %s")
+            params.append(filter.estimate_id)
+        if filter.since is not None:
+            conditions.append("at >= %s")
+            params.append(filter.since)
+        if filter.until is not None:
+            conditions.append("at < %s")
+            params.append(filter.until)
+        if before_seq is not None:
+            conditions.append("seq < %s")
+            params.append(before_seq)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._tx.all(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events{where}"  # fixed fragments only; values are bound
+            " ORDER BY seq DESC LIMIT %s",
+            (*params, page_size + 1),
+        )
+        events = [_audit_event(row) for row in rows[:page_size]]
+        return events, (events[-1].seq if len(rows) > page_size else None)
+
+    def iter_ascending(self, from_seq: int = 1) -> Iterator[AuditEvent]:
+        next_seq = from_seq
+        while True:
+            rows = self._tx.all(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE seq >= %s ORDER BY seq LIMIT %s",
+                (next_seq, _AUDIT_CHUNK),
+            )
+            for row in rows:
+                event = _audit_event(row)
+                next_seq = event.seq + 1
+                yield event
+            if len(rows) < _AUDIT_CHUNK:
+                return
+
+    def anchor(self) -> tuple[int, str]:
+        row = self._tx.one("SELECT seq, hash FROM audit_anchor WHERE id = 1", ())
+        if row is None:
+            raise StorageError("audit_anchor row is missing (schema 0002 inserts it)")
+        return _int(row[0]), _text(row[1])
+
+    def prune_before(self, cutoff: datetime) -> int:
+        anchor_seq, _ = self.anchor()
+        first_kept = self._tx.one(
+            "SELECT seq FROM audit_events WHERE at >= %s ORDER BY seq LIMIT 1", (cutoff,)
+        )
+        if first_kept is None:
+            last = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
+        else:
+            last = self._tx.one(
+                "SELECT seq, hash FROM audit_events WHERE seq < %s ORDER BY seq DESC LIMIT 1",
+                (_int(first_kept[0]),),
+            )
+        if last is None:
+            return 0
+        last_seq = _int(last[0])
+        # Anchor first: the delete trigger only lets events up to the anchor go.
+        self._tx.execute(
+            "UPDATE audit_anchor SET seq = %s, hash = %s, pruned_before = %s WHERE id = 1",
+            (last_seq, _text(last[1]), cutoff),
+        )
+        return self._tx.execute(
+            "DELETE FROM audit_events WHERE seq > %s AND seq <= %s", (anchor_seq, last_seq)
+        )
+
+
+# --------------------------------------------------------------------------- MIXED grants
+
+_GRANT_COLUMNS = "grant_id, month, reason, actor, granted_at"
+
+
+class PostgresMixedGrantRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def add(self, grant: MixedGrant) -> None:
+        """Insert a grant; GrantExistsError when its month already has one."""
+        inserted = self._tx.insert(
+            f"INSERT INTO mixed_grants ({_GRANT_COLUMNS}) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (grant.grant_id, grant.month, grant.reason, grant.actor, grant.granted_at),
+        )
+        if inserted:
+            return
+        existing = self.get(grant.month)
+        if existing is not None:
+            raise GrantExistsError(grant.month, existing.grant_id)
+        raise StorageError(f"MIXED grant id {grant.grant_id} is already stored")
+
+    def get(self, month: str) -> MixedGrant | None:
+        row = self._tx.one(f"SELECT {_GRANT_COLUMNS} FROM mixed_grants WHERE month = %s", (month,))
+        if row is None:
+            return None
+        try:
+            return MixedGrant(
+                grant_id=_text(row[0]),
+                month=_text(row[1]),
+                reason=_text(row[2]),
+                actor=_text(row[3]),
+                granted_at=_time(row[4]),
+            )
+        except ValueError as exc:
+            raise StorageError(f"corrupt MIXED grant row: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- unit of work and store
+
+
+def _in_transaction(conn: _Connection) -> bool:
+    return conn.info.transaction_status != TransactionStatus.IDLE
+
+
+class PostgresUnitOfWork:
+    """One transaction on one pooled connection; see the module docstring."""
+
+    def __init__(self, store: PostgresStore, *, read_only: bool) -> None:
+        self._store = store
+        self._read_only = read_only
+        self._tx = _Transaction()
+        self._entered = False
+        self.estimates = PostgresEstimateRepository(self._tx)
+        self.idempotency = PostgresIdempotencyRepository(self._tx)
+        self.tokens = PostgresTokenRepository(self._tx)
+        self.evidence = PostgresEvidenceRepository(self._tx)
+        self.audit = PostgresAuditRepository(self._tx)
+        self.mixed_grants = PostgresMixedGrantRepository(self._tx)
+
+    def __enter__(self) -> Self:
+        if self._entered:
+            raise StorageError("a unit of work can be entered only once")
+        self._entered = True
+        if not self._read_only and not self._store.write_lock.acquire(timeout=self._store.busy_timeout_s):
+            raise StorageError("timed out waiting for the write lock", retryable=True)
+        try:
+            self._tx.conn = self._begin()
+        except BaseException:
+            self._release_write_lock()
+            raise
+        return self
+
+    def _begin(self) -> _Connection:
+        """A pooled connection inside this unit's transaction (a dead pooled one is replaced once)."""
+        conn, pooled = self._store.acquire()
+        while True:
+            try:
+                if self._read_only:
+                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                else:
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            except psycopg.Error as exc:
+                self._store.release(conn, healthy=self._rolled_back(conn))
+                if pooled and conn.broken:
+                    # An idle connection died (server restart, idle timeout): nothing was done
+                    # yet, so try once more on a new connection; the other idle ones likely died too.
+                    self._store.discard_idle()
+                    conn, pooled = self._store.acquire()
+                    continue
+                raise translate(exc, "cannot begin a transaction") from exc
+            return conn
+
+    @staticmethod
+    def _rolled_back(conn: _Connection) -> bool:
+        """Roll back whatever is open on ``conn``; True when it is clean and may be pooled again."""
+        if conn.closed or conn.broken:
+            return False
+        if _in_transaction(conn):
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                return False
+        return not _in_transaction(conn)
+
+    def _release_write_lock(self) -> None:
+        if not self._read_only:
+            self._store.write_lock.release()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._tx.active:
+            return
+        try:
+            self.rollback()
+        except StorageError:
+            if exc is None:
+                raise
+            # the original exception is the one to report; the rollback failure is secondary
+            logger.exception("rollback failed while handling %s", exc_type)
+
+    def commit(self) -> None:
+        """Commit and finish the unit; on failure it is rolled back and StorageError raised."""
+        conn = self._tx.connection()
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            self._finish(conn)
+            raise StorageError("cannot commit: a statement of this unit failed, so it was rolled back")
+        try:
+            status = conn.execute("COMMIT").statusmessage
+        except psycopg.Error as exc:
+            self._finish(conn)
+            raise translate(exc, "commit failed") from exc
+        self._finish(conn)
+        if status != "COMMIT":  # the server answers COMMIT of a failed transaction with ROLLBACK
+            raise StorageError(f"commit failed: the server answered {status}")
+
+    def rollback(self) -> None:
+        """Roll back and finish the unit."""
+        conn = self._tx.connection()
+        self._finish(conn)
+
+    def _finish(self, conn: _Connection) -> None:
+        self._tx.conn = None
+        failure: psycopg.Error | None = None
+        healthy = not (conn.closed or conn.broken)
+        try:
+            if healthy and _in_transaction(conn):
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error as exc:
+                    healthy = False
+                    failure = exc
+            self._store.release(conn, healthy=healthy and not _in_transaction(conn))
+        finally:
+            self._release_write_lock()
+        if failure is not None:
+            raise translate(failure, "rollback failed")
+
+
+def migrate_postgres(
+    conn: _Connection, migrations: Sequence[Migration], now: Callable[[], datetime]
+) -> list[int]:
+    """Apply pending ``migrations`` to ``conn`` (autocommit mode); returns the versions applied.
+
+    Each version runs in its own transaction together with its ``schema_migrations`` row, holding
+    :data:`WRITE_LOCK_KEY` and re-reading the applied set, so two processes opening one new
+    database at once apply each migration exactly once (and no write unit runs mid-migration).
+    Raises :class:`SchemaVersionError` when the database has a version not in ``migrations``.
+    """
+    known = {m.version for m in migrations}
+
+    def locked_applied() -> set[int]:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer NOT NULL PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL)"
+        )
+        applied = {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations")}
+        refuse_unknown_versions(applied, known)
+        return applied
+
+    applied_now: list[int] = []
+    for migration in (None, *migrations):  # None: only create the table and check the versions
+        conn.execute("BEGIN")
+        try:
+            applied = locked_applied()
+            if migration is None and known <= applied:
+                conn.execute("COMMIT")
+                return []  # the common case: one short transaction at open
+            if migration is not None and migration.version not in applied:
+                conn.execute(migration.sql)  # no parameters: psycopg sends the whole script as it is
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                    (migration.version, now()),
+                )
+                applied_now.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.closed and _in_transaction(conn):
+                with contextlib.suppress(psycopg.Error):  # the first failure is the one to report
+                    conn.execute("ROLLBACK")
+            raise
+    return applied_now
+
+
+class PostgresStore:
+    """The PostgreSQL store at ``url`` (a libpq URL or conninfo; schema migrated on open).
+
+    ``busy_timeout_s`` bounds how long a write unit waits for the write locks (in-process and
+    advisory) before failing with a retryable :class:`StorageError`. ``connect_timeout_s`` applies
+    unless the URL sets ``connect_timeout``. ``now`` stamps ``schema_migrations.applied_at``.
+    Put the password in ``PGPASSWORD`` or ``~/.pgpass``, not in the URL: the URL is logged.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_s: float = 5.0,
+        connect_timeout_s: int = 10,
+        max_idle_connections: int = 8,
+        migrations: Sequence[Migration] | None = None,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if busy_timeout_s <= 0:
+            raise ValueError("busy_timeout_s must be > 0")
+        try:
+            given = conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise StorageError(f"invalid PostgreSQL URL: {exc}") from exc
+        defaults: dict[str, str | int] = {}
+        if "connect_timeout" not in given:
+            defaults["connect_timeout"] = connect_timeout_s
+        if "application_name" not in given:
+            defaults["application_name"] = "kis-estimator"
+        self._conninfo = conninfo.make_conninfo(url, **defaults)  # the URL's own settings win
+        self._busy_timeout_s = busy_timeout_s
+        self.write_lock = threading.Lock()
+        self._max_idle = max_idle_connections
+        self._lock = threading.Lock()
+        self._idle: list[_Connection] = []
+        self._closed = False
+        conn = self._connect()
+        try:
+            migrate_postgres(
+                conn,
+                load_migrations(package_dir=POSTGRES_MIGRATIONS) if migrations is None else migrations,
+                now,
+            )
+        except psycopg.Error as exc:
+            conn.close()
+            raise translate(exc, "cannot migrate the PostgreSQL schema") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._idle.append(conn)
+
+    def _connect(self) -> _Connection:
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise translate(exc, "cannot connect to PostgreSQL") from exc
+        try:
+            # UTC: timestamptz values come back in UTC. lock_timeout bounds the advisory-lock wait
+            # (and any other lock wait) like SQLite's busy_timeout; it fails with 55P03 (retryable).
+            conn.execute(
+                "SELECT set_config('TimeZone', 'UTC', false), set_config('lock_timeout', %s, false)",
+                (f"{max(1, round(self._busy_timeout_s * 1000))}ms",),
+            )
+        except psycopg.Error as exc:
+            conn.close()
+            raise translate(exc, "cannot configure the PostgreSQL session") from exc
+        return conn
+
+    def acquire(self) -> tuple[_Connection, bool]:
+        """A connection for a unit of work, and whether it came from the pool (used by the unit)."""
+        with self._lock:
+            if self._closed:
+                raise StorageError("store is closed")
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def release(self, conn: _Connection, *, healthy: bool) -> None:
+        """Return a connection after its unit finished; broken or surplus ones are closed."""
+        with self._lock:
+            if healthy and not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def discard_idle(self) -> None:
+        """Close every idle connection (after one was found dead)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    @property
+    def busy_timeout_s(self) -> float:
+        return self._busy_timeout_s
+
+    def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(self, read_only=read_only)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.discard_idle()
+
+
+__all__ = [
+    "WRITE_LOCK_KEY",
+    "PostgresAuditRepository",
+    "PostgresEstimateRepository",
+    "PostgresEvidenceRepository",
+    "PostgresIdempotencyRepository",
+    "PostgresMixedGrantRepository",
+    "PostgresStore",
+    "PostgresTokenRepository",
+    "PostgresUnitOfWork",
+    "migrate_postgres",
+    "translate",
+]

@@ -1,0 +1,165 @@
+"""The real gRPC service on PostgreSQL (``KIS_DATABASE_URL=postgresql://…``), end to end.
+
+Each test gets a fresh database from the storage contract suite's :func:`pg_database`, so these
+cases skip with a reason when no PostgreSQL server is reachable and fail under
+``KIS_REQUIRE_PG=1`` (STYLE.md §2.3). What is checked here is what SQLite's single writer gave
+the service for free: the 40 regression cases, the MIXED quota under 50 concurrent creates, and an
+audit chain that verifies afterwards. The last tests pin down store behaviour that exists only on
+PostgreSQL (server-side connection loss, aborted transactions), so the contract suite cannot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+
+import grpc
+import psycopg
+import pytest
+
+from server.acceptance.runner import GrpcCaller, Outcome, run_suites
+from server.clock import Clock, ManualClock
+from server.engine.months import KST
+from server.engine.roles import Role
+from server.main import build_app
+from server.settings import Settings
+from server.storage.postgres import PostgresStore
+from server.storage.repository import IdempotencyRecord, StorageError
+from tests.integration.conftest import Served
+from tests.integration.test_mixed_quota import create, mixed, quota
+from tests.integration.test_storage_contract import T0, make_record, pg_database
+
+JOIN_TIMEOUT_S = 60.0
+# Fixed signing key: load_keyring would otherwise create its key file beside a SQLite path.
+EVIDENCE_KEYS = "k1:" + "5a" * 32
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with pg_database() as url:
+        yield url
+
+
+def start_on_postgres(url: str, *, clock: Clock | None = None) -> Served:
+    """conftest.start_app with a PostgreSQL ``database_url`` (start_app always sets a SQLite one)."""
+    settings = Settings(database_url=url, shutdown_grace_s=5.0, evidence_keys=EVIDENCE_KEYS)
+    app = build_app(settings, address="127.0.0.1:0", metrics_address="127.0.0.1:0", clock=clock)
+    app.start()
+    tokens = {role.value: app.deps.tokens.create(role, f"test-{role.value.lower()}").token for role in Role}
+    return Served(app=app, address=f"127.0.0.1:{app.port}", tokens=tokens)
+
+
+def test_the_forty_regression_cases_pass_and_the_audit_chain_verifies(pg_url: str) -> None:
+    served = start_on_postgres(pg_url)
+    channel = grpc.insecure_channel(served.address)
+    try:
+        assert isinstance(served.app.store, PostgresStore)
+        results = run_suites(GrpcCaller(channel, served.tokens), ("regression",), run="")
+        assert len(results) == 40
+        assert {r.case_id: r.failures for r in results if not r.passed} == {}
+        checked, broken = served.app.deps.admin.verify_audit()
+        assert broken is None
+        assert checked >= 40  # at least one event per case, plus the token creations
+    finally:
+        channel.close()
+        served.app.stop(0)
+
+
+def fire_fifty_mixed_creates(replicas: list[Served]) -> list[Outcome]:
+    """50 MIXED creates released together, spread round-robin over ``replicas``."""
+    results: list[Outcome] = []
+    lock = threading.Lock()
+    start = threading.Barrier(50)
+
+    def fire(i: int) -> None:
+        start.wait(timeout=JOIN_TIMEOUT_S)
+        outcome, _ = create(replicas[i % len(replicas)], mixed(f"mixed-{i}"))
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=JOIN_TIMEOUT_S)
+    return results
+
+
+def test_fifty_concurrent_mixed_creates_accept_exactly_two(pg_url: str) -> None:
+    served = start_on_postgres(pg_url, clock=ManualClock(datetime(2031, 3, 10, 9, 0, tzinfo=KST)))
+    try:
+        results = fire_fifty_mixed_creates([served])
+        codes = sorted(r.code for r in results)
+        assert codes == ["OK"] * 2 + ["RESOURCE_EXHAUSTED"] * 48
+        refused = [r for r in results if r.code == "RESOURCE_EXHAUSTED"]
+        assert all(r.violations[0]["code"] == "MIXED_QUOTA_EXCEEDED" for r in refused)
+        assert {(r.error_info["used"], r.error_info["quota"]) for r in refused} == {("2", "2")}
+        assert (quota(served, "2031-03").used, quota(served, "2031-03").quota) == (2, 2)
+        checked, broken = served.app.deps.admin.verify_audit()
+        # 2 accepted + 48 refused creates, each audited, after the 4 token creations
+        assert (checked, broken) == (len(Role) + 50, None)
+    finally:
+        served.app.stop(0)
+
+
+def test_two_replicas_on_one_database_share_the_quota_and_the_chain(pg_url: str) -> None:
+    # Two stores, two in-process write locks: only the advisory lock serialises their writers.
+    clock = ManualClock(datetime(2031, 4, 10, 9, 0, tzinfo=KST))
+    first = start_on_postgres(pg_url, clock=clock)
+    second = start_on_postgres(pg_url, clock=clock)
+    try:
+        codes = sorted(r.code for r in fire_fifty_mixed_creates([first, second]))
+        assert codes == ["OK"] * 2 + ["RESOURCE_EXHAUSTED"] * 48
+        assert quota(second, "2031-04").used == 2
+        assert first.app.deps.admin.verify_audit() == (2 * len(Role) + 50, None)
+    finally:
+        first.app.stop(0)
+        second.app.stop(0)
+
+
+# --------------------------------------------------------------------------- PostgreSQL-only store behaviour
+
+
+def _terminate_other_sessions(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        with store.unit_of_work(read_only=True) as uow:  # the pool now holds an idle connection
+            uow.estimates.get("E0")
+        assert _terminate_other_sessions(pg_url) >= 1  # a server restart or an idle timeout
+        with store.unit_of_work() as uow:
+            uow.estimates.add(make_record("E1"))
+            uow.commit()
+        with store.unit_of_work() as uow:
+            _terminate_other_sessions(pg_url)  # lost in the middle of a unit: retry the whole unit
+            with pytest.raises(StorageError) as caught:
+                uow.estimates.get("E1")
+            assert caught.value.retryable
+        with store.unit_of_work(read_only=True) as uow:
+            assert uow.estimates.get("E1") == make_record("E1")
+    finally:
+        store.close()
+
+
+def test_commit_after_a_failed_statement_is_refused_not_silently_rolled_back(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        with store.unit_of_work() as uow:
+            uow.estimates.add(make_record("E1"))
+            with pytest.raises(StorageError):  # foreign key: PostgreSQL aborts the transaction
+                uow.idempotency.add(IdempotencyRecord("rid-1", "h", "E-missing", b"x"), T0)
+            with pytest.raises(StorageError, match="cannot commit"):
+                uow.commit()
+        with store.unit_of_work(read_only=True) as uow:
+            assert uow.estimates.get("E1") is None
+    finally:
+        store.close()
