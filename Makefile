@@ -11,9 +11,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) $(BUF) tools
 
-# promtool/prometheus (Debian `prometheus`) for the rule tests and the real-Prometheus test.
+# promtool/prometheus (Debian `prometheus`) for the rule tests and the real-Prometheus tests;
+# amtool/alertmanager (Debian `prometheus-alertmanager`) for the routing config and receiver tests.
 tools:
 	@bash tools/ensure_prometheus.sh
+	@bash tools/ensure_alertmanager.sh
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -8,19 +8,40 @@ either way through the durable outbox (``kis-release outbox flush`` files what J
 from __future__ import annotations
 
 import argparse
+import contextlib
+import getpass
 import json
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from workflows import clock as clock_module
+from workflows.alert_receiver import AlertReceiver, create_receiver_server
 from workflows.artifacts import run_build, run_verify
 from workflows.clock import SystemClock
-from workflows.estimator_client import CandidateAcceptanceRunner, GrpcEstimatorClient
+from workflows.criteria import IncidentLedger, IncidentLedgerError, build_criteria
+from workflows.estimator_client import CandidateAcceptanceRunner, EstimatorClient, GrpcEstimatorClient
+from workflows.incident import (
+    IncidentDeps,
+    IncidentOptions,
+    file_refused_promotion,
+    rollback_for_issue,
+    run_watch,
+)
 from workflows.notify import Notifier, NotifyOptions
-from workflows.promote import PromoteOptions, PromotionResult, deploy_report, run_promote
+from workflows.outbox import OutboxTracker
+from workflows.prometheus import PrometheusSource
+from workflows.promote import (
+    PromoteOptions,
+    PromotionResult,
+    ShellCommandRunner,
+    deploy_report,
+    run_promote,
+)
 from workflows.settings import WorkflowSettings, WorkflowSettingsError
 from workflows.standby import (
     ProcessStandbyChecks,
@@ -29,8 +50,8 @@ from workflows.standby import (
     run_standby,
     wait_until_by_sleeping,
 )
-from workflows.templates import korean_announcement
-from workflows.tracker import TrackerError
+from workflows.templates import Owners, korean_announcement
+from workflows.tracker import IssueRef, TrackerError
 from workflows.trackers import build_tracker, run_outbox_flush
 
 Command = Callable[[argparse.Namespace, WorkflowSettings], int]
@@ -83,7 +104,19 @@ def cmd_promote(args: argparse.Namespace, settings: WorkflowSettings) -> int:
     except TrackerError as exc:
         _err(f"error: issue tracker: {exc}")
         return 2
-    return run_promote(settings, options, sys.stdout, tracker=tracker, on_promoted=_notify(settings))
+    options_i, deps = incident_runtime(settings, tracker, service_log=None)
+
+    def on_refused(result: PromotionResult) -> IssueRef | None:
+        return file_refused_promotion(result, options_i, deps)
+
+    return run_promote(
+        settings,
+        options,
+        sys.stdout,
+        tracker=tracker,
+        on_promoted=_notify(settings),
+        on_refused=on_refused,
+    )
 
 
 def cmd_standby(args: argparse.Namespace, settings: WorkflowSettings) -> int:
@@ -149,6 +182,159 @@ def cmd_outbox(args: argparse.Namespace, settings: WorkflowSettings) -> int:
     return run_outbox_flush(settings, _out)
 
 
+# ------------------------------------------------------------------------------------ incidents
+
+
+def _acceptance_wheel(settings: WorkflowSettings, version: str) -> Path:
+    """The wheel promote unpacked for ``version`` (its own smoke suite runs against the target)."""
+    state_path = settings.release_dir / version / "promotion.json"
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        name = str(state["artifact"])
+    except (OSError, ValueError, KeyError, TypeError):
+        name = f"kis_estimator-{version}-py3-none-any.whl"
+    return settings.release_dir / version / "candidate" / name
+
+
+def incident_runtime(
+    settings: WorkflowSettings, tracker: OutboxTracker, *, service_log: str | None
+) -> tuple[IncidentOptions, IncidentDeps]:
+    """The incident workflow's options and dependencies, wired from settings (one place)."""
+    clock = SystemClock()
+    token, viewer = settings.release_token or "", settings.release_viewer_token or ""
+
+    @contextlib.contextmanager
+    def estimator_for(version: str) -> Iterator[EstimatorClient]:
+        runner = CandidateAcceptanceRunner(
+            _acceptance_wheel(settings, version), settings.release_dir / version / "candidate"
+        )
+        with GrpcEstimatorClient(
+            settings.release_target, token=token, viewer_token=viewer, acceptance=runner
+        ) as client:
+            yield client
+
+    def extra_bug_count(since: datetime) -> int:
+        return len(tracker.search_labels(settings.jira_bug_label, since.isoformat()))
+
+    def flush() -> object:
+        return tracker.flush()
+
+    options = IncidentOptions(
+        release_dir=settings.release_dir,
+        environment=settings.release_environment,
+        rollback_command=settings.rollback_command,
+        rollback_budget_s=settings.rollback_budget_s,
+        criteria=build_criteria(bug_report_threshold=settings.incident_bug_threshold),
+        service_log=service_log,
+        owners=Owners.from_settings(settings),
+    )
+    deps = IncidentDeps(
+        tracker=tracker,
+        estimator_for=estimator_for,
+        run_command=ShellCommandRunner(clock),
+        clock=clock,
+        sleep=clock_module.sleep,
+        ledger=IncidentLedger(settings.release_dir),
+        metrics=(
+            PrometheusSource(settings.prometheus_url, sleep=clock_module.sleep)
+            if settings.prometheus_url
+            else None
+        ),
+        flush_outbox=flush,
+        extra_bug_count=extra_bug_count,
+    )
+    return options, deps
+
+
+def _incident_setup(
+    args: argparse.Namespace, settings: WorkflowSettings, *, needs_metrics: bool
+) -> tuple[IncidentOptions, IncidentDeps, OutboxTracker] | None:
+    if not settings.release_token or not settings.release_viewer_token:
+        _err("error: KIS_RELEASE_TOKEN and KIS_RELEASE_VIEWER_TOKEN are needed to verify a rollback")
+        return None
+    if needs_metrics and not settings.prometheus_url:
+        _err("error: KIS_PROMETHEUS_URL is not set: the criteria cannot be evaluated (no data is never OK)")
+        return None
+    if not settings.rollback_command:
+        _err("warning: KIS_ROLLBACK_COMMAND is not set: an immediate rollback will FAIL and page")
+    try:
+        tracker = build_tracker(settings, sleep=clock_module.sleep)
+    except TrackerError as exc:
+        _err(f"error: issue tracker: {exc}")
+        return None
+    options, deps = incident_runtime(settings, tracker, service_log=args.service_log)
+    return options, deps, tracker
+
+
+def cmd_watch(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    setup = _incident_setup(args, settings, needs_metrics=True)
+    if setup is None:
+        return 2
+    options, deps, tracker = setup
+    try:
+        return run_watch(options, deps, sys.stdout, interval_s=args.interval, once=args.once)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        tracker.close()
+
+
+def cmd_rollback(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    setup = _incident_setup(args, settings, needs_metrics=False)
+    if setup is None:
+        return 2
+    options, deps, tracker = setup
+    try:
+        return rollback_for_issue(args.issue, options, deps, sys.stdout, by=args.by)
+    finally:
+        tracker.close()
+
+
+def cmd_incident(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    ledger = IncidentLedger(settings.release_dir)
+    by = args.by or getpass.getuser()
+    now = SystemClock().now()
+    try:
+        if args.incident_command == "declare":
+            entry = ledger.declare_security(args.security, by, now)
+            what = "security vulnerability declared (immediate rollback criterion)"
+        else:
+            entry = ledger.report_bug(args.text, by, now)
+            what = "functional bug reported (review criterion: 3 or more)"
+    except (IncidentLedgerError, ValueError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    _out(f"{what}: {entry.id} by {entry.by} at {entry.at.isoformat()} ({ledger.path})")
+    return 0
+
+
+def cmd_alert_receiver(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    setup = _incident_setup(args, settings, needs_metrics=False)
+    if setup is None:
+        return 2
+    options, deps, tracker = setup
+    listen = args.listen or settings.alert_listen
+    try:
+        server, port = create_receiver_server(AlertReceiver(options, deps), listen)
+    except (OSError, ValueError) as exc:
+        _err(f"error: cannot listen on {listen}: {exc}")
+        return 2
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    _out(f"alert receiver on http://{listen.rpartition(':')[0]}:{port}/alerts")
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        tracker.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kis-release", description=__doc__)
     parser.add_argument("--config", help="TOML file with workflow settings (environment variables win)")
@@ -183,6 +369,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--artifact", required=True, help="the promoted wheel (its regression suite re-runs)"
     )
 
+    service_log_help = (
+        "the service's log file(s) for the error log, {version} substituted "
+        "(e.g. /srv/kis/releases/{version}/service.log)"
+    )
+    p_watch = sub.add_parser("watch", help="evaluate the rollback criteria for the current release and act")
+    p_watch.add_argument("--once", action="store_true", help="one evaluation, then exit with its outcome")
+    p_watch.add_argument("--interval", type=float, default=30.0, help="seconds between evaluations")
+    p_watch.add_argument("--service-log", help=service_log_help)
+
+    p_rollback = sub.add_parser("rollback", help="execute the rollback a ROLLBACK issue asks to decide")
+    p_rollback.add_argument("--issue", required=True, help="the ROLLBACK issue key, e.g. KIS-12")
+    p_rollback.add_argument("--by", help="the responder (default: the login name)")
+    p_rollback.add_argument("--service-log", help=service_log_help)
+
+    p_incident = sub.add_parser("incident", help="record what no metric can decide")
+    incident_sub = p_incident.add_subparsers(dest="incident_command", required=True)
+    p_declare = incident_sub.add_parser("declare", help="declare a security vulnerability (immediate)")
+    p_declare.add_argument("--security", required=True, metavar="TEXT", help="what was found")
+    p_declare.add_argument("--by", help="who declares it (default: the login name)")
+    p_bug = incident_sub.add_parser("report-bug", help="report a functional bug (3 or more: review)")
+    p_bug.add_argument("text")
+    p_bug.add_argument("--by", help="who reports it (default: the login name)")
+
+    p_alerts = sub.add_parser("alert-receiver", help="Alertmanager webhook: POST /alerts (payload v4)")
+    p_alerts.add_argument("--listen", help="HOST:PORT (default KIS_ALERT_LISTEN, 127.0.0.1:9095)")
+    p_alerts.add_argument("--service-log", help=service_log_help)
+
     p_outbox = sub.add_parser("outbox", help="the durable outbox of tracker operations")
     outbox_sub = p_outbox.add_subparsers(dest="outbox_command", required=True)
     outbox_sub.add_parser("flush", help="file everything the outbox holds")
@@ -195,6 +408,10 @@ COMMANDS: dict[str, Command] = {
     "promote": cmd_promote,
     "standby": cmd_standby,
     "outbox": cmd_outbox,
+    "watch": cmd_watch,
+    "rollback": cmd_rollback,
+    "incident": cmd_incident,
+    "alert-receiver": cmd_alert_receiver,
 }
 
 
