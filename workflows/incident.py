@@ -76,18 +76,24 @@ from workflows.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResul
 from workflows.idempotency import atomic_write, file_lock
 from workflows.prometheus import MetricsSource
 from workflows.promote import CommandRunner, PromotionResult
-from workflows.templates import Breach, BreachChart, IncidentReport, Owners, rollback_issue
+from workflows.templates import (
+    PAGE_LABELS,
+    PAGE_PRIORITY,
+    Breach,
+    BreachChart,
+    IncidentReport,
+    Owners,
+    RollbackAttempt,
+    paged_rollback_issue,
+    reevaluation_comment,
+    rollback_comment,
+    rollback_issue,
+)
 from workflows.tracker import (
     Attachment,
-    Block,
-    Check,
     Document,
-    Field,
-    IssueDraft,
     IssueRef,
     IssueTracker,
-    Section,
-    Text,
     TrackerError,
 )
 
@@ -119,8 +125,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PAGE_PRIORITY = "Blocker"
-PAGE_LABELS = ("rollback-failed", "page-oncall")
 HEALTH_ATTEMPTS = 15  # × HEALTH_WAIT_S: the restored version may take a few seconds to report SERVING
 HEALTH_WAIT_S = 1.0
 _ERROR_LEVELS = frozenset({"ERROR", "CRITICAL", "FATAL"})
@@ -812,59 +816,20 @@ def _report(
     )
 
 
-def _paged_draft(draft: IssueDraft, rollback: RollbackRecord) -> IssueDraft:
-    """The FAILED decoration: summary, priority, labels and a first section nobody can miss."""
-    banner = Section(
-        "ROLLBACK FAILED",
-        (
-            Text(
-                f"Rollback #{rollback.attempt} {rollback.from_version} → {rollback.to_version or '?'} "
-                f"FAILED: {rollback.failure()}. On-call is paged; "
-                f"the service may still run {rollback.from_version}."
-            ),
-            Field("Retry", "kis-release rollback --issue <this issue> (after fixing the cause)"),
-        ),
+def _attempt(rollback: RollbackRecord) -> RollbackAttempt:
+    return RollbackAttempt(
+        attempt=rollback.attempt,
+        from_version=rollback.from_version,
+        to_version=rollback.to_version,
+        verified=rollback.verified,
+        failure="" if rollback.verified else rollback.failure(),
+        command_ok=rollback.command_ok,
+        health=rollback.health,
+        smoke_passed=rollback.smoke_passed,
+        smoke_total=rollback.smoke_total,
+        detection_to_verified_s=rollback.detection_to_verified_s,
+        log_name=Path(rollback.log_file).name,
     )
-    return replace(
-        draft,
-        summary=f"{draft.summary} — ROLLBACK FAILED",
-        priority=PAGE_PRIORITY,
-        labels=tuple(dict.fromkeys((*draft.labels, *PAGE_LABELS))),
-        body=Document((banner, *draft.body.sections)),
-    )
-
-
-def _rollback_comment(rollback: RollbackRecord, by: str) -> Document:
-    ok = rollback.verified
-    head = (
-        f"Rollback #{rollback.attempt} {rollback.from_version} → {rollback.to_version or '?'} "
-        f"({by}) {'verified' if ok else 'FAILED: ' + rollback.failure()}."
-    )
-    blocks: list[Block] = [
-        Text(head),
-        Check(rollback.command_ok, "Service stopped"),
-        Check(rollback.command_ok, "Rollback executed"),
-        Check(rollback.command_ok and rollback.health == "SERVING", "Previous version running"),
-        Check(
-            rollback.smoke_total > 0 and rollback.smoke_passed == rollback.smoke_total,
-            f"Smoke tests passed ({rollback.smoke_passed}/{rollback.smoke_total})",
-        ),
-    ]
-    if rollback.detection_to_verified_s is not None:
-        blocks.append(Field("Detection → verified", f"{rollback.detection_to_verified_s:.1f} s"))
-    blocks.append(Field("Rollback log", f"{Path(rollback.log_file).name or 'none'} [attached]"))
-    heading = "Rollback executed" if ok else "ROLLBACK FAILED"
-    return Document((Section(heading, tuple(blocks)),))
-
-
-def _signal_comment(signal: Signal) -> Document:
-    blocks: list[Block] = [
-        Field("Time", kst_text(signal.detected_at)),
-        Field("Source", signal.source.value),
-        Text(signal.summary),
-        *(Text(line) for line in signal.details),
-    ]
-    return Document((Section(f"Re-evaluation: {signal.verdict.value}", tuple(blocks)),))
 
 
 def _issue_phase(
@@ -965,7 +930,7 @@ def _file_issue(
     report = _report(options, incident, version, to_version, signal, rollback, since, deps.clock.now())
     draft = rollback_issue(report)
     if rollback is not None and not rollback.verified:
-        draft = _paged_draft(draft, rollback)
+        draft = paged_rollback_issue(draft, _attempt(rollback))
     ref = deps.tracker.file(draft)
     incident.issue_key, incident.issue_url, incident.issue_pending = ref.key, ref.url, ref.pending
     if signal.fingerprint not in incident.fingerprints:
@@ -989,7 +954,9 @@ def _comment_updates(
     if signal.fingerprint not in incident.fingerprints:
         deps.tracker.comment(
             incident.issue_key,
-            _signal_comment(signal),
+            reevaluation_comment(
+                signal.detected_at, signal.source.value, signal.summary, signal.details, signal.verdict.value
+            ),
             f"{_idempotency_key(incident.id)}:{signal.fingerprint}",
         )
         incident.fingerprints.append(signal.fingerprint)
@@ -1005,7 +972,7 @@ def _report_rollback(deps: IncidentDeps, incident: _Incident, rollback: Rollback
             )
     deps.tracker.comment(
         incident.issue_key,
-        _rollback_comment(rollback, by),
+        rollback_comment(_attempt(rollback), by),
         f"{_idempotency_key(incident.id)}:rollback:{rollback.attempt}",
     )
     incident.rollback_reported = rollback.attempt

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -665,3 +665,85 @@ def final_status_comment(summary: StandbySummary) -> Document:
             ),
         )
     )
+
+
+# ------------------------------------------------------------------------- incident comments
+
+
+PAGE_PRIORITY = "Blocker"
+PAGE_LABELS = ("rollback-failed", "page-oncall")
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackAttempt:
+    """What one rollback attempt did, for the ROLLBACK issue's comments and FAILED banner."""
+
+    attempt: int
+    from_version: str
+    to_version: str | None
+    verified: bool
+    failure: str  # why it is not verified ("" when verified)
+    command_ok: bool
+    health: str
+    smoke_passed: int
+    smoke_total: int
+    detection_to_verified_s: float | None
+    log_name: str
+
+
+def paged_rollback_issue(draft: IssueDraft, attempt: RollbackAttempt) -> IssueDraft:
+    """The FAILED decoration of a ROLLBACK issue: summary, priority, labels, a first section nobody misses."""
+    banner = Section(
+        "ROLLBACK FAILED",
+        (
+            Text(
+                f"Rollback #{attempt.attempt} {attempt.from_version} → {attempt.to_version or '?'} "
+                f"FAILED: {attempt.failure}. On-call is paged; "
+                f"the service may still run {attempt.from_version}."
+            ),
+            Field("Retry", "kis-release rollback --issue <this issue> (after fixing the cause)"),
+        ),
+    )
+    return replace(
+        draft,
+        summary=f"{draft.summary} — ROLLBACK FAILED",
+        priority=PAGE_PRIORITY,
+        labels=tuple(dict.fromkeys((*draft.labels, *PAGE_LABELS))),
+        body=Document((banner, *draft.body.sections)),
+    )
+
+
+def rollback_comment(attempt: RollbackAttempt, by: str) -> Document:
+    """The comment a rollback attempt posts on its incident's issue (the Actions, ticked from facts)."""
+    outcome = "verified" if attempt.verified else "FAILED: " + attempt.failure
+    head = (
+        f"Rollback #{attempt.attempt} {attempt.from_version} → {attempt.to_version or '?'} ({by}) {outcome}."
+    )
+    blocks: list[Block] = [
+        Text(head),
+        Check(attempt.command_ok, "Service stopped"),
+        Check(attempt.command_ok, "Rollback executed"),
+        Check(attempt.command_ok and attempt.health == "SERVING", "Previous version running"),
+        Check(
+            attempt.smoke_total > 0 and attempt.smoke_passed == attempt.smoke_total,
+            f"Smoke tests passed ({attempt.smoke_passed}/{attempt.smoke_total})",
+        ),
+    ]
+    if attempt.detection_to_verified_s is not None:
+        blocks.append(Field("Detection → verified", f"{attempt.detection_to_verified_s:.1f} s"))
+    blocks.append(Field("Rollback log", f"{attempt.log_name or 'none'} [attached]"))
+    heading = "Rollback executed" if attempt.verified else "ROLLBACK FAILED"
+    return Document((Section(heading, tuple(blocks)),))
+
+
+def reevaluation_comment(
+    detected_at: datetime, source: str, summary: str, details: Sequence[str], verdict: str
+) -> Document:
+    """A repeated evaluation or alert on an open incident: a comment, never a new issue."""
+    blocks: list[Block] = [
+        Field("Time", kst_text(detected_at)),
+        Field("Source", source),
+        Text(summary),
+        *(Text(line) for line in details),
+    ]
+    return Document((Section(f"Re-evaluation: {verdict}", tuple(blocks)),))
