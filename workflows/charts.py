@@ -26,7 +26,7 @@ from matplotlib.ft2font import FT2Font
 from workflows.clock import KST
 
 # The percentile of the SLO gate (nearest rank), so the chart's p95 agrees with the reported one.
-from workflows.estimator_client import percentile
+from workflows.percentiles import percentile
 
 __all__ = ["breach_chart_png", "latency_chart_png"]
 

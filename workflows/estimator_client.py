@@ -27,7 +27,6 @@ is its one real implementation. Every number comes from real calls to the target
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +49,7 @@ from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from workflows.percentiles import percentile
 
 __all__ = [
     "REGRESSION_TOTAL",
@@ -178,15 +178,6 @@ class ProbeResult:
             "error": self.error,
             "rbac_ok": self.rbac_ok,
         }
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in 0…1) of ``values``; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
 
 
 @dataclass(frozen=True, slots=True)
