@@ -48,10 +48,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -60,8 +59,7 @@ import psycopg
 from psycopg import conninfo
 from psycopg.pq import TransactionStatus
 
-from server.engine.audit import AuditDraft, AuditEvent, DetailValue, seal
-from server.engine.codec import DocumentError, record_from_document, record_to_document
+from server.engine.audit import AuditDraft, AuditEvent, seal
 from server.engine.model import Status
 from server.engine.records import EstimateRecord
 from server.storage.migrate import (
@@ -82,6 +80,16 @@ from server.storage.repository import (
     StorageError,
     TokenRecord,
 )
+from server.storage.rows import Row, audit_event_of, evidence_of, token_of
+from server.storage.rows import blob as _blob
+from server.storage.rows import count as _count
+from server.storage.rows import details_text as _details_text
+from server.storage.rows import document_text as _document_text
+from server.storage.rows import integer as _int
+from server.storage.rows import opt_text as _opt_text
+from server.storage.rows import page_of as _page
+from server.storage.rows import record_of as _record
+from server.storage.rows import text as _text
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +97,7 @@ WRITE_LOCK_KEY = int.from_bytes(b"KIS-EST\x01", "big")
 """The ``pg_advisory_xact_lock`` key every write unit (and every migration) takes; database-wide."""
 
 _Connection = psycopg.Connection[tuple[Any, ...]]
-Row = tuple[object, ...]
+
 
 # Retryable: the same unit may succeed when run again. Class 40 = transaction rollback
 # (serialization_failure 40001, deadlock_detected 40P01), class 08 = connection exception,
@@ -164,14 +172,16 @@ class _Transaction:
         return rows
 
 
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise StorageError(f"corrupt row: expected text, got {type(value).__name__}")
-    return value
+def _token(row: Row) -> TokenRecord:
+    return token_of(row, _time)
 
 
-def _opt_text(value: object) -> str | None:
-    return None if value is None else _text(value)
+def _evidence(row: Row, bundle: bytes) -> EvidenceRecord:
+    return evidence_of(row, bundle, _time)
+
+
+def _audit_event(row: Row) -> AuditEvent:
+    return audit_event_of(row, _time)
 
 
 def _time(value: object) -> datetime:
@@ -184,26 +194,6 @@ def _opt_time(value: object) -> datetime | None:
     return None if value is None else _time(value)
 
 
-def _int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise StorageError(f"corrupt row: expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(value: object) -> int | None:
-    return None if value is None else _int(value)
-
-
-def _blob(value: object) -> bytes:
-    if not isinstance(value, bytes):
-        raise StorageError(f"corrupt row: expected bytea, got {type(value).__name__}")
-    return value
-
-
-def _count(row: Row | None) -> int:
-    return 0 if row is None else _int(row[0])
-
-
 # --------------------------------------------------------------------------- estimates
 
 _ESTIMATE_COLUMNS = (
@@ -211,17 +201,6 @@ _ESTIMATE_COLUMNS = (
     " accepted_at, completed_at, total_krw, partial_subtotal_krw, catalog_version, document"
 )
 _ESTIMATE_PLACEHOLDERS = ", ".join("%s" for _ in _ESTIMATE_COLUMNS.split(","))
-
-
-def _document_text(record: EstimateRecord) -> str:
-    return json.dumps(record_to_document(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-def _record(estimate_id: object, document: object) -> EstimateRecord:
-    try:
-        return record_from_document(json.loads(_text(document)))
-    except (ValueError, DocumentError) as exc:  # json.JSONDecodeError is a ValueError
-        raise StorageError(f"estimate {estimate_id}: stored document is unreadable: {exc}") from exc
 
 
 class PostgresEstimateRepository:
@@ -393,15 +372,6 @@ class PostgresEstimateRepository:
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _page(rows: Sequence[Row], page_size: int) -> tuple[list[EstimateRecord], EstimateCursor | None]:
-    """The first ``page_size`` of ``rows`` (estimate_id, document) read one beyond, and the next cursor."""
-    records = [_record(row[0], row[1]) for row in rows[:page_size]]
-    if len(rows) <= page_size:
-        return records, None
-    last = records[-1]
-    return records, EstimateCursor(accepted_at=last.accepted_at, estimate_id=last.estimate_id)
-
-
 # --------------------------------------------------------------------------- idempotency and tokens
 
 
@@ -439,17 +409,6 @@ class PostgresIdempotencyRepository:
 _TOKEN_COLUMNS = "token_id, name, role, token_sha256, created_at, revoked_at"
 
 
-def _token(row: Row) -> TokenRecord:
-    return TokenRecord(
-        token_id=_text(row[0]),
-        name=_text(row[1]),
-        role=_text(row[2]),
-        token_sha256=_text(row[3]),
-        created_at=_time(row[4]),
-        revoked_at=_opt_time(row[5]),
-    )
-
-
 class PostgresTokenRepository:
     def __init__(self, tx: _Transaction) -> None:
         self._tx = tx
@@ -485,23 +444,6 @@ class PostgresTokenRepository:
 _EVIDENCE_INFO_COLUMNS = (
     "estimate_id, revision, sha256, size_bytes, signature_key_id, signature, created_at, manifest_json"
 )
-
-
-def _evidence(row: Row, bundle: bytes) -> EvidenceRecord:
-    try:
-        return EvidenceRecord(
-            estimate_id=_text(row[0]),
-            revision=_int(row[1]),
-            sha256=_text(row[2]),
-            size_bytes=_int(row[3]),
-            signature_key_id=_opt_text(row[4]),
-            signature=_opt_text(row[5]),
-            created_at=_time(row[6]),
-            manifest_json=_blob(row[7]),
-            bundle=bundle,
-        )
-    except ValueError as exc:
-        raise StorageError(f"corrupt evidence row: {exc}") from exc
 
 
 class PostgresEvidenceRepository:
@@ -562,35 +504,6 @@ _AUDIT_COLUMNS = (
 )
 _AUDIT_PLACEHOLDERS = ", ".join("%s" for _ in _AUDIT_COLUMNS.split(","))
 _AUDIT_CHUNK = 500  # rows per read in iter_ascending: bounded memory for any log size
-
-
-def _details_text(details: Mapping[str, DetailValue]) -> str:
-    return json.dumps(dict(details), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
-def _audit_event(row: Row) -> AuditEvent:
-    seq = _int(row[0])
-    try:
-        details = json.loads(_text(row[10]))
-    except ValueError as exc:
-        raise StorageError(f"corrupt audit event {seq}: details are not JSON: {exc}") from exc
-    if not isinstance(details, dict):
-        raise StorageError(f"corrupt audit event {seq}: details are not a JSON object")
-    # Read as stored, not re-validated: verify_chain judges the content (an edit shows as a break).
-    return AuditEvent(
-        seq=seq,
-        prev_hash=_text(row[1]),
-        hash=_text(row[2]),
-        at=_time(row[3]),
-        action=_text(row[4]),
-        outcome=_text(row[5]),
-        actor=_text(row[6]),
-        role=_text(row[7]),
-        estimate_id=_opt_text(row[8]),
-        revision=_opt_int(row[9]),
-        details=details,
-        peer=_text(row[11]),
-    )
 
 
 class PostgresAuditRepository:

@@ -1,0 +1,132 @@
+"""Row ↔ value mapping shared by the SQLite and PostgreSQL stores (plain code, no ORM).
+
+Cells are checked as they are read: a value of the wrong type is a corrupt row and becomes a
+:class:`StorageError`, never a crash further up. Timestamps differ between the backends (RFC 3339
+text in SQLite, ``timestamptz`` in PostgreSQL), so the mapping functions take the backend's
+``time_of`` reader.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+from server.engine.audit import AuditEvent, DetailValue
+from server.engine.codec import DocumentError, record_from_document, record_to_document
+from server.engine.records import EstimateRecord
+from server.storage.repository import EstimateCursor, EvidenceRecord, StorageError, TokenRecord
+
+Row = tuple[object, ...]
+TimeOf = Callable[[object], datetime]
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str):
+        raise StorageError(f"corrupt row: expected text, got {type(value).__name__}")
+    return value
+
+
+def opt_text(value: object) -> str | None:
+    return None if value is None else text(value)
+
+
+def integer(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise StorageError(f"corrupt row: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def opt_integer(value: object) -> int | None:
+    return None if value is None else integer(value)
+
+
+def blob(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise StorageError(f"corrupt row: expected bytes, got {type(value).__name__}")
+    return value
+
+
+def count(row: Row | None) -> int:
+    return 0 if row is None else integer(row[0])
+
+
+def document_text(record: EstimateRecord) -> str:
+    """The stored JSON document of an estimate (compact, sorted keys, UTF-8 text)."""
+    return json.dumps(record_to_document(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def record_of(estimate_id: object, document: object) -> EstimateRecord:
+    try:
+        return record_from_document(json.loads(text(document)))
+    except (ValueError, DocumentError) as exc:  # json.JSONDecodeError is a ValueError
+        raise StorageError(f"estimate {estimate_id}: stored document is unreadable: {exc}") from exc
+
+
+def page_of(rows: Sequence[Row], page_size: int) -> tuple[list[EstimateRecord], EstimateCursor | None]:
+    """The first ``page_size`` of ``rows`` (estimate_id, document) read one beyond, and the next cursor."""
+    records = [record_of(row[0], row[1]) for row in rows[:page_size]]
+    if len(rows) <= page_size:
+        return records, None
+    last = records[-1]
+    return records, EstimateCursor(accepted_at=last.accepted_at, estimate_id=last.estimate_id)
+
+
+def token_of(row: Row, time_of: TimeOf) -> TokenRecord:
+    """(token_id, name, role, token_sha256, created_at, revoked_at)."""
+    return TokenRecord(
+        token_id=text(row[0]),
+        name=text(row[1]),
+        role=text(row[2]),
+        token_sha256=text(row[3]),
+        created_at=time_of(row[4]),
+        revoked_at=None if row[5] is None else time_of(row[5]),
+    )
+
+
+def evidence_of(row: Row, bundle: bytes, time_of: TimeOf) -> EvidenceRecord:
+    """(estimate_id, revision, sha256, size_bytes, signature_key_id, signature, created_at, manifest_json)."""
+    try:
+        return EvidenceRecord(
+            estimate_id=text(row[0]),
+            revision=integer(row[1]),
+            sha256=text(row[2]),
+            size_bytes=integer(row[3]),
+            signature_key_id=opt_text(row[4]),
+            signature=opt_text(row[5]),
+            created_at=time_of(row[6]),
+            manifest_json=blob(row[7]),
+            bundle=bundle,
+        )
+    except ValueError as exc:
+        raise StorageError(f"corrupt evidence row: {exc}") from exc
+
+
+def details_text(details: Mapping[str, DetailValue]) -> str:
+    return json.dumps(dict(details), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def audit_event_of(row: Row, time_of: TimeOf) -> AuditEvent:
+    """(seq, prev_hash, hash, at, action, outcome, actor, role, estimate_id, revision, details, peer)."""
+    seq = integer(row[0])
+    try:
+        details = json.loads(text(row[10]))
+    except ValueError as exc:
+        raise StorageError(f"corrupt audit event {seq}: details are not JSON: {exc}") from exc
+    if not isinstance(details, dict):
+        raise StorageError(f"corrupt audit event {seq}: details are not a JSON object")
+    # Read as stored, not re-validated: verify_chain judges the content (an edit shows as a break).
+    return AuditEvent(
+        seq=seq,
+        prev_hash=text(row[1]),
+        hash=text(row[2]),
+        at=time_of(row[3]),
+        action=text(row[4]),
+        outcome=text(row[5]),
+        actor=text(row[6]),
+        role=text(row[7]),
+        estimate_id=opt_text(row[8]),
+        revision=opt_integer(row[9]),
+        details=details,
+        peer=text(row[11]),
+    )
