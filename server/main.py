@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -20,13 +19,14 @@ from server.api.server import RunningServer, ServiceDeps, api_services, create_s
 from server.clock import Clock, SystemClock, monotonic_s
 from server.engine.catalog import DEFAULT_CATALOG_DIR, Catalog, load_catalog
 from server.engine.model import Status
-from server.engine.months import kst_month_of, month_bounds_utc
+from server.engine.months import kst_month_of
 from server.evidence.signing import KeyRing, parse_keyring
 from server.metrics import Metrics, StoreGauges, StoreGaugesCollector
 from server.metrics_http import MetricsHttpServer, start_metrics_http
 from server.service.admin import AdminService
-from server.service.estimates import MIXED_BRAND, EstimateService
+from server.service.estimates import EstimateService
 from server.service.evidence import EvidenceArchive, EvidenceService
+from server.service.mixed_quota import mixed_usage
 from server.service.rate_limit import RateLimiter
 from server.service.reviews import ReviewService
 from server.service.tokens import TokenService
@@ -129,15 +129,12 @@ def store_gauges(store: Store, clock: Clock, quota: int) -> Callable[[], StoreGa
 
     def read() -> StoreGauges:
         now = clock.now()
-        month = kst_month_of(now)
-        start, end = month_bounds_utc(month)
         with store.unit_of_work(read_only=True) as uow:
-            used = uow.estimates.count_accepted(MIXED_BRAND, start, end)
-            grant = uow.mixed_grants.get(month)
+            mixed = mixed_usage(uow, kst_month_of(now), quota)
             depth = uow.estimates.count_by_status(EPOCH, FAR_FUTURE).get(Status.NEEDS_REVIEW, 0)
             oldest = uow.estimates.oldest_accepted_at(Status.NEEDS_REVIEW)
         age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
-        return StoreGauges(used, quota + (grant is not None), depth, age)
+        return StoreGauges(mixed.used, mixed.quota, depth, age)
 
     return read
 
@@ -209,7 +206,3 @@ def serve(settings: Settings, address: str | None = None) -> int:
     stop.wait()
     app.stop()
     return 0
-
-
-def default_database_path() -> Path:
-    return Settings().sqlite_path

@@ -17,9 +17,8 @@ from server.engine import audit as actions
 from server.engine.audit import AuditEvent, ChainBreak, verify_chain
 from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
-from server.engine.months import kst_month_of, month_bounds_utc, parse_month
 from server.service.caller import Caller
-from server.service.estimates import MIXED_BRAND
+from server.service.mixed_quota import mixed_usage, month_of_request, required_text
 from server.service.paging import decode_token, encode_token, page_size_of
 from server.storage.repository import AuditFilter, GrantExistsError, MixedGrant, Store
 
@@ -40,15 +39,6 @@ class AuditPage:
     next_page_token: str
 
 
-def _month(text: str, clock: Clock) -> str:
-    month = text.strip() or kst_month_of(clock.now())
-    try:
-        parse_month(month)
-    except ValueError:
-        raise DomainError(violation(ErrorCode.FIELD_REQUIRED, "month", f="month (YYYY-MM)")) from None
-    return month
-
-
 class AdminService:
     def __init__(self, store: Store, clock: Clock, mixed_monthly_quota: int, retention_days: int) -> None:
         self._store = store
@@ -58,23 +48,16 @@ class AdminService:
 
     def quota(self, month: str) -> Quota:
         """GetMixedQuota: used and allowed MIXED estimates of a KST month."""
-        month = _month(month, self._clock)
-        start, end = month_bounds_utc(month)
         with self._store.unit_of_work(read_only=True) as uow:
-            used = uow.estimates.count_accepted(MIXED_BRAND, start, end)
-            grant = uow.mixed_grants.get(month)
-        return Quota(month, used, self._mixed_quota + (grant is not None), grant.grant_id if grant else None)
+            usage = mixed_usage(uow, month_of_request(month, self._clock), self._mixed_quota)
+        return Quota(usage.month, usage.used, usage.quota, usage.grant.grant_id if usage.grant else None)
 
     def grant(self, month: str, reason: str, caller: Caller) -> Quota:
         """GrantMixedException: +1 for the month, once per month, audited in the same transaction."""
         if not month.strip():
             raise DomainError(violation(ErrorCode.FIELD_REQUIRED, "month", f="month"))
-        month = _month(month, self._clock)
-        reason = reason.strip()
-        if not reason:
-            raise DomainError(violation(ErrorCode.FIELD_REQUIRED, "reason", f="reason"))
-        if len(reason) > MAX_REASON:
-            raise DomainError(violation(ErrorCode.TEXT_TOO_LONG, "reason", f="reason", max=MAX_REASON))
+        month = month_of_request(month, self._clock)
+        reason = required_text(reason, "reason", MAX_REASON)
         now = self._clock.now()
         grant = MixedGrant(
             grant_id=f"grant_{secrets.token_hex(6)}",
@@ -83,11 +66,10 @@ class AdminService:
             actor=caller.actor,
             granted_at=now,
         )
-        start, end = month_bounds_utc(month)
         try:
             with self._store.unit_of_work() as uow:
                 uow.mixed_grants.add(grant)
-                used = uow.estimates.count_accepted(MIXED_BRAND, start, end)
+                usage = mixed_usage(uow, month, self._mixed_quota)
                 uow.audit.append(
                     caller.audit(
                         now,
@@ -103,7 +85,7 @@ class AdminService:
             raise DomainError(
                 violation(ErrorCode.MIXED_EXCEPTION_ALREADY_GRANTED, "month", v=month)
             ) from None
-        return Quota(month, used, self._mixed_quota + 1, grant.grant_id)
+        return Quota(month, usage.used, usage.quota, grant.grant_id)
 
     def audit_events(
         self,

@@ -33,13 +33,14 @@ from server.engine.errors import DomainError, ErrorCode
 from server.engine.estimate import price_estimate
 from server.engine.messages import violation
 from server.engine.model import EstimateRequest, Quote, RuleApplication, Status
-from server.engine.months import kst_month_of, month_bounds_utc
+from server.engine.months import kst_month_of
 from server.engine.records import EstimateRecord
 from server.engine.request import request_hash
 from server.engine.validation import validate_request
 from server.metrics import Metrics
 from server.service.caller import Caller
 from server.service.evidence import EvidenceArchive, EvidenceSummary, summary_of
+from server.service.mixed_quota import MIXED_BRAND, mixed_usage
 from server.service.paging import estimate_cursor_of, estimate_cursor_token, page_size_of
 from server.storage.repository import (
     DuplicateKeyError,
@@ -50,7 +51,6 @@ from server.storage.repository import (
 )
 
 ResponseEncoder = Callable[[EstimateRecord, EvidenceSummary | None], bytes]
-MIXED_BRAND = "MIXED"
 log = logging.getLogger(__name__)
 
 
@@ -116,10 +116,6 @@ class EstimateService:
         self._catalog = catalog
         self._clock = clock
         self._new_id = id_factory
-
-    @property
-    def catalog(self) -> Catalog:
-        return self._catalog
 
     def _replay_or_mismatch(self, req: EstimateRequest, digest: str) -> Created | None:
         if req.request_id is None:
@@ -268,11 +264,8 @@ class EstimateService:
         self, uow: UnitOfWork, req: EstimateRequest, accepted_at: datetime
     ) -> list[RuleApplication]:
         """P5 (DOMAIN.md §12): count and check inside the write transaction, which serialises writers."""
-        month = kst_month_of(accepted_at)
-        start, end = month_bounds_utc(month)
-        used = uow.estimates.count_accepted(MIXED_BRAND, start, end)
-        grant = uow.mixed_grants.get(month)
-        quota = self._mixed_quota + (1 if grant is not None else 0)
+        usage = mixed_usage(uow, kst_month_of(accepted_at), self._mixed_quota)
+        month, used, quota, grant = usage.month, usage.used, usage.quota, usage.grant
         if used >= quota:
             raise DomainError(
                 violation(ErrorCode.MIXED_QUOTA_EXCEEDED, "brand", month=month, used=used, quota=quota)

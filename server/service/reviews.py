@@ -31,12 +31,13 @@ from server.engine.errors import DomainError, ErrorCode, Violation
 from server.engine.estimate import price_estimate
 from server.engine.messages import violation
 from server.engine.model import Decision, Resolution, RuleApplication, Status
-from server.engine.months import kst_month_of, month_bounds_utc, parse_month
+from server.engine.months import month_bounds_utc
 from server.engine.records import EstimateRecord
 from server.metrics import Metrics
 from server.service.caller import Caller
-from server.service.estimates import MIXED_BRAND, Stored
+from server.service.estimates import Stored
 from server.service.evidence import EvidenceArchive, summary_of
+from server.service.mixed_quota import mixed_usage, month_of_request, required_text
 from server.service.paging import estimate_cursor_of, estimate_cursor_token, page_size_of
 from server.storage.repository import StaleRevisionError, Store
 
@@ -82,15 +83,6 @@ def nearest_rank(sorted_values: Sequence[int], pct: int) -> int | None:
         return None
     rank = max(1, math.ceil(pct * len(sorted_values) / 100))
     return sorted_values[rank - 1]
-
-
-def _text(value: str, field: str) -> str:
-    value = value.strip()
-    if not value:
-        raise DomainError(violation(ErrorCode.FIELD_REQUIRED, field, f=field))
-    if len(value) > MAX_TEXT:
-        raise DomainError(violation(ErrorCode.TEXT_TOO_LONG, field, f=field, max=MAX_TEXT))
-    return value
 
 
 class ReviewService:
@@ -226,7 +218,7 @@ class ReviewService:
 
     def reject(self, estimate_id: str, reason: str, caller: Caller) -> Stored:
         """RejectEstimate (DOMAIN.md §11): NEEDS_REVIEW → REJECTED."""
-        reason = _text(reason, "reason")
+        reason = required_text(reason, "reason", MAX_TEXT)
         record = self._load_reviewable(estimate_id)
         now = self._clock.now()
         updated = replace(
@@ -274,19 +266,14 @@ class ReviewService:
 
     def report(self, month: str) -> MonthReport:
         """DOMAIN.md §16.3 figures for a KST month (empty: the current month)."""
-        month = month.strip() or kst_month_of(self._clock.now())
-        try:
-            parse_month(month)
-        except ValueError:
-            raise DomainError(violation(ErrorCode.FIELD_REQUIRED, "month", f="month (YYYY-MM)")) from None
+        month = month_of_request(month, self._clock)
         start, end = month_bounds_utc(month)
         now = self._clock.now()
         with self._store.unit_of_work(read_only=True) as uow:
             counts = uow.estimates.count_by_status(start, end)
             tats = sorted(uow.estimates.tat_seconds(start, end))
             oldest = uow.estimates.oldest_accepted_at(REVIEWABLE)
-            mixed_used = uow.estimates.count_accepted(MIXED_BRAND, start, end)
-            grant = uow.mixed_grants.get(month)
+            mixed = mixed_usage(uow, month, self._mixed_quota)
         completed = counts.get(Status.COMPLETED, 0)
         denominator = completed + counts.get(Status.NEEDS_REVIEW, 0) + counts.get(Status.REVIEWED, 0)
         rate = None
@@ -306,6 +293,6 @@ class ReviewService:
             tat_p90_ms=None if p90 is None else p90 // 1000,
             tat_samples=len(tats),
             oldest_open_review_age_s=None if oldest is None else int((now - oldest) / timedelta(seconds=1)),
-            mixed_used=mixed_used,
-            mixed_quota=self._mixed_quota + (1 if grant is not None else 0),
+            mixed_used=mixed.used,
+            mixed_quota=mixed.quota,
         )
