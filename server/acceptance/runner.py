@@ -262,15 +262,12 @@ Caller = Callable[[str, Mapping[str, Any], str | None], Outcome]
 class GrpcCaller:
     """Calls the estimator's RPCs by name with a bearer token per role."""
 
-    def __init__(
-        self, channel: grpc.Channel, tokens: Mapping[str, str], default_role: str = "ESTIMATOR"
-    ) -> None:
+    def __init__(self, channel: grpc.Channel, tokens: Mapping[str, str]) -> None:
         self._stub = pb_grpc.EstimatorServiceStub(channel)
         self._reviews = review_grpc.ReviewServiceStub(channel)
         self._admin = admin_grpc.AdminServiceStub(channel)
         self._evidence = evidence_grpc.EvidenceServiceStub(channel)
         self._tokens = tokens
-        self._default_role = default_role
 
     def _metadata(self, role: str | None) -> tuple[tuple[str, str | bytes], ...]:
         token = self._tokens.get(role) if role else None

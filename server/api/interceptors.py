@@ -93,41 +93,23 @@ def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[
     return parse
 
 
-def _unknown_field_path(msg: pb_message.Message, prefix: str = "") -> str | None:
-    """Path of the first unknown field in ``msg`` (depth first), or None."""
+def _malformed_field(msg: pb_message.Message, prefix: str = "") -> tuple[str, str] | None:
+    """(path, what) of the first field this server refuses, depth first, in one walk: a field it
+    does not know, or a string with a NUL character (no store keeps NUL in text; PostgreSQL refuses it)."""
     unknown = unknown_fields.UnknownFieldSet(msg)
     if len(unknown):
-        return f"{prefix}#{unknown[0].field_number}"
+        path = f"{prefix}#{unknown[0].field_number}"
+        return path, f"unknown field {path}"
     for fd, value in msg.ListFields():
-        if fd.message_type is None:
-            continue
-        if fd.is_repeated:
-            for i, item in enumerate(value):
-                found = _unknown_field_path(item, f"{prefix}{fd.name}[{i}].")
+        items = value if fd.is_repeated else [value]
+        for i, item in enumerate(items):
+            name = f"{prefix}{fd.name}[{i}]" if fd.is_repeated else f"{prefix}{fd.name}"
+            if fd.message_type is not None:
+                found = _malformed_field(item, name + ".")
                 if found:
                     return found
-        else:
-            found = _unknown_field_path(value, f"{prefix}{fd.name}.")
-            if found:
-                return found
-    return None
-
-
-def _nul_field_path(msg: pb_message.Message, prefix: str = "") -> str | None:
-    """Path of the first string field holding a NUL character (depth first), or None."""
-    for fd, value in msg.ListFields():
-        if fd.message_type is not None:
-            items = value if fd.is_repeated else [value]
-            for i, item in enumerate(items):
-                name = f"{prefix}{fd.name}[{i}]." if fd.is_repeated else f"{prefix}{fd.name}."
-                found = _nul_field_path(item, name)
-                if found:
-                    return found
-        elif fd.type == fd.TYPE_STRING:
-            texts = value if fd.is_repeated else [value]
-            for i, text in enumerate(texts):
-                if "\x00" in text:
-                    return f"{prefix}{fd.name}[{i}]" if fd.is_repeated else f"{prefix}{fd.name}"
+            elif fd.type == fd.TYPE_STRING and "\x00" in item:
+                return name, "a NUL character"
     return None
 
 
@@ -217,14 +199,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         if isinstance(request, MalformedRequest):
             raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, "", v=request.error))
         if isinstance(request, pb_message.Message):
-            nul = _nul_field_path(request)
-            if nul is not None:  # no store keeps NUL in text (PostgreSQL refuses it): refuse it here
-                raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, nul, v="a NUL character"))
-            unknown = _unknown_field_path(request)
-            if unknown is not None:
-                raise DomainError(
-                    violation(ErrorCode.MALFORMED_REQUEST, unknown, v=f"unknown field {unknown}")
-                )
+            malformed = _malformed_field(request)
+            if malformed is not None:
+                path, what = malformed
+                raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, path, v=what))
         return principal
 
     def _deny(
