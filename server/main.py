@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from server.api.metrics_interceptor import MetricsInterceptor
 from server.api.server import RunningServer, ServiceDeps, api_services, create_server
+from server.api.server_info import ServerInfoServicer
 from server.clock import Clock, SystemClock, monotonic_s
 from server.engine.catalog import DEFAULT_CATALOG_DIR, Catalog, load_catalog
 from server.engine.model import Status
@@ -167,6 +168,11 @@ def build_app(
         tokens=TokenService(store, clock),
         clock=clock,
         rate_limiter=RateLimiter(settings.rate_limit_per_hour, 3600.0, monotonic_s),
+        info=ServerInfoServicer(
+            catalog_version=catalog.version,
+            started_at=clock.now(),
+            database_backend="postgresql" if settings.database_url.startswith("postgresql://") else "sqlite",
+        ),
     )
     try:
         running = create_server(

@@ -27,12 +27,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from server.build_info import build_info
 from server.engine.errors import ErrorCode
-from server.engine.model import Status
+from server.engine.model import RULES_VERSION, Status
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,18 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+
+        # --- build ------------------------------------------------------------------------------------
+        # Constant 1 with the build as labels (the usual ``*_build_info`` idiom): every series can be
+        # attributed to a version with ``* on(instance) group_left(version) kis_build_info``.
+        self.build_info = Gauge(
+            "kis_build_info",
+            "The running build of the estimator: always 1, labelled with version and commit.",
+            ["version", "commit", "rules_version"],
+            registry=registry,
+        )
+        build = build_info()
+        self.build_info.labels(version=build.version, commit=build.commit, rules_version=RULES_VERSION).set(1)
 
         for status in Status:
             for brand in (*BRANDS, OTHER):

@@ -341,8 +341,12 @@ def _export_ref(source: Path, ref: str, into: Path, timeout_s: float) -> None:
         tar.extractall(into, filter="data")
 
 
-def _stage(options: BuildOptions, into: Path) -> str:
-    """Copy the buildable tree (or export ``source_ref``) into ``into``; returns the version it builds."""
+def _stage(options: BuildOptions, into: Path, commit: str) -> str:
+    """Copy the buildable tree (or export ``source_ref``) into ``into``; returns the version it builds.
+
+    The commit is written to ``server/BUILD_COMMIT`` so the installed server reports it
+    (``kis_build_info``, ``GetServerInfo``) without a git checkout.
+    """
     if options.source_ref is not None:
         _export_ref(options.source_dir, options.source_ref, into, options.timeout_s)
     else:
@@ -370,6 +374,8 @@ def _stage(options: BuildOptions, into: Path) -> str:
         version = options.version_override
         text = text[: match.start()] + f'version = "{version}"' + text[match.end() :]
         pyproject.write_text(text, encoding="utf-8")
+    if commit != "unknown":
+        (into / "server" / "BUILD_COMMIT").write_text(commit + "\n", encoding="ascii")
     if options.catalog_dir is not None:
         for name in CATALOG_FILES:
             src = options.catalog_dir / name
@@ -427,7 +433,7 @@ def build_release(options: BuildOptions, *, clock: Clock | None = None) -> Build
         staged, built = Path(tmp) / "src", Path(tmp) / "dist"
         staged.mkdir()
         built.mkdir()
-        version = _stage(options, staged)
+        version = _stage(options, staged, commit)
         names_file = Path(tmp) / "names.json"
         _run(
             [str(options.python), "-c", _BUILD_SCRIPT, str(built), str(epoch), str(names_file)],

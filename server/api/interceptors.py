@@ -47,6 +47,7 @@ PUBLIC_SERVICES = frozenset(
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
         "grpc.reflection.v1.ServerReflection",
+        "kis.estimator.v1.ServerInfoService",
     }
 )
 REQUEST_ID_HEADER = "x-request-id"

@@ -14,14 +14,16 @@ from grpc_reflection.v1alpha import reflection
 
 from server.api.interceptors import ServiceInterceptor
 from server.api.metrics_interceptor import services_of
+from server.api.server_info import ServerInfoServicer
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
 from server.clock import Clock
 from server.engine.roles import Principal
-from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2
+from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2, server_info_pb2
 from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
 from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.estimates import EstimateService
@@ -36,6 +38,7 @@ SERVICE_NAMES = (
     review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name,
     evidence_pb2.DESCRIPTOR.services_by_name["EvidenceService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
 )
 ESTIMATOR_SERVICE = SERVICE_NAMES[0]
 
@@ -49,6 +52,7 @@ class ServiceDeps:
     tokens: TokenService
     clock: Clock
     rate_limiter: RateLimiter | None = None
+    info: ServerInfoServicer | None = None  # None: version and commit only (catalog, backend unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,11 @@ class RunningServer:
 def api_services() -> list[ServiceDescriptor]:
     """Every service of the API (for the metrics interceptor's zero-initialised series)."""
     return services_of(
-        estimator_pb2.DESCRIPTOR, review_pb2.DESCRIPTOR, evidence_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR
+        estimator_pb2.DESCRIPTOR,
+        review_pb2.DESCRIPTOR,
+        evidence_pb2.DESCRIPTOR,
+        admin_pb2.DESCRIPTOR,
+        server_info_pb2.DESCRIPTOR,
     )
 
 
@@ -117,6 +125,10 @@ def create_server(
     review_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(deps.reviews, deps.clock), server)
     evidence_grpc.add_EvidenceServiceServicer_to_server(EvidenceServicer(deps.evidence), server)
     admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.admin), server)
+    info = deps.info or ServerInfoServicer(
+        catalog_version="", started_at=deps.clock.now(), database_backend=""
+    )
+    info_grpc.add_ServerInfoServiceServicer_to_server(info, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
