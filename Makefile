@@ -7,15 +7,17 @@ BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
 
-.PHONY: run test bench setup tools gen check-gen lint typecheck proto-check unit integration clean
+.PHONY: run test bench setup tools gen check-gen lint typecheck proto-check clients unit integration clean
 
 setup: $(STAMP) $(BUF) tools
 
 # promtool/prometheus (Debian `prometheus`) for the rule tests and the real-Prometheus tests;
-# amtool/alertmanager (Debian `prometheus-alertmanager`) for the routing config and receiver tests.
+# amtool/alertmanager (Debian `prometheus-alertmanager`) for the routing config and receiver tests;
+# Go and its protoc plugins (Debian) for the generated-client test.
 tools:
 	@bash tools/ensure_prometheus.sh
 	@bash tools/ensure_alertmanager.sh
+	@bash tools/ensure_go.sh
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +46,11 @@ proto-check: $(BUF)
 	  $(BUF) breaking --against '.git#branch=main' && echo "buf breaking: compatible with main"; \
 	else echo "buf breaking: no main branch with a proto API to compare against yet"; fi
 	$(BUF) breaking --against proto/baseline/kis-estimator-v1.binpb && echo "buf breaking: compatible with the released v1 baseline"
+
+# Go and TypeScript clients (buf.gen.yaml) into gen/go and gen/ts; examples/clients/ uses them.
+clients: $(BUF) tools
+	rm -rf gen && $(BUF) generate
+	@echo "generated gen/go (package estimatorv1) and gen/ts (protoc-gen-es + Connect)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

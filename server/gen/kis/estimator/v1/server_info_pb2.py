@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"kis/estimator/v1/server_info.proto\x12\x10kis.estimator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetServerInfoRequest\"\xb2\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\t\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64\x61tabase_backend\x18\x06 \x01(\t2u\n\x11ServerInfoService\x12`\n\rGetServerInfo\x12&.kis.estimator.v1.GetServerInfoRequest\x1a\'.kis.estimator.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"kis/estimator/v1/server_info.proto\x12\x10kis.estimator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetServerInfoRequest\"\xb2\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\t\x12\x15\n\rrules_version\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64\x61tabase_backend\x18\x06 \x01(\t2u\n\x11ServerInfoService\x12`\n\rGetServerInfo\x12&.kis.estimator.v1.GetServerInfoRequest\x1a\'.kis.estimator.v1.GetServerInfoResponseB\x88\x01\n\x14\x63om.kis.estimator.v1B\x0fServerInfoProtoP\x01ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\xaa\x02\x10Kis.Estimator.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kis.estimator.v1.server_info_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\024com.kis.estimator.v1B\017ServerInfoProtoP\001ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\252\002\020Kis.Estimator.V1'
   _globals['_GETSERVERINFOREQUEST']._serialized_start=89
   _globals['_GETSERVERINFOREQUEST']._serialized_end=111
   _globals['_GETSERVERINFORESPONSE']._serialized_start=114
