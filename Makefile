@@ -60,8 +60,8 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 run: $(STAMP) gen
-	@mkdir -p var
-	@echo "KIS Estimator: gRPC on 127.0.0.1:8787 (SQLite var/kis.db). In another shell, create a token:"
+	@echo "KIS Estimator: gRPC on 127.0.0.1:8787; SQLite store in the data directory (KIS_DATA_DIR, default"
+	@echo "~/.local/state/kis-estimator; the start-up log line names the file). In another shell, create a token:"
 	@echo "  $(VENV)/bin/kis-estimator token create --role ESTIMATOR --name \$$USER"
 	@echo "then: KIS_TOKEN=<token> $(VENV)/bin/kis-estimator estimate examples/example1.json"
 	$(VENV)/bin/kis-estimator serve

@@ -36,6 +36,7 @@ from server.service.caller import Caller
 from server.service.tokens import TokenService
 from server.settings import ClientSettings, Settings, SettingsError
 from server.slo import DEFAULT_WINDOW, run_slo_report
+from server.storage.repository import Store
 
 DEFAULT_TARGET = "127.0.0.1:8787"
 
@@ -159,7 +160,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings, address=args.listen)
 
 
+class NoStore(Exception):
+    """A local command was pointed at a SQLite store that does not exist."""
+
+
+def _existing_store(settings: Settings) -> Store:
+    """The configured store; a missing SQLite file is an error, never silently created."""
+    if settings.database_url.startswith("sqlite:///") and not settings.sqlite_path.exists():
+        raise NoStore(
+            f"no store at {settings.sqlite_path}: set KIS_DATABASE_URL or KIS_DATA_DIR to the server's "
+            "(see `kis-estimator serve`'s start-up line), or start the server once to create it"
+        )
+    return open_store(settings)
+
+
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.database_url.startswith("sqlite:///") and not settings.sqlite_path.exists():
+        _err(f"note: creating a new store at {settings.sqlite_path}")
     store = open_store(settings)
     try:
         service = TokenService(store, SystemClock())
@@ -245,7 +262,7 @@ def cmd_smoke(args: argparse.Namespace, client: ClientSettings) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+    store = _existing_store(settings)
     try:
         records = TokenService(store, SystemClock()).list()
     finally:
@@ -258,7 +275,7 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+    store = _existing_store(settings)
     try:
         done = TokenService(store, SystemClock()).revoke(args.token_id, _local_caller())
     finally:
@@ -276,7 +293,7 @@ def _local_caller() -> Caller:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+    store = _existing_store(settings)
     try:
         admin = AdminService(
             store, SystemClock(), settings.mixed_monthly_quota, settings.audit_retention_days
@@ -378,6 +395,9 @@ def cmd_report(args: argparse.Namespace, client: ClientSettings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kis-estimator", description=__doc__)
+    parser.add_argument(
+        "--config", type=Path, help="service settings as TOML (default: $KIS_CONFIG_FILE); KIS_* override it"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_serve = sub.add_parser("serve", help="run the gRPC service")
@@ -454,10 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_slo_report(args.prometheus, args.window, _out)
     try:
         if args.command in local and not (args.command == "evidence" and args.evidence_command == "get"):
-            return int(local[args.command](args, Settings.from_process_env()))
+            return int(local[args.command](args, Settings.from_process_env(args.config)))
         client = ClientSettings.from_process_env(target=args.target, token=args.token)
     except SettingsError as exc:
         _err(f"configuration error: {exc}")
+        return 2
+    except NoStore as exc:
+        _err(f"error: {exc}")
         return 2
     commands: dict[str, Any] = {
         "estimate": cmd_estimate,

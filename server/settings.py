@@ -2,19 +2,30 @@
 
 Every variable has the ``KIS_`` prefix. An unknown ``KIS_*`` name stops start-up with a suggestion
 of the closest known key; values are validated here, so a bad value never reaches the service.
+
+A TOML file (``--config FILE`` or ``KIS_CONFIG_FILE``) may hold the same settings, keyed by the
+variable's name without ``KIS_`` in lower case (``database_url = "sqlite:////srv/kis/kis.db"``);
+``KIS_*`` variables override the file. Unknown keys are refused like unknown variables.
+
+Data directory: ``KIS_DATA_DIR``, always absolute, holds the default SQLite store (``kis.db``) and
+the generated evidence key. Its default does not depend on the working directory: systemd's
+``$STATE_DIRECTORY`` (``StateDirectory=``), else ``$XDG_STATE_HOME/kis-estimator``, else
+``$HOME/.local/state/kis-estimator``, else ``/var/lib/kis-estimator``.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-DEFAULT_DATABASE_PATH = Path("var") / "kis.db"
+DATABASE_FILE = "kis.db"
+APP_DIR = "kis-estimator"
 DEFAULT_TARGET = "127.0.0.1:8787"
 
 
@@ -70,6 +81,27 @@ def _path(name: str, value: str) -> Path:
     return Path(value)
 
 
+def _absolute_dir(name: str, value: str) -> Path:
+    path = _path(name, value)
+    if not path.is_absolute():
+        raise SettingsError(f"{name}={value!r}: expected an absolute path")
+    return path
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """The data directory when ``KIS_DATA_DIR`` is not set (see the module docstring)."""
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state and Path(state).is_absolute():
+        return Path(state)
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / APP_DIR
+    home = env.get("HOME", "")
+    if home and Path(home).is_absolute():
+        return Path(home) / ".local" / "state" / APP_DIR
+    return Path("/var/lib") / APP_DIR
+
+
 def _database_url(name: str, value: str) -> str:
     """``sqlite:///PATH`` or ``postgresql://[USER@]HOST[:PORT]/DBNAME[?PARAM=VALUE…]`` (libpq URL).
 
@@ -102,10 +134,15 @@ def _database_url(name: str, value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Service settings; defaults run out of the box (SQLite under var/, loopback)."""
+    """Service settings; defaults run out of the box (SQLite in the data directory, loopback).
+
+    Build them with :meth:`load` / :meth:`from_env`, which derive the defaults of ``data_dir`` and
+    ``database_url`` from the environment; the field defaults below are for tests that pass both.
+    """
 
     grpc_address: str = "127.0.0.1:8787"
-    database_url: str = f"sqlite:///{DEFAULT_DATABASE_PATH}"
+    data_dir: Path = Path("/var/lib") / APP_DIR
+    database_url: str = f"sqlite:////var/lib/{APP_DIR}/{DATABASE_FILE}"
     catalog_dir: Path | None = None  # None: the catalog packaged with the service
     max_message_bytes: int = 1024 * 1024
     max_workers: int = 16
@@ -138,17 +175,24 @@ class Settings:
     @property
     def evidence_key_file(self) -> Path:
         """Where the generated evidence signing key lives when ``evidence_keys`` is not set:
-        beside the SQLite database, or ``var/`` for PostgreSQL."""
-        base = self.sqlite_path.parent if self.database_url.startswith("sqlite:///") else Path("var")
+        beside the SQLite database, or in the data directory for PostgreSQL."""
+        base = self.sqlite_path.parent if self.database_url.startswith("sqlite:///") else self.data_dir
         return base / "evidence-keys"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from ``KIS_*`` variables of ``env``; unknown ``KIS_*`` names are errors."""
-        known = {f"KIS_{name.upper()}": (name, parser) for name, parser in _PARSERS.items()}
+    def load(cls, env: Mapping[str, str], config_file: Path | None = None) -> Settings:
+        """Settings from an optional TOML file, overridden by the ``KIS_*`` variables of ``env``.
+
+        Without ``config_file``, ``KIS_CONFIG_FILE`` of ``env`` names the file, if set.
+        """
+        if config_file is None and env.get(CONFIG_FILE_VARIABLE):
+            config_file = Path(env[CONFIG_FILE_VARIABLE])
         values: dict[str, Any] = {}
+        if config_file is not None:
+            values |= _from_file(config_file)
+        known = {f"KIS_{name.upper()}": name for name in _PARSERS}
         for key, raw in env.items():
-            if not key.startswith("KIS_"):
+            if not key.startswith("KIS_") or key == CONFIG_FILE_VARIABLE:
                 continue
             if key not in known:
                 if key in _NON_SERVICE_KEYS or key.startswith(WORKFLOW_PREFIXES):
@@ -156,18 +200,44 @@ class Settings:
                 close = difflib.get_close_matches(key, list(known), n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise SettingsError(f"unknown setting {key}{hint}")
-            name, parser = known[key]
-            values[name] = parser(key, raw.strip())
+            values[known[key]] = _PARSERS[known[key]](key, raw.strip())
+        values.setdefault("data_dir", default_data_dir(env))
+        values.setdefault("database_url", f"sqlite:///{values['data_dir'] / DATABASE_FILE}")
         return cls(**values)
 
     @classmethod
-    def from_process_env(cls) -> Settings:
-        """Settings of this process's environment."""
-        return cls.from_env(os.environ)
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``KIS_*`` variables of ``env``; unknown ``KIS_*`` names are errors."""
+        return cls.load(env)
 
+    @classmethod
+    def from_process_env(cls, config_file: Path | None = None) -> Settings:
+        """Settings of this process's environment (and config file)."""
+        return cls.load(os.environ, config_file)
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in _PARSERS:
+            close = difflib.get_close_matches(key, list(_PARSERS), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise SettingsError(f"config file {path}: unknown setting {key!r}{hint}")
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise SettingsError(f"config file {path}: {key} must be a string or a number")
+        values[key] = _PARSERS[key](f"{path}: {key}", str(raw).strip())
+    return values
+
+
+CONFIG_FILE_VARIABLE = "KIS_CONFIG_FILE"
 
 _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "grpc_address": _parse_address,
+    "data_dir": _absolute_dir,
     "database_url": _database_url,
     "catalog_dir": _path,
     "max_message_bytes": _int_in(4096, 64 * 1024 * 1024),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,73 @@ from workflows.settings import PREFIXES, WorkflowSettings, WorkflowSettingsError
 
 
 def test_defaults_run_out_of_the_box() -> None:
-    s = Settings.from_env({})
+    s = Settings.from_env({"HOME": "/home/kim"})
     assert (s.grpc_address, s.database_url, s.metrics_address) == (
         "127.0.0.1:8787",
-        "sqlite:///var/kis.db",
+        "sqlite:////home/kim/.local/state/kis-estimator/kis.db",
         "127.0.0.1:8788",
     )
     assert s.mixed_monthly_quota == 2 and s.rate_limit_per_hour == 1000
+
+
+@pytest.mark.parametrize(
+    ("env", "data_dir"),
+    [
+        ({"STATE_DIRECTORY": "/var/lib/kis-estimator", "HOME": "/root"}, "/var/lib/kis-estimator"),
+        ({"XDG_STATE_HOME": "/srv/state", "HOME": "/home/kim"}, "/srv/state/kis-estimator"),
+        ({"HOME": "/home/kim"}, "/home/kim/.local/state/kis-estimator"),
+        ({"HOME": "relative", "XDG_STATE_HOME": "also/relative"}, "/var/lib/kis-estimator"),
+        ({}, "/var/lib/kis-estimator"),
+        ({"KIS_DATA_DIR": "/data", "STATE_DIRECTORY": "/var/lib/x"}, "/data"),
+    ],
+    ids=["systemd", "xdg", "home", "relative-ignored", "nothing", "explicit"],
+)
+def test_the_default_store_never_depends_on_the_working_directory(env: dict[str, str], data_dir: str) -> None:
+    s = Settings.from_env(env)
+    assert s.data_dir == Path(data_dir)
+    assert s.database_url == f"sqlite:///{data_dir}/kis.db"
+    assert s.sqlite_path.is_absolute() and s.evidence_key_file == Path(data_dir) / "evidence-keys"
+
+
+def test_a_relative_data_dir_is_refused() -> None:
+    with pytest.raises(SettingsError, match="KIS_DATA_DIR='var': expected an absolute path"):
+        Settings.from_env({"KIS_DATA_DIR": "var"})
+
+
+def test_a_config_file_holds_the_same_settings_and_the_environment_overrides_it(tmp_path: Path) -> None:
+    config = tmp_path / "kis-estimator.toml"
+    config.write_text(
+        'grpc_address = "0.0.0.0:9000"\nmax_workers = 4\nshutdown_grace_s = 2.5\n'
+        'database_url = "sqlite:////srv/kis/kis.db"\n'
+    )
+    s = Settings.load({"KIS_MAX_WORKERS": "8"}, config)
+    assert (s.grpc_address, s.max_workers, s.shutdown_grace_s) == ("0.0.0.0:9000", 8, 2.5)
+    assert s.database_url == "sqlite:////srv/kis/kis.db"
+    same = Settings.load({"KIS_CONFIG_FILE": str(config), "KIS_MAX_WORKERS": "8"})
+    assert same == s
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('grpc_adress = "x:1"', "unknown setting 'grpc_adress'; did you mean grpc_address"),
+        ("max_workers = 0", "max_workers='0': expected 1"),
+        ("max_workers = true", "must be a string or a number"),
+        ("max_workers = [1]", "must be a string or a number"),
+        ("max_workers = ", "config file"),
+    ],
+    ids=["typo", "range", "bool", "list", "syntax"],
+)
+def test_a_bad_config_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "kis.toml"
+    config.write_text(text + "\n")
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.load({}, config)
+
+
+def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"config file .*nope\.toml"):
+        Settings.load({"KIS_CONFIG_FILE": str(tmp_path / "nope.toml")})
 
 
 @pytest.mark.parametrize(
