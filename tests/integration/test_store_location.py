@@ -10,7 +10,9 @@ from pathlib import Path
 CLI = Path(sys.executable).parent / "kis-estimator"
 
 
-def _run(args: list[str], home: Path, cwd: Path = Path("/"), **extra: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], home: Path, cwd: Path = Path("/"), **extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIS_") and k != "XDG_STATE_HOME"}
     env |= {"HOME": str(home)} | extra
     return subprocess.run([str(CLI), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
