@@ -44,6 +44,7 @@ CLIENT_ERROR_CODES = (
     "FAILED_PRECONDITION",
     "OUT_OF_RANGE",
     "CANCELLED",
+    "DEADLINE_EXCEEDED",  # the client stopped waiting: not a server error (recording.rules.yml)
 )
 _NOT_5XX = "|".join(("OK", *CLIENT_ERROR_CODES))
 

@@ -14,7 +14,10 @@ call (``intercept_service`` itself runs before a worker is chosen):
    silently ignores what it asked for;
 4. servicers never call ``context.abort`` (grpcio signals it with a bare ``Exception``); they raise
    :class:`DomainError`, which becomes its rich status (``server/api/status.py``); any other exception is a
-   bug: logged with a trace id and answered INTERNAL ``INTERNAL_ERROR`` naming that id.
+   bug: logged with a trace id and answered INTERNAL ``INTERNAL_ERROR`` naming that id;
+5. a call whose client stopped waiting (``server/api/calls.py``) ends CANCELLED or DEADLINE_EXCEEDED
+   whatever the handler did or raised (grpcio raises ``RpcError`` from ``send_initial_metadata`` and
+   stops pulling stream chunks), logged at INFO: impatient clients are not server errors.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
 
+from server.api.calls import client_gone
 from server.api.status import status_code_of, to_grpc_status
 from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
@@ -225,7 +229,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         _principal.set(None)
         return request_id
 
-    def _fail(self, context: grpc.ServicerContext, exc: Exception, method: str) -> grpc.StatusCode:
+    def _fail(self, context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:
         if isinstance(exc, DomainError):
             context.abort_with_status(to_grpc_status(exc))
         trace_id = secrets.token_hex(8)
@@ -234,6 +238,28 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             to_grpc_status(DomainError(violation(ErrorCode.INTERNAL_ERROR, "", trace_id=trace_id)))
         )
         raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+    def _end_with_error(
+        self,
+        context: grpc.ServicerContext,
+        exc: Exception,
+        method: str,
+        started: float,
+        principal: Principal | None,
+    ) -> NoReturn:
+        """End the call for ``exc`` (always raises): the client left, a domain refusal, or a bug."""
+        gone = client_gone(context)
+        if gone is not None or isinstance(exc, CallAbandoned):
+            code = gone or grpc.StatusCode.CANCELLED
+            self._log(method, code.name, started, principal)
+            # abort on a call the client left sends nothing; it records the code for the metrics and
+            # keeps grpcio from logging the exception (an RpcError of send_initial_metadata included)
+            context.abort(code, "the client ended the call")
+        if isinstance(exc, DomainError):
+            self._log(method, status_code_of(exc.kind).name, started, principal, exc.code.value)
+        else:
+            self._log(method, "INTERNAL", started, principal, ErrorCode.INTERNAL_ERROR.value)
+        self._fail(context, exc, method)
 
     def _log(
         self, method: str, code: str, started: float, principal: Principal | None, extra_code: str = ""
@@ -261,15 +287,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
                 principal = self._admit(request, context, operation, public)
                 _principal.set(principal)
                 response = behavior(request, context)
-            except DomainError as exc:
-                self._log(method, status_code_of(exc.kind).name, started, principal, exc.code.value)
-                self._fail(context, exc, method)
-            except CallAbandoned:
-                self._log(method, "CANCELLED", started, principal)
-                context.abort(grpc.StatusCode.CANCELLED, "the call ended before the estimate was stored")
             except Exception as exc:  # noqa: BLE001 - the boundary of STYLE.md §2.7: log, convert, never swallow
-                self._log(method, "INTERNAL", started, principal, ErrorCode.INTERNAL_ERROR.value)
-                self._fail(context, exc, method)
+                self._end_with_error(context, exc, method, started, principal)
+            gone = client_gone(context)
+            if gone is not None:
+                self._log(method, gone.name, started, principal)
+                context.set_code(gone)  # nobody reads the reply; the metrics see what happened
+                return response
             self._log(method, "OK", started, principal)
             return response
 
@@ -290,12 +314,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
                 principal = self._admit(request, context, operation, public)
                 _principal.set(principal)
                 yield from behavior(request, context)
-            except DomainError as exc:
-                self._log(method, status_code_of(exc.kind).name, started, principal, exc.code.value)
-                self._fail(context, exc, method)
+            except GeneratorExit:
+                # grpcio stopped pulling chunks: the client went away mid-stream.
+                self._log(
+                    method, (client_gone(context) or grpc.StatusCode.CANCELLED).name, started, principal
+                )
+                raise
             except Exception as exc:  # noqa: BLE001 - the boundary of STYLE.md §2.7: log, convert, never swallow
-                self._log(method, "INTERNAL", started, principal, ErrorCode.INTERNAL_ERROR.value)
-                self._fail(context, exc, method)
+                self._end_with_error(context, exc, method, started, principal)
+            gone = client_gone(context)
+            if gone is not None:
+                self._log(method, gone.name, started, principal)
+                context.set_code(gone)
+                return
             self._log(method, "OK", started, principal)
 
         return wrapped

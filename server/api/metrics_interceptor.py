@@ -8,7 +8,8 @@ interceptor returns and sees every call's final status, including calls that int
 That interceptor ends calls with ``context.abort_with_status``, which in grpcio sets the code on the
 context and raises a bare ``Exception``; so the final code is read from ``context.code()`` after the
 behaviour returns or raises: no code and no exception is OK, no code and an exception is UNKNOWN (what
-grpcio answers then), a generator closed early (the client went away mid-stream) is CANCELLED.
+grpcio answers then), a generator closed early (the client went away mid-stream) is CANCELLED, or
+DEADLINE_EXCEEDED when the call's deadline had passed (``server/api/calls.py``).
 
 Only methods the server registered are counted: an unknown method has no handler, grpcio answers
 UNIMPLEMENTED without us, and counting it would let callers choose label values. A method's series
@@ -30,6 +31,7 @@ import grpc
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
 from prometheus_client import Counter, Histogram
 
+from server.api.calls import client_gone
 from server.metrics import Metrics
 
 Clock = Callable[[], float]
@@ -164,7 +166,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             try:
                 yield from behavior(request, context)
             except GeneratorExit:
-                self._done(series, started, grpc.StatusCode.CANCELLED)
+                self._done(series, started, client_gone(context) or grpc.StatusCode.CANCELLED)
                 raise
             except BaseException:
                 self._done(series, started, _final_code(context, raised=True))

@@ -190,10 +190,19 @@ def test_store_gauge_names_are_checked_at_registration_without_reading() -> None
 
 
 class FakeContext:
-    """Just what the interceptor reads: the code grpcio's context holds after set_code/abort."""
+    """Just what the interceptor reads: the code grpcio's context holds after set_code/abort, and
+    whether the client still waits (``is_active``) with the time left before its deadline."""
 
     def __init__(self) -> None:
         self._code: grpc.StatusCode | None = None
+        self.active = True
+        self.remaining_s = 30.0
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def time_remaining(self) -> float:
+        return self.remaining_s
 
     def code(self) -> grpc.StatusCode | None:
         return self._code
@@ -339,23 +348,32 @@ def _stream_of(n: int, fail_with: grpc.StatusCode | None = None) -> Callable[[An
 
 
 STREAM_CASES: list[Any] = [
-    pytest.param(_stream_of(3), None, "OK", id="completed"),
-    pytest.param(_stream_of(3, grpc.StatusCode.PERMISSION_DENIED), None, "PERMISSION_DENIED", id="aborted"),
-    pytest.param(_stream_of(3), 1, "CANCELLED", id="client-went-away"),
+    pytest.param(_stream_of(3), None, 30.0, "OK", id="completed"),
+    pytest.param(
+        _stream_of(3, grpc.StatusCode.PERMISSION_DENIED), None, 30.0, "PERMISSION_DENIED", id="aborted"
+    ),
+    pytest.param(_stream_of(3), 1, 30.0, "CANCELLED", id="client-went-away"),
+    pytest.param(_stream_of(3), 1, 0.0, "DEADLINE_EXCEEDED", id="deadline-passed"),
 ]
 
 
-@pytest.mark.parametrize(("behavior", "stop_after", "code"), STREAM_CASES)
+@pytest.mark.parametrize(("behavior", "stop_after", "remaining_s", "code"), STREAM_CASES)
 def test_server_stream_is_counted_once_with_its_final_code(
-    metrics: Metrics, behavior: Callable[[Any, Any], Iterator[str]], stop_after: int | None, code: str
+    metrics: Metrics,
+    behavior: Callable[[Any, Any], Iterator[str]],
+    stop_after: int | None,
+    remaining_s: float,
+    code: str,
 ) -> None:
     handler = grpc.unary_stream_rpc_method_handler(behavior, _deserialize, _serialize)
     wrapped = _intercept(metrics, "/kis.estimator.v1.EvidenceService/GetEvidenceBundle", handler, FakeClock())
     assert wrapped is not None and wrapped.unary_stream is not None
-    chunks = wrapped.unary_stream("req", FakeContext())  # type: ignore[arg-type]
+    context = FakeContext()
+    chunks = wrapped.unary_stream("req", context)  # type: ignore[arg-type]
     try:
         for i, _ in enumerate(chunks):
             if stop_after is not None and i + 1 >= stop_after:
+                context.active, context.remaining_s = False, remaining_s  # grpcio saw the client leave
                 chunks.close()  # type: ignore[attr-defined]  # a generator: grpcio closes it on cancel
                 break
     except Exception:  # noqa: BLE001 - the aborting case raises, as grpcio's abort does
