@@ -244,21 +244,34 @@ def _report(results: Sequence[runner.CaseResult], label: str) -> int:
     return 0 if failed == 0 and total > 0 else 1
 
 
-def _caller(client: ClientSettings) -> tuple[grpc.Channel, runner.GrpcCaller]:
+def _caller(client: ClientSettings, sandboxed: bool) -> tuple[grpc.Channel, runner.GrpcCaller]:
     channel = _channel(client.target)
     tokens = dict.fromkeys([r.value for r in Role], client.token) if client.token else {}
-    return channel, runner.GrpcCaller(channel, tokens)
+    sandbox = runner.new_sandbox_id() if sandboxed else None
+    return channel, runner.GrpcCaller(channel, tokens, sandbox=sandbox)
 
 
 def cmd_regress(args: argparse.Namespace, client: ClientSettings) -> int:
-    _, call = _caller(client)
+    _, caller = _caller(client, not args.no_sandbox)
     suites = ("regression", "supplementary") if args.all else ("regression",)
-    return _report(runner.run_suites(call, suites), "regression" if not args.all else "acceptance")
+    try:
+        with caller as call:
+            results = runner.run_suites(call, suites)
+    except runner.SandboxUnavailable as exc:
+        _err(f"error: {exc}")
+        return 2
+    return _report(results, "regression" if not args.all else "acceptance")
 
 
 def cmd_smoke(args: argparse.Namespace, client: ClientSettings) -> int:
-    channel, call = _caller(client)
-    return _report(runner.run_smoke(channel, call), "smoke")
+    channel, caller = _caller(client, not args.no_sandbox)
+    try:
+        with caller as call:
+            results = runner.run_smoke(channel, call)
+    except runner.SandboxUnavailable as exc:
+        _err(f"error: {exc}")
+        return 2
+    return _report(results, "smoke")
 
 
 def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -435,9 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_reg = sub.add_parser("regress", help="run the 40 regression cases against a live endpoint")
     p_reg.add_argument("--all", action="store_true", help="also the supplementary cases")
+    no_sandbox = "run against the server's real store (only for an empty store) instead of a sandbox"
+    p_reg.add_argument("--no-sandbox", action="store_true", help=no_sandbox)
     client_args(p_reg)
 
     p_smoke = sub.add_parser("smoke", help="run the 3 smoke checks against a live endpoint")
+    p_smoke.add_argument("--no-sandbox", action="store_true", help=no_sandbox)
     client_args(p_smoke)
 
     p_evidence = sub.add_parser("evidence", help="evidence bundles")

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -18,6 +19,7 @@ from server.api.metrics_interceptor import MetricsInterceptor
 from server.api.server import RunningServer, ServiceDeps, api_services, create_server
 from server.api.server_info import ServerInfoServicer
 from server.clock import Clock, SystemClock, monotonic_s
+from server.engine.audit import SANDBOX_OPENED
 from server.engine.catalog import DEFAULT_CATALOG_DIR, Catalog, load_catalog
 from server.engine.model import Status
 from server.engine.months import kst_month_of
@@ -25,11 +27,13 @@ from server.evidence.signing import KeyRing, parse_keyring
 from server.metrics import Metrics, StoreGauges, StoreGaugesCollector
 from server.metrics_http import MetricsHttpServer, start_metrics_http
 from server.service.admin import AdminService
+from server.service.caller import Caller
 from server.service.estimates import EstimateService
 from server.service.evidence import EvidenceArchive, EvidenceService
 from server.service.mixed_quota import mixed_usage
 from server.service.rate_limit import RateLimiter
 from server.service.reviews import ReviewService
+from server.service.sandbox import Sandboxes, SandboxFactory, ServiceSet
 from server.service.tokens import TokenService
 from server.settings import Settings
 from server.storage.repository import Store
@@ -94,6 +98,8 @@ class App:
         self._serving.clear()
         self.running.set_serving(False)
         self.running.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s).wait()
+        if self.deps.sandboxes is not None:
+            self.deps.sandboxes.close()
         for http in self._http:
             http.stop()
         self._http.clear()
@@ -140,6 +146,44 @@ def store_gauges(store: Store, clock: Clock, quota: int) -> Callable[[], StoreGa
     return read
 
 
+def domain_services(
+    store: Store, catalog: Catalog, keyring: KeyRing, clock: Clock, metrics: Metrics, settings: Settings
+) -> ServiceSet:
+    """The use cases over one store: production's, or an acceptance sandbox's."""
+    archive = EvidenceArchive(catalog, keyring, clock, metrics)
+    quota = settings.mixed_monthly_quota
+    return ServiceSet(
+        estimates=EstimateService(
+            store, catalog, clock, archive=archive, metrics=metrics, mixed_monthly_quota=quota
+        ),
+        reviews=ReviewService(store, catalog, clock, archive, metrics, quota),
+        evidence=EvidenceService(store, clock, metrics),
+        admin=AdminService(store, clock, quota, settings.audit_retention_days),
+    )
+
+
+def sandbox_factory(catalog: Catalog, keyring: KeyRing, clock: Clock, settings: Settings) -> SandboxFactory:
+    """A sandbox: a new SQLite store in the given directory, metrics nobody scrapes (service/sandbox.py)."""
+
+    def open_sandbox(directory: Path) -> tuple[ServiceSet, Callable[[], None]]:
+        store = SqliteStore(directory / "sandbox.db")
+        metrics = Metrics(CollectorRegistry())
+        return domain_services(store, catalog, keyring, clock, metrics, settings), store.close
+
+    return open_sandbox
+
+
+def record_sandbox_opened(store: Store, clock: Clock) -> Callable[[str, Caller], None]:
+    """One SANDBOX_OPENED record in production's audit log per acceptance run."""
+
+    def record(run_id: str, caller: Caller) -> None:
+        with store.unit_of_work() as uow:
+            uow.audit.append(caller.audit(clock.now(), SANDBOX_OPENED, "OPENED", run_id=run_id))
+            uow.commit()
+
+    return record
+
+
 def build_app(
     settings: Settings,
     *,
@@ -155,16 +199,12 @@ def build_app(
     clock = clock or SystemClock()
     metrics = Metrics(registry or CollectorRegistry())
     metrics.registry.register(StoreGaugesCollector(store_gauges(store, clock, settings.mixed_monthly_quota)))
-    archive = EvidenceArchive(catalog, keyring, clock, metrics)
-    quota = settings.mixed_monthly_quota
-    evidence = EvidenceService(store, clock, metrics)
+    production = domain_services(store, catalog, keyring, clock, metrics, settings)
     deps = ServiceDeps(
-        estimates=EstimateService(
-            store, catalog, clock, archive=archive, metrics=metrics, mixed_monthly_quota=quota
-        ),
-        reviews=ReviewService(store, catalog, clock, archive, metrics, quota),
-        evidence=evidence,
-        admin=AdminService(store, clock, quota, settings.audit_retention_days),
+        estimates=production.estimates,
+        reviews=production.reviews,
+        evidence=production.evidence,
+        admin=production.admin,
         tokens=TokenService(store, clock),
         clock=clock,
         rate_limiter=RateLimiter(settings.rate_limit_per_hour, 3600.0, monotonic_s),
@@ -172,6 +212,13 @@ def build_app(
             catalog_version=catalog.version,
             started_at=clock.now(),
             database_backend="postgresql" if settings.database_url.startswith("postgresql://") else "sqlite",
+        ),
+        sandboxes=Sandboxes(
+            sandbox_factory(catalog, keyring, clock, settings),
+            max_open=settings.sandbox_max_open,
+            idle_s=settings.sandbox_idle_s,
+            monotonic=monotonic_s,
+            opened=record_sandbox_opened(store, clock),
         ),
     )
     try:

@@ -158,6 +158,10 @@ class Settings:
     # Audit records older than this many days may be pruned (`kis-estimator audit prune`); 1825 days
     # = 5 years, the Korean statutory period for business records.
     audit_retention_days: int = 1825
+    # Acceptance sandboxes (server/service/sandbox.py): how many may be open at once (0 = none) and
+    # after how many idle seconds one is closed and deleted.
+    sandbox_max_open: int = 4
+    sandbox_idle_s: float = 600.0
 
     def __repr__(self) -> str:
         secret = {"evidence_keys"}
@@ -250,6 +254,8 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "evidence_keys": lambda name, value: value,
     "evidence_active_key": lambda name, value: value,
     "audit_retention_days": _int_in(1, 36500),
+    "sandbox_max_open": _int_in(0, 64),
+    "sandbox_idle_s": _float_in(10.0, 86400.0),
 }
 
 # The release/incident workflows own these KIS_* namespaces (workflows/settings.py PREFIXES); the

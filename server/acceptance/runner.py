@@ -3,6 +3,11 @@
 A pure client: it talks to any endpoint through the generated stubs, like ``kis-estimator regress
 --target HOST:PORT``, and the in-process test suite uses the very same code.
 
+Against a live server the suites run in an acceptance sandbox (``kis-sandbox`` header, see
+server/service/sandbox.py): a throwaway store per run, so they leave no trace in production (no
+MIXED quota used, no estimates, nothing in the month's report) and pass on every run of the month.
+``--no-sandbox`` runs them against the real store instead, which §17 allows only when it is empty.
+
 Run prefix: ``{run}`` in request ids and dedup keys is replaced by a prefix unique to the run, so the
 suite can run twice against one store without replaying the first run's stored replies. Expected
 values never depend on it.
@@ -10,6 +15,7 @@ values never depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +39,8 @@ from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from server.gen.kis.estimator.v1 import review_pb2 as review_pb
 from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from server.service.sandbox import END_HEADER as SANDBOX_END_HEADER
+from server.service.sandbox import HEADER as SANDBOX_HEADER
 
 KST = timezone(timedelta(hours=9))
 CALL_TIMEOUT_S = 10.0
@@ -259,19 +267,77 @@ def check_outcome(expect: Mapping[str, Any], outcome: Outcome, refs: Mapping[str
 Caller = Callable[[str, Mapping[str, Any], str | None], Outcome]
 
 
-class GrpcCaller:
-    """Calls the estimator's RPCs by name with a bearer token per role."""
+class SandboxUnavailable(Exception):
+    """The target does not serve acceptance sandboxes (too old, disabled, or all in use)."""
 
-    def __init__(self, channel: grpc.Channel, tokens: Mapping[str, str]) -> None:
+
+def new_sandbox_id() -> str:
+    """A fresh acceptance-sandbox run id (``kis-sandbox`` header)."""
+    return f"acc-{uuid.uuid4().hex}"
+
+
+class GrpcCaller:
+    """Calls the estimator's RPCs by name with a bearer token per role.
+
+    With ``sandbox`` (a run id), every call carries ``kis-sandbox: <run id>``: the target serves it from
+    a throwaway store of that run and production data is untouched (server/service/sandbox.py).
+    """
+
+    def __init__(
+        self, channel: grpc.Channel, tokens: Mapping[str, str], *, sandbox: str | None = None
+    ) -> None:
         self._stub = pb_grpc.EstimatorServiceStub(channel)
         self._reviews = review_grpc.ReviewServiceStub(channel)
         self._admin = admin_grpc.AdminServiceStub(channel)
         self._evidence = evidence_grpc.EvidenceServiceStub(channel)
         self._tokens = tokens
+        self._sandbox = sandbox
 
     def _metadata(self, role: str | None) -> tuple[tuple[str, str | bytes], ...]:
         token = self._tokens.get(role) if role else None
-        return (("authorization", f"Bearer {token}"),) if token else ()
+        auth: tuple[tuple[str, str | bytes], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        return (*auth, (SANDBOX_HEADER, self._sandbox)) if self._sandbox else auth
+
+    def open_sandbox(self, role: str = DEFAULT_ROLE) -> None:
+        """Make sure the target serves this caller's sandbox before any case runs.
+
+        A server that ignored the header would run the suites against production; the sandbox echoes
+        its run id in the trailing metadata of every successful call, so its absence is an error.
+        """
+        if self._sandbox is None:
+            return
+        try:
+            _reply, call = self._admin.GetMixedQuota.with_call(
+                admin_pb.GetMixedQuotaRequest(), metadata=self._metadata(role), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as err:
+            outcome = outcome_of_error(err)
+            raise SandboxUnavailable(f"{outcome.code}: {outcome.message}") from None
+        echoed = dict(call.trailing_metadata() or ()).get(SANDBOX_HEADER)
+        if echoed != self._sandbox:
+            self._sandbox = None
+            raise SandboxUnavailable(
+                "the target does not serve acceptance sandboxes (no kis-sandbox echo); "
+                "run against an empty store with --no-sandbox instead"
+            )
+
+    def close_sandbox(self, role: str = DEFAULT_ROLE) -> None:
+        """End the run: the target closes and deletes this caller's sandbox (best effort)."""
+        if self._sandbox is None:
+            return
+        metadata = (*self._metadata(role), (SANDBOX_END_HEADER, "1"))
+        # an unclosed sandbox expires on the server after its idle time
+        with contextlib.suppress(grpc.RpcError):
+            request = admin_pb.GetMixedQuotaRequest()
+            self._admin.GetMixedQuota(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        self._sandbox = None
+
+    def __enter__(self) -> GrpcCaller:
+        self.open_sandbox()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_sandbox()
 
     def __call__(self, rpc: str, request: Mapping[str, Any], role: str | None) -> Outcome:
         metadata = self._metadata(role)

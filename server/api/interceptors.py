@@ -41,8 +41,11 @@ from server.api.status import status_code_of, to_grpc_status
 from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
 from server.engine.roles import Principal, may_call
+from server.service import sandbox
+from server.service.caller import Caller
 from server.service.estimates import CallAbandoned
 from server.service.rate_limit import RateLimiter
+from server.service.sandbox import Sandboxes, ServiceSet
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+_services: contextvars.ContextVar[ServiceSet | None] = contextvars.ContextVar("services", default=None)
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Authenticator = Callable[[str], Principal | None]
@@ -77,6 +81,11 @@ def current_principal() -> Principal:
 
 def current_request_id() -> str:
     return _request_id.get()
+
+
+def current_services() -> ServiceSet | None:
+    """The acceptance sandbox serving this call, or None for production (server/service/sandbox.py)."""
+    return _services.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +152,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         *,
         rate_limiter: RateLimiter | None = None,
         record_denial: DenialRecorder | None = None,
+        sandboxes: Sandboxes | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._limiter = rate_limiter
         self._record_denial = record_denial
+        self._sandboxes = sandboxes
 
     def intercept_service(
         self,
@@ -208,6 +219,18 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             if malformed is not None:
                 path, what = malformed
                 raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, path, v=what))
+        run_id = None if public else _metadata_value(metadata, sandbox.HEADER)
+        if run_id is not None:
+            run_id = sandbox.parse_run_id(run_id)
+            if self._sandboxes is None or self._sandboxes.max_open == 0:
+                raise DomainError(violation(ErrorCode.SANDBOX_LIMIT, sandbox.FIELD, max=0))
+            sandboxes = self._sandboxes
+            _services.set(sandboxes.services(run_id, Caller(principal, context.peer() or "")))
+            if _metadata_value(metadata, sandbox.END_HEADER) == "1":
+                ended = run_id
+                context.add_callback(lambda: sandboxes.end(ended))  # when this last call is over
+            # echoed on every successful sandbox call: a client can tell it was not served by production
+            context.set_trailing_metadata(((sandbox.HEADER, run_id),))
         return principal
 
     def _deny(
@@ -227,6 +250,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         request_id = given if given and _SANE_REQUEST_ID.match(given) else secrets.token_hex(8)
         _request_id.set(request_id)
         _principal.set(None)
+        _services.set(None)
         return request_id
 
     def _fail(self, context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:

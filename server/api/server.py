@@ -12,7 +12,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.api.interceptors import ServiceInterceptor
+from server.api.interceptors import ServiceInterceptor, current_services
 from server.api.metrics_interceptor import services_of
 from server.api.server_info import ServerInfoServicer
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
@@ -30,6 +30,7 @@ from server.service.estimates import EstimateService
 from server.service.evidence import EvidenceService
 from server.service.rate_limit import RateLimiter
 from server.service.reviews import ReviewService
+from server.service.sandbox import Sandboxes, ServiceSet
 from server.service.tokens import TokenService
 from server.settings import Settings
 
@@ -53,6 +54,11 @@ class ServiceDeps:
     clock: Clock
     rate_limiter: RateLimiter | None = None
     info: ServerInfoServicer | None = None  # None: version and commit only (catalog, backend unknown)
+    sandboxes: Sandboxes | None = None  # None: calls with a kis-sandbox header are refused
+
+    @property
+    def production(self) -> ServiceSet:
+        return ServiceSet(self.estimates, self.reviews, self.evidence, self.admin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +120,23 @@ def create_server(
         deps.tokens.authenticate,
         rate_limiter=deps.rate_limiter,
         record_denial=_denial_recorder(deps.evidence),
+        sandboxes=deps.sandboxes,
     )
+    production = deps.production
+
+    def services() -> ServiceSet:
+        return current_services() or production
+
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[*outer_interceptors, interceptor],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_workers * 8,
     )
-    pb_grpc.add_EstimatorServiceServicer_to_server(EstimatorServicer(deps.estimates), server)
-    review_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(deps.reviews, deps.clock), server)
-    evidence_grpc.add_EvidenceServiceServicer_to_server(EvidenceServicer(deps.evidence), server)
-    admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.admin), server)
+    pb_grpc.add_EstimatorServiceServicer_to_server(EstimatorServicer(services), server)
+    review_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(services, deps.clock), server)
+    evidence_grpc.add_EvidenceServiceServicer_to_server(EvidenceServicer(services), server)
+    admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(services), server)
     info = deps.info or ServerInfoServicer(
         catalog_version="", started_at=deps.clock.now(), database_backend=""
     )

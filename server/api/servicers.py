@@ -5,7 +5,7 @@ Servicers never call ``context.abort``: use cases raise DomainError, the interce
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -26,6 +26,7 @@ from server.service.caller import Caller
 from server.service.estimates import EstimateService
 from server.service.evidence import EvidenceService, EvidenceSummary
 from server.service.reviews import ReviewService
+from server.service.sandbox import ServiceSet
 
 REPLAYED_HEADER = "kis-replayed"
 CHUNK_BYTES = 64 * 1024
@@ -41,9 +42,17 @@ def caller_of(context: grpc.ServicerContext) -> Caller:
     return Caller(current_principal(), context.peer() or "")
 
 
+Services = Callable[[], ServiceSet]  # the use cases of the call being served (production or sandbox)
+
+
 class EstimatorServicer(pb_grpc.EstimatorServiceServicer):
-    def __init__(self, estimates: EstimateService) -> None:
-        self._estimates = estimates
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def _estimates(self) -> EstimateService:
+        estimates: EstimateService = self._services().estimates
+        return estimates
 
     def CreateEstimate(
         self, request: pb.CreateEstimateRequest, context: grpc.ServicerContext
@@ -78,9 +87,14 @@ class EstimatorServicer(pb_grpc.EstimatorServiceServicer):
 
 
 class ReviewServicer(review_grpc.ReviewServiceServicer):
-    def __init__(self, reviews: ReviewService, clock: Clock) -> None:
-        self._reviews = reviews
+    def __init__(self, services: Services, clock: Clock) -> None:
+        self._services = services
         self._clock = clock
+
+    @property
+    def _reviews(self) -> ReviewService:
+        reviews: ReviewService = self._services().reviews
+        return reviews
 
     def ListReviewQueue(
         self, request: review_pb.ListReviewQueueRequest, context: grpc.ServicerContext
@@ -112,8 +126,13 @@ class ReviewServicer(review_grpc.ReviewServiceServicer):
 
 
 class EvidenceServicer(evidence_grpc.EvidenceServiceServicer):
-    def __init__(self, evidence: EvidenceService) -> None:
-        self._evidence = evidence
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def _evidence(self) -> EvidenceService:
+        evidence: EvidenceService = self._services().evidence
+        return evidence
 
     def GetEvidenceInfo(
         self, request: evidence_pb.GetEvidenceInfoRequest, context: grpc.ServicerContext
@@ -139,8 +158,13 @@ class EvidenceServicer(evidence_grpc.EvidenceServiceServicer):
 
 
 class AdminServicer(admin_grpc.AdminServiceServicer):
-    def __init__(self, admin: AdminService) -> None:
-        self._admin = admin
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def _admin(self) -> AdminService:
+        admin: AdminService = self._services().admin
+        return admin
 
     def GrantMixedException(
         self, request: admin_pb.GrantMixedExceptionRequest, context: grpc.ServicerContext

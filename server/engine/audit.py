@@ -47,6 +47,7 @@ class AuditAction(StrEnum):
     TOKEN_CREATED = "TOKEN_CREATED"
     TOKEN_REVOKED = "TOKEN_REVOKED"
     AUDIT_PRUNED = "AUDIT_PRUNED"  # written right after a prune, so the prune itself is on the chain
+    SANDBOX_OPENED = "SANDBOX_OPENED"  # an acceptance run's throwaway store (server/service/sandbox.py)
 
 
 ESTIMATE_ACCEPTED: Final = AuditAction.ESTIMATE_ACCEPTED.value
@@ -58,6 +59,7 @@ MIXED_GRANT: Final = AuditAction.MIXED_GRANT.value
 TOKEN_CREATED: Final = AuditAction.TOKEN_CREATED.value
 TOKEN_REVOKED: Final = AuditAction.TOKEN_REVOKED.value
 AUDIT_PRUNED: Final = AuditAction.AUDIT_PRUNED.value
+SANDBOX_OPENED: Final = AuditAction.SANDBOX_OPENED.value
 
 
 def _aware_utc(value: datetime) -> datetime:
@@ -290,6 +292,7 @@ __all__ = [
     "MIXED_GRANT",
     "REQUEST_REJECTED",
     "REVIEW_COMPLETED",
+    "SANDBOX_OPENED",
     "TOKEN_CREATED",
     "TOKEN_REVOKED",
     "AuditAction",

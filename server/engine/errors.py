@@ -6,7 +6,8 @@ place that maps a kind to a gRPC status code. Codes are stable strings clients b
 Codes added by this service where DOMAIN.md is silent (transport-level hostile input):
 ``MALFORMED_REQUEST`` (bytes that do not decode, unknown fields), ``TOO_MANY_ITEMS`` (a repeated
 field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_SIZE_INVALID``
-(ListEstimates), ``RATE_LIMITED`` (per-token budget).
+(ListEstimates), ``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT``
+(the acceptance sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class ErrorCode(StrEnum):
     PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
     PAGE_SIZE_INVALID = "PAGE_SIZE_INVALID"
     RATE_LIMITED = "RATE_LIMITED"
+    SANDBOX_INVALID = "SANDBOX_INVALID"
+    SANDBOX_LIMIT = "SANDBOX_LIMIT"
 
 
 _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
@@ -81,6 +84,7 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
     ErrorCode.MIXED_EXCEPTION_ALREADY_GRANTED: ErrorKind.CONFLICT,
     ErrorCode.MIXED_QUOTA_EXCEEDED: ErrorKind.QUOTA,
     ErrorCode.RATE_LIMITED: ErrorKind.QUOTA,
+    ErrorCode.SANDBOX_LIMIT: ErrorKind.QUOTA,
     ErrorCode.ESTIMATE_NOT_FOUND: ErrorKind.NOT_FOUND,
     ErrorCode.ESTIMATE_NOT_REVIEWABLE: ErrorKind.PRECONDITION,
     ErrorCode.PERMISSION_DENIED: ErrorKind.DENIED,

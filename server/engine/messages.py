@@ -228,6 +228,14 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "Request budget of this token is used up ({max} per hour); retry in {retry_after_ms} ms.",
         "이 토큰의 요청 한도(시간당 {max}건)를 모두 사용했습니다. {retry_after_ms}ms 후 다시 시도하세요.",
     ),
+    _C.SANDBOX_INVALID: (
+        "The kis-sandbox run id must be 8-64 characters of A-Z, a-z, 0-9, '_' or '-' (got {v}).",
+        "kis-sandbox 실행 ID는 A-Z, a-z, 0-9, '_', '-' 로 된 8~64자여야 합니다 (입력값 {v}).",
+    ),
+    _C.SANDBOX_LIMIT: (
+        "{max} acceptance sandboxes are open; retry when a run has finished.",
+        "인수 시험용 샌드박스가 이미 {max}개 열려 있습니다. 실행 중인 시험이 끝난 뒤 다시 시도하세요.",
+    ),
 }
 TEMPLATES: Mapping[ErrorCode, tuple[str, str]] = MappingProxyType(_TEMPLATES)
 
