@@ -52,7 +52,7 @@ from workflows.standby import (
 )
 from workflows.templates import Owners, korean_announcement
 from workflows.tracker import IssueRef, TrackerError
-from workflows.trackers import build_tracker, run_outbox_flush
+from workflows.trackers import build_tracker, run_jira_check, run_outbox_flush, run_outbox_list
 
 Command = Callable[[argparse.Namespace, WorkflowSettings], int]
 
@@ -91,6 +91,8 @@ def _notify(settings: WorkflowSettings) -> Callable[[PromotionResult], None]:
 
 
 def cmd_promote(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    if not _preflight(settings, "promote"):
+        return 2
     options = PromoteOptions(
         version=args.version,
         artifact=Path(args.artifact),
@@ -179,7 +181,34 @@ def cmd_standby(args: argparse.Namespace, settings: WorkflowSettings) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    if args.outbox_command == "list":
+        return run_outbox_list(settings, _out)
     return run_outbox_flush(settings, _out)
+
+
+def cmd_jira(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    return run_jira_check(settings, _out)
+
+
+def _preflight(settings: WorkflowSettings, command: str) -> bool:
+    """The Jira pre-flight before ``promote``/``watch`` act: False (and why) when Jira would refuse.
+
+    A Jira that does not answer at all is not a refusal: the outbox keeps tickets until it is back,
+    so the command goes on with a warning.
+    """
+    if not settings.jira_url:
+        return True
+    lines: list[str] = []
+    if run_jira_check(settings, lines.append) == 0:
+        return True
+    unreachable = any(line.startswith("FAIL  server:") and "cannot reach" in line for line in lines)
+    for line in lines:
+        _err(line)
+    if unreachable:
+        _err(f"{command}: Jira is unreachable; going on, tickets wait in the outbox ({settings.outbox_dir})")
+        return True
+    _err(f"{command}: the Jira pre-flight failed; nothing was deployed or rolled back: fix the above.")
+    return False
 
 
 # ------------------------------------------------------------------------------------ incidents
@@ -267,6 +296,8 @@ def _incident_setup(
 
 
 def cmd_watch(args: argparse.Namespace, settings: WorkflowSettings) -> int:
+    if not _preflight(settings, "watch"):
+        return 2
     setup = _incident_setup(args, settings, needs_metrics=True)
     if setup is None:
         return 2
@@ -398,7 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_outbox = sub.add_parser("outbox", help="the durable outbox of tracker operations")
     outbox_sub = p_outbox.add_subparsers(dest="outbox_command", required=True)
-    outbox_sub.add_parser("flush", help="file everything the outbox holds")
+    outbox_sub.add_parser("flush", help="file everything the outbox holds (dead letters too)")
+    outbox_sub.add_parser("list", help="every record with its state (queued/dead) and reason")
+
+    p_jira = sub.add_parser("jira", help="Jira pre-flight")
+    jira_sub = p_jira.add_subparsers(dest="jira_command", required=True)
+    jira_sub.add_parser(
+        "check", help="credentials, project, issue types, priorities, permissions (run by promote/watch)"
+    )
     return parser
 
 
@@ -408,6 +446,7 @@ COMMANDS: dict[str, Command] = {
     "promote": cmd_promote,
     "standby": cmd_standby,
     "outbox": cmd_outbox,
+    "jira": cmd_jira,
     "watch": cmd_watch,
     "rollback": cmd_rollback,
     "incident": cmd_incident,

@@ -146,8 +146,8 @@ class FileIssueTracker:
         meta: dict[str, Any] = {
             "key": key,
             "summary": " ".join(draft.summary.split()),
-            "issue_type": self._options.issue_types.get(draft.issue_type, draft.issue_type),
-            "priority": draft.priority,
+            "issue_type": self._options.issue_type(draft.issue_type),
+            "priority": self._options.priority(draft.priority),
             "labels": labels,
             "status": INITIAL_STATUS,
             "assignee": draft.assignee,

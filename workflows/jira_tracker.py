@@ -44,7 +44,15 @@ from tenacity.wait import wait_base
 
 from workflows.idempotency import IdempotencyLedger, idem_hash, idem_label
 from workflows.render import render_wiki
-from workflows.tracker import Attachment, Document, IssueDraft, IssueRef, TrackerError, TrackerOptions
+from workflows.tracker import (
+    Attachment,
+    Document,
+    IssueDraft,
+    IssueRef,
+    PreflightCheck,
+    TrackerError,
+    TrackerOptions,
+)
 
 __all__ = [
     "DESCRIPTION_MAX_CHARS",
@@ -267,6 +275,7 @@ class JiraIssueTracker:
         self._ledger = IdempotencyLedger(config.ledger_path)
         self._browse = (options.browse_url or config.url).rstrip("/")
         self._supported: bool = False
+        self._version: tuple[int, ...] = (0, 0, 0)
         auth: dict[str, Any] = {}
         if config.user and config.token:
             auth["basic_auth"] = (config.user, config.token)
@@ -372,6 +381,112 @@ class JiraIssueTracker:
             )
         return refs
 
+    # ------------------------------------------------------------------ pre-flight
+
+    def preflight(self) -> list[PreflightCheck]:
+        """Everything a DEPLOY or ROLLBACK issue needs, checked before anything is deployed.
+
+        Server (reachable, Server/DC), credentials (``myself``), the project, the configured issue
+        types in the project's create metadata (Jira ≥ 8.4: ``createmeta/{project}/issuetypes``), the
+        configured priorities among each type's allowed values, and the rights to create issues, add
+        attachments and comments, and transition (``mypermissions``), with attachments enabled.
+        Stops at the first check the later ones depend on (no server, no credentials, no project).
+        """
+        checks: list[PreflightCheck] = []
+
+        def check(name: str, fn: Callable[[], str]) -> bool:
+            try:
+                detail = self._retry(fn)
+            except TrackerError as exc:
+                # Jira answers 401 to any request with wrong credentials, serverInfo included
+                shown = "credentials" if exc.status == 401 else name
+                checks.append(PreflightCheck(shown, False, str(exc)))
+                return False
+            checks.append(PreflightCheck(name, True, detail))
+            return True
+
+        def server() -> str:
+            self._supported = False
+            self._ensure_supported()
+            return f"{self._config.url} (Jira {'.'.join(map(str, self._version))})"
+
+        def credentials() -> str:
+            with _translated("read myself"):
+                me = self._jira.myself()
+            return f"signed in as {me.get('name') or me.get('displayName') or '?'}"
+
+        project = self._options.project
+
+        def project_found() -> str:
+            with _translated(f"read project {project}"):
+                found = self._jira.project(project)
+            return f"{found.key} ({found.name})"
+
+        if not (check("server", server) and check("credentials", credentials)):
+            return checks
+        if not check("project", project_found):
+            return checks
+
+        types: dict[str, str] = {}
+
+        def issue_types() -> str:
+            with _translated(f"read the create metadata of {project}"):
+                found = self._jira.project_issue_types(project, maxResults=100)
+            types.update({str(t.name): str(t.id) for t in found})
+            wanted = sorted(set(self._options.issue_types.values()))
+            missing = [t for t in wanted if t not in types]
+            if missing:
+                raise TrackerError(
+                    f"issue type(s) {', '.join(missing)} cannot be created in {project} "
+                    f"(it offers {', '.join(sorted(types)) or 'none'}); set KIS_JIRA_ISSUE_TYPE_DEPLOYMENT "
+                    "/ KIS_JIRA_ISSUE_TYPE_INCIDENT",
+                    retryable=False,
+                )
+            return ", ".join(
+                f"{logical} → {name}" for logical, name in sorted(self._options.issue_types.items())
+            )
+
+        def priorities() -> str:
+            wanted = sorted(set(self._options.priorities.values()))
+            for name in sorted(set(self._options.issue_types.values())):
+                with _translated(f"read the {name} fields of {project}"):
+                    fields = [
+                        f.raw for f in self._jira.project_issue_fields(project, types[name], maxResults=200)
+                    ]
+                priority = next((f for f in fields if f.get("fieldId") == "priority"), None)
+                if priority is None:
+                    raise TrackerError(
+                        f"the Priority field is not on the create screen of {name} in {project}",
+                        retryable=False,
+                    )
+                allowed = [str(v.get("name")) for v in priority.get("allowedValues", [])]
+                missing = [p for p in wanted if p not in allowed]
+                if missing:
+                    raise TrackerError(
+                        f"priority {', '.join(missing)} is not in {project}'s scheme for {name} "
+                        f"({', '.join(allowed)}); set KIS_JIRA_PRIORITY_HIGH / _CRITICAL / _BLOCKER",
+                        retryable=False,
+                    )
+            return ", ".join(f"{logical} → {name}" for logical, name in self._options.priorities.items())
+
+        def permissions() -> str:
+            wanted = ("CREATE_ISSUES", "CREATE_ATTACHMENTS", "ADD_COMMENTS", "TRANSITION_ISSUES")
+            with _translated("read my permissions"):
+                found = self._jira.my_permissions(projectKey=project, permissions=",".join(wanted))
+                meta = self._jira.attachment_meta()
+            have = found.get("permissions", {})
+            missing = [p for p in wanted if not have.get(p, {}).get("havePermission")]
+            if missing:
+                raise TrackerError(f"the account lacks {', '.join(missing)} in {project}", retryable=False)
+            if not meta.get("enabled"):
+                raise TrackerError("attachments are disabled on this Jira", retryable=False)
+            return f"{', '.join(wanted)}; attachments up to {int(meta.get('uploadLimit', 0)) >> 20} MiB"
+
+        if check("issue types", issue_types):
+            check("priorities", priorities)
+        check("permissions", permissions)
+        return checks
+
     # ------------------------------------------------------------------ steps
 
     def _retry(self, fn: Callable[[], T]) -> T:
@@ -386,6 +501,12 @@ class JiraIssueTracker:
                 return self._jira.server_info()
 
         info = self._retry(once)
+        numbers = info.get("versionNumbers")
+        self._version = tuple(int(n) for n in numbers) if isinstance(numbers, list) else (0, 0, 0)
+        # The client was built without a serverInfo request; tell it what it would have read, so its
+        # version-dependent calls (createmeta per project, Jira ≥ 8.4) know where they are.
+        self._jira._version = self._version
+        self._jira.deploymentType = info.get("deploymentType")
         if str(info.get("deploymentType", "")).lower() == "cloud":
             raise TrackerError(
                 f"{self._config.url} is Jira Cloud (serverInfo deploymentType=Cloud). Cloud needs ADF "
@@ -421,10 +542,10 @@ class JiraIssueTracker:
         fields: dict[str, Any] = {
             # Dicts, not names: the library would otherwise look the project and type up first.
             "project": {"key": self._options.project},
-            "issuetype": {"name": self._options.issue_types.get(draft.issue_type, draft.issue_type)},
+            "issuetype": {"name": self._options.issue_type(draft.issue_type)},
             "summary": prepared.summary,
             "description": prepared.description,
-            "priority": {"name": draft.priority},
+            "priority": {"name": self._options.priority(draft.priority)},
             "labels": list(prepared.labels),
         }
         assignee = draft.assignee or self._config.default_assignee

@@ -9,8 +9,14 @@ queued behind it, so their order is kept. ``kis-release outbox flush`` replays t
 
 Replays are safe to repeat: ``file`` is idempotent by its key, comments by their marker, attachments
 by name, transitions by the current status. So a crash between delivering a record and deleting it
-costs one redundant call, never a duplicate. Non-retryable errors (401, 400) are reported, and the
-record is kept — with everything queued behind it on the same issue — until someone fixes the cause.
+costs one redundant call, never a duplicate.
+
+Dead letters: when the tracker refuses an operation for good (a 4xx other than 408/429: an unknown
+priority or issue type, missing rights, bad credentials), the operation is still written to the
+outbox, in state ``dead`` with the tracker's answer as its reason; the ``on_dead_letter`` hook pages
+on-call and :class:`DeadLettered` is raised, so the command fails loudly. ``kis-release outbox list``
+shows every record with its state and reason; once the configuration is fixed, ``outbox flush``
+files it (once: replays are idempotent), and a record refused again stays dead with the new reason.
 
 Files::
 
@@ -36,6 +42,7 @@ from workflows.tracker import (
     Block,
     Check,
     Code,
+    DeadLettered,
     Document,
     Field,
     IssueDraft,
@@ -46,7 +53,7 @@ from workflows.tracker import (
     TrackerError,
 )
 
-__all__ = ["PENDING_PREFIX", "FlushReport", "OutboxTracker"]
+__all__ = ["PENDING_PREFIX", "FlushReport", "OutboxEntry", "OutboxTracker"]
 
 LOG = logging.getLogger(__name__)
 PENDING_PREFIX = "PENDING-"
@@ -63,6 +70,17 @@ class FlushReport:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One record as ``kis-release outbox list`` shows it."""
+
+    name: str
+    op: str
+    target: str  # the pending key of a ticket, or the issue an operation is for
+    state: str  # "queued" (tracker unreachable or behind another record) | "dead" (refused)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Record:
     path: Path
     body: dict[str, Any]
@@ -75,9 +93,16 @@ class _Record:
 class OutboxTracker:
     """IssueTracker that queues what the inner tracker could not deliver and replays it later."""
 
-    def __init__(self, inner: IssueTracker, outbox_dir: Path) -> None:
+    def __init__(
+        self,
+        inner: IssueTracker,
+        outbox_dir: Path,
+        *,
+        on_dead_letter: Callable[[str], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.outbox_dir = outbox_dir
+        self._on_dead_letter = on_dead_letter
         self._records_dir = outbox_dir / "records"
         self._keys_path = outbox_dir / "keys.json"
         self._lock_path = outbox_dir / ".lock"
@@ -97,14 +122,13 @@ class OutboxTracker:
             )
         if queued:
             return _pending_ref(pending_key)
+        fields = {"pending_key": pending_key, "draft": _draft_to_json(draft)}
         try:
             return self.inner.file(draft)
         except TrackerError as exc:
             if not exc.retryable:
-                raise
-            self._enqueue(
-                "file", {"pending_key": pending_key, "draft": _draft_to_json(draft)}, draft.attachments, exc
-            )
+                self._dead_letter("file", fields, draft.attachments, exc, f"ticket {draft.summary!r}")
+            self._enqueue("file", fields, draft.attachments, exc)
             return _pending_ref(pending_key)
 
     def comment(self, key: str, body: Document, idempotency_key: str) -> None:
@@ -181,6 +205,7 @@ class OutboxTracker:
                     if exc.retryable:
                         LOG.warning("outbox flush stopped at %s: %s", record.path.name, exc)
                         break
+                    atomic_write(record.path, _json_bytes(body | {"state": "dead", "reason": str(exc)}))
                     blocked.update({target, real})
                     continue
                 if result is not None:
@@ -231,8 +256,27 @@ class OutboxTracker:
             deliver(real)
         except TrackerError as exc:
             if not exc.retryable:
-                raise
+                self._dead_letter(op, fields, attachments, exc, f"{op} on {real}")
             self._enqueue(op, fields, attachments, exc)
+
+    def _dead_letter(
+        self,
+        op: str,
+        fields: dict[str, Any],
+        attachments: Sequence[Attachment],
+        exc: TrackerError,
+        what: str,
+    ) -> None:
+        """Keep the refused operation as a dead letter, page, and raise :class:`DeadLettered`."""
+        name = self._enqueue(op, fields, attachments, exc, state="dead")
+        message = (
+            f"the tracker refused the {what}: {exc} — kept in the outbox as {name} (dead letter); "
+            "fix the setting it names, then run `kis-release outbox flush`"
+        )
+        LOG.error("%s", message)
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(message)
+        raise DeadLettered(message, status=exc.status, record=name)
 
     def _queued_file(self, pending_key: str) -> bool:
         with file_lock(self._lock_path):
@@ -241,12 +285,20 @@ class OutboxTracker:
             )
 
     def _enqueue(
-        self, op: str, fields: dict[str, Any], attachments: Sequence[Attachment], reason: TrackerError | None
-    ) -> None:
+        self,
+        op: str,
+        fields: dict[str, Any],
+        attachments: Sequence[Attachment],
+        reason: TrackerError | None,
+        *,
+        state: str = "queued",
+    ) -> str:
         with file_lock(self._lock_path):
             records = self._records()
-            if op == "file" and any(r.body.get("pending_key") == fields["pending_key"] for r in records):
-                return  # a concurrent run queued the same ticket first
+            if op == "file":
+                for r in records:
+                    if r.body.get("pending_key") == fields["pending_key"]:
+                        return r.path.name  # a concurrent run queued the same ticket first
             seq = max((int(r.path.name.split("-", 1)[0]) for r in records), default=0) + 1
             hint = str(fields.get("pending_key") or fields.get("target") or "")
             path = self._records_dir / f"{seq:06d}-{op}-{idem_hash(hint + str(seq))}.json"
@@ -255,10 +307,27 @@ class OutboxTracker:
             for i, att in enumerate(attachments):
                 atomic_write(files / f"{i:03d}", att.data)
                 stored.append({"name": att.name, "content_type": att.content_type, "file": f"{i:03d}"})
-            body = {"version": 1, "seq": seq, "op": op, **fields, "attachments": stored}
+            body = {"version": 1, "seq": seq, "op": op, **fields, "attachments": stored, "state": state}
             body["reason"] = str(reason) if reason is not None else "queued behind an earlier record"
             atomic_write(path, _json_bytes(body))  # written last: the record exists only when complete
-        LOG.warning("tracker unavailable; %s kept in the outbox as %s", op, path.name)
+        if state == "queued":
+            LOG.warning("tracker unavailable; %s kept in the outbox as %s", op, path.name)
+        return path.name
+
+    def entries(self) -> list[OutboxEntry]:
+        """Every record, oldest first (``kis-release outbox list``)."""
+        with file_lock(self._lock_path):
+            records = self._records()
+        return [
+            OutboxEntry(
+                name=r.path.name,
+                op=str(r.body["op"]),
+                target=str(r.body.get("pending_key") or r.body.get("target") or ""),
+                state=str(r.body.get("state", "queued")),
+                reason=str(r.body.get("reason", "")),
+            )
+            for r in records
+        ]
 
     def _records(self) -> list[_Record]:
         if not self._records_dir.is_dir():

@@ -133,8 +133,13 @@ class WorkflowSettings:
     jira_user: str | None = None
     jira_token: str | None = field(default=None, repr=False)
     jira_project: str = "KIS"
-    jira_issue_type_deployment: str = "Deployment"
-    jira_issue_type_incident: str = "Incident"
+    # Issue types and priorities of the instance (defaults: a stock Jira Software project with the
+    # default priority scheme; the seed's Critical/Blocker do not exist there and map to Highest).
+    jira_issue_type_deployment: str = "Task"
+    jira_issue_type_incident: str = "Bug"
+    jira_priority_high: str = "High"
+    jira_priority_critical: str = "Highest"
+    jira_priority_blocker: str = "Highest"
     jira_timeout_s: float = 10.0
     jira_bug_label: str = "kis-functional-bug"
     jira_assignee: str | None = None
@@ -206,7 +211,11 @@ class WorkflowSettings:
 def _known(name: str, shown: str) -> str:
     if name in _PARSERS:
         return name
-    close = difflib.get_close_matches(name, list(_PARSERS), n=1)
+    # Suggest within the same namespace first (KIS_JIRA_PASSWORD → a KIS_JIRA_* name, not SMTP's).
+    family = [p for p in _PARSERS if p.split("_", 1)[0] == name.split("_", 1)[0]]
+    close = difflib.get_close_matches(name, family, n=1, cutoff=0.5) or difflib.get_close_matches(
+        name, list(_PARSERS), n=1
+    )
     hint = (
         f"; did you mean {'KIS_' + close[0].upper() if shown.startswith('KIS_') else close[0]}?"
         if close
@@ -222,6 +231,9 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "jira_project": _text,
     "jira_issue_type_deployment": _text,
     "jira_issue_type_incident": _text,
+    "jira_priority_high": _text,
+    "jira_priority_critical": _text,
+    "jira_priority_blocker": _text,
     "jira_timeout_s": _float(0.1, 300.0),
     "jira_bug_label": _text,
     "jira_assignee": _opt_text,

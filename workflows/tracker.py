@@ -28,6 +28,16 @@ class TrackerError(Exception):
         self.retry_after_s = retry_after_s  # the server's Retry-After (integer seconds), if it sent one
 
 
+class DeadLettered(TrackerError):
+    """The tracker refused a ticket for good (a 4xx such as an unknown priority): it is kept in the
+    outbox's dead-letter state with the tracker's answer, on-call is paged, and ``kis-release outbox
+    flush`` files it once the configuration is fixed. Never retryable as it stands."""
+
+    def __init__(self, message: str, *, status: int | None = None, record: str = "") -> None:
+        super().__init__(message, retryable=False, status=status)
+        self.record = record
+
+
 # ---------------------------------------------------------------------------------- documents
 
 
@@ -90,13 +100,22 @@ class IssueDraft:
     summary: str
     body: Document
     issue_type: str  # "Deployment" | "Incident" (mapped to the instance's names by configuration)
-    priority: str  # "High" | "Critical"
+    priority: str  # "High" | "Critical" | "Blocker": the seed's names, mapped by TrackerOptions.priorities
     labels: tuple[str, ...] = ()
     attachments: tuple[Attachment, ...] = ()
     status: str | None = None  # target status after creation, e.g. "Done", "In Progress"
     assignee: str | None = None
     watchers: tuple[str, ...] = ()
     components: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightCheck:
+    """One line of ``kis-release jira check``: what was checked, whether it holds, and why not."""
+
+    name: str
+    ok: bool
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +149,27 @@ class IssueTracker(Protocol):
         ...
 
 
+DEFAULT_PRIORITIES: tuple[tuple[str, str], ...] = (
+    ("High", "High"),
+    ("Critical", "Highest"),
+    ("Blocker", "Highest"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerOptions:
     """Field mapping for a tracker (from configuration)."""
 
     project: str = "KIS"
-    issue_types: dict[str, str] = field(
-        default_factory=lambda: {"Deployment": "Deployment", "Incident": "Incident"}
-    )
+    # Logical issue types onto the instance's: a stock Jira Software project has Task and Bug.
+    issue_types: dict[str, str] = field(default_factory=lambda: {"Deployment": "Task", "Incident": "Bug"})
+    # The seed's priorities onto the instance's scheme. Jira ≥ 7's default scheme is Highest, High,
+    # Medium, Low, Lowest: Critical and Blocker (the pre-7 names the seed uses) become Highest.
+    priorities: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
     browse_url: str = ""
+
+    def priority(self, logical: str) -> str:
+        return self.priorities.get(logical, logical)
+
+    def issue_type(self, logical: str) -> str:
+        return self.issue_types.get(logical, logical)

@@ -9,17 +9,27 @@ a ticket.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 
 from workflows import clock as clock_module
-from workflows.clock import Clock
+from workflows.clock import Clock, SystemClock
 from workflows.file_tracker import FileIssueTracker
 from workflows.jira_tracker import JiraConfig, JiraIssueTracker
+from workflows.notify import ChannelStatus, Notifier, NotifyOptions
 from workflows.outbox import OutboxTracker
 from workflows.settings import WorkflowSettings
 from workflows.tracker import IssueTracker, TrackerError, TrackerOptions
 
-__all__ = ["build_inner_tracker", "build_tracker", "run_outbox_flush", "tracker_options"]
+__all__ = [
+    "build_inner_tracker",
+    "build_tracker",
+    "dead_letter_pager",
+    "run_jira_check",
+    "run_outbox_flush",
+    "run_outbox_list",
+    "tracker_options",
+]
 
 _CONNECT_TIMEOUT_MAX_S = 10.0
 
@@ -31,6 +41,11 @@ def tracker_options(settings: WorkflowSettings) -> TrackerOptions:
         issue_types={
             "Deployment": settings.jira_issue_type_deployment,
             "Incident": settings.jira_issue_type_incident,
+        },
+        priorities={
+            "High": settings.jira_priority_high,
+            "Critical": settings.jira_priority_critical,
+            "Blocker": settings.jira_priority_blocker,
         },
         browse_url=settings.jira_url or "",
     )
@@ -62,12 +77,76 @@ def build_inner_tracker(
     return JiraIssueTracker(config, options, sleep=sleep)
 
 
+def dead_letter_pager(
+    settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
+) -> Callable[[str], None]:
+    """Page on-call about a ticket the tracker refused: every configured channel, and stderr always."""
+
+    def page(message: str) -> None:
+        sys.stderr.write(f"PAGE: {message}\n")
+        report = Notifier(
+            NotifyOptions.from_settings(settings), sleep=sleep, clock=clock or SystemClock()
+        ).send("[KIS] ticket refused by the tracker (dead letter)", message)
+        if not any(r.status is ChannelStatus.SENT for r in report.results):
+            sys.stderr.write("PAGE: no notification channel delivered it (KIS_SLACK_* / KIS_SMTP_*)\n")
+
+    return page
+
+
 def build_tracker(
     settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
 ) -> OutboxTracker:
     """Jira when ``jira_url`` is set, else the file tracker; always behind the outbox."""
     inner: IssueTracker = build_inner_tracker(settings, sleep=sleep, clock=clock)
-    return OutboxTracker(inner, settings.outbox_dir)
+    return OutboxTracker(
+        inner, settings.outbox_dir, on_dead_letter=dead_letter_pager(settings, sleep=sleep, clock=clock)
+    )
+
+
+def run_outbox_list(settings: WorkflowSettings, out: Callable[[str], None]) -> int:
+    """``kis-release outbox list``: every record with its state and reason. Exit 1 when one is dead."""
+    outbox = OutboxTracker(
+        FileIssueTracker(settings.tracker_dir, tracker_options(settings)), settings.outbox_dir
+    )
+    entries = outbox.entries()
+    if not entries:
+        out(f"outbox {settings.outbox_dir}: empty")
+        return 0
+    for e in entries:
+        out(f"{e.name}  {e.state:<6}  {e.op:<10}  {e.target}")
+        out(f"    {e.reason}")
+    dead = sum(e.state == "dead" for e in entries)
+    out(f"outbox {settings.outbox_dir}: {len(entries)} record(s), {dead} dead")
+    return 1 if dead else 0
+
+
+def run_jira_check(
+    settings: WorkflowSettings,
+    out: Callable[[str], None],
+    *,
+    sleep: Callable[[float], None] = clock_module.sleep,
+) -> int:
+    """``kis-release jira check``: the pre-flight, one line per check. Exit 0 only when all hold."""
+    if not settings.jira_url:
+        out(
+            f"jira check: KIS_JIRA_URL is not set; issues go to the file tracker under {settings.tracker_dir}"
+        )
+        return 0
+    try:
+        tracker = build_inner_tracker(settings, sleep=sleep)
+    except TrackerError as exc:
+        out(f"FAIL  configuration: {exc}")
+        return 1
+    assert isinstance(tracker, JiraIssueTracker)
+    try:
+        checks = tracker.preflight()
+    finally:
+        tracker.close()
+    for c in checks:
+        out(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+    ok = all(c.ok for c in checks)
+    out("jira check: all good" if ok else "jira check: FAILED — nothing will be filed until this is fixed")
+    return 0 if ok else 1
 
 
 def run_outbox_flush(

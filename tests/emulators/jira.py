@@ -7,6 +7,15 @@ create/get/update, comments, transitions, attachments (multipart ``file`` part; 
 ``user/search`` — and validates like Jira does (summary ≤ 255, description ≤ 32,767, labels
 without spaces, known project/type/priority/user), so a request Jira would refuse fails here too.
 
+Defaults are a stock Jira Server/DC 9.12 with a Jira Software project, not what our code sends:
+the default priority scheme (Highest, High, Medium, Low, Lowest; ids 1-5 — Jira 7 replaced
+Blocker/Critical/Major/Minor/Trivial with these), the software project's issue types (Epic, Story,
+Task, Sub-task, Bug), the pre-flight resources (``myself``, ``project/{key}``, ``priority``,
+``issuetype``, ``mypermissions``, ``attachment/meta``) and Jira 9's per-project create metadata
+(``issue/createmeta/{project}/issuetypes[/{id}]``; the global ``issue/createmeta`` was removed in 9.0
+and answers 404 here too). ``priorities=``, ``issue_types=`` and ``permissions=`` configure an
+instance with other schemes or fewer rights.
+
 JQL subset: ``project = KIS AND labels = "x"``, optionally ``AND created >= "yyyy-MM-dd[ HH:mm]"``
 (read as UTC), optionally ``ORDER BY created ASC|DESC``.
 
@@ -51,19 +60,9 @@ SUMMARY_MAX = 255
 DESCRIPTION_MAX = 32_767
 STATUSES = ("Open", "In Progress", "Done")
 TRANSITIONS = (("11", "Start Progress", "In Progress"), ("21", "Done", "Done"), ("31", "Reopen", "Open"))
-PRIORITIES = (
-    "Blocker",
-    "Critical",
-    "Major",
-    "Minor",
-    "Trivial",
-    "Highest",
-    "High",
-    "Medium",
-    "Low",
-    "Lowest",
-)
-ISSUE_TYPES = ("Deployment", "Incident", "Bug", "Task")
+PRIORITIES = ("Highest", "High", "Medium", "Low", "Lowest")  # Jira ≥ 7 default priority scheme
+ISSUE_TYPES = ("Epic", "Story", "Task", "Sub-task", "Bug")  # a Jira Software project's defaults
+PERMISSIONS = ("BROWSE_PROJECTS", "CREATE_ISSUES", "CREATE_ATTACHMENTS", "ADD_COMMENTS", "TRANSITION_ISSUES")
 FIELDS = (
     ("summary", "Summary"),
     ("description", "Description"),
@@ -94,6 +93,13 @@ _ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         f"{API}/issue/{{key}}/attachments",
         f"{API}/issue/{{key}}/watchers",
         f"{API}/user/search",
+        f"{API}/project/{{project}}",
+        f"{API}/priority",
+        f"{API}/issuetype",
+        f"{API}/mypermissions",
+        f"{API}/attachment/meta",
+        f"{API}/issue/createmeta/{{project}}/issuetypes",
+        f"{API}/issue/createmeta/{{project}}/issuetypes/{{type_id}}",
         "/secure/attachment/{id}/{filename}",
     )
 )
@@ -194,7 +200,15 @@ class JiraEmulator:
         token: str | None = None,
         max_attachment_bytes: int | None = None,
         now: Callable[[], datetime] | None = None,
+        priorities: tuple[str, ...] = PRIORITIES,
+        issue_types: tuple[str, ...] = ISSUE_TYPES,
+        permissions: tuple[str, ...] = PERMISSIONS,
+        attachments_enabled: bool = True,
     ) -> None:
+        self.priorities = priorities
+        self.issue_types = issue_types
+        self.permissions = permissions
+        self.attachments_enabled = attachments_enabled
         self.project = project
         self.deployment_type = deployment_type
         self.users = users
@@ -358,6 +372,16 @@ class JiraEmulator:
             f"GET {API}/issue/{{key}}/watchers": self._watchers,
             f"POST {API}/issue/{{key}}/watchers": self._add_watcher,
             f"GET {API}/user/search": self._user_search,
+            f"GET {API}/project/{{project}}": self._project,
+            f"GET {API}/priority": lambda r, p: (200, [self._priority_json(n) for n in self.priorities]),
+            f"GET {API}/issuetype": lambda r, p: (200, [self._type_json(n) for n in self.issue_types]),
+            f"GET {API}/mypermissions": self._my_permissions,
+            f"GET {API}/attachment/meta": lambda r, p: (
+                200,
+                {"enabled": self.attachments_enabled, "uploadLimit": self.max_attachment_bytes or 10_485_760},
+            ),
+            f"GET {API}/issue/createmeta/{{project}}/issuetypes": self._createmeta_types,
+            f"GET {API}/issue/createmeta/{{project}}/issuetypes/{{type_id}}": self._createmeta_fields,
             "GET /secure/attachment/{id}/{filename}": self._attachment_content,
         }
         handler = handlers.get(request.route)
@@ -375,6 +399,86 @@ class JiraEmulator:
             "buildNumber": 912002,
             "serverTitle": "KIS Jira (emulator)",
         }
+
+    # ------------------------------------------------------------------ metadata (pre-flight)
+
+    def _priority_json(self, name: str) -> dict[str, Any]:
+        pid = str(self.priorities.index(name) + 1)
+        return {"self": f"{self.url}{API}/priority/{pid}", "id": pid, "name": name, "statusColor": "#cccccc"}
+
+    def _type_json(self, name: str) -> dict[str, Any]:
+        tid = str(10_000 + self.issue_types.index(name))
+        return {
+            "self": f"{self.url}{API}/issuetype/{tid}",
+            "id": tid,
+            "name": name,
+            "subtask": name == "Sub-task",
+            "description": "",
+        }
+
+    def _check_project(self, key: str) -> None:
+        if key not in (self.project, "10000"):
+            raise _errors(404, f"No project could be found with key '{key}'.")
+        if "BROWSE_PROJECTS" not in self.permissions:
+            raise _errors(404, f"No project could be found with key '{key}'.")
+
+    def _project(self, request: RecordedRequest, params: dict[str, str]) -> tuple[int, Any]:
+        self._check_project(params["project"])
+        return 200, {
+            "self": f"{self.url}{API}/project/10000",
+            "id": "10000",
+            "key": self.project,
+            "name": f"{self.project} project",
+            "projectTypeKey": "software",
+            "issueTypes": [self._type_json(n) for n in self.issue_types],
+        }
+
+    def _my_permissions(self, request: RecordedRequest, params: dict[str, str]) -> tuple[int, Any]:
+        wanted = ",".join(request.query.get("permissions", [""])).split(",")
+        if not [w for w in wanted if w]:
+            raise _errors(400, "The 'permissions' query parameter is required.")
+        return 200, {
+            "permissions": {
+                key: {
+                    "id": str(i),
+                    "key": key,
+                    "name": key.title(),
+                    "type": "PROJECT",
+                    "havePermission": key in self.permissions,
+                }
+                for i, key in enumerate(w for w in wanted if w)
+            }
+        }
+
+    def _createmeta_types(self, request: RecordedRequest, params: dict[str, str]) -> tuple[int, Any]:
+        self._check_project(params["project"])
+        values = [self._type_json(n) for n in self.issue_types] if "CREATE_ISSUES" in self.permissions else []
+        return 200, {"maxResults": 50, "startAt": 0, "total": len(values), "isLast": True, "values": values}
+
+    def _createmeta_fields(self, request: RecordedRequest, params: dict[str, str]) -> tuple[int, Any]:
+        self._check_project(params["project"])
+        by_id = {self._type_json(n)["id"]: n for n in self.issue_types}
+        if params["type_id"] not in by_id:
+            raise _errors(404, f"Issue type with id '{params['type_id']}' does not exist.")
+        values = [
+            {"required": True, "name": "Summary", "fieldId": "summary", "schema": {"type": "string"}},
+            {
+                "required": False,
+                "name": "Description",
+                "fieldId": "description",
+                "schema": {"type": "string"},
+            },
+            {"required": False, "name": "Labels", "fieldId": "labels", "schema": {"type": "array"}},
+            {
+                "required": False,
+                "name": "Priority",
+                "fieldId": "priority",
+                "schema": {"type": "priority", "system": "priority"},
+                "allowedValues": [self._priority_json(n) for n in self.priorities],
+                "hasDefaultValue": True,
+            },
+        ]
+        return 200, {"maxResults": 50, "startAt": 0, "total": len(values), "isLast": True, "values": values}
 
     def _fields(self) -> list[dict[str, Any]]:
         return [
@@ -468,8 +572,10 @@ class JiraEmulator:
         if project.get("key") != self.project and project.get("id") != "10000":
             raise _errors(400, project="valid project is required")
         issue_type = (fields.get("issuetype") or {}).get("name")
-        if issue_type not in ISSUE_TYPES:
+        if issue_type not in self.issue_types:
             raise _errors(400, issuetype="valid issue type is required")
+        if "CREATE_ISSUES" not in self.permissions:
+            raise _errors(400, project="You do not have permission to create issues in this project.")
         self._validate(fields)
         self._next_id += 1
         key = f"{self.project}-{self._next_id - 10_000}"
@@ -493,7 +599,7 @@ class JiraEmulator:
             if not isinstance(label, str) or not label or re.search(r"\s", label) or len(label) > 255:
                 raise _errors(400, labels=f"The label '{label}' contains spaces which is invalid.")
         priority = fields.get("priority")
-        if priority is not None and priority.get("name") not in PRIORITIES:
+        if priority is not None and priority.get("name") not in self.priorities:
             raise _errors(400, priority="Specify a valid value for priority")
         assignee = fields.get("assignee")
         if assignee is not None and assignee.get("name") not in self.users:
@@ -562,6 +668,8 @@ class JiraEmulator:
         issue = self._find(params["key"])
         if request.header("X-Atlassian-Token") != "no-check":
             raise _Reply(403, {"message": "XSRF check failed"})
+        if not self.attachments_enabled or "CREATE_ATTACHMENTS" not in self.permissions:
+            raise _errors(403, "You do not have permission to create attachments for this issue.")
         content_type = request.header("Content-Type") or ""
         if not content_type.startswith("multipart/form-data"):
             raise _errors(415, "attachments must be multipart/form-data")

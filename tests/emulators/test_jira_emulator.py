@@ -55,7 +55,7 @@ def create(emulator: JiraEmulator, labels: list[str], **fields: Any) -> str:
     body = {
         "fields": {
             "project": {"key": "KIS"},
-            "issuetype": {"name": "Deployment"},
+            "issuetype": {"name": "Task"},
             "summary": "s",
             "labels": labels,
             **fields,
@@ -92,7 +92,7 @@ def test_creates_issues_with_sequential_keys_and_records_the_request(emulator: J
         ({"labels": ["has space"]}, "The label 'has space' contains spaces which is invalid."),
         ({"priority": {"name": "Urgent!"}}, "Specify a valid value for priority"),
         ({"assignee": {"name": "nobody"}}, "User 'nobody' does not exist."),
-        ({"issuetype": {"name": "Epic"}}, "valid issue type is required"),
+        ({"issuetype": {"name": "Deployment"}}, "valid issue type is required"),
     ],
     ids=[
         "summary-256",
@@ -107,9 +107,7 @@ def test_creates_issues_with_sequential_keys_and_records_the_request(emulator: J
 def test_create_rejects_what_jira_rejects(
     emulator: JiraEmulator, fields: dict[str, Any], message: str
 ) -> None:
-    body = {
-        "fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Deployment"}, "summary": "s", **fields}
-    }
+    body = {"fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Task"}, "summary": "s", **fields}}
     status, _, data = call(emulator, "POST", "/rest/api/2/issue", body)
     assert (status, list(json.loads(data)["errors"].values())) == (400, [message])
     assert emulator.issues == {}
@@ -198,7 +196,7 @@ def test_attachments_over_the_limit_get_413() -> None:
 
 def test_fail_next_answers_the_scripted_status_then_recovers(emulator: JiraEmulator) -> None:
     emulator.fail_next("POST /rest/api/2/issue", 429, retry_after=7, times=2)
-    body = {"fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Deployment"}, "summary": "s"}}
+    body = {"fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Task"}, "summary": "s"}}
     replies = [call(emulator, "POST", "/rest/api/2/issue", body) for _ in range(3)]
     assert [(s, h.get("Retry-After")) for s, h, _ in replies] == [(429, "7"), (429, "7"), (201, None)]
     assert list(emulator.issues) == ["KIS-1"]
@@ -214,7 +212,7 @@ def test_faults_match_route_templates(emulator: JiraEmulator) -> None:
 
 def test_drop_after_commit_creates_the_issue_but_sends_no_reply(emulator: JiraEmulator) -> None:
     emulator.drop_after_commit("POST /rest/api/2/issue")
-    body = {"fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Deployment"}, "summary": "s"}}
+    body = {"fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Task"}, "summary": "s"}}
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
         call(emulator, "POST", "/rest/api/2/issue", body)
     assert list(emulator.issues) == ["KIS-1"]
@@ -222,7 +220,7 @@ def test_drop_after_commit_creates_the_issue_but_sends_no_reply(emulator: JiraEm
 
 def test_drop_closes_before_anything_is_committed(emulator: JiraEmulator) -> None:
     emulator.drop("POST /rest/api/2/issue")
-    body = {"fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Deployment"}, "summary": "s"}}
+    body = {"fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Task"}, "summary": "s"}}
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
         call(emulator, "POST", "/rest/api/2/issue", body)
     assert emulator.issues == {}
@@ -231,7 +229,7 @@ def test_drop_closes_before_anything_is_committed(emulator: JiraEmulator) -> Non
 def test_slow_reply_commits_first_and_outlasts_a_short_client_timeout(emulator: JiraEmulator) -> None:
     emulator.slow("POST /rest/api/2/issue", 1.0)
     body: dict[str, Any] = {
-        "fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Deployment"}, "summary": "s"}
+        "fields": {"project": {"key": "KIS"}, "issuetype": {"name": "Task"}, "summary": "s"}
     }
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(f"{emulator.url}/rest/api/2/issue", json=body, auth=AUTH, timeout=(1.0, 0.3))
@@ -271,9 +269,9 @@ def test_the_real_jira_library_round_trip(emulator: JiraEmulator, client: JIRA) 
     issue = client.create_issue(
         fields={
             "project": {"key": "KIS"},
-            "issuetype": {"name": "Incident"},
+            "issuetype": {"name": "Bug"},
             "summary": "[ROLLBACK] KIS Estimator GA 1.0.0 → 0.9",
-            "priority": {"name": "Critical"},
+            "priority": {"name": "Highest"},
             "labels": ["kis-rollback"],
             "assignee": {"name": "alice"},
         },
@@ -305,3 +303,57 @@ def test_cloud_mode_reports_cloud_in_server_info() -> None:
     with JiraEmulator(deployment_type="Cloud") as emulator:
         reply = requests.get(f"{emulator.url}/rest/api/2/serverInfo", timeout=TIMEOUT_S)
     assert reply.json()["deploymentType"] == "Cloud"
+
+
+# --- a stock Jira: what the defaults are, documented, not what our code sends ---------------------
+
+
+@pytest.mark.parametrize("priority", ["Critical", "Blocker", "Major", "Minor", "Trivial"])
+def test_the_pre_jira_7_priorities_do_not_exist_in_the_default_scheme(
+    emulator: JiraEmulator, priority: str
+) -> None:
+    body = {
+        "fields": {
+            "project": {"key": "KIS"},
+            "issuetype": {"name": "Bug"},
+            "summary": "s",
+            "priority": {"name": priority},
+        }
+    }
+    status, _, data = call(emulator, "POST", "/rest/api/2/issue", body)
+    assert status == 400 and "priority" in json.loads(data)["errors"]
+
+
+def test_the_default_priorities_and_issue_types_are_listed(emulator: JiraEmulator) -> None:
+    _, _, data = call(emulator, "GET", "/rest/api/2/priority")
+    assert [(p["id"], p["name"]) for p in json.loads(data)] == [
+        ("1", "Highest"),
+        ("2", "High"),
+        ("3", "Medium"),
+        ("4", "Low"),
+        ("5", "Lowest"),
+    ]
+    _, _, data = call(emulator, "GET", "/rest/api/2/issue/createmeta/KIS/issuetypes")
+    types = {t["name"]: t["id"] for t in json.loads(data)["values"]}
+    assert set(types) == {"Epic", "Story", "Task", "Sub-task", "Bug"}
+    _, _, data = call(emulator, "GET", f"/rest/api/2/issue/createmeta/KIS/issuetypes/{types['Bug']}")
+    priority = next(f for f in json.loads(data)["values"] if f["fieldId"] == "priority")
+    assert [v["name"] for v in priority["allowedValues"]] == ["Highest", "High", "Medium", "Low", "Lowest"]
+
+
+def test_jira_9_has_no_global_createmeta(emulator: JiraEmulator) -> None:
+    status, _, _ = call(emulator, "GET", "/rest/api/2/issue/createmeta?projectKeys=KIS")
+    assert status == 404
+
+
+def test_permissions_and_unknown_projects_answer_as_jira_does() -> None:
+    with JiraEmulator(permissions=("BROWSE_PROJECTS", "CREATE_ISSUES")) as emulator:
+        _, _, data = call(
+            emulator,
+            "GET",
+            "/rest/api/2/mypermissions?projectKey=KIS&permissions=CREATE_ISSUES,CREATE_ATTACHMENTS",
+        )
+        have = {k: v["havePermission"] for k, v in json.loads(data)["permissions"].items()}
+        assert have == {"CREATE_ISSUES": True, "CREATE_ATTACHMENTS": False}
+        status, _, data = call(emulator, "GET", "/rest/api/2/project/NOPE")
+        assert status == 404 and "No project could be found" in json.loads(data)["errorMessages"][0]

@@ -235,8 +235,8 @@ def test_immediate_alert_rolls_back_first_then_files_once_and_duplicates_are_ide
     assert reply["issue"] == issue.key
     assert issue.summary == "[ROLLBACK] KIS Estimator 1.0.2 → 1.0.1"
     assert (issue.fields["priority"]["name"], issue.fields["issuetype"]["name"], issue.status) == (
-        "Critical",
-        "Incident",
+        "Highest",
+        "Bug",
         "In Progress",
     )
     assert "P95 > 200ms (5분 지속)" in issue.description and "observed 340.2 ms" in issue.description

@@ -53,7 +53,7 @@ def test_deploy_issue_in_jira_has_five_attachments_and_the_real_checklist(
     assert code == 0, out.getvalue()
     (issue,) = jira.issues.values()
     assert issue.summary == "[DEPLOY] KIS Estimator 1.0.1 - Production"
-    assert issue.fields["priority"]["name"] == "High" and issue.fields["issuetype"]["name"] == "Deployment"
+    assert issue.fields["priority"]["name"] == "High" and issue.fields["issuetype"]["name"] == "Task"
     assert issue.fields["assignee"]["name"] == "alice" and "bob" in issue.watchers
     names = sorted(a.filename for a in issue.attachments)
     assert len(names) == 5 and all(a.data for a in issue.attachments)

@@ -109,11 +109,9 @@ class Harness:
             read_timeout_s=read_timeout_s,
             **config,  # type: ignore[arg-type]
         )
-        options = TrackerOptions(
-            project="KIS",
-            issue_types=issue_types or {"Deployment": "Deployment", "Incident": "Incident"},
-            browse_url="https://jira.example.com",
-        )
+        options = TrackerOptions(project="KIS", browse_url="https://jira.example.com")
+        if issue_types:
+            options = replace(options, issue_types=issue_types)
         tracker = JiraIssueTracker(cfg, options, sleep=self.sleeps.append)
         self.opened.append(tracker)
         return tracker
@@ -150,7 +148,7 @@ def test_files_the_deploy_issue_with_every_field(h: Harness) -> None:
     assert issue.summary == "[DEPLOY] KIS Estimator GA 1.0.0 - Production"
     assert issue.labels == ["kis-deploy", "GA-1.0.0", idem_label("deploy:GA-1.0.0:Production")]
     assert issue.fields["priority"] == {"name": "High"}
-    assert issue.fields["issuetype"] == {"name": "Deployment"}
+    assert issue.fields["issuetype"] == {"name": "Task"}
     assert issue.fields["project"] == {"key": "KIS"}
     assert issue.fields["assignee"] == {"name": "alice"}
     assert issue.fields["components"] == [{"name": "estimator"}]
@@ -181,15 +179,30 @@ def test_files_the_deploy_issue_with_every_field(h: Harness) -> None:
     assert h.sleeps == []
 
 
-def test_issue_types_are_mapped_by_configuration(h: Harness) -> None:
+def test_issue_types_and_the_seeds_priorities_map_onto_a_stock_jira(h: Harness) -> None:
     tracker = h.tracker(issue_types={"Incident": "Bug"})
     tracker.file(deploy_draft(issue_type="Incident", priority="Critical", status="In Progress"))
     issue = h.jira.issue("KIS-1")
     assert (issue.fields["issuetype"], issue.fields["priority"], issue.status) == (
         {"name": "Bug"},
-        {"name": "Critical"},
+        {"name": "Highest"},  # Critical does not exist in Jira's default priority scheme
         "In Progress",
     )
+
+
+def test_an_instance_with_the_old_scheme_keeps_critical_by_configuration(tmp_path: Path) -> None:
+    with JiraEmulator(
+        basic_auth=(USER, TOKEN), priorities=("Blocker", "Critical", "Major", "Minor", "Trivial")
+    ) as jira:
+        options = TrackerOptions(priorities={"High": "Major", "Critical": "Critical", "Blocker": "Blocker"})
+        config = JiraConfig(url=jira.url, ledger_path=tmp_path / "l.json", user=USER, token=TOKEN)
+        tracker = JiraIssueTracker(config, options, sleep=lambda s: None)
+        try:
+            tracker.file(deploy_draft(issue_type="Incident", priority="Critical", status=None))
+            assert jira.issue("KIS-1").fields["priority"] == {"name": "Critical"}
+            assert all(c.ok for c in tracker.preflight())
+        finally:
+            tracker.close()
 
 
 def test_filing_again_finds_the_issue_and_adds_nothing(h: Harness) -> None:

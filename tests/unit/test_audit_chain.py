@@ -196,7 +196,7 @@ def test_invalid_drafts_are_refused(change: dict[str, object], message: str) -> 
 
 def test_action_constants_are_the_enum_values() -> None:
     assert [getattr(audit, a.name) for a in AuditAction] == [a.value for a in AuditAction]
-    assert len(AuditAction) == 9
+    assert len(AuditAction) == 10
 
 
 # --------------------------------------------------------------------------- verify_chain

@@ -77,7 +77,7 @@ def test_files_an_issue_folder_with_markdown_attachments_and_meta(tracker: FileI
     assert (folder / "issue.md").read_text(encoding="utf-8") == (
         "# [KIS-1] [DEPLOY] KIS Estimator GA 1.0.0 - Production\n"
         "\n"
-        "- Type: Deployment\n"
+        "- Type: Task\n"
         "- Priority: High\n"
         "- Status: Done\n"
         f"- Labels: kis-deploy, {idem_label(DRAFT.idempotency_key)}\n"

@@ -48,7 +48,7 @@ from workflows.promote import (
     promote,
 )
 from workflows.settings import WorkflowSettings
-from workflows.tracker import IssueRef
+from workflows.tracker import IssueRef, TrackerOptions
 
 T_V1 = datetime(2025, 9, 23, 2, 0, tzinfo=UTC)
 T_V2 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # the notice's 2025-09-23 12:00:00 KST
@@ -268,8 +268,8 @@ def test_decision_table(world: World, row: Row) -> None:
     if row.summary:
         (issue,) = issues
         assert (issue["issue_type"], issue["priority"], issue["status"]) == (
-            "Incident",
-            "Critical",
+            "Bug",  # the logical Incident type on a stock Jira Software project
+            "Highest",  # the seed's Critical in Jira's default priority scheme
             "In Progress",
         )
         assert tuple(x for x in issue["labels"] if not x.startswith("kis-idem-")) == row.labels
@@ -329,7 +329,7 @@ def test_rollback_timeout_says_failed_and_pages(world: World, caplog: pytest.Log
     assert world.verified == []  # nothing to verify: the command never finished
     (issue,) = world.issues()
     assert issue["summary"] == "[ROLLBACK] KIS Estimator 1.0.2 → 1.0.1 — ROLLBACK FAILED"
-    assert issue["priority"] == PAGE_PRIORITY
+    assert issue["priority"] == TrackerOptions().priority(PAGE_PRIORITY) == "Highest"
     assert set(PAGE_LABELS) <= set(issue["labels"])
     assert "the rollback command timed out (killed)" in issue["description"]
     assert "- [ ] Rollback executed" in issue["description"]

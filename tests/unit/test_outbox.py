@@ -20,6 +20,7 @@ from workflows.tracker import (
     Attachment,
     Check,
     Code,
+    DeadLettered,
     Document,
     Field,
     IssueDraft,
@@ -229,12 +230,27 @@ def test_non_retryable_errors_are_reported_and_the_records_kept(
     )
 
 
-def test_non_retryable_errors_on_direct_calls_are_raised(outbox: OutboxTracker, switch: Switchable) -> None:
+def test_a_refused_ticket_is_a_dead_letter_raised_paged_and_filed_once_after_the_fix(
+    tmp_path: Path, switch: Switchable, files: FileIssueTracker
+) -> None:
+    pages: list[str] = []
+    outbox = OutboxTracker(switch, tmp_path / "outbox", on_dead_letter=pages.append)
     switch.denied = True
-    with pytest.raises(TrackerError) as caught:
+    with pytest.raises(DeadLettered) as caught:
         outbox.file(DRAFT)
-    assert caught.value.status == 401
-    assert outbox.pending() == 0
+    assert caught.value.status == 401 and not caught.value.retryable
+    assert len(pages) == 1 and caught.value.record in pages[0]
+    [entry] = outbox.entries()
+    assert (entry.op, entry.state, entry.target) == ("file", "dead", PENDING)
+    assert "401" in entry.reason
+    assert outbox.file(DRAFT).pending  # a re-run finds it kept, files nothing and pages no more
+    assert len(pages) == 1
+    report = outbox.flush()  # still refused: stays dead, with the new answer
+    assert (report.filed, report.remaining) == (0, 1) and outbox.entries()[0].state == "dead"
+    switch.denied = False  # the setting is fixed
+    assert outbox.flush().filed == 1
+    assert outbox.flush().filed == 0 and outbox.entries() == []
+    assert [p.name for p in files.root.iterdir() if p.is_dir()] == ["KIS-1"]
 
 
 def test_an_unknown_pending_key_is_reported(outbox: OutboxTracker) -> None:
