@@ -668,17 +668,29 @@ def _run_rollback(
     if outcome.ok:
         with deps.estimator_for(release.previous) as client:
             health = _wait_serving(client, deps.sleep)
-            smoke: SuiteResult | None = client.smoke() if health.serving else None
+            info = client.server_info() if health.serving else None
+            still_bad = info is not None and info.version == release.version
+            smoke: SuiteResult | None = client.smoke() if health.serving and not still_bad else None
         verified_at = deps.clock.now()
         record = replace(
             record,
+            # the version that serves now is the target's word; the records only said what to expect
+            to_version=info.version if info is not None else record.to_version,
             health=health.status,
             smoke_passed=smoke.passed if smoke else 0,
             smoke_total=smoke.total if smoke else 0,
             smoke_summary=smoke.summary if smoke else "not run: previous version not SERVING",
             verified_at=verified_at,
         )
+        if still_bad:
+            record = replace(
+                record,
+                reason=f"the target still serves {release.version} after the rollback command",
+                smoke_summary="not run: the rolled-back version still serves",
+            )
         log_lines.append(f"{_iso(verified_at)} [verify] health {health.status} {health.detail}".rstrip())
+        if info is not None:
+            log_lines.append(f"{_iso(verified_at)} [verify] serving {info.describe()}")
         log_lines.append(f"{_iso(verified_at)} [verify] {record.smoke_summary}")
         if smoke is not None and smoke.report:
             log_lines.append(smoke.report.rstrip("\n"))

@@ -25,16 +25,22 @@ Evidence in ``release_dir/<version>/``: ``deploy.log``, ``checks.json``, ``metri
 ``latency-samples.json``, ``smoke-report.txt``, ``regression-report.txt``, ``rollback.log`` (on
 refusal) and ``promotion.json`` (state, attempts, approver, issue key).
 
-Idempotency: when ``promotion.json`` says the version is promoted from this very artifact and the
-target is SERVING with the manifest's catalog, a re-run reports "already promoted", does not
-deploy again and does not file a second issue (it files the DEPLOY issue only if an earlier run
-promoted but could not file it). A promoted version that is no longer healthy is deployed again.
-Runs on one ``release_dir`` are serialised with an flock.
+Which version serves is the target's word (``GetServerInfo``), never this directory's records:
+the T+0 ``version`` check requires the deployed version to serve, the gate reads only the series
+of processes that run it (joined with ``kis_build_info{version}``) from the release's own start,
+and after a rollback the issue names the version that serves then.
+
+Idempotency: when the target already serves the version (same commit), nothing is deployed. If
+``promotion.json`` says promoted, a re-run reports "already promoted" and files the DEPLOY issue
+only if an earlier run could not; without a record (an empty release directory, another operator)
+the T+0 checks run against what serves and the record and the DEPLOY issue (found, not duplicated,
+by the tracker) are made when they pass — a failure there rolls nothing back. A promoted version
+the target no longer serves is deployed again. Runs on one ``release_dir`` are serialised with an
+flock.
 
 Choices where the issue is silent: the SLO error rate of the burst counts every non-OK reply (each
 burst request is valid); Prometheus' rate is the 5xx share, as ``workflows/criteria.py`` defines
-it. The catalog check is the only identity signal the API offers (there is no version RPC), so two
-releases with the same catalog are told apart by their health and the deploy driver's log only.
+it. A target too old to answer ``GetServerInfo`` is always deployed to (it cannot say what it runs).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from typing import IO, Any, Literal, Protocol, TextIO
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from workflows.artifacts import ReleaseManifest, VerifyReport, short_sha, verify_release
+from workflows.artifacts import ReleaseManifest, short_sha, verify_release
 from workflows.clock import Clock, SystemClock
 from workflows.clock import sleep as real_sleep
 from workflows.criteria import API_MATCHER, CLIENT_ERROR_CODES
@@ -69,6 +75,7 @@ from workflows.estimator_client import (
     GrpcEstimatorClient,
     HealthResult,
     ProbeResult,
+    ServerInfo,
     SuiteResult,
 )
 from workflows.file_tracker import FileIssueTracker
@@ -104,7 +111,8 @@ ERROR_RATE_LIMIT = 0.005  # seed notice: "오류율: < 0.5%" (a fraction here)
 DEPLOY_TIMEOUT_S = 600.0
 HEALTH_ATTEMPTS = 10  # × HEALTH_WAIT_S: how long a freshly deployed target may take to report SERVING
 HEALTH_WAIT_S = 1.0
-PROMETHEUS_WINDOW = "2m"  # covers the checks' own traffic; a scrape interval ≤ 15 s gives ≥ 8 points
+PROMETHEUS_MAX_WINDOW_S = 120  # the gate never reads further back than this
+PROMETHEUS_MIN_SCRAPES = 3  # scrapes of the new release in the window before the gate judges it
 PROMETHEUS_ATTEMPTS = 6  # × PROMETHEUS_WAIT_S: waiting for the first scrapes of the new process
 PROMETHEUS_WAIT_S = 10.0
 _SAFE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")  # also a directory name
@@ -134,7 +142,7 @@ class PromoteOptions:
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    name: str  # approval, verify, deploy, health, smoke, regression, rbac, catalog, slo
+    name: str  # approval, verify, deploy, health, version, smoke, regression, rbac, catalog, slo
     passed: bool
     summary: str
     details: tuple[str, ...] = ()
@@ -212,8 +220,9 @@ class RollbackOutcome:
     command: CommandOutcome | None  # None: no rollback_command configured
     health: HealthResult | None
     catalog_version: str  # what the target serves after the rollback ("" if unknown)
-    previous_version: str | None  # the last version promoted before this one, if known
-    previous_running: bool  # SERVING with the previous version's catalog
+    previous_version: str | None  # what serves after the rollback (the target's word), else the records'
+    previous_running: bool  # SERVING, and no longer the refused version
+    serving: ServerInfo | None = None  # GetServerInfo after the rollback
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +248,7 @@ class PromotionResult:
     deploy: CommandOutcome | None = None
     deployed_at: datetime | None = None  # when the deploy command finished
     rollback: RollbackOutcome | None = None
+    serving: ServerInfo | None = None  # what the target said it runs after the deploy
     issue: IssueRef | None = None
     issue_error: str = ""
     metrics_snapshot: Mapping[str, Any] = field(default_factory=dict)
@@ -381,21 +391,33 @@ def _substitute(template: str, values: Mapping[str, str]) -> str:
 # ------------------------------------------------------------------------------------ SLO from Prometheus
 
 
-def prometheus_queries(window: str = PROMETHEUS_WINDOW) -> dict[str, str]:
-    """p95 (ms) and the 5xx share of API calls over ``window``, from the raw exported series."""
+def prometheus_queries(version: str, window_s: int) -> dict[str, str]:
+    """p95 (ms) and the 5xx share of API calls of ``version`` over the last ``window_s`` seconds.
+
+    Every series is joined with ``kis_build_info{version=…}`` on its instance, so only processes
+    that run ``version`` count (another replica, or the previous release behind the same address,
+    does not); the window starts at the release's start (the caller's ``window_s``), so the samples
+    of the process it replaced are outside it too. ``scrapes`` counts the release's scrapes in the
+    window: the gate judges nothing before there are enough of them.
+    """
+    window = f"{max(1, window_s)}s"
+    build = f'kis_build_info{{version="{_promql_string(version)}"}}'
+    joined = f"* on(instance, job) group_left() {build}"
     not_5xx = "|".join(("OK", *CLIENT_ERROR_CODES))
-    handled_all = f"grpc_server_handled_total{{{API_MATCHER}}}"
-    handled_5xx = f'grpc_server_handled_total{{{API_MATCHER}, grpc_code!~"{not_5xx}"}}'
+    handled_all = f"(increase(grpc_server_handled_total{{{API_MATCHER}}}[{window}]) {joined})"
+    handled_5xx = (
+        f'(increase(grpc_server_handled_total{{{API_MATCHER}, grpc_code!~"{not_5xx}"}}[{window}]) {joined})'
+    )
+    buckets = f'rate(grpc_server_handling_seconds_bucket{{{API_MATCHER}, grpc_type="unary"}}[{window}])'
     return {
-        "p95_ms": (
-            "1000 * histogram_quantile(0.95, sum by (le) "
-            f'(rate(grpc_server_handling_seconds_bucket{{{API_MATCHER}, grpc_type="unary"}}[{window}])))'
-        ),
-        "error_rate": (
-            f"(sum(increase({handled_5xx}[{window}])) or (0 * sum(increase({handled_all}[{window}]))))"
-            f" / sum(increase({handled_all}[{window}]))"
-        ),
+        "p95_ms": f"1000 * histogram_quantile(0.95, sum by (le) ({buckets} {joined}))",
+        "error_rate": f"(sum({handled_5xx}) or (0 * sum({handled_all}))) / sum({handled_all})",
+        "scrapes": f"min(count_over_time({build}[{window}]))",
     }
+
+
+def _promql_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _scalar(result: InstantResult) -> float | None:
@@ -406,18 +428,32 @@ def _scalar(result: InstantResult) -> float | None:
 
 
 def measure_prometheus_slo(
-    source: MetricsSource, clock: Clock, sleep: Callable[[float], None]
+    source: MetricsSource,
+    clock: Clock,
+    sleep: Callable[[float], None],
+    *,
+    version: str,
+    since: datetime,
 ) -> tuple[SloMeasurement, dict[str, Any]]:
-    """Query p95 and error rate; waits (bounded) for the new process's first scrapes."""
-    queries = prometheus_queries()
+    """Query p95 and error rate of ``version`` since ``since``; waits (bounded) for enough scrapes.
+
+    Fewer than :data:`PROMETHEUS_MIN_SCRAPES` scrapes of the release, or no answer, is NO DATA and
+    fails the gate (never a pass).
+    """
 
     def once() -> tuple[float | None, float | None, dict[str, Any]]:
         at = clock.now()
+        window_s = min(PROMETHEUS_MAX_WINDOW_S, math.ceil((at - since).total_seconds()))
+        queries = prometheus_queries(version, window_s)
         answers = {name: source.query(expr, at) for name, expr in queries.items()}
-        raw = {
+        raw: dict[str, Any] = {
             name: {"expr": r.expr, "value": _scalar(r), "error": str(r.error) if r.error else None}
             for name, r in answers.items()
         }
+        raw["window_s"] = window_s
+        scrapes = _scalar(answers["scrapes"]) or 0.0
+        if scrapes < PROMETHEUS_MIN_SCRAPES:
+            return None, None, raw
         return _scalar(answers["p95_ms"]), _scalar(answers["error_rate"]), raw
 
     def no_data(outcome: tuple[float | None, float | None, dict[str, Any]]) -> bool:
@@ -436,8 +472,20 @@ def measure_prometheus_slo(
         sleep=sleep,
     )
     p95, rate, raw = retrying(once)
-    note = "" if p95 is not None and rate is not None else "NO DATA from Prometheus"
-    return SloMeasurement("prometheus", p95, rate, note=note), {"window": PROMETHEUS_WINDOW, "queries": raw}
+    note = ""
+    if p95 is None or rate is None:
+        note = (
+            f"NO DATA from Prometheus for {version} since {_iso(since)} "
+            f"(fewer than {PROMETHEUS_MIN_SCRAPES} scrapes of kis_build_info{{version={version!r}}}, "
+            "or no calls)"
+        )
+    window_s = raw.pop("window_s")
+    return SloMeasurement("prometheus", p95, rate, note=note), {
+        "version": version,
+        "since": _iso(since),
+        "window_s": window_s,
+        "queries": raw,
+    }
 
 
 # ------------------------------------------------------------------------------------ state
@@ -577,17 +625,16 @@ def _promote_locked(run: _Run) -> PromotionResult:
         return _rejected(
             run, "verify", f"{options.version} is promoted; this run's inputs fail: {verify_check.summary}"
         )
-    if state.get("status") == PromotionStatus.PROMOTED:
-        if state.get("artifact_sha256") != report.artifact_sha256:
-            return _rejected(
-                run,
-                "idempotency",
-                f"{options.version} was promoted from artifact {state.get('artifact_sha256')}, "
-                f"not {report.artifact_sha256}: build a new version",
-            )
-        again = _already_promoted(run, report, state)
-        if again is not None:
-            return again
+    if (
+        state.get("status") == PromotionStatus.PROMOTED
+        and state.get("artifact_sha256") != report.artifact_sha256
+    ):
+        return _rejected(
+            run,
+            "idempotency",
+            f"{options.version} was promoted from artifact {state.get('artifact_sha256')}, "
+            f"not {report.artifact_sha256}: build a new version",
+        )
 
     run.checks.append(verify_check)
     attempt = int(state.get("attempts", 0)) + 1
@@ -614,6 +661,12 @@ def _promote_locked(run: _Run) -> PromotionResult:
         )
     assert report.manifest is not None
     manifest = report.manifest
+
+    # ---- what serves now is the target's word, not this directory's records
+    health = deps.estimator.health()
+    serving = deps.estimator.server_info() if health.serving else None
+    if serving is not None and serving.version == options.version:
+        return _already_serving(run, manifest, state, base_state, state_path, serving)
 
     # ---- deploy
     command = _substitute(
@@ -644,9 +697,17 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
         CheckResult("health", health.serving, f"health {health.status} {health.detail}".rstrip())
     )
     if not health.serving:
-        for name in ("smoke", "regression", "rbac", "catalog", "slo"):
+        for name in ("version", "smoke", "regression", "rbac", "catalog", "slo"):
             run.checks.append(CheckResult(name, False, f"{name} not run: target not SERVING"))
         return
+    info = deps.estimator.server_info()
+    version = run.options.version
+    served = info.describe() if info else "unknown (GetServerInfo failed)"
+    version_ok = info is not None and info.version == version
+    run.checks.append(CheckResult("version", version_ok, f"target serves {served}, expected {version}"))
+    run.values["serving"] = info
+    if info is not None and info.started_at is not None:
+        run.values["deployed_at"] = info.started_at  # the release's own start: the gate's window
     smoke = deps.estimator.smoke()
     regression = deps.estimator.regression()
     (run.dir / "smoke-report.txt").write_text(smoke.report or smoke.summary, encoding="utf-8")
@@ -676,7 +737,10 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
     prometheus: dict[str, Any] | None = None
     slo = burst_slo
     if deps.metrics is not None:
-        slo, prometheus = measure_prometheus_slo(deps.metrics, deps.clock, deps.sleep)
+        since = run.values.get("deployed_at") or run.started_at
+        slo, prometheus = measure_prometheus_slo(
+            deps.metrics, deps.clock, deps.sleep, version=run.options.version, since=since
+        )
         slo = SloMeasurement(slo.source, slo.p95_ms, slo.error_rate, burst.p50_ms, burst.requests, slo.note)
     run.checks.append(CheckResult("slo", slo.passed, slo.summary() + (f": {slo.note}" if slo.note else "")))
     snapshot = {
@@ -750,23 +814,70 @@ def _promoted(run: _Run, base_state: dict[str, Any], state_path: Path) -> Promot
     return run.result(PromotionStatus.PROMOTED, message, issue=issue, issue_error=error)
 
 
-def _already_promoted(run: _Run, report: VerifyReport, state: dict[str, Any]) -> PromotionResult | None:
-    """The re-run of a promoted version: healthy → report (and file a missing issue); else None."""
-    health = run.deps.estimator.health()
-    probe = run.deps.estimator.probe() if health.serving else None
-    catalog = report.manifest.catalog_version if report.manifest else ""
-    if not health.serving or probe is None or probe.catalog_version != catalog:
-        served = probe.catalog_version if probe else "unknown"
-        log.warning(
-            "%s was promoted but the target is %s with catalog %s: deploying again",
-            run.options.version,
-            health.status,
-            served,
+def _already_serving(
+    run: _Run,
+    manifest: ReleaseManifest,
+    state: dict[str, Any],
+    base_state: dict[str, Any],
+    state_path: Path,
+    serving: ServerInfo,
+) -> PromotionResult:
+    """The target already serves this version: nothing is deployed, only what is missing is made.
+
+    Promoted by a run recorded here: report it, and file the DEPLOY issue from the saved evidence if
+    that run could not. Serving without a record here (an empty release directory, another
+    operator, a manual ``kis-deploy``): the T+0 checks run against what serves (they leave no trace
+    in production), and the record and the DEPLOY issue (the tracker finds an existing one) are
+    made when they pass; when they fail nothing is deployed or rolled back — that is the incident
+    workflow's call (``watch`` / ``rollback``), not a promotion's.
+    """
+    version = run.options.version
+    known = {"", "unknown"}
+    if (
+        manifest.git_commit not in known
+        and serving.commit not in known
+        and serving.commit != manifest.git_commit
+    ):
+        return _rejected(
+            run,
+            "idempotency",
+            f"the target serves {version} built from commit {serving.commit[:12]}, this artifact is "
+            f"from {manifest.git_commit[:12]}: build a new version",
         )
-        return None
-    run.checks.append(CheckResult("verify", True, report.summary()))
-    run.checks.append(CheckResult("health", True, f"health {health.status}"))
-    run.checks.append(CheckResult("catalog", True, f"catalog served {short_sha(catalog)} (as promoted)"))
+    if state.get("status") == PromotionStatus.PROMOTED:
+        return _already_promoted(run, state, serving)
+    now = run.deps.clock.now()
+    note = f"not deployed: the target already serves {serving.describe()}"
+    (run.dir / "deploy.log").write_text(f"{_iso(now)} [runner] {note}\n", encoding="utf-8")
+    run.checks.append(CheckResult("deploy", True, note))
+    run.values.update(deployed_at=serving.started_at or now)
+    _t0_checks(run, manifest)
+    _write_checks(run)
+    failed = [c for c in run.checks if not c.passed]
+    if not failed:
+        return _promoted(run, {**base_state, "adopted": True}, state_path)
+    reasons = "; ".join(c.summary for c in failed)
+    message = (
+        f"{version} already serves and fails its checks: {reasons}; nothing was deployed or rolled "
+        f"back (kis-release watch / rollback decide); evidence in {run.dir}"
+    )
+    _write_json(
+        state_path,
+        {
+            **base_state,
+            "status": PromotionStatus.REFUSED,
+            "refused_at": _iso(run.deps.clock.now()),
+            "failed_checks": [c.name for c in failed],
+            "rolled_back": False,
+            "message": message,
+        },
+    )
+    return run.result(PromotionStatus.REFUSED, message)
+
+
+def _already_promoted(run: _Run, state: dict[str, Any], serving: ServerInfo) -> PromotionResult:
+    """The re-run of a promoted version the target still serves: report, file a missing issue."""
+    run.checks.append(CheckResult("version", True, f"target serves {serving.describe()} (as promoted)"))
     version = run.options.version
     message = (
         f"{version} already promoted to {run.settings.release_environment} at {state.get('promoted_at')}"
@@ -863,12 +974,12 @@ def _refused(
         rollback_cmd = deps.run_command(command, timeout_s=settings.rollback_budget_s)
         (run.dir / "rollback.log").write_text(rollback_cmd.log_text(), encoding="utf-8")
     health = run.wait_serving() if rollback_cmd is not None else None
-    probe = deps.estimator.probe() if health is not None and health.serving else None
-    served = probe.catalog_version if probe else ""
-    previous_running = bool(
-        health and health.serving and previous and served and served == previous.get("catalog_version")
-    )
-    rollback = RollbackOutcome(rollback_cmd, health, served, previous_version, previous_running)
+    info = deps.estimator.server_info() if health is not None and health.serving else None
+    if info is not None:
+        previous_version = info.version  # what serves now is a fact; the records only a guess
+    previous_running = bool(health and health.serving and info is not None and info.version != version)
+    served = info.catalog_version if info else ""
+    rollback = RollbackOutcome(rollback_cmd, health, served, previous_version, previous_running, info)
     reasons = "; ".join(c.summary for c in failed)
     if rollback_cmd is None:
         after = "NO rollback_command configured: the target may still run the candidate"
@@ -877,10 +988,12 @@ def _refused(
             f"ROLLBACK FAILED ({'timed out' if rollback_cmd.returncode is None else rollback_cmd.returncode})"
         )
     else:
-        who = previous_version or "the previous release"
         state_text = "SERVING" if health and health.serving else f"{health.status if health else 'unknown'}"
-        after = f"rolled back to {who} ({state_text}"
-        after += ", catalog matches)" if previous_running else ")"
+        if info is not None and info.version == version:
+            after = f"ROLLBACK FAILED: the target still serves {info.describe()} ({state_text})"
+        else:
+            who = info.describe() if info else previous_version or "the previous release"
+            after = f"rolled back to {who} ({state_text})"
     message = f"promotion of {version} refused: {reasons}; {after}; evidence in {run.dir}"
     state = {
         **base_state,

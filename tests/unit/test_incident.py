@@ -19,7 +19,14 @@ from tests.emulators.prometheus import PrometheusEmulator
 from tests.unit import test_promote as tp
 from workflows.artifacts import ArtifactInfo, ReleaseManifest
 from workflows.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict
-from workflows.estimator_client import BurstResult, EstimatorClient, HealthResult, ProbeResult, SuiteResult
+from workflows.estimator_client import (
+    BurstResult,
+    EstimatorClient,
+    HealthResult,
+    ProbeResult,
+    ServerInfo,
+    SuiteResult,
+)
 from workflows.file_tracker import FileIssueTracker
 from workflows.incident import (
     PAGE_LABELS,
@@ -74,6 +81,7 @@ class ManualClock:
 class ScriptedEstimator:
     health_status: str = "SERVING"
     smoke_passed: int = 3
+    version: str = "1.0.1"  # what serves (after a rollback: the previous release)
     calls: list[str] = field(default_factory=list)
 
     def health(self) -> HealthResult:
@@ -94,6 +102,10 @@ class ScriptedEstimator:
 
     def slo_burst(self, requests: int) -> BurstResult:  # pragma: no cover - as above
         raise AssertionError("slo_burst is not part of a rollback verification")
+
+    def server_info(self) -> ServerInfo | None:
+        self.calls.append("info")
+        return ServerInfo(self.version)
 
 
 @dataclass
