@@ -19,8 +19,9 @@ Reproducibility
   ``SOURCE_DATE_EPOCH`` is the commit time of ``HEAD``, so the wheel of one commit has the same
   bytes on every build (setuptools' wheel writer clamps entry times to it). The sdist is
   re-packed with sorted entries, fixed owner and that time, and a gzip header without a name or a
-  clock time, so it is reproducible too. The manifest's ``build_time`` is the only field that
-  changes between two builds of one commit.
+  clock time, so it is reproducible too. The manifest's ``build_time`` is that same source date
+  (``SOURCE_DATE_EPOCH`` when set, else the commit time), never the wall clock, so the manifest
+  of one commit — and its SHA-256 — can be rebuilt and re-verified byte for byte.
 
 catalog_version and rules_version
   ``workflows`` may not import ``server.engine`` (STYLE.md §2.1), so both are read from the *built
@@ -51,12 +52,10 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-
-from workflows.clock import Clock, SystemClock
 
 __all__ = [
     "CATALOG_FILES",
@@ -272,6 +271,7 @@ class BuildOptions:
     source_ref: str | None = None
     python: Path = Path(sys.executable)  # interpreter with setuptools (and grpcio-tools for protoc)
     timeout_s: float = BUILD_TIMEOUT_S
+    source_date_epoch: str | None = None  # SOURCE_DATE_EPOCH; None: the commit's time
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,17 +417,26 @@ def descriptor_set_sha256(proto_root: Path, out_file: Path, python: Path, timeou
     return sha256_file(out_file)
 
 
-def build_release(options: BuildOptions, *, clock: Clock | None = None) -> BuildResult:
+def source_date_epoch(explicit: str | None, commit_time: str | None) -> int:
+    """The reproducible build date: ``SOURCE_DATE_EPOCH`` if given, else the commit's time."""
+    for text in (explicit, commit_time):
+        if text and text.strip().isdigit():
+            return int(text.strip())
+    return 315532800  # 1980-01-01: zip's minimum, for a tree outside git
+
+
+def build_release(options: BuildOptions) -> BuildResult:
     """Build wheel + sdist + descriptor set into ``out_dir`` and write the manifest beside them."""
-    clock = clock or SystemClock()
     source = options.source_dir.resolve()
     ref = options.source_ref or "HEAD"
     commit = _git(source, "rev-parse", "--verify", f"{ref}^{{commit}}") or "unknown"
     if options.source_ref is not None and commit == "unknown":
         raise BuildError(f"{source}: {options.source_ref!r} is not a commit")
     dirty = options.source_ref is None and bool(_git(source, "status", "--porcelain", "--", *STAGED_ITEMS))
-    epoch_text = _git(source, "log", "-1", "--format=%ct", ref) or "315532800"  # 1980-01-01: zip's minimum
-    epoch = int(epoch_text)
+    epoch = source_date_epoch(options.source_date_epoch, _git(source, "log", "-1", "--format=%ct", ref))
+    # Absolute: the children (setuptools, protoc) run in the staged tree, where a relative
+    # --out such as "dist/" would name another directory.
+    options = replace(options, out_dir=options.out_dir.resolve())
     options.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kis-build-") as tmp:
         staged, built = Path(tmp) / "src", Path(tmp) / "dist"
@@ -454,7 +463,7 @@ def build_release(options: BuildOptions, *, clock: Clock | None = None) -> Build
         version=version,
         git_commit=commit,
         git_dirty=dirty,
-        build_time=clock.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        build_time=datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         artifacts=tuple(
             ArtifactInfo(name=p.name, kind=kind, size_bytes=p.stat().st_size, sha256=sha256_file(p))
             for kind, p in (("wheel", wheel), ("sdist", sdist))
@@ -611,11 +620,12 @@ def run_build(
     source_ref: str | None = None,
     catalog_dir: Path | None = None,
     out: TextIO | None = None,
-    clock: Clock | None = None,
+    source_date_epoch: str | None = None,
 ) -> int:
     """``kis-release build``: 0 built (hashes printed), 1 build failed (reason printed).
 
     ``source_ref`` (e.g. ``HEAD`` or a tag) builds that commit's files; None builds the working tree.
+    ``source_date_epoch`` (``SOURCE_DATE_EPOCH``) overrides the commit time as the build date.
     """
     stream = out or sys.stdout
     options = BuildOptions(
@@ -624,9 +634,10 @@ def run_build(
         version_override=version_override,
         catalog_dir=catalog_dir,
         source_ref=source_ref,
+        source_date_epoch=source_date_epoch,
     )
     try:
-        result = build_release(options, clock=clock)
+        result = build_release(options)
     except (BuildError, OSError) as exc:
         _write(stream, [f"build failed: {exc}"])
         return 1

@@ -71,6 +71,7 @@ def cmd_build(args: argparse.Namespace, settings: WorkflowSettings) -> int:
         args.version,
         source_ref=args.ref,
         catalog_dir=Path(args.catalog_dir) if args.catalog_dir else None,
+        source_date_epoch=args.source_date_epoch,
     )
 
 
@@ -378,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ref", help="build this git revision (e.g. HEAD, a tag) instead of the working tree"
     )
     p_build.add_argument("--catalog-dir", help="build with this catalog directory (test builds)")
+    p_build.add_argument(
+        "--source-date-epoch",
+        help="build date as Unix seconds (as SOURCE_DATE_EPOCH); default: the commit's time",
+    )
 
     p_verify = sub.add_parser("verify", help="check artifact and manifest against expected SHA-256")
     p_verify.add_argument("artifact")
