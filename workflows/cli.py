@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from workflows import clock as clock_module
-from workflows.alert_receiver import AlertReceiver, create_receiver_server
+from workflows.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server
 from workflows.artifacts import run_build, run_verify
 from workflows.clock import SystemClock
 from workflows.criteria import IncidentLedger, IncidentLedgerError, build_criteria
@@ -52,7 +52,7 @@ from workflows.standby import (
 )
 from workflows.templates import Owners, korean_announcement
 from workflows.tracker import IssueRef, TrackerError
-from workflows.trackers import build_tracker, run_jira_check, run_outbox_flush, run_outbox_list
+from workflows.trackers import build_tracker, pager, run_jira_check, run_outbox_flush, run_outbox_list
 
 Command = Callable[[argparse.Namespace, WorkflowSettings], int]
 
@@ -272,6 +272,7 @@ def incident_runtime(
         ),
         flush_outbox=flush,
         extra_bug_count=extra_bug_count,
+        page=pager(settings, sleep=clock_module.sleep, clock=clock),
     )
     return options, deps
 
@@ -347,9 +348,21 @@ def cmd_alert_receiver(args: argparse.Namespace, settings: WorkflowSettings) -> 
     options, deps, tracker = setup
     listen = args.listen or settings.alert_listen
     try:
-        server, port = create_receiver_server(AlertReceiver(options, deps), listen)
+        basic = (
+            (settings.alert_basic_user, settings.alert_basic_password or "")
+            if settings.alert_basic_user
+            else None
+        )
+        auth = ReceiverAuth(settings.alert_bearer_token, basic)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        tracker.close()
+        return 2
+    try:
+        server, port = create_receiver_server(AlertReceiver(options, deps), listen, auth)
     except (OSError, ValueError) as exc:
         _err(f"error: cannot listen on {listen}: {exc}")
+        tracker.close()
         return 2
 
     def stop(signum: int, frame: FrameType | None) -> None:

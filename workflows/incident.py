@@ -9,10 +9,13 @@ Alertmanager receiver (firing alerts with a ``rollback`` label) and a refused pr
    ROLLBACK verdict on the *current* release without a rollback attempt since it became current runs
    the rollback command under a hard budget (``rollback_budget_s``, 180 s: the notice's "3분 내
    롤백"; the runner kills the whole process group on timeout), then verifies the previous version
-   over gRPC: health SERVING and smoke 3/3. The attempt is recorded as ``running`` *before* the
-   command starts, so a crash mid-rollback is never followed by a second, automatic rollback (which
-   would step back two releases); a failed or unfinished attempt is never retried automatically.
-   A responder retries with ``kis-release rollback --issue KEY``.
+   over gRPC: health SERVING, the version the target reports is no longer the one left, and smoke
+   3/3. The attempt is recorded as ``running`` *before* the command starts. A failed command is
+   tried again with backoff (5, 10, 20 s) inside the budget, and a failed or crashed attempt is
+   tried again by the next ``watch`` — but only while the target itself still reports the release
+   being left (``GetServerInfo``): when anything else serves, or the target cannot say, another run
+   could step back two releases, so it pages instead. A responder retries with
+   ``kis-release rollback --issue KEY``.
 2. **Issue phase** (``<release_dir>/.issue.lock``): one incident → one issue. The first signal of an
    incident files the ROLLBACK issue (``workflows.templates.rollback_issue``, idempotency key
    ``incident:<incident id>``) with what actually happened; later signals comment on it (once per
@@ -24,9 +27,11 @@ The rollback never waits for the tracker: phase 1 completes (and its state is on
 first tracker call, and the two phases hold different locks.
 
 **Paging loudly** (rollback FAILED: timed out, non-zero exit, no previous release, no command, or
-the previous version not verified): an ERROR log line, the issue's summary says ``ROLLBACK FAILED``
-with priority ``Blocker`` and labels ``rollback-failed``/``page-oncall``, and a non-zero exit
-(:attr:`ExitCode.PAGED`).
+the previous version not verified): an ERROR log line, a page through every configured channel
+(``deps.page``: Slack, e-mail; sent before any tracker call), the issue's summary says ``ROLLBACK
+FAILED`` with the seed's priority ``Blocker`` (mapped onto the Jira scheme) and labels
+``rollback-failed``/``page-oncall``, and a non-zero exit (:attr:`ExitCode.PAGED`;
+:attr:`ExitCode.PAGE_FAILED` and a line saying so when no channel delivered the page).
 
 **Which release is current** comes from the state files only: ``<v>/promotion.json`` (promoted, at
 ``promoted_at``) and ``<v>/rollback.json`` (successful rollbacks), replayed in time order like the
@@ -54,7 +59,7 @@ import math
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, TextIO
@@ -75,7 +80,7 @@ from workflows.criteria import (
 from workflows.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResult, SuiteResult
 from workflows.idempotency import atomic_write, file_lock
 from workflows.prometheus import MetricsSource
-from workflows.promote import CommandRunner, PromotionResult
+from workflows.promote import CommandOutcome, CommandRunner, PromotionResult
 from workflows.templates import (
     PAGE_LABELS,
     PAGE_PRIORITY,
@@ -127,6 +132,11 @@ log = logging.getLogger(__name__)
 
 HEALTH_ATTEMPTS = 15  # × HEALTH_WAIT_S: the restored version may take a few seconds to report SERVING
 HEALTH_WAIT_S = 1.0
+# A failed rollback command is tried again within the budget while the target still serves the
+# release it should leave (never when something else serves: that would step back twice).
+ROLLBACK_TRIES = 4
+ROLLBACK_BACKOFF_S = (5.0, 10.0, 20.0)
+ROLLBACK_MIN_TRY_S = 10.0  # a try needs at least this much of the budget left
 _ERROR_LEVELS = frozenset({"ERROR", "CRITICAL", "FATAL"})
 
 
@@ -136,6 +146,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # cannot evaluate or act: configuration or state missing
     PAGED = 3  # ROLLBACK FAILED (or not verified): on-call is paged
     ISSUE_PENDING = 4  # acted, but the issue is not filed yet (kept in the outbox)
+    PAGE_FAILED = 5  # ROLLBACK FAILED and no notification channel delivered the page
 
 
 class SignalSource(StrEnum):
@@ -182,6 +193,8 @@ class IncidentDeps:
     metrics: MetricsSource | None = None
     flush_outbox: Callable[[], object] | None = None  # OutboxTracker.flush: deliver what is queued
     extra_bug_count: Callable[[datetime], int] | None = None
+    # Pages on-call (subject, body) through every configured channel; True when one delivered it.
+    page: Callable[[str, str], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +247,7 @@ class RollbackRecord:
     log_file: str = ""
     verified_at: datetime | None = None
     detected_at: datetime | None = None
+    tries: int = 1  # runs of the rollback command in this attempt
 
     @property
     def command_ok(self) -> bool:
@@ -289,6 +303,7 @@ class RollbackRecord:
             "log_file": self.log_file,
             "verified_at": _iso(self.verified_at) if self.verified_at else None,
             "detected_at": _iso(self.detected_at) if self.detected_at else None,
+            "tries": self.tries,
             "verified": self.verified,
         }
 
@@ -312,6 +327,7 @@ class RollbackRecord:
             log_file=str(raw.get("log_file", "")),
             verified_at=_parse_opt(raw.get("verified_at")),
             detected_at=_parse_opt(raw.get("detected_at")),
+            tries=int(raw.get("tries", 1)),
         )
 
 
@@ -325,6 +341,7 @@ class HandleOutcome:
     rollback_ran: bool = False  # the command ran in this call
     issue: IssueRef | None = None
     issue_error: str = ""
+    page_delivered: bool | None = None  # None: no page sent by this call
 
     @property
     def paged(self) -> bool:
@@ -337,6 +354,8 @@ class HandleOutcome:
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.paged and self.page_delivered is False:
+            return ExitCode.PAGE_FAILED
         if self.paged:
             return ExitCode.PAGED
         if self.action is Action.NONE:
@@ -360,6 +379,11 @@ class HandleOutcome:
             out.append(f"ROLLBACK issue {self.issue.key} {self.issue.url}{state}".rstrip())
         if self.issue_error:
             out.append(f"ROLLBACK issue NOT delivered: {self.issue_error}")
+        if self.page_delivered is False:
+            out.append(
+                "PAGE NOT DELIVERED by any channel: configure KIS_SLACK_WEBHOOK_URL or KIS_SMTP_* "
+                "and call on-call now"
+            )
         return out
 
 
@@ -611,6 +635,50 @@ def _wait_serving(client: EstimatorClient, sleep: Callable[[float], None]) -> He
     return health
 
 
+def serving_version(deps: IncidentDeps, version: str) -> str | None:
+    """The version the target says it serves (None: unreachable, or it cannot say)."""
+    with deps.estimator_for(version) as client:
+        info = client.server_info()
+    return info.version if info is not None else None
+
+
+def _run_rollback_command(
+    options: IncidentOptions, deps: IncidentDeps, release: Release, command: str, started: datetime
+) -> tuple[CommandOutcome, int, list[str]]:
+    """Run the rollback command; a failure is tried again with backoff inside the budget.
+
+    Only while the target still serves the release being left: once something else serves (or the
+    target cannot say), another run of the command could step back a second release.
+    """
+    deadline = started + timedelta(seconds=options.rollback_budget_s)
+    lines: list[str] = []
+    tries = 0
+    while True:
+        tries += 1
+        remaining = (deadline - deps.clock.now()).total_seconds()
+        outcome = deps.run_command(command, timeout_s=max(remaining, 1.0))
+        lines.append(outcome.log_text())
+        if outcome.ok or tries >= ROLLBACK_TRIES:
+            return outcome, tries, lines
+        wait = ROLLBACK_BACKOFF_S[min(tries, len(ROLLBACK_BACKOFF_S)) - 1]
+        if (deadline - deps.clock.now()).total_seconds() - wait < ROLLBACK_MIN_TRY_S:
+            lines.append(f"{_iso(deps.clock.now())} [runner] not tried again: the 3-minute budget is spent")
+            return outcome, tries, lines
+        deps.sleep(wait)
+        serving = serving_version(deps, release.version)
+        now = _iso(deps.clock.now())
+        if serving != release.version:
+            lines.append(
+                f"{now} [runner] not tried again: the target serves {serving or 'an unknown version'}, "
+                f"not {release.version}"
+            )
+            return outcome, tries, lines
+        lines.append(
+            f"{now} [runner] try {tries + 1} after {wait:g} s: the target still serves {release.version}"
+        )
+        log.warning("rollback of %s failed; try %d after %g s", release.version, tries + 1, wait)
+
+
 def _run_rollback(
     options: IncidentOptions,
     deps: IncidentDeps,
@@ -654,16 +722,16 @@ def _run_rollback(
         options.rollback_budget_s,
         command,
     )
-    outcome = deps.run_command(command, timeout_s=options.rollback_budget_s)
+    outcome, tries, log_lines = _run_rollback_command(options, deps, release, command, started)
     log_path = options.release_dir / release.version / f"rollback-{attempt}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_lines = [outcome.log_text()]
     record = replace(
         record,
         finished_at=outcome.finished_at,
         returncode=outcome.returncode,
         log_file=str(log_path),
         status="done" if outcome.ok else "failed",
+        tries=tries,
     )
     if outcome.ok:
         with deps.estimator_for(release.previous) as client:
@@ -1013,7 +1081,9 @@ def handle(signal: Signal, options: IncidentOptions, deps: IncidentDeps) -> Hand
                 r for r in _rollbacks(options.release_dir, version) if r.started_at >= release.since
             ]
             rollback = since_current[-1] if since_current else None
-            if signal.verdict is Verdict.ROLLBACK and rollback is None:
+            if signal.verdict is Verdict.ROLLBACK and (
+                rollback is None or _retry_due(deps, release, rollback)
+            ):
                 rollback = _run_rollback(
                     options, deps, release, trigger=signal.source.value, detected_at=signal.detected_at
                 )
@@ -1029,10 +1099,37 @@ def handle(signal: Signal, options: IncidentOptions, deps: IncidentDeps) -> Hand
         action = Action.NEEDS_DECISION
     else:
         action = Action.NONE
+    # The page goes out before any tracker call: Jira may be the thing that is down.
+    delivered = _page(options, deps, version, rollback) if action is Action.ROLLBACK_FAILED and ran else None
     with file_lock(options.release_dir / ".issue.lock"):
-        return _issue_phase(
+        outcome = _issue_phase(
             options, deps, version, release, signal, rollback, current=current, action=action, ran=ran
         )
+    return replace(outcome, page_delivered=delivered)
+
+
+def _retry_due(deps: IncidentDeps, release: Release, rollback: RollbackRecord) -> bool:
+    """A failed (or crashed) rollback is run again only while the target still serves the release."""
+    return not rollback.verified and serving_version(deps, release.version) == release.version
+
+
+def _page(
+    options: IncidentOptions, deps: IncidentDeps, version: str, rollback: RollbackRecord | None
+) -> bool:
+    """Page on-call through every configured channel; False when none delivered it (or none exists)."""
+    reason = rollback.failure() if rollback is not None else "no rollback record"
+    subject = f"[KIS] ROLLBACK FAILED: {version} ({options.environment})"
+    body = "\n".join(
+        [
+            f"The automatic rollback of {version} failed: {reason}.",
+            f"Rollback log: {rollback.log_file if rollback and rollback.log_file else '(none)'}",
+            f"Retry by hand: {options.responder_command}",
+        ]
+    )
+    log.error("PAGE: %s — %s", subject, reason)
+    if deps.page is None:
+        return False
+    return deps.page(subject, body)
 
 
 def comment_on_release(

@@ -77,20 +77,34 @@ def build_inner_tracker(
     return JiraIssueTracker(config, options, sleep=sleep)
 
 
+def pager(
+    settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
+) -> Callable[[str, str], bool]:
+    """Page on-call: stderr always, and every configured channel; True when a channel delivered it."""
+
+    def page(subject: str, body: str) -> bool:
+        sys.stderr.write(f"PAGE: {subject}\n{body}\n")
+        report = Notifier(
+            NotifyOptions.from_settings(settings), sleep=sleep, clock=clock or SystemClock()
+        ).send(subject, body)
+        delivered = any(r.status is ChannelStatus.SENT for r in report.results)
+        if not delivered:
+            sys.stderr.write("PAGE: no notification channel delivered it (KIS_SLACK_* / KIS_SMTP_*)\n")
+        return delivered
+
+    return page
+
+
 def dead_letter_pager(
     settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
 ) -> Callable[[str], None]:
-    """Page on-call about a ticket the tracker refused: every configured channel, and stderr always."""
+    """Page on-call about a ticket the tracker refused (see :func:`pager`)."""
+    page = pager(settings, sleep=sleep, clock=clock)
 
-    def page(message: str) -> None:
-        sys.stderr.write(f"PAGE: {message}\n")
-        report = Notifier(
-            NotifyOptions.from_settings(settings), sleep=sleep, clock=clock or SystemClock()
-        ).send("[KIS] ticket refused by the tracker (dead letter)", message)
-        if not any(r.status is ChannelStatus.SENT for r in report.results):
-            sys.stderr.write("PAGE: no notification channel delivered it (KIS_SLACK_* / KIS_SMTP_*)\n")
+    def dead_letter(message: str) -> None:
+        page("[KIS] ticket refused by the tracker (dead letter)", message)
 
-    return page
+    return dead_letter
 
 
 def build_tracker(

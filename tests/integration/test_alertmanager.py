@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from workflows.alert_receiver import AlertReceiver, create_receiver_server, serve_in_thread
+from tests.integration.test_alert_receiver import Estimator
+from workflows.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server, serve_in_thread
 from workflows.clock import SystemClock
 from workflows.criteria import IncidentLedger
-from workflows.estimator_client import EstimatorClient, HealthResult, SuiteResult
+from workflows.estimator_client import EstimatorClient
 from workflows.file_tracker import FileIssueTracker
 from workflows.incident import IncidentDeps, IncidentOptions
 from workflows.outbox import OutboxTracker
@@ -38,6 +39,7 @@ from workflows.tracker import Attachment, Document, IssueDraft, IssueRef, Tracke
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
+RECEIVER_TOKEN = "alertmanager-to-kis-token"
 ENSURE_SCRIPT = ROOT / "tools/ensure_alertmanager.sh"
 TIMEOUT_S = 60
 DEADLINE_S = 45.0
@@ -157,14 +159,6 @@ class Commands:
         return CommandOutcome(command, 0, (CommandLine(now, "stdout", "rolled back"),), now, now)
 
 
-class Estimator:
-    def health(self) -> HealthResult:
-        return HealthResult("SERVING")
-
-    def smoke(self) -> SuiteResult:
-        return SuiteResult("smoke", 3, 3, 0, 3, report="smoke: 3/3 passed\n")
-
-
 class CountingReceiver(AlertReceiver):
     def __init__(self, options: IncidentOptions, deps: IncidentDeps) -> None:
         super().__init__(options, deps)
@@ -190,6 +184,7 @@ def _test_config(tmp: Path, receiver_port: int) -> Path:
     secrets.mkdir()
     for name in ("pagerduty-routing-key", "opsgenie-api-key", "slack-webhook-url"):
         (secrets / name).write_text(dead if name.startswith("slack") else "test-key\n", encoding="utf-8")
+    (secrets / "kis-alert-receiver-token").write_text(RECEIVER_TOKEN + "\n", encoding="utf-8")
     text = text.replace("/etc/alertmanager/secrets/", f"{secrets}/")
     path = tmp / "alertmanager.yml"
     path.write_text(text, encoding="utf-8")
@@ -277,7 +272,7 @@ def test_real_alertmanager_posts_to_the_receiver_which_rolls_back_once(
     receiver = CountingReceiver(
         IncidentOptions(release_dir=release_dir, rollback_command="kis-deploy rollback"), deps
     )
-    server, port = create_receiver_server(receiver, "127.0.0.1:0")
+    server, port = create_receiver_server(receiver, "127.0.0.1:0", ReceiverAuth(bearer_token=RECEIVER_TOKEN))
     thread = serve_in_thread(server)
     try:
         with _alertmanager(alertmanager_binary, _test_config(tmp_path, port), tmp_path) as url:

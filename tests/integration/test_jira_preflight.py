@@ -131,7 +131,9 @@ def test_a_refused_ticket_is_a_dead_letter_listed_paged_and_filed_once_after_the
     finally:
         tracker.close()
     assert "priority" in str(refused.value) and "outbox flush" in str(refused.value)
-    assert "PAGE: the tracker refused" in capfd.readouterr().err  # no channel configured: stderr says so
+    assert (
+        "PAGE: [KIS] ticket refused by the tracker" in capfd.readouterr().err
+    )  # no channel configured: stderr says so
     assert jira.issues == {}
 
     listed = kis_release(broken, "outbox", "list")

@@ -116,15 +116,20 @@ class ScriptedCommands:
     returncode: int | None = 0
     took_s: float = 4.0
     ran: list[tuple[str, float]] = field(default_factory=list)
+    script: list[int | None] = field(default_factory=list)  # return codes of the next runs, then returncode
+    target: ScriptedEstimator | None = None  # a successful run makes it serve 1.0.1
 
     def __call__(self, command: str, *, timeout_s: float) -> CommandOutcome:
         self.ran.append((command, timeout_s))
+        code = self.script.pop(0) if self.script else self.returncode
         started = self.clock.now()
-        self.clock.advance(timeout_s if self.returncode is None else self.took_s)
+        self.clock.advance(timeout_s if code is None else self.took_s)
         lines = [CommandLine(started, "stdout", "kis-deploy: rollback 1.0.2 -> 1.0.1")]
-        if self.returncode is None:
+        if code is None:
             lines.append(CommandLine(self.clock.now(), "runner", f"timeout after {timeout_s:g} s: SIGKILL"))
-        return CommandOutcome(command, self.returncode, tuple(lines), started, self.clock.now())
+        if code == 0 and self.target is not None:
+            self.target.version = "1.0.1"
+        return CommandOutcome(command, code, tuple(lines), started, self.clock.now())
 
 
 @dataclass
@@ -137,6 +142,17 @@ class World:
     estimator: ScriptedEstimator
     options: IncidentOptions
     verified: list[str] = field(default_factory=list)
+    pages: list[tuple[str, str]] = field(default_factory=list)
+    page_delivers: bool = True
+    sleeps: list[float] = field(default_factory=list)
+
+    def _page(self, subject: str, body: str) -> bool:
+        self.pages.append((subject, body))
+        return self.page_delivers
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.clock.advance(seconds)
 
     def deps(self) -> IncidentDeps:
         @contextlib.contextmanager
@@ -149,8 +165,9 @@ class World:
             estimator_for=estimator_for,
             run_command=self.commands,
             clock=self.clock,
-            sleep=lambda _s: None,
+            sleep=self._sleep,
             ledger=IncidentLedger(self.options.release_dir),
+            page=self._page,
             metrics=PrometheusSource(
                 "http://prometheus.test", sleep=lambda _s: None, transport=self.prometheus.transport()
             ),
@@ -347,11 +364,60 @@ def test_rollback_timeout_says_failed_and_pages(world: World, caplog: pytest.Log
     assert "- [ ] Rollback executed" in issue["description"]
     assert any(r.levelname == "ERROR" and "ROLLBACK FAILED" in r.getMessage() for r in caplog.records)
     assert "FAILED: the rollback command timed out" in out.getvalue()
-    # Never retried automatically: the next round pages again and runs nothing.
+    ((subject, body),) = world.pages  # paged through the channels, before any tracker call
+    assert subject == "[KIS] ROLLBACK FAILED: 1.0.2 (Production)" and "timed out" in body
+    # The target says 1.0.1 serves (something rolled it back after all): the next round does not run
+    # the command again — that could step back twice — and reports without paging again.
     assert run_watch(world.options, world.deps(), io.StringIO(), once=True) == ExitCode.PAGED
-    assert len(world.commands.ran) == 1 and len(world.issues()) == 1
+    assert len(world.commands.ran) == 1 and len(world.issues()) == 1 and len(world.pages) == 1
     release = current_release(world.options.release_dir)
     assert release is not None and release.version == "1.0.2"  # still the bad one: humans take over
+
+
+def test_a_failed_rollback_command_is_tried_again_with_backoff_within_the_budget(world: World) -> None:
+    world.p95(340.0)
+    world.estimator.version = "1.0.2"  # the bad release serves until a rollback works
+    world.commands.target = world.estimator
+    world.commands.script = [1, 1]  # fails twice, then works
+
+    outcome = watch_once(world.options, world.deps()).outcome
+
+    assert outcome is not None and outcome.action is Action.ROLLED_BACK, outcome
+    assert outcome.rollback is not None and (outcome.rollback.tries, outcome.rollback.verified) == (3, True)
+    assert world.sleeps[:2] == [5.0, 10.0] and world.pages == []
+    budgets = [budget for _command, budget in world.commands.ran]
+    assert budgets[0] == 180.0 and budgets[1] < budgets[0] and budgets[2] < budgets[1]  # one budget
+    log_text = Path(outcome.rollback.log_file).read_text()
+    assert "try 2 after 5 s: the target still serves 1.0.2" in log_text and "serving 1.0.1" in log_text
+
+
+def test_the_next_watch_retries_a_failed_rollback_while_the_bad_release_still_serves(world: World) -> None:
+    world.p95(340.0)
+    world.estimator.version = "1.0.2"
+    world.commands.target = world.estimator
+    world.commands.returncode = 1  # every try inside the first attempt fails
+
+    first = watch_once(world.options, world.deps()).outcome
+    assert first is not None and first.action is Action.ROLLBACK_FAILED and first.rollback is not None
+    assert first.rollback.tries == 4 and len(world.pages) == 1  # ROLLBACK_TRIES, then paged
+
+    world.commands.returncode = 0  # fixed (e.g. the disk had filled up)
+    world.clock.advance(60)
+    second = watch_once(world.options, world.deps()).outcome
+    assert second is not None and second.action is Action.ROLLED_BACK and second.rollback is not None
+    assert second.rollback.attempt == 2 and second.rollback.verified and len(world.pages) == 1
+    release = current_release(world.options.release_dir)
+    assert release is not None and release.version == "1.0.1"
+
+
+def test_a_page_no_channel_delivered_exits_5_and_says_so(world: World) -> None:
+    world.p95(340.0)
+    world.commands.returncode = 2
+    world.page_delivers = False
+    out = io.StringIO()
+    assert run_watch(world.options, world.deps(), out, once=True) == ExitCode.PAGE_FAILED
+    assert int(ExitCode.PAGE_FAILED) == 5
+    assert "PAGE NOT DELIVERED by any channel" in out.getvalue()
 
 
 def test_failed_smoke_on_the_previous_version_pages(world: World) -> None:
