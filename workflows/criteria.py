@@ -5,6 +5,7 @@ The notice (``/work/shared/seed``, "🔄 롤백 결정 기준") lists, and :func
 =========================  ===========  ======================================  ======  =====  ============
 id                         class        what (notice)                           window  step   threshold
 =========================  ===========  ======================================  ======  =====  ============
+``service_down``           IMMEDIATE    (added) 서비스 응답 없음 (1분 지속)     1 min   15 s   ≥ 1 (down)
 ``errors_5xx``             IMMEDIATE    5xx 에러 > 10/분 (3분 지속)             3 min   15 s   > 10 /min
 ``p95_latency_200ms``      IMMEDIATE    P95 > 200ms (5분 지속)                  5 min   15 s   > 200 ms
 ``memory_leak``            IMMEDIATE    메모리 누수 감지                        15 min  15 s   > 1 MiB/min
@@ -20,6 +21,10 @@ Choices (the notice is silent on them):
   ``grpc_server_handling_seconds_bucket`` directly, scoped like ``deploy/prometheus/recording.rules.yml``
   (``grpc_service=~"kis[.]estimator[.].+"``; latency of unary calls only), so the engine works on a
   Prometheus without our rules loaded and agrees with them where they are.
+* **Service down** is not in the notice's list; a service that stopped answering must not read as
+  "no data, please review". ``up == 0`` (Prometheus could not scrape it) or no ``up`` series of the
+  job at all, for a whole minute, is an immediate rollback (``KisEstimatorDown`` in
+  ``deploy/prometheus/alerts.rules.yml`` is the same condition as an alert).
 * **5xx** is every gRPC code except ``OK`` and the client-error set :data:`CLIENT_ERROR_CODES`
   (written "not OK and not 4xx", so a code added later counts as a server error). "5xx per minute" is
   ``increase(...[1m])`` summed over the service. When the API is scraped but no 5xx series exists yet,
@@ -120,6 +125,7 @@ CLIENT_ERROR_CODES = (
     "DEADLINE_EXCEEDED",  # the client stopped waiting: not a server error (recording.rules.yml)
 )
 API_MATCHER = 'grpc_service=~"kis[.]estimator[.].+"'
+DEFAULT_JOB = "kis-estimator"  # the scrape job of deploy/prometheus/prometheus.yml
 _NOT_5XX = "|".join(("OK", *CLIENT_ERROR_CODES))
 
 
@@ -217,7 +223,25 @@ def build_criteria(selector: str = "", bug_report_threshold: int = 3) -> tuple[C
         f"process_resident_memory_bytes{rss_scope}"
         f" and on (job, instance) group by (job, instance) ({handled_all})"
     )
+    # Scrape health: ``up`` carries only job/instance, so the selector's matchers (or the job of
+    # deploy/prometheus/prometheus.yml) scope it. No ``up`` series at all reads as down (1), like a
+    # failed scrape: a service Prometheus cannot see is not a healthy one.
+    up_scope = ", ".join(m.strip() for m in matchers) if matchers else f'job="{DEFAULT_JOB}"'
+    down = f"(1 - max(up{{{up_scope}}})) or on() vector(1)"
     return (
+        Criterion(
+            id="service_down",
+            severity=Severity.IMMEDIATE,
+            kind=CheckKind.SUSTAINED,
+            notice="서비스 응답 없음 (1분 지속)",
+            expr=down,
+            window_s=60,
+            step_s=15,
+            threshold=1,
+            comparison=Comparison.GE,
+            unit="down",
+            lookback_s=60,  # the new process gets a minute to come up after the deploy
+        ),
         Criterion(
             id="errors_5xx",
             severity=Severity.IMMEDIATE,
