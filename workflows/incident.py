@@ -925,6 +925,8 @@ def _issue_phase(
     ran: bool,
 ) -> HandleOutcome:
     incidents = _incidents(options.release_dir, version)
+    if _resolve_pending(deps, incidents):
+        _save_incidents(options.release_dir, version, incidents)
     open_incident = next((i for i in reversed(incidents) if i.status == "open"), None)
     actionable = current and signal.verdict in (Verdict.ROLLBACK, Verdict.REVIEW)
     if (
@@ -972,6 +974,22 @@ def _issue_phase(
     finally:
         _save_incidents(options.release_dir, version, incidents)
     return replace(base, message=_message(base, version, signal), issue=ref)
+
+
+def _resolve_pending(deps: IncidentDeps, incidents: Sequence[_Incident]) -> bool:
+    """Replace ``PENDING-…`` keys that an ``outbox flush`` has filed since; True when one changed."""
+    changed = False
+    for incident in incidents:
+        if not incident.issue_pending:
+            continue
+        try:
+            ref = deps.tracker.find(_idempotency_key(incident.id))
+        except TrackerError:
+            return changed  # still unreachable: the pending key stays
+        if ref is not None and not ref.pending:
+            incident.issue_key, incident.issue_url, incident.issue_pending = ref.key, ref.url, False
+            changed = True
+    return changed
 
 
 def _known(incident: _Incident) -> IssueRef | None:

@@ -80,6 +80,7 @@ from workflows.estimator_client import (
 )
 from workflows.file_tracker import FileIssueTracker
 from workflows.idempotency import atomic_write, file_lock
+from workflows.outbox import PENDING_PREFIX
 from workflows.prometheus import InstantResult, MetricsSource, PrometheusSource
 from workflows.settings import WorkflowSettings
 from workflows.templates import DeployReport, Owners, deploy_idempotency_key, deploy_issue
@@ -884,6 +885,16 @@ def _already_promoted(run: _Run, state: dict[str, Any], serving: ServerInfo) -> 
     )
     if state.get("issue_key"):
         known = IssueRef(str(state["issue_key"]), str(state.get("issue_url", "")), created=False)
+        if known.key.startswith(PENDING_PREFIX):  # filed by an `outbox flush` since? then record its key
+            with contextlib.suppress(TrackerError):
+                found = run.deps.tracker.find(
+                    deploy_idempotency_key(version, run.settings.release_environment)
+                )
+                if found is not None and not found.pending:
+                    known = found
+                    _write_json(
+                        run.dir / "promotion.json", {**state, "issue_key": found.key, "issue_url": found.url}
+                    )
         return run.result(
             PromotionStatus.ALREADY_PROMOTED, f"{message}; DEPLOY issue {known.key}", issue=known
         )

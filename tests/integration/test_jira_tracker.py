@@ -62,7 +62,10 @@ def deploy_draft(**changes: object) -> IssueDraft:
             ),
             Section(
                 "Evidence",
-                (Field("Deploy script log", "[attached]"), Field("Monitoring snapshot", "[attached]")),
+                (
+                    Field("Deploy script log", "deploy.log [attached]"),
+                    Field("Monitoring snapshot", "monitoring.png [attached]"),
+                ),
             ),
         )
     )
@@ -364,6 +367,12 @@ def test_a_413_leaves_a_note_instead_of_failing_the_run(h: Harness) -> None:
     assert attachment_names(h.jira, "KIS-1") == ["deploy.log", "monitoring.png.rejected.txt"]
     note = next(a.data for a in h.jira.issue("KIS-1").attachments if a.filename.endswith(".rejected.txt"))
     assert note == b"Jira refused monitoring.png (264 bytes) as too large (HTTP 413).\n"
+    description = h.jira.issue("KIS-1").description  # no longer claims what Jira refused
+    assert "deploy.log \\[attached\\]" in description and "monitoring.png \\[attached\\]" not in description
+    assert (
+        "monitoring.png \\[NOT attached: too large for Jira (HTTP 413), see monitoring.png.rejected.txt\\]"
+        in (description)
+    )
 
 
 def test_long_summary_and_description_are_cut_and_the_full_text_attached(h: Harness) -> None:

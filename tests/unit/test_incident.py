@@ -643,3 +643,36 @@ def test_refused_promotion_files_its_rollback_issue_through_on_refused(tmp_path:
     again = file_refused_promotion(result, options, incident_deps)
     assert again is not None and again.key == result.issue.key
     assert len(list((tmp_path / "tracker").glob("KIS-*"))) == 1
+
+
+def test_a_pending_issue_key_is_resolved_once_an_outbox_flush_filed_it(world: World) -> None:
+    from tests.unit.test_outbox import Switchable
+    from workflows.incident import Signal, SignalSource
+    from workflows.outbox import OutboxTracker
+
+    switch = Switchable(world.tracker)
+    outbox = OutboxTracker(switch, world.tmp / "outbox")
+    deps = replace(world.deps(), tracker=outbox)
+    world.p95(340.0)
+    switch.down = True
+    first = watch_once(world.options, deps).outcome
+    assert first is not None and first.action is Action.ROLLED_BACK
+    assert first.exit_code is ExitCode.ISSUE_PENDING and first.issue is not None and first.issue.pending
+
+    switch.down = False
+    assert outbox.flush().remaining == 0  # `kis-release outbox flush` by a responder
+    switch.calls.clear()
+    late = Signal(  # e.g. the same alert delivered again, about the release rolled back
+        verdict=Verdict.ROLLBACK,
+        source=SignalSource.ALERTMANAGER,
+        detected_at=world.clock.now(),
+        summary="KisRollbackP95Latency firing",
+        fingerprint="late-alert",
+        version="1.0.2",
+    )
+    again = handle(late, world.options, deps)
+    assert again.issue is not None and (again.issue.key, again.issue.pending) == ("KIS-1", False)
+    assert again.exit_code is not ExitCode.ISSUE_PENDING  # the outbox is empty: nothing is pending
+    assert "file" not in switch.calls  # the record knows the real key: no second filing attempt
+    incidents = json.loads((world.options.release_dir / "1.0.2" / "incidents.json").read_text())
+    assert [i["issue_key"] for i in incidents["incidents"]] == ["KIS-1"]

@@ -418,6 +418,28 @@ def test_tracker_outage_keeps_the_promotion_and_a_rerun_files_the_issue(release:
     assert release.commands.ran == [f"deploy {release.options.artifact} 1.0.1"]  # deployed once
 
 
+def test_a_pending_deploy_issue_key_is_replaced_once_a_flush_filed_it(
+    release: Release, tmp_path: Path
+) -> None:
+    from tests.unit.test_outbox import Switchable
+    from workflows.outbox import OutboxTracker
+
+    switch = Switchable(release.tracker)
+    outbox = OutboxTracker(switch, tmp_path / "outbox")
+    switch.down = True
+    first = promote(release.options, release.settings, release.deps(tracker=outbox))
+    assert first.issue is not None and first.issue.pending and first.exit_code == 0
+    state_path = release.settings.release_dir / "1.0.1" / "promotion.json"
+    assert json.loads(state_path.read_text())["issue_key"].startswith("PENDING-")
+
+    switch.down = False
+    assert outbox.flush().filed == 1  # `kis-release outbox flush`, run by someone else
+    again = promote(release.options, release.settings, release.deps(tracker=outbox))
+    assert again.status is PromotionStatus.ALREADY_PROMOTED
+    assert again.issue is not None and (again.issue.key, again.issue.pending) == ("KIS-1", False)
+    assert json.loads(state_path.read_text())["issue_key"] == "KIS-1"  # the record no longer says PENDING
+
+
 def test_same_version_from_another_artifact_is_rejected(release: Release) -> None:
     release.run()
     release.options.artifact.write_bytes(b"rebuilt")
