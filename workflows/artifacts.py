@@ -57,6 +57,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from workflows.errors import WorkflowError
+
 __all__ = [
     "CATALOG_FILES",
     "MANIFEST_SCHEMA",
@@ -113,7 +115,7 @@ sys.exit(protoc.main(["protoc", f"-I{root}", f"-I{include}", "--include_imports"
 """
 
 
-class BuildError(Exception):
+class BuildError(WorkflowError):
     """The build could not produce an artifact; the message says which step and why."""
 
 

@@ -10,20 +10,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import json
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from workflows import clock as clock_module
 from workflows.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server
 from workflows.artifacts import run_build, run_verify
 from workflows.clock import SystemClock
 from workflows.criteria import IncidentLedger, IncidentLedgerError, build_criteria
+from workflows.errors import WorkflowError
 from workflows.estimator_client import CandidateAcceptanceRunner, EstimatorClient, GrpcEstimatorClient
 from workflows.incident import (
     IncidentDeps,
@@ -42,6 +41,7 @@ from workflows.promote import (
     deploy_report,
     run_promote,
 )
+from workflows.release_record import StateFileError, read_record
 from workflows.settings import WorkflowSettings, WorkflowSettingsError
 from workflows.standby import (
     ProcessStandbyChecks,
@@ -123,19 +123,17 @@ def cmd_promote(args: argparse.Namespace, settings: WorkflowSettings) -> int:
 
 
 def cmd_standby(args: argparse.Namespace, settings: WorkflowSettings) -> int:
-    state_path = settings.release_dir / args.version / "promotion.json"
-    try:
-        state: dict[str, Any] = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        _err(f"error: no promotion record for {args.version} ({state_path}): {exc}")
+    record = read_record(settings.release_dir, args.version)
+    if record is None:
+        _err(f"error: no promotion record for {args.version} under {settings.release_dir}")
         return 2
-    if state.get("status") != "promoted" or not state.get("issue_key"):
-        _err(f"error: {args.version} is not promoted with a DEPLOY issue (status {state.get('status')!r})")
+    if not record.promoted or not record.issue_key or record.promoted_at is None:
+        _err(f"error: {args.version} is not promoted with a DEPLOY issue (status {record.status!r})")
         return 2
     if not settings.release_token or not settings.release_viewer_token:
         _err("error: KIS_RELEASE_TOKEN and KIS_RELEASE_VIEWER_TOKEN are needed for the checkpoints")
         return 2
-    deployed_at = datetime.fromisoformat(str(state["promoted_at"]).replace("Z", "+00:00"))
+    deployed_at = record.promoted_at
     clock = SystemClock()
     tracker = build_tracker(settings, sleep=clock_module.sleep)
     artifact = Path(args.artifact)
@@ -171,7 +169,7 @@ def cmd_standby(args: argparse.Namespace, settings: WorkflowSettings) -> int:
         )
         result = run_standby(
             options,
-            deploy_issue_key=str(state["issue_key"]),
+            deploy_issue_key=record.issue_key,
             tracker=tracker,
             checks=checks,
             clock=clock,
@@ -217,12 +215,11 @@ def _preflight(settings: WorkflowSettings, command: str) -> bool:
 
 def _acceptance_wheel(settings: WorkflowSettings, version: str) -> Path:
     """The wheel promote unpacked for ``version`` (its own smoke suite runs against the target)."""
-    state_path = settings.release_dir / version / "promotion.json"
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        name = str(state["artifact"])
-    except (OSError, ValueError, KeyError, TypeError):
-        name = f"kis_estimator-{version}-py3-none-any.whl"
+        record = read_record(settings.release_dir, version)
+    except StateFileError:
+        record = None
+    name = (record.artifact if record else None) or f"kis_estimator-{version}-py3-none-any.whl"
     return settings.release_dir / version / "candidate" / name
 
 
@@ -479,7 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkflowSettingsError as exc:
         _err(f"configuration error: {exc}")
         return 2
-    return COMMANDS[args.command](args, settings)
+    try:
+        return COMMANDS[args.command](args, settings)
+    except WorkflowError as exc:  # every explained failure: one message, its exit code, no traceback
+        _err(f"error: {exc}")
+        return exc.exit_code
 
 
 if __name__ == "__main__":

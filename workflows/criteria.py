@@ -72,9 +72,7 @@ import fcntl
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +80,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from workflows.errors import WorkflowError
+from workflows.idempotency import atomic_write
 from workflows.prometheus import MetricsSource, Sample, Series
 from workflows.tracker import TrackerError
 
@@ -332,7 +332,7 @@ DEFAULT_CRITERIA = build_criteria()
 # ---------------------------------------------------------------------------------- incident ledger
 
 
-class IncidentLedgerError(Exception):
+class IncidentLedgerError(WorkflowError):
     """The ledger file cannot be read or written; the message names the file."""
 
 
@@ -455,12 +455,7 @@ class IncidentLedger:
             ],
         }
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".incident_ledger.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(data, out, ensure_ascii=False, indent=2, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            Path(tmp).replace(self.path)
+            atomic_write(self.path, json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True).encode())
         except OSError as exc:
             raise IncidentLedgerError(f"{self.path}: cannot write: {exc}") from None
 

@@ -78,9 +78,10 @@ from workflows.criteria import (
     evaluate,
 )
 from workflows.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResult, SuiteResult
-from workflows.idempotency import atomic_write, file_lock
+from workflows.idempotency import file_lock
 from workflows.prometheus import MetricsSource
 from workflows.promote import CommandOutcome, CommandRunner, PromotionResult
+from workflows.release_record import promoted_records, read_json, write_json
 from workflows.templates import (
     PAGE_LABELS,
     PAGE_PRIORITY,
@@ -413,21 +414,6 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256("\0".join(str(p) for p in parts).encode("utf-8")).hexdigest()[:16]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable incident state: {exc}") from None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    atomic_write(path, text.encode("utf-8"))
-
-
 def _substitute(template: str, values: Mapping[str, str]) -> str:
     out = template
     for name, value in values.items():
@@ -439,7 +425,7 @@ def _substitute(template: str, values: Mapping[str, str]) -> str:
 
 
 def _rollbacks(release_dir: Path, version: str) -> list[RollbackRecord]:
-    data = _read_json(release_dir / version / "rollback.json") or {}
+    data = read_json(release_dir / version / "rollback.json") or {}
     return [RollbackRecord.from_json(r) for r in data.get("attempts", [])]
 
 
@@ -448,20 +434,15 @@ def _save_rollback(release_dir: Path, record: RollbackRecord) -> None:
     attempts = [r for r in _rollbacks(release_dir, record.from_version) if r.attempt != record.attempt]
     attempts.append(record)
     attempts.sort(key=lambda r: r.attempt)
-    _write_json(path, {"version": record.from_version, "attempts": [r.to_json() for r in attempts]})
+    write_json(path, {"version": record.from_version, "attempts": [r.to_json() for r in attempts]})
 
 
 def _timeline(release_dir: Path) -> list[tuple[str, datetime, list[str]]]:
     """(version, since, stack) each time the current version changed, oldest first."""
     events: list[tuple[datetime, int, str, str | None]] = []  # (at, order, version, rollback target)
-    for path in sorted(release_dir.glob("*/promotion.json")):
-        try:
-            state = _read_json(path)
-        except ValueError as exc:
-            log.warning("%s", exc)
-            continue
-        if state and state.get("status") == "promoted" and state.get("promoted_at"):
-            events.append((_parse(str(state["promoted_at"])), 0, path.parent.name, None))
+    for promoted in promoted_records(release_dir):
+        assert promoted.promoted_at is not None
+        events.append((promoted.promoted_at, 0, promoted.version, None))
     for path in sorted(release_dir.glob("*/rollback.json")):
         for record in _rollbacks(release_dir, path.parent.name):
             if record.command_ok and record.finished_at is not None:
@@ -828,12 +809,12 @@ class _Incident:
 
 
 def _incidents(release_dir: Path, version: str) -> list[_Incident]:
-    data = _read_json(release_dir / version / "incidents.json") or {}
+    data = read_json(release_dir / version / "incidents.json") or {}
     return [_Incident.from_json(i) for i in data.get("incidents", [])]
 
 
 def _save_incidents(release_dir: Path, version: str, incidents: Sequence[_Incident]) -> None:
-    _write_json(
+    write_json(
         release_dir / version / "incidents.json",
         {"version": version, "incidents": [i.to_json() for i in incidents]},
     )
@@ -1207,7 +1188,7 @@ def watch_once(options: IncidentOptions, deps: IncidentDeps) -> WatchResult:
         criteria=options.criteria,
         extra_bug_count=deps.extra_bug_count,
     )
-    _write_json(options.release_dir / release.version / "last-evaluation.json", evaluation.to_dict())
+    write_json(options.release_dir / release.version / "last-evaluation.json", evaluation.to_dict())
     header = f"{release.version} (current since {kst_text(release.since)}): {evaluation.verdict.value}"
     if evaluation.verdict is Verdict.OK:
         return WatchResult(release, evaluation, None, header)

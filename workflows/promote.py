@@ -46,7 +46,6 @@ it. A target too old to answer ``GetServerInfo`` is always deployed to (it canno
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -79,9 +78,17 @@ from workflows.estimator_client import (
     SuiteResult,
 )
 from workflows.file_tracker import FileIssueTracker
-from workflows.idempotency import atomic_write, file_lock
+from workflows.idempotency import file_lock
 from workflows.outbox import PENDING_PREFIX
 from workflows.prometheus import InstantResult, MetricsSource, PrometheusSource
+from workflows.release_record import (
+    ReleaseRecord,
+    promoted_records,
+    read_json,
+    read_record,
+    write_json,
+    write_record,
+)
 from workflows.settings import WorkflowSettings
 from workflows.templates import DeployReport, Owners, deploy_idempotency_key, deploy_issue
 from workflows.tracker import IssueDraft, IssueRef, IssueTracker, TrackerError, TrackerOptions
@@ -492,39 +499,14 @@ def measure_prometheus_slo(
 # ------------------------------------------------------------------------------------ state
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable promotion state: {exc}") from None
-    return data if isinstance(data, dict) else None
+def _save_record(run: _Run, data: Mapping[str, Any]) -> None:
+    write_record(run.settings.release_dir, run.options.version, data)
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    atomic_write(
-        path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-    )
-
-
-def _previous_promoted(release_dir: Path, version: str) -> dict[str, Any] | None:
-    """The newest other version whose promotion.json says promoted."""
-    best: dict[str, Any] | None = None
-    for path in release_dir.glob("*/promotion.json"):
-        if path.parent.name == version:
-            continue
-        try:
-            state = _read_json(path)
-        except ValueError:
-            continue
-        if (
-            state
-            and state.get("status") == PromotionStatus.PROMOTED
-            and (best is None or str(state.get("promoted_at", "")) > str(best.get("promoted_at", "")))
-        ):
-            best = state
-    return best
+def _previous_promoted(release_dir: Path, version: str) -> ReleaseRecord | None:
+    """The newest other version whose record says promoted."""
+    others = [r for r in promoted_records(release_dir) if r.version != version]
+    return others[-1] if others else None
 
 
 # ------------------------------------------------------------------------------------ the pipeline
@@ -599,8 +581,8 @@ def promote(options: PromoteOptions, settings: WorkflowSettings, deps: PromoteDe
 
 def _promote_locked(run: _Run) -> PromotionResult:
     options, settings, deps = run.options, run.settings, run.deps
-    state_path = run.dir / "promotion.json"
-    state = _read_json(state_path) or {}
+    record = read_record(settings.release_dir, options.version)
+    state = dict(record.data) if record is not None else {}
 
     report = verify_release(
         options.artifact,
@@ -653,9 +635,7 @@ def _promote_locked(run: _Run) -> PromotionResult:
     }
     if not verify_check.passed:
         _write_checks(run)
-        _write_json(
-            state_path, {**base_state, "status": PromotionStatus.REFUSED, "message": verify_check.summary}
-        )
+        _save_record(run, {**base_state, "status": PromotionStatus.REFUSED, "message": verify_check.summary})
         return run.result(
             PromotionStatus.REFUSED,
             f"promotion of {options.version} refused before deploy: {verify_check.summary}",
@@ -667,7 +647,7 @@ def _promote_locked(run: _Run) -> PromotionResult:
     health = deps.estimator.health()
     serving = deps.estimator.server_info() if health.serving else None
     if serving is not None and serving.version == options.version:
-        return _already_serving(run, manifest, state, base_state, state_path, serving)
+        return _already_serving(run, manifest, state, base_state, serving)
 
     # ---- deploy
     command = _substitute(
@@ -687,8 +667,8 @@ def _promote_locked(run: _Run) -> PromotionResult:
     _write_checks(run)
     failed = [c for c in run.checks if not c.passed]
     if not failed:
-        return _promoted(run, base_state, state_path)
-    return _refused(run, base_state, state_path, manifest, failed)
+        return _promoted(run, base_state)
+    return _refused(run, base_state, manifest, failed)
 
 
 def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
@@ -764,8 +744,8 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
         },
         "prometheus": prometheus,
     }
-    _write_json(run.dir / "metrics-snapshot.json", snapshot)
-    _write_json(
+    write_json(run.dir / "metrics-snapshot.json", snapshot)
+    write_json(
         run.dir / "latency-samples.json",
         {"rpc": burst.rpc, "columns": ["t_s", "latency_ms"], "samples": [list(s) for s in burst.samples]},
     )
@@ -775,7 +755,7 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
 
 
 def _write_checks(run: _Run) -> None:
-    _write_json(
+    write_json(
         run.dir / "checks.json",
         {
             "version": run.options.version,
@@ -799,15 +779,15 @@ def _file_deploy_issue(run: _Run, result: PromotionResult) -> tuple[IssueRef | N
         return None, f"{exc} (retryable: {exc.retryable}); re-run promote to file it"
 
 
-def _promoted(run: _Run, base_state: dict[str, Any], state_path: Path) -> PromotionResult:
+def _promoted(run: _Run, base_state: dict[str, Any]) -> PromotionResult:
     version = run.options.version
     state = {**base_state, "status": PromotionStatus.PROMOTED, "promoted_at": _iso(run.deps.clock.now())}
-    _write_json(state_path, state)  # promoted before the issue: a tracker outage must not undo a deploy
+    _save_record(run, state)  # promoted before the issue: a tracker outage must not undo a deploy
     result = run.result(PromotionStatus.PROMOTED, f"promoted {version} to {run.settings.release_environment}")
     issue, error = _file_deploy_issue(run, result)
     if issue is not None:
         state.update(issue_key=issue.key, issue_url=issue.url)
-        _write_json(state_path, state)
+        _save_record(run, state)
     summary = ", ".join(c.summary for c in run.checks if c.name in ("smoke", "regression", "slo"))
     message = f"promoted {version} to {run.settings.release_environment}: {summary}"
     if error:
@@ -820,7 +800,6 @@ def _already_serving(
     manifest: ReleaseManifest,
     state: dict[str, Any],
     base_state: dict[str, Any],
-    state_path: Path,
     serving: ServerInfo,
 ) -> PromotionResult:
     """The target already serves this version: nothing is deployed, only what is missing is made.
@@ -856,14 +835,14 @@ def _already_serving(
     _write_checks(run)
     failed = [c for c in run.checks if not c.passed]
     if not failed:
-        return _promoted(run, {**base_state, "adopted": True}, state_path)
+        return _promoted(run, {**base_state, "adopted": True})
     reasons = "; ".join(c.summary for c in failed)
     message = (
         f"{version} already serves and fails its checks: {reasons}; nothing was deployed or rolled "
         f"back (kis-release watch / rollback decide); evidence in {run.dir}"
     )
-    _write_json(
-        state_path,
+    _save_record(
+        run,
         {
             **base_state,
             "status": PromotionStatus.REFUSED,
@@ -892,21 +871,19 @@ def _already_promoted(run: _Run, state: dict[str, Any], serving: ServerInfo) -> 
                 )
                 if found is not None and not found.pending:
                     known = found
-                    _write_json(
-                        run.dir / "promotion.json", {**state, "issue_key": found.key, "issue_url": found.url}
-                    )
+                    _save_record(run, {**state, "issue_key": found.key, "issue_url": found.url})
         return run.result(
             PromotionStatus.ALREADY_PROMOTED, f"{message}; DEPLOY issue {known.key}", issue=known
         )
     # Promoted by an earlier run that could not file the issue: file it now from the saved evidence.
     run.values.update(
         deployed_at=datetime.fromisoformat(str(state["promoted_at"]).replace("Z", "+00:00")),
-        metrics_snapshot=_read_json(run.dir / "metrics-snapshot.json") or {},
+        metrics_snapshot=read_json(run.dir / "metrics-snapshot.json") or {},
         **_saved_suites(run.dir),
     )
     issue, error = _file_deploy_issue(run, run.result(PromotionStatus.ALREADY_PROMOTED, message))
     if issue is not None:
-        _write_json(run.dir / "promotion.json", {**state, "issue_key": issue.key, "issue_url": issue.url})
+        _save_record(run, {**state, "issue_key": issue.key, "issue_url": issue.url})
     return run.result(
         PromotionStatus.ALREADY_PROMOTED,
         f"{message}; DEPLOY issue {issue.key if issue else 'NOT filed'}",
@@ -917,7 +894,7 @@ def _already_promoted(run: _Run, state: dict[str, Any], serving: ServerInfo) -> 
 
 def _saved_suites(directory: Path) -> dict[str, Any]:
     """SuiteResults rebuilt from checks.json and the saved reports (for a late DEPLOY issue)."""
-    checks = _read_json(directory / "checks.json") or {}
+    checks = read_json(directory / "checks.json") or {}
     out: dict[str, Any] = {}
     for name in ("smoke", "regression"):
         raw = checks.get(name)
@@ -941,9 +918,9 @@ def _saved_suites(directory: Path) -> dict[str, Any]:
             str(probe["viewer_download_code"]),
             str(probe.get("error", "")),
         )
-    samples = _read_json(directory / "latency-samples.json")
+    samples = read_json(directory / "latency-samples.json")
     if samples:
-        snapshot = _read_json(directory / "metrics-snapshot.json") or {}
+        snapshot = read_json(directory / "metrics-snapshot.json") or {}
         codes = (snapshot.get("burst") or {}).get("codes") or {}
         out["burst"] = BurstResult(
             samples=tuple((float(t), float(ms)) for t, ms in samples["samples"]),
@@ -964,13 +941,12 @@ def _saved_suites(directory: Path) -> dict[str, Any]:
 def _refused(
     run: _Run,
     base_state: dict[str, Any],
-    state_path: Path,
     manifest: ReleaseManifest,
     failed: Sequence[CheckResult],
 ) -> PromotionResult:
     settings, deps, version = run.settings, run.deps, run.options.version
     previous = _previous_promoted(settings.release_dir, version)
-    previous_version = str(previous["version"]) if previous else None
+    previous_version = previous.version if previous else None
     rollback_cmd: CommandOutcome | None = None
     if settings.rollback_command:
         command = _substitute(
@@ -1015,7 +991,7 @@ def _refused(
         "previous_version": previous_version,
         "message": message,
     }
-    _write_json(state_path, state)
+    _save_record(run, state)
     result = run.result(PromotionStatus.REFUSED, message, rollback=rollback)
     if deps.on_refused is None:
         return run.result(
@@ -1030,7 +1006,7 @@ def _refused(
             PromotionStatus.REFUSED, f"{message}; ROLLBACK issue NOT filed: {exc}", rollback=rollback
         )
     if issue is not None:
-        _write_json(state_path, {**state, "rollback_issue_key": issue.key})
+        _save_record(run, {**state, "rollback_issue_key": issue.key})
     suffix = f"; ROLLBACK issue {issue.key}" if issue is not None else ""
     return run.result(PromotionStatus.REFUSED, message + suffix, rollback=rollback, issue=issue)
 

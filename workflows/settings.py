@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from workflows.errors import EXIT_CONFIG, WorkflowError
+
 PREFIXES = (
     "KIS_JIRA_",
     "KIS_RELEASE_",
@@ -47,8 +49,10 @@ SECRETS = frozenset(
 )
 
 
-class WorkflowSettingsError(ValueError):
+class WorkflowSettingsError(WorkflowError, ValueError):
     """A workflow setting is unknown or invalid; the message names it."""
+
+    exit_code = EXIT_CONFIG
 
 
 def _text(name: str, value: Any) -> str:
