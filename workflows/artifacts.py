@@ -195,6 +195,7 @@ class ReleaseManifest:
     catalog_version: str
     rules_version: str
     schema: str = MANIFEST_SCHEMA
+    changes: tuple[str, ...] = ()  # the release's change list (CHANGELOG.md, else commit subjects)
 
     def to_json(self) -> bytes:
         """Deterministic bytes: sorted keys, two-space indent, UTF-8, final newline."""
@@ -208,6 +209,7 @@ class ReleaseManifest:
             "descriptor_set": {"name": self.descriptor_set_name, "sha256": self.descriptor_set_sha256},
             "catalog_version": self.catalog_version,
             "rules_version": self.rules_version,
+            "changes": list(self.changes),
         }
         return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -236,6 +238,7 @@ class ReleaseManifest:
                 descriptor_set_sha256=str(raw["descriptor_set"]["sha256"]),
                 catalog_version=str(raw["catalog_version"]),
                 rules_version=str(raw["rules_version"]),
+                changes=tuple(str(c) for c in raw.get("changes") or ()),
             )
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not JSON: {exc}") from None
@@ -324,6 +327,45 @@ def _git(source: Path, *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+CHANGELOG = "CHANGELOG.md"
+MAX_CHANGES = 10
+_CHANGELOG_HEADING = re.compile(r"^##\s+\[?v?(?P<version>[0-9A-Za-z.+_-]+)\]?")
+
+
+def changelog_entries(text: str, version: str) -> tuple[str, ...]:
+    """The bullet lines of ``## <version>`` (``## [1.0.1] - 2025-09-23`` too) in a Keep-a-Changelog file."""
+    out: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        heading = _CHANGELOG_HEADING.match(line)
+        if heading or line.startswith("# "):
+            inside = bool(heading) and heading is not None and heading.group("version") == version
+            continue
+        item = line.strip()
+        if inside and item[:2] in ("- ", "* "):
+            out.append(item[2:].strip())
+    return tuple(out)
+
+
+def release_changes(source: Path, ref: str | None, version: str) -> tuple[str, ...]:
+    """What changed in ``version``: its CHANGELOG.md section at ``ref``, else the newest commit subjects.
+
+    The Korean deployment notice and the DEPLOY issue list these, so each release says its own.
+    """
+    if ref is not None:
+        text = _git(source, "show", f"{ref}:{CHANGELOG}") or ""
+    else:
+        try:
+            text = (source / CHANGELOG).read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+    entries = changelog_entries(text, version)
+    if entries:
+        return entries[:MAX_CHANGES]
+    subjects = _git(source, "log", "--no-merges", "--format=%s", "-n", str(MAX_CHANGES), ref or "HEAD") or ""
+    return tuple(line[:120] for line in subjects.splitlines() if line.strip())
 
 
 def _export_ref(source: Path, ref: str, into: Path, timeout_s: float) -> None:
@@ -474,6 +516,7 @@ def build_release(options: BuildOptions) -> BuildResult:
         descriptor_set_sha256=descriptor_sha,
         catalog_version=catalog,
         rules_version=rules,
+        changes=release_changes(source, options.source_ref, version),
     )
     manifest_path = options.out_dir / f"kis_estimator-{version}.manifest.json"
     data = manifest.to_json()

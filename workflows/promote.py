@@ -1052,6 +1052,7 @@ def deploy_report(result: PromotionResult, settings: WorkflowSettings) -> Deploy
         hashes_verified=True,
         standby_minutes=max(settings.standby_checkpoints_min) if settings.standby_checkpoints_min else None,
         rollback_budget_s=settings.rollback_budget_s,
+        changes=result.manifest.changes if result.manifest is not None else (),
     )
 
 

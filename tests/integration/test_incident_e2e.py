@@ -241,6 +241,8 @@ def test_watch_detects_a_degraded_release_rolls_back_verifies_and_files_the_roll
         assert line in description, description
     announcement = next(a for a in deploy_issue.attachments if a.filename == "release-announcement-ko.txt")
     assert "스모크 테스트: 3/3 통과 ✅" in announcement.data.decode()
+    # 1.0.1 has no CHANGELOG.md section: the notice lists the release's own commit subjects
+    assert f"• {v1.manifest.changes[0]}" in announcement.data.decode()
 
     # ---- v2: promoted healthy, with a fault armed behind the trigger file
     faulty = replace(

@@ -312,6 +312,7 @@ def test_build_is_reproducible_and_prints_short_hashes(
     # the manifest too: its build_time is the commit's time, so its SHA-256 can be re-verified
     assert a.manifest_path.read_bytes() == b.manifest_path.read_bytes()
     assert a.manifest_sha256 == b.manifest_sha256
+    assert a.manifest.changes and all(a.manifest.changes)  # 1.0.1 has no CHANGELOG section: commit subjects
     assert a.manifest.descriptor_set_sha256 == b.manifest.descriptor_set_sha256
     assert (a.manifest.git_commit, a.manifest.git_dirty) == (commit, False)
     assert a.wheel_path.name == "kis_estimator-1.0.1-py3-none-any.whl"
