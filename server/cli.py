@@ -470,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_slo.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     p_slo.add_argument("--window", default=DEFAULT_WINDOW, help="PromQL range such as 5m or 1d")
 
-    p_report = sub.add_parser("report", help="monthly TAT / auto-processing report (DOMAIN.md §16.3)")
+    p_report = sub.add_parser(
+        "report", help="monthly TAT / auto-processing report (docs/pricing-rules.md §16.3)"
+    )
     p_report.add_argument("--month", help="KST month YYYY-MM (default: current)")
     client_args(p_report)
     return parser

@@ -25,8 +25,9 @@ Reproducibility
 
 catalog_version and rules_version
   ``workflows`` may not import ``server.engine`` (STYLE.md §2.1), so both are read from the *built
-  wheel*: the three catalog CSVs under ``server/data/catalog/`` hashed with the DOMAIN.md §5.4 formula
-  (reimplemented in :func:`catalog_version`; a unit test compares it with the engine's), and
+  wheel*: the three catalog CSVs under ``server/data/catalog/`` hashed with the formula of
+  docs/pricing-rules.md §5.4 (reimplemented in :func:`catalog_version`; a unit test compares it with the
+  engine's), and
   ``RULES_VERSION`` parsed (``ast``, never imported) from ``server/engine/model.py``. Reading the
   artifact rather than the checkout means the manifest states what ships, also when the catalog
   was replaced for the build.
@@ -82,7 +83,7 @@ __all__ = [
 ]
 
 MANIFEST_SCHEMA = "kis-release-manifest/1"
-CATALOG_FILES = ("accessories.csv", "breakers.csv", "enclosures.csv")  # DOMAIN.md §5.4 order
+CATALOG_FILES = ("accessories.csv", "breakers.csv", "enclosures.csv")  # docs/pricing-rules.md §5.4 order
 CATALOG_IN_WHEEL = "server/data/catalog"
 RULES_MODULE_IN_WHEEL = "server/engine/model.py"
 STAGED_ITEMS = ("pyproject.toml", "README.md", "server", "workflows", "proto")
@@ -141,7 +142,7 @@ def is_full_sha256(text: str) -> bool:
 
 
 def catalog_version(files: Mapping[str, bytes]) -> str:
-    """DOMAIN.md §5.4: SHA-256 of ``<name>:<sha256 of bytes>\\n`` over the three files in order."""
+    """docs/pricing-rules.md §5.4: SHA-256 of ``<name>:<sha256 of bytes>\\n`` over the files in order."""
     text = "".join(f"{name}:{hashlib.sha256(files[name]).hexdigest()}\n" for name in CATALOG_FILES)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 

@@ -1,6 +1,7 @@
 """The rollback criteria engine: the GA 1.0 notice's "롤백 결정 기준" evaluated over sliding windows.
 
-The notice (``/work/shared/seed``, "🔄 롤백 결정 기준") lists, and :func:`build_criteria` encodes as data:
+The GA-1.0.0 deployment notice ("🔄 롤백 결정 기준"; summarised in docs/release-notice.md) lists, and
+:func:`build_criteria` encodes as data:
 
 =========================  ===========  ======================================  ======  =====  ============
 id                         class        what (notice)                           window  step   threshold

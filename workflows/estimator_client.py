@@ -74,8 +74,8 @@ __all__ = [
 ]
 
 CALL_TIMEOUT_S = 10.0
-SMOKE_TOTAL = 3  # DOMAIN.md §19
-REGRESSION_TOTAL = 40  # DOMAIN.md §17
+SMOKE_TOTAL = 3  # docs/pricing-rules.md §19
+REGRESSION_TOTAL = 40  # docs/pricing-rules.md §17
 SUITE_TIMEOUT_S = 300.0
 # The server's acceptance-sandbox metadata (its wire contract; workflows import only server.gen):
 # calls carrying it run against a throwaway store, and the server echoes it in the trailers.
@@ -83,7 +83,7 @@ SANDBOX_HEADER = "kis-sandbox"
 SANDBOX_END_HEADER = "kis-sandbox-end"
 Suite = Literal["smoke", "regression"]
 
-# The smoke request of DOMAIN.md §19 (case S01 without its dedup key): priced COMPLETED, 495,385 KRW.
+# The smoke request of docs/pricing-rules.md §19 (S01 without its dedup key): priced COMPLETED, 495,385 KRW.
 PROBE_REQUEST: Mapping[str, Any] = {
     "brand": "LS",
     "installation": {"location": "INDOOR", "mount": "FLUSH"},

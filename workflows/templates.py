@@ -1,9 +1,9 @@
 """Issue, comment and announcement text of the release and incident workflows (STYLE.md §2.5).
 
 Every text a workflow files or sends is rendered here from a typed context, so tests assert on the
-rendered text and the wording lives in one module. The shapes follow the seed notice
-(``/work/shared/seed``, "KIS Estimator GA 1.0.0 - 배포 커뮤니케이션"): the DEPLOY and ROLLBACK Jira
-templates, the "배포 완료 공지" and the T+0/15/30/60 operations checklist.
+rendered text and the wording lives in one module. The shapes follow the GA-1.0.0 deployment notice
+("KIS Estimator GA 1.0.0 - 배포 커뮤니케이션"; summarised in docs/release-notice.md): the DEPLOY and
+ROLLBACK Jira templates, the "배포 완료 공지" and the T+0/15/30/60 operations checklist.
 
 Choices where the notice is silent or contradicts itself:
 

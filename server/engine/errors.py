@@ -1,9 +1,10 @@
-"""Error codes of DOMAIN.md §4 and the one domain error type.
+"""Error codes of docs/pricing-rules.md §4 and the one domain error type.
 
 Each :class:`ErrorCode` has exactly one :class:`ErrorKind`; ``server/api/status.py`` is the only
 place that maps a kind to a gRPC status code. Codes are stable strings clients branch on.
 
-Codes added by this service where DOMAIN.md is silent (transport-level hostile input):
+Codes added by this service where the rules are silent (transport-level hostile input;
+docs/pricing-rules.md §4.3):
 ``MALFORMED_REQUEST`` (bytes that do not decode, unknown fields), ``TOO_MANY_ITEMS`` (a repeated
 field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_SIZE_INVALID``
 (ListEstimates), ``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT``
@@ -94,7 +95,7 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
 
 
 def kind_of(code: ErrorCode) -> ErrorKind:
-    """The kind of a code (DOMAIN.md §4 "gRPC status" column); every other code is INVALID."""
+    """The kind of a code (docs/pricing-rules.md §4 "gRPC status" column); every other code is INVALID."""
     return _KIND_OVERRIDES.get(code, ErrorKind.INVALID)
 
 

@@ -1,4 +1,4 @@
-"""Every RPC × every role (DOMAIN.md §16.4), plus no token, an unknown token and a revoked token."""
+"""Every RPC × every role (docs/pricing-rules.md §16.4), plus no token, an unknown and a revoked token."""
 
 from __future__ import annotations
 
