@@ -18,13 +18,11 @@ from pathlib import Path
 from types import FrameType
 
 from workflows import clock as clock_module
-from workflows.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server
-from workflows.artifacts import run_build, run_verify
 from workflows.clock import SystemClock
-from workflows.criteria import IncidentLedger, IncidentLedgerError, build_criteria
 from workflows.errors import WorkflowError
-from workflows.estimator_client import CandidateAcceptanceRunner, EstimatorClient, GrpcEstimatorClient
-from workflows.incident import (
+from workflows.incident.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server
+from workflows.incident.criteria import IncidentLedger, IncidentLedgerError, build_criteria
+from workflows.incident.response import (
     IncidentDeps,
     IncidentOptions,
     file_refused_promotion,
@@ -32,27 +30,29 @@ from workflows.incident import (
     run_watch,
 )
 from workflows.notify import Notifier, NotifyOptions
-from workflows.outbox import OutboxTracker
-from workflows.prometheus import PrometheusSource
-from workflows.promote import (
+from workflows.prometheus.client import PrometheusSource
+from workflows.release.artifacts import run_build, run_verify
+from workflows.release.estimator_client import CandidateAcceptanceRunner, EstimatorClient, GrpcEstimatorClient
+from workflows.release.promote import (
     PromoteOptions,
     PromotionResult,
     ShellCommandRunner,
     deploy_report,
     run_promote,
 )
-from workflows.release_record import StateFileError, read_record
-from workflows.settings import WorkflowSettings, WorkflowSettingsError
-from workflows.standby import (
+from workflows.release.record import StateFileError, read_record
+from workflows.release.standby import (
     ProcessStandbyChecks,
     SloReading,
     StandbyOptions,
     run_standby,
     wait_until_by_sleeping,
 )
+from workflows.settings import WorkflowSettings, WorkflowSettingsError
 from workflows.templates import Owners, korean_announcement
-from workflows.tracker import IssueRef, TrackerError
-from workflows.trackers import build_tracker, pager, run_jira_check, run_outbox_flush, run_outbox_list
+from workflows.tracker.build import build_tracker, pager, run_jira_check, run_outbox_flush, run_outbox_list
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import IssueRef, TrackerError
 
 Command = Callable[[argparse.Namespace, WorkflowSettings], int]
 

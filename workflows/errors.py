@@ -6,7 +6,7 @@ their details), and ``workflows.cli.main`` maps it to ``error: <message>`` and i
 :attr:`WorkflowError.exit_code` in one place: no command ends in a traceback for a condition the
 operator can fix.
 
-Exit codes of ``kis-release`` (``workflows.incident.ExitCode`` extends them for watch/rollback):
+Exit codes of ``kis-release`` (``workflows.incident.response.ExitCode`` extends them for watch/rollback):
 
 ===  =====================================================================================
 0    done (or nothing to do)

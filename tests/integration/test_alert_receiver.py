@@ -18,20 +18,20 @@ from typing import Any
 import pytest
 
 from tests.emulators.jira import JiraEmulator
-from workflows.alert_receiver import (
+from workflows.clock import SystemClock
+from workflows.incident.alert_receiver import (
     MAX_BODY_BYTES,
     AlertReceiver,
     ReceiverAuth,
     create_receiver_server,
     serve_in_thread,
 )
-from workflows.clock import SystemClock
-from workflows.criteria import IncidentLedger
-from workflows.estimator_client import EstimatorClient, HealthResult, ServerInfo, SuiteResult
-from workflows.incident import IncidentDeps, IncidentOptions
-from workflows.promote import CommandLine, CommandOutcome
+from workflows.incident.criteria import IncidentLedger
+from workflows.incident.response import IncidentDeps, IncidentOptions
+from workflows.release.estimator_client import EstimatorClient, HealthResult, ServerInfo, SuiteResult
+from workflows.release.promote import CommandLine, CommandOutcome
 from workflows.settings import WorkflowSettings
-from workflows.trackers import build_tracker
+from workflows.tracker.build import build_tracker
 
 T_V1 = datetime.now(UTC) - timedelta(hours=2)
 T_V2 = datetime.now(UTC) - timedelta(hours=1)

@@ -27,15 +27,20 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_alert_receiver import Estimator
-from workflows.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server, serve_in_thread
 from workflows.clock import SystemClock
-from workflows.criteria import IncidentLedger
-from workflows.estimator_client import EstimatorClient
-from workflows.file_tracker import FileIssueTracker
-from workflows.incident import IncidentDeps, IncidentOptions
-from workflows.outbox import OutboxTracker
-from workflows.promote import CommandLine, CommandOutcome
-from workflows.tracker import Attachment, Document, IssueDraft, IssueRef, TrackerError
+from workflows.incident.alert_receiver import (
+    AlertReceiver,
+    ReceiverAuth,
+    create_receiver_server,
+    serve_in_thread,
+)
+from workflows.incident.criteria import IncidentLedger
+from workflows.incident.response import IncidentDeps, IncidentOptions
+from workflows.release.estimator_client import EstimatorClient
+from workflows.release.promote import CommandLine, CommandOutcome
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import Attachment, Document, IssueDraft, IssueRef, TrackerError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"

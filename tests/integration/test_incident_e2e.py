@@ -43,12 +43,12 @@ from tests.integration.test_release_deploy import Deployment, _build, _deploy, _
 from tests.unit.test_promtool_rules import prometheus_binary
 from workflows.cli import incident_runtime
 from workflows.clock import sleep as real_sleep
-from workflows.criteria import Criterion, build_criteria
-from workflows.estimator_client import PROBE_REQUEST
-from workflows.incident import ExitCode, current_release, run_watch
-from workflows.promote import run_promote
+from workflows.incident.criteria import Criterion, build_criteria
+from workflows.incident.response import ExitCode, current_release, run_watch
+from workflows.release.estimator_client import PROBE_REQUEST
+from workflows.release.promote import run_promote
 from workflows.settings import WorkflowSettings
-from workflows.trackers import build_tracker
+from workflows.tracker.build import build_tracker
 
 pytestmark = pytest.mark.slow
 

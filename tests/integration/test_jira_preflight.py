@@ -20,8 +20,8 @@ import pytest
 from tests.emulators.jira import JiraEmulator
 from workflows.clock import sleep as real_sleep
 from workflows.settings import WorkflowSettings
-from workflows.tracker import DeadLettered, Document, IssueDraft, Section, Text
-from workflows.trackers import build_tracker
+from workflows.tracker.build import build_tracker
+from workflows.tracker.protocol import DeadLettered, Document, IssueDraft, Section, Text
 
 USER, TOKEN = "kis-bot", "s3cret"
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.emulators.jira import JiraEmulator
-from workflows.idempotency import idem_label
-from workflows.jira_tracker import JiraConfig, JiraIssueTracker
-from workflows.outbox import OutboxTracker
-from workflows.render import render_wiki
 from workflows.settings import WorkflowSettings
-from workflows.tracker import (
+from workflows.tracker.build import build_tracker, run_outbox_flush
+from workflows.tracker.idempotency import idem_label
+from workflows.tracker.jira import JiraConfig, JiraIssueTracker
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import (
     Attachment,
     Check,
     Document,
@@ -33,7 +33,7 @@ from workflows.tracker import (
     TrackerError,
     TrackerOptions,
 )
-from workflows.trackers import build_tracker, run_outbox_flush
+from workflows.tracker.render import render_wiki
 
 USER, TOKEN = "kis-bot", "s3cret-jira-token"
 CREATE = "POST /rest/api/2/issue"

@@ -20,8 +20,8 @@ import pytest
 
 from tests.emulators.prometheus import PrometheusEmulator, series_fn
 from tests.unit.test_criteria import CASES, DEPLOYED_AT, NOW, Case, run_case
-from workflows.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict, evaluate
-from workflows.prometheus import (
+from workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict, evaluate
+from workflows.prometheus.client import (
     InstantResult,
     PrometheusSource,
     QueryError,

@@ -28,12 +28,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from workflows.artifacts import BuildOptions, BuildResult, build_release
 from workflows.clock import SystemClock
 from workflows.clock import sleep as real_sleep
-from workflows.estimator_client import PROBE_REQUEST, CandidateAcceptanceRunner, GrpcEstimatorClient
-from workflows.file_tracker import FileIssueTracker
-from workflows.promote import (
+from workflows.release.artifacts import BuildOptions, BuildResult, build_release
+from workflows.release.estimator_client import PROBE_REQUEST, CandidateAcceptanceRunner, GrpcEstimatorClient
+from workflows.release.promote import (
     PromoteDeps,
     PromoteOptions,
     PromotionStatus,
@@ -43,6 +42,7 @@ from workflows.promote import (
 )
 from workflows.settings import WorkflowSettings
 from workflows.templates import deploy_idempotency_key
+from workflows.tracker.files import FileIssueTracker
 
 pytestmark = pytest.mark.slow
 

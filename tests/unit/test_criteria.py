@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.emulators.prometheus import PrometheusEmulator, series_fn
-from workflows.criteria import (
+from workflows.incident.criteria import (
     DEFAULT_CRITERIA,
     MIB,
     CheckKind,
@@ -35,8 +35,8 @@ from workflows.criteria import (
     evaluate,
     least_squares,
 )
-from workflows.prometheus import PrometheusSource
-from workflows.tracker import TrackerError
+from workflows.prometheus.client import PrometheusSource
+from workflows.tracker.protocol import TrackerError
 
 DEPLOYED_AT = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # the notice's 2025-09-23 12:00:00 KST
 D = DEPLOYED_AT.timestamp()

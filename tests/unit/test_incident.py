@@ -17,18 +17,8 @@ import pytest
 
 from tests.emulators.prometheus import PrometheusEmulator
 from tests.unit import test_promote as tp
-from workflows.artifacts import ArtifactInfo, ReleaseManifest
-from workflows.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict
-from workflows.estimator_client import (
-    BurstResult,
-    EstimatorClient,
-    HealthResult,
-    ProbeResult,
-    ServerInfo,
-    SuiteResult,
-)
-from workflows.file_tracker import FileIssueTracker
-from workflows.incident import (
+from workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict
+from workflows.incident.response import (
     PAGE_LABELS,
     PAGE_PRIORITY,
     Action,
@@ -45,8 +35,17 @@ from workflows.incident import (
     signal_from_evaluation,
     watch_once,
 )
-from workflows.prometheus import PrometheusSource
-from workflows.promote import (
+from workflows.prometheus.client import PrometheusSource
+from workflows.release.artifacts import ArtifactInfo, ReleaseManifest
+from workflows.release.estimator_client import (
+    BurstResult,
+    EstimatorClient,
+    HealthResult,
+    ProbeResult,
+    ServerInfo,
+    SuiteResult,
+)
+from workflows.release.promote import (
     CommandLine,
     CommandOutcome,
     PromoteDeps,
@@ -55,7 +54,8 @@ from workflows.promote import (
     promote,
 )
 from workflows.settings import WorkflowSettings
-from workflows.tracker import IssueRef, TrackerOptions
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.protocol import IssueRef, TrackerOptions
 
 T_V1 = datetime(2025, 9, 23, 2, 0, tzinfo=UTC)
 T_V2 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # the notice's 2025-09-23 12:00:00 KST
@@ -647,8 +647,8 @@ def test_refused_promotion_files_its_rollback_issue_through_on_refused(tmp_path:
 
 def test_a_pending_issue_key_is_resolved_once_an_outbox_flush_filed_it(world: World) -> None:
     from tests.unit.test_outbox import Switchable
-    from workflows.incident import Signal, SignalSource
-    from workflows.outbox import OutboxTracker
+    from workflows.incident.response import Signal, SignalSource
+    from workflows.tracker.outbox import OutboxTracker
 
     switch = Switchable(world.tracker)
     outbox = OutboxTracker(switch, world.tmp / "outbox")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from workflows.file_tracker import FileIssueTracker
-from workflows.idempotency import idem_hash
-from workflows.jira_tracker import JiraIssueTracker
-from workflows.outbox import FlushReport, OutboxTracker
-from workflows.render import render_markdown
 from workflows.settings import WorkflowSettings
-from workflows.tracker import (
+from workflows.tracker.build import build_tracker, run_outbox_flush
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.idempotency import idem_hash
+from workflows.tracker.jira import JiraIssueTracker
+from workflows.tracker.outbox import FlushReport, OutboxTracker
+from workflows.tracker.protocol import (
     Attachment,
     Check,
     Code,
@@ -29,7 +29,7 @@ from workflows.tracker import (
     Text,
     TrackerError,
 )
-from workflows.trackers import build_tracker, run_outbox_flush
+from workflows.tracker.render import render_markdown
 
 BODY = Document(
     (

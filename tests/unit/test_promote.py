@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from workflows.artifacts import ArtifactInfo, ReleaseManifest
-from workflows.estimator_client import (
+from workflows.prometheus.client import InstantResult, RangeResult, Sample, Series
+from workflows.release.artifacts import ArtifactInfo, ReleaseManifest
+from workflows.release.estimator_client import (
     BurstResult,
     HealthResult,
     ProbeResult,
@@ -22,9 +23,7 @@ from workflows.estimator_client import (
     parse_suite_report,
     percentile,
 )
-from workflows.file_tracker import FileIssueTracker
-from workflows.prometheus import InstantResult, RangeResult, Sample, Series
-from workflows.promote import (
+from workflows.release.promote import (
     CommandLine,
     CommandOutcome,
     PromoteDeps,
@@ -36,7 +35,8 @@ from workflows.promote import (
 )
 from workflows.settings import WorkflowSettings
 from workflows.templates import deploy_idempotency_key
-from workflows.tracker import Document, IssueDraft, IssueRef, TrackerError
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.protocol import Document, IssueDraft, IssueRef, TrackerError
 
 T0 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)
 CATALOG = "f" * 64
@@ -422,7 +422,7 @@ def test_a_pending_deploy_issue_key_is_replaced_once_a_flush_filed_it(
     release: Release, tmp_path: Path
 ) -> None:
     from tests.unit.test_outbox import Switchable
-    from workflows.outbox import OutboxTracker
+    from workflows.tracker.outbox import OutboxTracker
 
     switch = Switchable(release.tracker)
     outbox = OutboxTracker(switch, tmp_path / "outbox")

@@ -10,7 +10,7 @@ import pytest
 
 from workflows.cli import main
 from workflows.errors import WorkflowError
-from workflows.release_record import (
+from workflows.release.record import (
     SCHEMA,
     StateFileError,
     promoted_records,
@@ -19,7 +19,7 @@ from workflows.release_record import (
     write_record,
 )
 from workflows.settings import WorkflowSettingsError
-from workflows.tracker import TrackerError
+from workflows.tracker.protocol import TrackerError
 
 
 def test_a_record_round_trips_with_its_schema_and_typed_fields(tmp_path: Path) -> None:

@@ -18,13 +18,13 @@ Replies (JSON ``{"status": ..., "reason": ...}``):
   missing or mistyped field, an unknown ``rollback`` label value); **404**/**405** for other paths
   and methods; **413** above 1 MiB.
 * **200** once the notification is fully handled: firing alerts with ``rollback=immediate|review``
-  went through :func:`workflows.incident.handle` (immediate: rollback, verification, the ROLLBACK
+  went through :func:`workflows.incident.response.handle` (immediate: rollback, verification, the ROLLBACK
   issue; review: the "needs decision" issue), resolved ones became a comment on their incident,
   anything else (``rollback=none`` or no label: the notice's alarms, routed elsewhere) is ignored.
 * **503** when the rollback is done but the issue is not in the tracker yet (the tracker failed,
   or the issue waits in the outbox): Alertmanager retries the notification, and the retry skips the
   rollback (the incident state says it ran) and only delivers the issue. The rollback never waits
-  for the tracker (see ``workflows.incident``).
+  for the tracker (see ``workflows.incident.response``).
 
 Duplicates: a delivery is identified by its group key, status and alerts (fingerprint, status,
 ``startsAt``); a delivery already handled answers 200 without acting again, and the decision path
@@ -57,9 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from workflows.clock import kst_text
-from workflows.criteria import Verdict
-from workflows.idempotency import atomic_write, file_lock
-from workflows.incident import (
+from workflows.incident.criteria import Verdict
+from workflows.incident.response import (
     Action,
     HandleOutcome,
     IncidentDeps,
@@ -71,7 +70,8 @@ from workflows.incident import (
     release_at,
 )
 from workflows.templates import Breach
-from workflows.tracker import Document, Field, Section, Text, TrackerError
+from workflows.tracker.idempotency import atomic_write, file_lock
+from workflows.tracker.protocol import Document, Field, Section, Text, TrackerError
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflows.idempotency import atomic_write, file_lock, idem_hash
-from workflows.tracker import (
+from workflows.tracker.idempotency import atomic_write, file_lock, idem_hash
+from workflows.tracker.protocol import (
     Attachment,
     Block,
     Check,

@@ -67,7 +67,7 @@ from typing import Any, TextIO
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
 from workflows.clock import Clock, kst_text
-from workflows.criteria import (
+from workflows.incident.criteria import (
     DEFAULT_CRITERIA,
     Criterion,
     CriterionResult,
@@ -77,11 +77,10 @@ from workflows.criteria import (
     Verdict,
     evaluate,
 )
-from workflows.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResult, SuiteResult
-from workflows.idempotency import file_lock
-from workflows.prometheus import MetricsSource
-from workflows.promote import CommandOutcome, CommandRunner, PromotionResult
-from workflows.release_record import promoted_records, read_json, write_json
+from workflows.prometheus.client import MetricsSource
+from workflows.release.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResult, SuiteResult
+from workflows.release.promote import CommandOutcome, CommandRunner, PromotionResult
+from workflows.release.record import promoted_records, read_json, write_json
 from workflows.templates import (
     PAGE_LABELS,
     PAGE_PRIORITY,
@@ -95,7 +94,8 @@ from workflows.templates import (
     rollback_comment,
     rollback_issue,
 )
-from workflows.tracker import (
+from workflows.tracker.idempotency import file_lock
+from workflows.tracker.protocol import (
     Attachment,
     Document,
     IssueRef,

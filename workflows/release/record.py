@@ -6,7 +6,7 @@ schema number, and read into a typed :class:`ReleaseRecord`. The JSON state file
 (``checks.json``, ``rollback.json``, ``incidents.json`` …) use the same :func:`read_json` /
 :func:`write_json`, so there is one way to keep state on disk.
 
-Schema 1 (keys, all written by ``workflows.promote``): ``schema``, ``version``, ``status``
+Schema 1 (keys, all written by ``workflows.release.promote``): ``schema``, ``version``, ``status``
 (``promoted`` | ``refused``), ``environment``, ``target``, ``artifact`` (wheel file name),
 ``artifact_sha256``, ``manifest_sha256``, ``catalog_version``, ``approved_by``, ``attempts``,
 ``started_at``, ``promoted_at`` / ``refused_at`` (ISO 8601 UTC), ``adopted`` (promoted without a
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from workflows.errors import EXIT_CONFIG, WorkflowError
-from workflows.idempotency import atomic_write
+from workflows.tracker.idempotency import atomic_write
 
 __all__ = [
     "RECORD_NAME",

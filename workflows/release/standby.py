@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, TextIO
 
 from workflows.clock import Clock
-from workflows.release_record import write_json
+from workflows.release.record import write_json
 from workflows.templates import (
     CheckpointReport,
     Probe,
@@ -45,7 +45,7 @@ from workflows.templates import (
     deploy_idempotency_key,
     final_status_comment,
 )
-from workflows.tracker import IssueTracker
+from workflows.tracker.protocol import IssueTracker
 
 __all__ = [
     "ProcessStandbyChecks",

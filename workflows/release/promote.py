@@ -5,11 +5,11 @@
 1. **Approval**: a ``Production`` promotion with ``release_require_approval`` needs
    ``approved_by``; it is recorded in ``promotion.json`` and the DEPLOY issue.
 2. **Verify** the artifact and the manifest against the expected full SHA-256 values and against
-   each other (:func:`workflows.artifacts.verify_release`). A mismatch stops here; nothing changed.
+   each other (:func:`workflows.release.artifacts.verify_release`). A mismatch stops here; nothing changed.
 3. **Deploy**: the configured ``deploy_command`` (``{artifact}`` ``{version}`` ``{manifest}``
    replaced by shell-quoted values); stdout and stderr are captured line by line with timestamps
    into ``deploy.log``.
-4. **T+0 checks** against the target over gRPC (:mod:`workflows.estimator_client`): health SERVING,
+4. **T+0 checks** against the target over gRPC (:mod:`workflows.release.estimator_client`): health SERVING,
    smoke 3/3, regression 40/40, RBAC (the viewer is refused an evidence bundle), the served
    ``catalog_version`` equals the manifest's, and the SLO gate — p95 ≤ 30 ms and error rate < 0.5 %
    from Prometheus when ``prometheus_url`` is set, else from the measured burst. The burst always
@@ -39,7 +39,7 @@ the target no longer serves is deployed again. Runs on one ``release_dir`` are s
 flock.
 
 Choices where the issue is silent: the SLO error rate of the burst counts every non-OK reply (each
-burst request is valid); Prometheus' rate is the 5xx share, as ``workflows/criteria.py`` defines
+burst request is valid); Prometheus' rate is the 5xx share, as ``workflows/incident/criteria.py`` defines
 it. A target too old to answer ``GetServerInfo`` is always deployed to (it cannot say what it runs).
 """
 
@@ -63,11 +63,12 @@ from typing import IO, Any, Literal, Protocol, TextIO
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from workflows.artifacts import ReleaseManifest, short_sha, verify_release
 from workflows.clock import Clock, SystemClock
 from workflows.clock import sleep as real_sleep
-from workflows.criteria import API_MATCHER, CLIENT_ERROR_CODES
-from workflows.estimator_client import (
+from workflows.prometheus.client import InstantResult, MetricsSource, PrometheusSource
+from workflows.prometheus.queries import release_queries
+from workflows.release.artifacts import ReleaseManifest, short_sha, verify_release
+from workflows.release.estimator_client import (
     BurstResult,
     CandidateAcceptanceRunner,
     EstimatorClient,
@@ -77,11 +78,7 @@ from workflows.estimator_client import (
     ServerInfo,
     SuiteResult,
 )
-from workflows.file_tracker import FileIssueTracker
-from workflows.idempotency import file_lock
-from workflows.outbox import PENDING_PREFIX
-from workflows.prometheus import InstantResult, MetricsSource, PrometheusSource
-from workflows.release_record import (
+from workflows.release.record import (
     ReleaseRecord,
     promoted_records,
     read_json,
@@ -91,7 +88,10 @@ from workflows.release_record import (
 )
 from workflows.settings import WorkflowSettings
 from workflows.templates import DeployReport, Owners, deploy_idempotency_key, deploy_issue
-from workflows.tracker import IssueDraft, IssueRef, IssueTracker, TrackerError, TrackerOptions
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.idempotency import file_lock
+from workflows.tracker.outbox import PENDING_PREFIX
+from workflows.tracker.protocol import IssueDraft, IssueRef, IssueTracker, TrackerError, TrackerOptions
 
 __all__ = [
     "ERROR_RATE_LIMIT",
@@ -399,35 +399,6 @@ def _substitute(template: str, values: Mapping[str, str]) -> str:
 # ------------------------------------------------------------------------------------ SLO from Prometheus
 
 
-def prometheus_queries(version: str, window_s: int) -> dict[str, str]:
-    """p95 (ms) and the 5xx share of API calls of ``version`` over the last ``window_s`` seconds.
-
-    Every series is joined with ``kis_build_info{version=…}`` on its instance, so only processes
-    that run ``version`` count (another replica, or the previous release behind the same address,
-    does not); the window starts at the release's start (the caller's ``window_s``), so the samples
-    of the process it replaced are outside it too. ``scrapes`` counts the release's scrapes in the
-    window: the gate judges nothing before there are enough of them.
-    """
-    window = f"{max(1, window_s)}s"
-    build = f'kis_build_info{{version="{_promql_string(version)}"}}'
-    joined = f"* on(instance, job) group_left() {build}"
-    not_5xx = "|".join(("OK", *CLIENT_ERROR_CODES))
-    handled_all = f"(increase(grpc_server_handled_total{{{API_MATCHER}}}[{window}]) {joined})"
-    handled_5xx = (
-        f'(increase(grpc_server_handled_total{{{API_MATCHER}, grpc_code!~"{not_5xx}"}}[{window}]) {joined})'
-    )
-    buckets = f'rate(grpc_server_handling_seconds_bucket{{{API_MATCHER}, grpc_type="unary"}}[{window}])'
-    return {
-        "p95_ms": f"1000 * histogram_quantile(0.95, sum by (le) ({buckets} {joined}))",
-        "error_rate": f"(sum({handled_5xx}) or (0 * sum({handled_all}))) / sum({handled_all})",
-        "scrapes": f"min(count_over_time({build}[{window}]))",
-    }
-
-
-def _promql_string(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
 def _scalar(result: InstantResult) -> float | None:
     if not result.ok or not result.series or not result.series[0].samples:
         return None
@@ -452,7 +423,7 @@ def measure_prometheus_slo(
     def once() -> tuple[float | None, float | None, dict[str, Any]]:
         at = clock.now()
         window_s = min(PROMETHEUS_MAX_WINDOW_S, math.ceil((at - since).total_seconds()))
-        queries = prometheus_queries(version, window_s)
+        queries = release_queries(version, window_s)
         answers = {name: source.query(expr, at) for name, expr in queries.items()}
         raw: dict[str, Any] = {
             name: {"expr": r.expr, "value": _scalar(r), "error": str(r.error) if r.error else None}

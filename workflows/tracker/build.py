@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 from workflows import clock as clock_module
 from workflows.clock import Clock, SystemClock
-from workflows.file_tracker import FileIssueTracker
-from workflows.jira_tracker import JiraConfig, JiraIssueTracker
 from workflows.notify import ChannelStatus, Notifier, NotifyOptions
-from workflows.outbox import OutboxTracker
 from workflows.settings import WorkflowSettings
-from workflows.tracker import IssueTracker, TrackerError, TrackerOptions
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.jira import JiraConfig, JiraIssueTracker
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import IssueTracker, TrackerError, TrackerOptions
 
 __all__ = [
     "build_inner_tracker",
