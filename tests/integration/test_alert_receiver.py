@@ -9,7 +9,7 @@ import http.client
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,9 +41,11 @@ T_V2 = datetime.now(UTC) - timedelta(hours=1)
 class Commands:
     jira: JiraEmulator
     ran: list[tuple[str, int]] = field(default_factory=list)  # (command, Jira requests seen before it)
+    serving: str = "1.0.2"  # what the target serves; the rollback makes it 1.0.1
 
     def __call__(self, command: str, *, timeout_s: float) -> CommandOutcome:
         self.ran.append((command, len(self.jira.requests)))
+        self.serving = "1.0.1"
         now = datetime.now(UTC)
         line = CommandLine(now, "stdout", "kis-deploy: rolled back to 1.0.1")
         return CommandOutcome(command, 0, (line,), now, now)
@@ -53,6 +55,11 @@ RECEIVER_TOKEN = "alertmanager-secret-token"  # what Alertmanager's http_config 
 
 
 class Estimator:
+    """The target: SERVING, smoke 3/3, and the version ``serving()`` names."""
+
+    def __init__(self, serving: Callable[[], str]) -> None:
+        self._serving = serving
+
     def health(self) -> HealthResult:
         return HealthResult("SERVING")
 
@@ -60,7 +67,7 @@ class Estimator:
         return SuiteResult("smoke", 3, 3, 0, 3, report="smoke: 3/3 passed\n")
 
     def server_info(self) -> ServerInfo | None:
-        return ServerInfo("1.0.1")  # after the rollback
+        return ServerInfo(self._serving())
 
 
 @dataclass
@@ -107,7 +114,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
 
     @contextlib.contextmanager
     def estimator_for(version: str) -> Iterator[EstimatorClient]:
-        yield Estimator()  # type: ignore[misc]  # health and smoke are all a verification calls
+        yield Estimator(lambda: commands.serving)  # type: ignore[misc]  # what a verification calls
 
     deps = IncidentDeps(
         tracker=tracker,

@@ -157,9 +157,11 @@ class FlakyTracker:
 @dataclass
 class Commands:
     ran: list[str] = field(default_factory=list)
+    serving: str = "1.0.2"  # what the target serves; the rollback makes it 1.0.1
 
     def __call__(self, command: str, *, timeout_s: float) -> CommandOutcome:
         self.ran.append(command)
+        self.serving = "1.0.1"
         now = datetime.now(UTC)
         return CommandOutcome(command, 0, (CommandLine(now, "stdout", "rolled back"),), now, now)
 
@@ -263,7 +265,7 @@ def test_real_alertmanager_posts_to_the_receiver_which_rolls_back_once(
 
     @contextlib.contextmanager
     def estimator_for(version: str) -> Iterator[EstimatorClient]:
-        yield Estimator()  # type: ignore[misc]  # health and smoke are all a verification calls
+        yield Estimator(lambda: commands.serving)  # type: ignore[misc]  # what a verification calls
 
     deps = IncidentDeps(
         tracker=tracker,

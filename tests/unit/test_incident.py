@@ -81,7 +81,7 @@ class ManualClock:
 class ScriptedEstimator:
     health_status: str = "SERVING"
     smoke_passed: int = 3
-    version: str = "1.0.1"  # what serves (after a rollback: the previous release)
+    version: str = "1.0.2"  # what the target serves; a successful rollback command makes it 1.0.1
     calls: list[str] = field(default_factory=list)
 
     def health(self) -> HealthResult:
@@ -157,8 +157,12 @@ class World:
     def deps(self) -> IncidentDeps:
         @contextlib.contextmanager
         def estimator_for(version: str) -> Iterator[EstimatorClient]:
-            self.verified.append(version)
-            yield self.estimator
+            before = len(self.estimator.calls)
+            try:
+                yield self.estimator
+            finally:  # a verification runs smoke; a look at what serves does not
+                if "smoke" in self.estimator.calls[before:]:
+                    self.verified.append(version)
 
         return IncidentDeps(
             tracker=self.tracker,
@@ -210,13 +214,14 @@ def world(tmp_path: Path) -> World:
         "\n".join(json.dumps(x) for x in lines) + "\nnot json\n", encoding="utf-8"
     )
     clock = ManualClock(NOW)
+    estimator = ScriptedEstimator()
     return World(
         tmp=tmp_path,
         clock=clock,
         prometheus=PrometheusEmulator(),
         tracker=FileIssueTracker(tmp_path / "tracker", clock=clock),
-        commands=ScriptedCommands(clock),
-        estimator=ScriptedEstimator(),
+        commands=ScriptedCommands(clock, target=estimator),
+        estimator=estimator,
         options=IncidentOptions(
             release_dir=release_dir,
             rollback_command="kis-deploy rollback --root /srv/kis # leaving {version}",
@@ -368,6 +373,7 @@ def test_rollback_timeout_says_failed_and_pages(world: World, caplog: pytest.Log
     assert subject == "[KIS] ROLLBACK FAILED: 1.0.2 (Production)" and "timed out" in body
     # The target says 1.0.1 serves (something rolled it back after all): the next round does not run
     # the command again — that could step back twice — and reports without paging again.
+    world.estimator.version = "1.0.1"
     assert run_watch(world.options, world.deps(), io.StringIO(), once=True) == ExitCode.PAGED
     assert len(world.commands.ran) == 1 and len(world.issues()) == 1 and len(world.pages) == 1
     release = current_release(world.options.release_dir)
@@ -676,3 +682,20 @@ def test_a_pending_issue_key_is_resolved_once_an_outbox_flush_filed_it(world: Wo
     assert "file" not in switch.calls  # the record knows the real key: no second filing attempt
     incidents = json.loads((world.options.release_dir / "1.0.2" / "incidents.json").read_text())
     assert [i["issue_key"] for i in incidents["incidents"]] == ["KIS-1"]
+
+
+def test_records_and_target_disagreeing_is_a_decision_not_an_automatic_rollback(world: World) -> None:
+    world.p95(340.0)
+    world.estimator.version = "1.0.0"  # someone rolled back by hand, twice: the records do not know
+    outcome = watch_once(world.options, world.deps()).outcome
+    assert outcome is not None and outcome.action is Action.NEEDS_DECISION
+    assert world.commands.ran == []  # rolling "back" from 1.0.0 would have stepped back a good release
+    (issue,) = world.issues()
+    assert "(needs decision)" in issue["summary"]
+    snapshot = json.loads(
+        (world.tracker.root / issue["key"] / "attachments" / "metrics-snapshot.json").read_text()
+    )
+    assert (
+        "the release records say 1.0.2 is current, but the target serves 1.0.0"
+        in snapshot["signal"]["summary"]
+    )

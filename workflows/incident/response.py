@@ -1080,6 +1080,25 @@ def handle(signal: Signal, options: IncidentOptions, deps: IncidentDeps) -> Hand
                 r for r in _rollbacks(options.release_dir, version) if r.started_at >= release.since
             ]
             rollback = since_current[-1] if since_current else None
+            serving = (
+                serving_version(deps, release.version)
+                if signal.verdict is Verdict.ROLLBACK and rollback is None
+                else None
+            )
+            if serving is not None and serving != release.version:
+                # The records and the target disagree (a manual rollback, another operator): rolling
+                # "back" from what the records think serves could step back a release that is fine.
+                note = (
+                    f"not rolled back automatically: the release records say {release.version} is "
+                    f"current, but the target serves {serving}; a responder decides"
+                )
+                log.error("%s", note)
+                signal = replace(
+                    signal,
+                    verdict=Verdict.REVIEW,
+                    summary=f"{note} — {signal.summary}",
+                    details=(note, *signal.details),
+                )
             if signal.verdict is Verdict.ROLLBACK and (
                 rollback is None or _retry_due(deps, release, rollback)
             ):
