@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -342,13 +342,13 @@ def cmd_evidence_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
-    stub = evidence_grpc.EvidenceServiceStub(_channel(client.target))
-    request = evidence_pb.GetEvidenceBundleRequest(estimate_id=args.estimate_id, revision=args.revision)
+def _download(chunks: Iterable[Any], output: Path) -> int:
+    """Write a chunked download (``offset``/``chunk``, first chunk ``sha256``/``size_bytes``) after
+    checking order, size and SHA-256; 1 with a message when it is not what the server announced."""
     data = bytearray()
     expected_sha, expected_size = "", -1
     try:
-        for chunk in stub.GetEvidenceBundle(request, metadata=_metadata(client.token), timeout=args.timeout):
+        for chunk in chunks:
             if chunk.offset != len(data):
                 _err(f"error: chunk at offset {chunk.offset}, expected {len(data)}")
                 return 1
@@ -364,9 +364,39 @@ def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
             f"server said {expected_sha} ({expected_size})"
         )
         return 1
-    Path(args.output).write_bytes(bytes(data))
-    _out(f"{args.output}: {len(data)} bytes, sha256 {actual} (verified)")
+    output.write_bytes(bytes(data))
+    _out(f"{output}: {len(data)} bytes, sha256 {actual} (verified)")
     return 0
+
+
+def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
+    stub = evidence_grpc.EvidenceServiceStub(_channel(client.target))
+    request = evidence_pb.GetEvidenceBundleRequest(estimate_id=args.estimate_id, revision=args.revision)
+    return _download(
+        stub.GetEvidenceBundle(request, metadata=_metadata(client.token), timeout=args.timeout),
+        Path(args.output),
+    )
+
+
+QUOTE_FORMATS = {"xlsx": pb.QUOTE_FORMAT_XLSX, "pdf": pb.QUOTE_FORMAT_PDF}
+
+
+def cmd_quote(args: argparse.Namespace, client: ClientSettings) -> int:
+    output = Path(args.output)
+    name = args.format or output.suffix.lower().removeprefix(".")
+    if name not in QUOTE_FORMATS:
+        _err(
+            f"error: {output}: say --format xlsx|pdf or end the file name in .xlsx or .pdf "
+            f"(파일 이름을 .xlsx 또는 .pdf로 끝내거나 --format을 지정하세요)"
+        )
+        return 2
+    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    request = pb.GetQuoteDocumentRequest(
+        estimate_id=args.estimate_id, revision=args.revision, format=QUOTE_FORMATS[name]
+    )
+    return _download(
+        stub.GetQuoteDocument(request, metadata=_metadata(client.token), timeout=args.timeout), output
+    )
 
 
 def cmd_report(args: argparse.Namespace, client: ClientSettings) -> int:
@@ -464,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_eget.add_argument("--revision", type=int, default=0, help="0 = current revision")
     client_args(p_eget)
     p_everify = evidence_sub.add_parser("verify", help="check a bundle offline; names altered entries")
+    p_quote = sub.add_parser("quote", help="download the 견적서 of an estimate (XLSX or PDF)")
+    p_quote.add_argument("estimate_id")
+    p_quote.add_argument(
+        "-o", "--output", required=True, help="견적서.xlsx or 견적서.pdf (the suffix picks the format)"
+    )
+    p_quote.add_argument("--format", choices=sorted(QUOTE_FORMATS), help="xlsx or pdf (default: from -o)")
+    p_quote.add_argument("--revision", type=int, default=0, help="0 = current revision")
+    client_args(p_quote)
     p_everify.add_argument("file")
 
     p_slo = sub.add_parser("slo", help="p95, error rate, TAT median, auto-rate against the SLOs")
@@ -506,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "regress": cmd_regress,
         "smoke": cmd_smoke,
         "evidence": cmd_evidence_get,
+        "quote": cmd_quote,
         "report": cmd_report,
     }
     return int(commands[args.command](args, client))

@@ -8,7 +8,9 @@ docs/pricing-rules.md §4.3):
 ``MALFORMED_REQUEST`` (bytes that do not decode, unknown fields), ``TOO_MANY_ITEMS`` (a repeated
 field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_SIZE_INVALID``
 (ListEstimates), ``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT``
-(the acceptance sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open).
+(the acceptance sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open),
+``QUOTE_FORMAT_INVALID`` (GetQuoteDocument without XLSX or PDF) and ``QUOTE_UNAVAILABLE`` (the
+PDF needs a Hangul font the server does not have; the message says which).
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     SANDBOX_INVALID = "SANDBOX_INVALID"
     SANDBOX_LIMIT = "SANDBOX_LIMIT"
+    QUOTE_FORMAT_INVALID = "QUOTE_FORMAT_INVALID"
+    QUOTE_UNAVAILABLE = "QUOTE_UNAVAILABLE"
 
 
 _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
@@ -88,6 +92,7 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
     ErrorCode.SANDBOX_LIMIT: ErrorKind.QUOTA,
     ErrorCode.ESTIMATE_NOT_FOUND: ErrorKind.NOT_FOUND,
     ErrorCode.ESTIMATE_NOT_REVIEWABLE: ErrorKind.PRECONDITION,
+    ErrorCode.QUOTE_UNAVAILABLE: ErrorKind.PRECONDITION,
     ErrorCode.PERMISSION_DENIED: ErrorKind.DENIED,
     ErrorCode.UNAUTHENTICATED: ErrorKind.UNAUTHENTICATED,
     ErrorCode.INTERNAL_ERROR: ErrorKind.INTERNAL,

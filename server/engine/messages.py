@@ -236,6 +236,14 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "{max} acceptance sandboxes are open; retry when a run has finished.",
         "인수 시험용 샌드박스가 이미 {max}개 열려 있습니다. 실행 중인 시험이 끝난 뒤 다시 시도하세요.",
     ),
+    _C.QUOTE_FORMAT_INVALID: (
+        "format must be QUOTE_FORMAT_XLSX or QUOTE_FORMAT_PDF (got {v}).",
+        "format은 QUOTE_FORMAT_XLSX 또는 QUOTE_FORMAT_PDF여야 합니다 (입력값 {v}).",
+    ),
+    _C.QUOTE_UNAVAILABLE: (
+        "The quote document cannot be built here: {reason}.",
+        "견적서를 만들 수 없습니다: {reason}.",
+    ),
 }
 TEMPLATES: Mapping[ErrorCode, tuple[str, str]] = MappingProxyType(_TEMPLATES)
 

@@ -24,6 +24,7 @@ ALLOWED_ROLES: Mapping[str, frozenset[Role]] = {
     "ValidateEstimate": _WRITERS,
     "GetEstimate": _ALL,
     "ListEstimates": _ALL,
+    "GetQuoteDocument": _ALL,
     "GetEvidenceInfo": _ALL,
     "GetMetrics": _ALL,
     "ListReviewQueue": _WRITERS,

@@ -74,6 +74,13 @@ def _calls() -> dict[str, Call]:
         "ListEstimates": lambda ch, s, md: pb_grpc.EstimatorServiceStub(ch).ListEstimates(
             pb.ListEstimatesRequest(), metadata=md, timeout=TIMEOUT_S
         ),
+        "GetQuoteDocument": lambda ch, s, md: list(
+            pb_grpc.EstimatorServiceStub(ch).GetQuoteDocument(
+                pb.GetQuoteDocumentRequest(estimate_id=existing(s), format=pb.QUOTE_FORMAT_XLSX),
+                metadata=md,
+                timeout=TIMEOUT_S,
+            )
+        ),
         "ListReviewQueue": lambda ch, s, md: review_grpc.ReviewServiceStub(ch).ListReviewQueue(
             review_pb.ListReviewQueueRequest(), metadata=md, timeout=TIMEOUT_S
         ),
