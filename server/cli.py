@@ -7,6 +7,7 @@ Client commands find the server with ``--target`` (default 127.0.0.1:8787) and t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -38,6 +39,7 @@ from server.service.tokens import TokenService
 from server.settings import ClientSettings, Settings, SettingsError
 from server.slo import DEFAULT_WINDOW, run_slo_report
 from server.storage.repository import Store
+from server.workers import serve_workers
 
 DEFAULT_TARGET = "127.0.0.1:8787"
 
@@ -50,8 +52,8 @@ def _err(text: str) -> None:
     _out(text, sys.stderr)
 
 
-def _channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+def _channel(client: ClientSettings) -> grpc.Channel:
+    return client.channel(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str | bytes], ...]:
@@ -101,7 +103,24 @@ def _emit(est: pb.Estimate, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    overrides: dict[str, Any] = {
+        name: Path(value) if name.startswith("tls_") else value
+        for name, value in (
+            ("tls_cert", args.tls_cert),
+            ("tls_key", args.tls_key),
+            ("tls_client_ca", args.tls_client_ca),
+            ("workers", args.workers),
+        )
+        if value is not None
+    }
+    try:
+        settings = dataclasses.replace(settings, **overrides)
+    except SettingsError as exc:
+        _err(f"configuration error: {exc}")
+        return 2
     configure_logging(settings.log_level)
+    if settings.workers != 1:
+        return serve_workers(settings, address=args.listen)
     return serve(settings, address=args.listen)
 
 
@@ -164,7 +183,7 @@ def cmd_estimate(args: argparse.Namespace, client: ClientSettings) -> int:
         request = _load_request(args.file)
     except LocalError as exc:
         return _local_error(exc, args.json)
-    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    stub = pb_grpc.EstimatorServiceStub(_channel(client))
     try:
         if args.dry_run:
             reply_v = stub.ValidateEstimate(
@@ -182,7 +201,7 @@ def cmd_estimate(args: argparse.Namespace, client: ClientSettings) -> int:
 
 
 def cmd_get(args: argparse.Namespace, client: ClientSettings) -> int:
-    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    stub = pb_grpc.EstimatorServiceStub(_channel(client))
     try:
         reply = stub.GetEstimate(
             pb.GetEstimateRequest(estimate_id=args.estimate_id),
@@ -208,7 +227,7 @@ def _report(results: Sequence[runner.CaseResult], label: str) -> int:
 
 
 def _caller(client: ClientSettings, sandboxed: bool) -> tuple[grpc.Channel, runner.GrpcCaller]:
-    channel = _channel(client.target)
+    channel = _channel(client)
     tokens = dict.fromkeys([r.value for r in Role], client.token) if client.token else {}
     sandbox = runner.new_sandbox_id() if sandboxed else None
     return channel, runner.GrpcCaller(channel, tokens, sandbox=sandbox)
@@ -333,7 +352,7 @@ def _download(chunks: Iterable[Any], output: Path) -> int:
 
 
 def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
-    stub = evidence_grpc.EvidenceServiceStub(_channel(client.target))
+    stub = evidence_grpc.EvidenceServiceStub(_channel(client))
     request = evidence_pb.GetEvidenceBundleRequest(estimate_id=args.estimate_id, revision=args.revision)
     return _download(
         stub.GetEvidenceBundle(request, metadata=_metadata(client.token), timeout=args.timeout),
@@ -353,7 +372,7 @@ def cmd_quote(args: argparse.Namespace, client: ClientSettings) -> int:
             f"(파일 이름을 .xlsx 또는 .pdf로 끝내거나 --format을 지정하세요)"
         )
         return 2
-    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    stub = pb_grpc.EstimatorServiceStub(_channel(client))
     request = pb.GetQuoteDocumentRequest(
         estimate_id=args.estimate_id, revision=args.revision, format=QUOTE_FORMATS[name]
     )
@@ -370,7 +389,7 @@ def package_version() -> str:
 
 
 def cmd_list(args: argparse.Namespace, client: ClientSettings) -> int:
-    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    stub = pb_grpc.EstimatorServiceStub(_channel(client))
     status = pb.EstimateStatus.Value(f"ESTIMATE_STATUS_{args.status}") if args.status else 0
     request = pb.ListEstimatesRequest(page_size=args.page_size, page_token=args.page_token, status=status)  # type: ignore[arg-type]
     try:
@@ -422,7 +441,7 @@ def _ask(reason: pb.ReviewReason, read: Any) -> review_pb.ReviewResolution:
 
 
 def cmd_review(args: argparse.Namespace, client: ClientSettings) -> int:
-    channel = _channel(client.target)
+    channel = _channel(client)
     try:
         answers = {a.reason_id: a for a in map(_parse_answer, args.answer)}
     except LocalError as exc:
@@ -459,7 +478,7 @@ def cmd_review(args: argparse.Namespace, client: ClientSettings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, client: ClientSettings) -> int:
-    stub = review_grpc.ReviewServiceStub(_channel(client.target))
+    stub = review_grpc.ReviewServiceStub(_channel(client))
     try:
         m = stub.GetMetrics(
             review_pb.GetMetricsRequest(month=args.month or ""),
@@ -505,6 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_serve = sub.add_parser("serve", help="run the gRPC service")
     p_serve.add_argument("--listen", help="HOST:PORT (default KIS_GRPC_ADDRESS or 127.0.0.1:8787)")
+    p_serve.add_argument("--tls-cert", help="TLS certificate chain, PEM (KIS_TLS_CERT)")
+    p_serve.add_argument("--tls-key", help="TLS private key, PEM (KIS_TLS_KEY)")
+    p_serve.add_argument("--tls-client-ca", help="CA for client certificates: mutual TLS (KIS_TLS_CLIENT_CA)")
+    p_serve.add_argument(
+        "--workers", type=int, help="serving processes sharing the port (KIS_WORKERS; 0 = one per core)"
+    )
 
     p_token = sub.add_parser("token", help="manage API tokens")
     token_sub = p_token.add_subparsers(dest="token_command", required=True)
@@ -523,6 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     def client_args(p: argparse.ArgumentParser, *, table: bool = False) -> None:
         p.add_argument("--target", help=f"HOST:PORT of the service (default {DEFAULT_TARGET})")
         p.add_argument("--token", help="bearer token (default: $KIS_TOKEN)")
+        p.add_argument(
+            "--tls-ca",
+            help="CA (PEM) of the server's TLS certificate (default: $KIS_TLS_CA; none: plaintext)",
+        )
         p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds")
         if table:
             p.add_argument("--json", action="store_true", help="print JSON (errors too)")
@@ -610,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in local and not (args.command == "evidence" and args.evidence_command == "get"):
             return int(local[args.command](args, Settings.from_process_env(args.config)))
-        client = ClientSettings.from_process_env(target=args.target, token=args.token)
+        client = ClientSettings.from_process_env(target=args.target, token=args.token, tls_ca=args.tls_ca)
     except SettingsError as exc:
         _err(f"configuration error: {exc}")
         return 2

@@ -123,11 +123,23 @@ def load_keyring(settings: Settings) -> KeyRing:
         return parse_keyring(settings.evidence_keys, settings.evidence_active_key)
     path = settings.evidence_key_file
     if not path.exists():
+        # Written whole under a private name, then linked into place: a process starting at the
+        # same moment (a second worker, a CLI command) sees no file or the complete one, never half
+        # of it, and exactly one key wins (link fails on an existing name).
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(f"k1:{secrets.token_hex(32)}\n")
-        log.info("created evidence signing key", extra={"path": str(path)})
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(staged, path)
+            log.info("created evidence signing key", extra={"path": str(path)})
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        finally:
+            staged.unlink(missing_ok=True)
     return parse_keyring(path.read_text(encoding="ascii").strip(), settings.evidence_active_key)
 
 

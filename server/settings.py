@@ -18,11 +18,13 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import grpc
 
 DATABASE_FILE = "kis.db"
 APP_DIR = "kis-estimator"
@@ -171,6 +173,20 @@ class Settings:
     quote_supplier_address: str = ""
     quote_supplier_phone: str = ""
     quote_font: Path | None = None
+    # Native TLS on the gRPC port (PEM files): certificate and key, and a client CA that turns on
+    # mutual TLS (every client must present a certificate it signed). Unset: plaintext, for a
+    # loopback address or behind a TLS-terminating proxy (deploy/nginx/).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Serving processes sharing the port (SO_REUSEPORT); 0 = one per CPU core. See server/workers.py.
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("KIS_TLS_CERT and KIS_TLS_KEY go together (both PEM files, or neither)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingsError("KIS_TLS_CLIENT_CA (mutual TLS) needs KIS_TLS_CERT and KIS_TLS_KEY")
 
     def __repr__(self) -> str:
         secret = {"evidence_keys"}
@@ -272,6 +288,10 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "quote_supplier_address": lambda name, value: value,
     "quote_supplier_phone": lambda name, value: value,
     "quote_font": _path,
+    "tls_cert": _path,
+    "tls_key": _path,
+    "tls_client_ca": _path,
+    "workers": _int_in(0, 64),
 }
 
 # The release/incident workflows own these KIS_* namespaces (workflows/settings.py PREFIXES); the
@@ -294,7 +314,9 @@ WORKFLOW_PREFIXES = (
     "KIS_WORKFLOW_",
 )
 # KIS_* variables read by other programs (clients, the test suite, CI), not by the service.
-_NON_SERVICE_KEYS = frozenset({"KIS_REQUIRE_PG", "KIS_TEST_DATABASE_URL", "KIS_TOKEN", "KIS_TARGET"})
+_NON_SERVICE_KEYS = frozenset(
+    {"KIS_REQUIRE_PG", "KIS_TEST_DATABASE_URL", "KIS_TOKEN", "KIS_TARGET", "KIS_TLS_CA"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,20 +325,48 @@ class ClientSettings:
 
     target: str = DEFAULT_TARGET
     token: str | None = None
+    # TLS: the CA (PEM) that signed the server's certificate (``--tls-ca``/``KIS_TLS_CA``); None:
+    # plaintext. A client certificate for mutual TLS is not offered by the CLI.
+    tls_ca: Path | None = None
 
     def __repr__(self) -> str:
-        return f"ClientSettings(target={self.target!r}, token={'***' if self.token else None})"
+        return (
+            f"ClientSettings(target={self.target!r}, token={'***' if self.token else None}, "
+            f"tls_ca={self.tls_ca!r})"
+        )
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str], *, target: str | None = None, token: str | None = None
+        cls,
+        env: Mapping[str, str],
+        *,
+        target: str | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
     ) -> ClientSettings:
         target = target or env.get("KIS_TARGET") or DEFAULT_TARGET
-        return cls(target=_parse_address("--target", target), token=token or env.get("KIS_TOKEN") or None)
+        ca = tls_ca or env.get("KIS_TLS_CA") or None
+        return cls(
+            target=_parse_address("--target", target),
+            token=token or env.get("KIS_TOKEN") or None,
+            tls_ca=Path(ca) if ca else None,
+        )
 
     @classmethod
-    def from_process_env(cls, *, target: str | None = None, token: str | None = None) -> ClientSettings:
-        return cls.from_env(os.environ, target=target, token=token)
+    def from_process_env(
+        cls, *, target: str | None = None, token: str | None = None, tls_ca: str | None = None
+    ) -> ClientSettings:
+        return cls.from_env(os.environ, target=target, token=token, tls_ca=tls_ca)
+
+    def channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel to ``target``: TLS against ``tls_ca`` when set, else plaintext."""
+        if self.tls_ca is None:
+            return grpc.insecure_channel(self.target, options=list(options))
+        try:
+            ca = self.tls_ca.read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"KIS_TLS_CA {self.tls_ca}: {exc.strerror or exc}") from None
+        return grpc.secure_channel(self.target, grpc.ssl_channel_credentials(ca), options=list(options))
 
 
 assert set(_PARSERS) == {f.name for f in fields(Settings)}

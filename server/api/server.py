@@ -88,13 +88,29 @@ def api_services() -> list[ServiceDescriptor]:
     )
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
-        ("grpc.so_reuseport", 0),  # a second server must fail on a busy port, not share it
+        # A second server must fail on a busy port, not share it — except the workers of one
+        # `serve --workers N`, which share it on purpose (server/workers.py).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_concurrent_streams", 256),
     ]
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (mutual with ``tls_client_ca``) from the settings' PEM files; None: plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        cert, key = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+        ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise OSError(f"TLS files: {exc}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 def _denial_recorder(evidence: EvidenceService) -> Any:
@@ -131,7 +147,7 @@ def create_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=[*outer_interceptors, interceptor],
-        options=server_options(settings),
+        options=server_options(settings, reuse_port=settings.workers != 1),
         maximum_concurrent_rpcs=settings.max_workers * 8,
     )
     pb_grpc.add_EstimatorServiceServicer_to_server(
@@ -150,9 +166,11 @@ def create_server(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address or settings.grpc_address)
+    bind = address or settings.grpc_address
+    credentials = server_credentials(settings)
+    port = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)
     if port == 0:
-        raise OSError(f"cannot bind {address or settings.grpc_address}")
+        raise OSError(f"cannot bind {bind}")
     running = RunningServer(server=server, port=port, health=health_servicer)
     running.set_serving(False)
     return running

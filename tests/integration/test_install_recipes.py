@@ -167,3 +167,43 @@ def test_the_image_steps_serve_and_the_healthcheck_follows(
     probe = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
     assert probe.returncode == 1
     assert "unhealthy" in probe.stderr
+
+
+def test_the_installed_wheel_prices_and_writes_the_quote_document(
+    container: tuple[dict[str, str], list[str], subprocess.Popen[bytes]], clean_venv: Path, tmp_path: Path
+) -> None:
+    """`kis-estimator quote` from the wheel in a fresh venv (no checkout on its path)."""
+    env, health, server = container
+    deadline = time.monotonic() + 60
+    while subprocess.run(health, env=env, capture_output=True, timeout=30).returncode != 0:
+        assert server.poll() is None and time.monotonic() < deadline, "the server did not become healthy"
+        time.sleep(0.3)
+    cli = str(clean_venv / "bin" / "kis-estimator")
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli, *args],
+            env=env | extra,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    token = run("token", "create", "--role", "ESTIMATOR", "--name", "installed")
+    assert token.returncode == 0, token.stderr
+    target = env["KIS_GRPC_ADDRESS"]
+    priced = run(
+        "estimate",
+        str(REPO / "examples" / "example1.json"),
+        "--json",
+        KIS_TOKEN=token.stdout.strip(),
+        KIS_TARGET=target,
+    )
+    assert priced.returncode == 0, priced.stderr
+    estimate_id = json.loads(priced.stdout)["estimate_id"]
+    for name in ("견적서.xlsx", "견적서.pdf"):
+        done = run("quote", estimate_id, "-o", name, KIS_TOKEN=token.stdout.strip(), KIS_TARGET=target)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / name).stat().st_size > 1000 and "(verified)" in done.stdout

@@ -1,0 +1,227 @@
+"""Native TLS (and mutual TLS) on the gRPC port, and `serve --workers N` sharing one port.
+
+TLS: a real server with a certificate of a throwaway CA; a client trusting the CA is served, a
+plaintext client is not, the CLI talks TLS with ``--tls-ca``; with a client CA only clients holding
+a certificate it signed get through. Workers: a real ``kis-estimator serve --workers 2`` process
+tree; both workers answer on the one port (their metrics ports say so), the MIXED quota stays
+exact across them, and SIGTERM to the parent drains and ends them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from server.gen.kis.estimator.v1 import server_info_pb2, server_info_pb2_grpc
+from tests.integration.conftest import TIMEOUT_S, start_app
+from tests.integration.test_prometheus import free_port
+from tests.integration.tls import Pki, make_pki
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_FILE = ROOT / "examples" / "example1.json"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _info(channel: grpc.Channel) -> server_info_pb2.GetServerInfoResponse:
+    stub = server_info_pb2_grpc.ServerInfoServiceStub(channel)
+    return stub.GetServerInfo(server_info_pb2.GetServerInfoRequest(), timeout=TIMEOUT_S)
+
+
+def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(pki: Pki, tmp_path: Path) -> None:
+    served = start_app(tmp_path, tls_cert=pki.server_cert, tls_key=pki.server_key)
+    try:
+        credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes())
+        with grpc.secure_channel(served.address, credentials) as channel:
+            assert _info(channel).version
+        with grpc.insecure_channel(served.address) as plain, pytest.raises(grpc.RpcError) as refused:
+            _info(plain)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        env = {"PATH": "/usr/bin:/bin", "KIS_TOKEN": served.tokens["ESTIMATOR"], "KIS_TLS_CA": str(pki.ca)}
+        done = subprocess.run(
+            [sys.executable, "-m", "server.cli", "estimate", str(EXAMPLE_FILE), "--dry-run",
+             "--target", served.address],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0 and "1,134,100" in done.stdout, done.stderr
+    finally:
+        served.app.stop(0)
+
+
+def test_mutual_tls_requires_a_client_certificate_signed_by_the_client_ca(pki: Pki, tmp_path: Path) -> None:
+    served = start_app(tmp_path, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca)
+    try:
+        anonymous = grpc.ssl_channel_credentials(pki.ca.read_bytes())
+        with (
+            grpc.secure_channel(served.address, anonymous) as channel,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            _info(channel)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        holder = grpc.ssl_channel_credentials(
+            pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+        )
+        with grpc.secure_channel(served.address, holder) as channel:
+            assert _info(channel).version
+    finally:
+        served.app.stop(0)
+
+
+def test_half_a_tls_configuration_is_refused() -> None:
+    from server.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="go together"):
+        Settings(tls_cert=Path("cert.pem"))
+    with pytest.raises(SettingsError, match="needs KIS_TLS_CERT"):
+        Settings(tls_client_ca=Path("ca.pem"))
+
+
+# ------------------------------------------------------------------------------------ workers
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes], dict[str, str]]]:
+    port, metrics = free_port(), free_port()
+    while metrics + 1 == port:
+        metrics = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "KIS_DATA_DIR": str(tmp_path / "data"),
+        "KIS_METRICS_ADDRESS": f"127.0.0.1:{metrics}",
+    }
+    (tmp_path / "data").mkdir()
+    cli = [sys.executable, "-m", "server.cli"]
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [*cli, "serve", "--workers", "2", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            ready = 0
+            for offset in (0, 1):
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{metrics + offset}/healthz", timeout=1
+                    ) as r:
+                        ready += r.status == 200
+                except OSError:
+                    pass
+            if ready == 2:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()
+            time.sleep(0.2)
+        token = subprocess.run(
+            [*cli, "token", "create", "--role", "ADMIN", "--name", "workers"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.strip()  # fmt: skip
+        yield target, metrics, process, {"token": token}
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        log.close()
+
+
+def _handled(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total{") and 'grpc_service="kis.estimator' in line
+    )
+
+
+def test_two_workers_share_the_port_stay_exact_and_drain_on_sigterm(
+    workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
+) -> None:
+    target, metrics, process, secrets = workers
+    md = (("authorization", f"Bearer {secrets['token']}"),)
+    mixed = json_format.ParseDict(  # case M31's request
+        {
+            "brand": "MIXED",
+            "mixed_reason": "Customer supplies the LS main breaker spec; branches SANGDO",
+            "installation": {"location": "INDOOR", "mount": "FLUSH"},
+            "main": {"kind": "MCCB", "poles": 3, "trip_at": 100, "model": "ABN-103"},
+            "branches": [{"kind": "MCCB", "poles": 3, "trip_at": 100, "qty": 2, "brand": "SANGDO"}],
+            "accessories": {"enabled": False},
+        },
+        pb.CreateEstimateRequest(),
+    )
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def call(i: int) -> None:
+        # A channel each: new connections, which the kernel spreads over the workers.
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = pb_grpc.EstimatorServiceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+            request = pb.CreateEstimateRequest()
+            request.CopyFrom(mixed)
+            request.request_id = f"mixed-{i}"
+            try:
+                stub.CreateEstimate(request, metadata=md, timeout=TIMEOUT_S)
+                code = "OK"
+            except grpc.RpcError as err:
+                code = err.code().name
+        with lock:
+            outcomes.append(code)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert outcomes.count("OK") == 2, outcomes  # the monthly MIXED quota, exact across processes
+    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+    assert _handled(metrics) > 0 and _handled(metrics + 1) > 0  # both workers served calls
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    for offset in (0, 1):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics + offset}/healthz", timeout=1)
+
+
+def test_workers_do_not_outlive_a_killed_parent(
+    workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
+) -> None:
+    _target, metrics, process, _ = workers
+    process.kill()  # SIGKILL: no chance to forward anything
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz", timeout=1)
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("a worker outlived its parent")
