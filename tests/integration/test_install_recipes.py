@@ -31,18 +31,29 @@ DOCKERFILE = REPO / "deploy/docker/Dockerfile"
 VENV_BIN = Path(sys.executable).parent
 
 
-def _unit_for_this_machine(tmp_path: Path) -> Path:
-    text = UNIT.read_text().replace("/opt/kis-estimator/bin/kis-estimator", str(VENV_BIN / "kis-estimator"))
-    path = tmp_path / "kis-estimator.service"
+UNITS = {"single": UNIT, "replica": UNIT.with_name("kis-estimator@.service")}
+
+
+def _unit_for_this_machine(tmp_path: Path, kind: str = "single") -> Path:
+    unit = UNITS[kind]
+    text = unit.read_text().replace("/opt/kis-estimator/bin/kis-estimator", str(VENV_BIN / "kis-estimator"))
+    # A template is verified as an instance; its env files are made up here (the test has no /etc).
+    name = "kis-estimator@1.service" if kind == "replica" else unit.name
+    for env in ("kis-estimator.env", "replica-%i.env"):
+        target = tmp_path / env.replace("%i", "1")
+        target.write_text("KIS_LOG_LEVEL=INFO\n")
+        text = text.replace(f"/etc/kis-estimator/{env}", str(tmp_path / env))
+    path = tmp_path / name
     path.write_text(text)
     return path
 
 
-def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", sorted(UNITS))
+def test_the_systemd_unit_verifies(tmp_path: Path, kind: str) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     proc = subprocess.run(
-        ["systemd-analyze", "verify", str(_unit_for_this_machine(tmp_path))],
+        ["systemd-analyze", "verify", str(_unit_for_this_machine(tmp_path, kind))],
         capture_output=True,
         text=True,
         timeout=60,
@@ -50,11 +61,12 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
 
-def test_the_systemd_unit_is_sandboxed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", sorted(UNITS))
+def test_the_systemd_unit_is_sandboxed(tmp_path: Path, kind: str) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     proc = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(_unit_for_this_machine(tmp_path))],
+        ["systemd-analyze", "security", "--offline=true", str(_unit_for_this_machine(tmp_path, kind))],
         capture_output=True,
         text=True,
         timeout=60,
