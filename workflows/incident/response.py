@@ -64,8 +64,6 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
-from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
-
 from workflows.clock import Clock, kst_text
 from workflows.incident.criteria import (
     DEFAULT_CRITERIA,
@@ -78,7 +76,13 @@ from workflows.incident.criteria import (
     evaluate,
 )
 from workflows.prometheus.client import MetricsSource
-from workflows.release.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResult, SuiteResult
+from workflows.release.estimator_client import (
+    SMOKE_TOTAL,
+    EstimatorClient,
+    HealthResult,
+    SuiteResult,
+    wait_serving,
+)
 from workflows.release.promote import CommandOutcome, CommandRunner, PromotionResult
 from workflows.release.record import promoted_records, read_json, write_json
 from workflows.templates import (
@@ -600,20 +604,7 @@ def signal_from_evaluation(evaluation: Evaluation, *, version: str | None = None
 
 
 def _wait_serving(client: EstimatorClient, sleep: Callable[[float], None]) -> HealthResult:
-    def last(state: RetryCallState) -> HealthResult:
-        assert state.outcome is not None
-        value: HealthResult = state.outcome.result()
-        return value
-
-    retrying = Retrying(
-        stop=stop_after_attempt(HEALTH_ATTEMPTS),
-        wait=wait_fixed(HEALTH_WAIT_S),
-        retry=retry_if_result(lambda h: not h.serving),
-        retry_error_callback=last,
-        sleep=sleep,
-    )
-    health: HealthResult = retrying(client.health)
-    return health
+    return wait_serving(client, sleep, attempts=HEALTH_ATTEMPTS, wait_s=HEALTH_WAIT_S)
 
 
 def serving_version(deps: IncidentDeps, version: str) -> str | None:

@@ -49,6 +49,7 @@ from typing import Any, Literal, Protocol
 import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
@@ -71,6 +72,7 @@ __all__ = [
     "SuiteResult",
     "parse_suite_report",
     "percentile",
+    "wait_serving",
 ]
 
 CALL_TIMEOUT_S = 10.0
@@ -265,6 +267,27 @@ class EstimatorClient(Protocol):
     def server_info(self) -> ServerInfo | None:
         """The version the target serves; None when it cannot say (unreachable, or too old)."""
         ...
+
+
+def wait_serving(
+    client: EstimatorClient, sleep: Callable[[float], None], *, attempts: int, wait_s: float = 1.0
+) -> HealthResult:
+    """Poll health until SERVING, at most ``attempts`` times ``wait_s`` apart; the last answer."""
+
+    def last(state: RetryCallState) -> HealthResult:
+        assert state.outcome is not None
+        value: HealthResult = state.outcome.result()
+        return value
+
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_fixed(wait_s),
+        retry=retry_if_result(lambda h: not h.serving),
+        retry_error_callback=last,
+        sleep=sleep,
+    )
+    health: HealthResult = retrying(client.health)
+    return health
 
 
 # ------------------------------------------------------------------------------------ acceptance runner

@@ -77,6 +77,7 @@ from workflows.release.estimator_client import (
     ProbeResult,
     ServerInfo,
     SuiteResult,
+    wait_serving,
 )
 from workflows.release.record import (
     ReleaseRecord,
@@ -512,20 +513,9 @@ class _Run:
         )
 
     def wait_serving(self) -> HealthResult:
-        def last(state: RetryCallState) -> HealthResult:
-            assert state.outcome is not None
-            value: HealthResult = state.outcome.result()
-            return value
-
-        retrying = Retrying(
-            stop=stop_after_attempt(HEALTH_ATTEMPTS),
-            wait=wait_fixed(HEALTH_WAIT_S),
-            retry=retry_if_result(lambda h: not h.serving),
-            retry_error_callback=last,
-            sleep=self.deps.sleep,
+        return wait_serving(
+            self.deps.estimator, self.deps.sleep, attempts=HEALTH_ATTEMPTS, wait_s=HEALTH_WAIT_S
         )
-        health: HealthResult = retrying(self.deps.estimator.health)
-        return health
 
 
 def _rejected(run: _Run, name: str, message: str) -> PromotionResult:
