@@ -6,8 +6,9 @@ place that maps a kind to a gRPC status code. Codes are stable strings clients b
 Codes added by this service where DOMAIN.md is silent (transport-level hostile input):
 ``MALFORMED_REQUEST`` (bytes that do not decode, unknown fields), ``TOO_MANY_ITEMS`` (a repeated
 field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_SIZE_INVALID``
-(ListEstimates), ``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT``
-(the acceptance sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open).
+(listing RPCs; only a negative ``page_size``, since AIP-158 lowers one above the maximum),
+``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT`` (the acceptance
+sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open).
 """
 
 from __future__ import annotations
