@@ -5,10 +5,11 @@ Usage: python tools/genproto.py [OUT_DIR]   (default: server/gen)
 protoc emits absolute imports rooted at proto/ (``from kis.estimator.v1 import ...``); they are
 rewritten to ``server.gen.kis...`` so the generated package imports without touching sys.path.
 
-What is generated: every proto under proto/kis. Not generated: the vendored proto/google/api/*.proto,
-which exist only so that buf resolves the import offline; the generated code imports
-``google.api.field_behavior_pb2`` from googleapis-common-protos, so one module (and one descriptor)
-serves the annotation at run time.
+What is generated: every proto under proto/kis, and the vendored grpc/reflection/v1/reflection.proto
+(server reflection v1, which grpcio-reflection does not ship; server/api/reflection.py). Not generated:
+the vendored proto/google/api/*.proto, which exist only so that buf resolves the import offline; the
+generated code imports ``google.api.field_behavior_pb2`` from googleapis-common-protos, so one module
+(and one descriptor) serves the annotation at run time.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import grpc_tools
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PACKAGE_PREFIX = "server.gen."
-GENERATED = ("kis/",)  # path prefixes under proto/ that get Python code
-_IMPORT = re.compile(r"^(from|import) (kis)\b", re.MULTILINE)
+GENERATED = ("kis/", "grpc/reflection/v1/")  # path prefixes under proto/ that get Python code
+_IMPORT = re.compile(r"^(from|import) (kis|grpc\.reflection\.v1)\b", re.MULTILINE)
 
 
 def generate(out_dir: Path) -> None:
