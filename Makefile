@@ -13,8 +13,10 @@ setup: $(STAMP) $(BUF) tools
 
 # promtool/prometheus (Debian `prometheus`) for the rule tests and the real-Prometheus tests;
 # amtool/alertmanager (Debian `prometheus-alertmanager`) for the routing config and receiver tests;
-# Go and its protoc plugins (Debian) for the generated-client test.
+# Go and its protoc plugins (Debian) for the generated-client test;
+# the Hangul font (fonts-nanum) the 견적서 PDF embeds, and poppler-utils the document tests read it with.
 tools:
+	@bash tools/ensure_quote_tools.sh
 	@bash tools/ensure_prometheus.sh
 	@bash tools/ensure_alertmanager.sh
 	@bash tools/ensure_go.sh

@@ -11,8 +11,8 @@ import getpass
 import hashlib
 import json
 import sys
-import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format
 
 from server.acceptance import runner
+from server.client_view import LocalError, check_request_json, format_estimate, format_list
 from server.clock import SystemClock
 from server.engine.roles import Principal, Role
 from server.evidence.verify import verify_bundle
@@ -57,9 +58,27 @@ def _metadata(token: str | None) -> tuple[tuple[str, str | bytes], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def _print_error(err: grpc.RpcError) -> int:
+def _print_error(err: grpc.RpcError, target: str = DEFAULT_TARGET, *, as_json: bool = False) -> int:
     outcome = runner.outcome_of_error(err)
+    if as_json:
+        _out(
+            json.dumps(
+                {
+                    "error": {
+                        "code": outcome.code,
+                        "message": outcome.message,
+                        "violations": outcome.violations,
+                    }
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return 2
     _err(f"error: {outcome.code}: {outcome.message}")
+    if outcome.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        _err(f"       is the server running on {target}? (`make run`, or --target / KIS_TARGET)")
+        _err(f"       서버가 {target}에서 실행 중인지 확인하세요 (`make run`, 또는 --target / KIS_TARGET)")
     for v in outcome.violations:
         _err(f"  {v['field'] or '-'}  {v['code']}  {v['message_en']}")
         if v.get("message_ko"):
@@ -70,89 +89,15 @@ def _print_error(err: grpc.RpcError) -> int:
     return 2
 
 
-def _money(value: int | None) -> str:
-    return "—" if value is None else f"{value:,}"
-
-
-ITEM_COLUMNS = 58
-
-
-def _columns(text: str) -> int:
-    """Terminal columns of ``text``: Hangul and other wide characters take two."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _pad(text: str, columns: int) -> str:
-    """``text`` cut and padded to exactly ``columns`` terminal columns."""
-    out, used = "", 0
-    for ch in text:
-        w = _columns(ch)
-        if used + w > columns:
-            break
-        out, used = out + ch, used + w
-    return out + " " * (columns - used)
-
-
-def format_estimate(est: pb.Estimate) -> str:
-    """A readable quote: header, lines, totals, review questions, warnings."""
-    view = runner.estimate_view(est)
-    enc = view["enclosure"]
-    out = [
-        f"Estimate {est.estimate_id or '(not stored)'}  revision {est.revision}  "
-        f"{view['status']} / {view['decision']}",
-        f"Catalog {est.catalog_version[:8]}  rules {est.rules_version}",
-        "Computed size {}x{}x{} mm; enclosure {} {} {}x{}x{}".format(
-            *view["size_mm"],
-            enc["kind"],
-            enc["model"] or "(custom)",
-            enc["width_mm"],
-            enc["height_mm"],
-            enc["depth_mm"],
-        ),
-        "",
-        f"{'no':>3}  {'section':<22} {_pad('item', ITEM_COLUMNS)} {'qty':>7} {_pad('unit', 4)} "
-        f"{'unit price':>12} {'amount':>12}",
-    ]
-    for line in view["lines"]:
-        qty = line["qty_kg"] if line["qty_kg"] is not None else str(line["qty"])
-        item = f"{line['name']} {line['spec']}".strip()
-        out.append(
-            f"{line['no']:>3}  {line['section']:<22} {_pad(item, ITEM_COLUMNS)} {qty:>7} "
-            f"{_pad(line['unit'], 4)} {_money(line['unit_price_krw']):>12} {_money(line['amount_krw']):>12}"
-            + (f"  ({line['reason_id']})" if line["reason_id"] else "")
-        )
-    t = view["totals"]
-    width = 3 + 2 + 22 + 1 + ITEM_COLUMNS + 1 + 7 + 1 + 4 + 1 + 12
-    out += [
-        "",
-        f"{'subtotal':>{width}} {_money(t['subtotal_krw']):>12}",
-        f"{'VAT 10%':>{width}} {_money(t['vat_krw']):>12}",
-        f"{'total KRW':>{width}} {_money(t['total_krw']):>12}",
-    ]
-    if t["total_krw"] is None:
-        out.append(f"{'partial subtotal (known prices)':>{width}} {_money(t['partial_subtotal_krw']):>12}")
-    if est.review_reasons:
-        out += ["", "Review questions:"]
-        for r in est.review_reasons:
-            out += [f"  {r.reason_id} {r.code} at {r.path}", f"     {r.question_en}", f"     {r.question_ko}"]
-    if est.warnings:
-        out += ["", "Warnings:"]
-        out += [f"  {w.code} at {w.path or '-'}: {w.message_en} / {w.message_ko}" for w in est.warnings]
-    pbal = est.phase_balance
-    if pbal.applicable:
-        out.append(f"\nPhase balance R {pbal.r_a} A, S {pbal.s_a} A, T {pbal.t_a} A: {pbal.imbalance_pct} %")
-    return "\n".join(out)
-
-
-def _emit(est: pb.Estimate, as_json: bool) -> None:
-    if as_json:
+def _emit(est: pb.Estimate, args: argparse.Namespace) -> None:
+    if args.json:
         _out(
             json.dumps(
                 json_format.MessageToDict(est, preserving_proto_field_name=True), ensure_ascii=False, indent=2
             )
         )
     else:
-        _out(format_estimate(est))
+        _out(format_estimate(est, args.lang))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -191,16 +136,34 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _load_request(path: str) -> pb.CreateEstimateRequest:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    return json_format.Parse(text, pb.CreateEstimateRequest())
+    """The request file, checked locally first: LocalError names the field path and the fix."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LocalError(
+            path, f"cannot read: {exc.strerror}", f"파일을 읽을 수 없습니다: {exc.strerror}"
+        ) from None
+    data = check_request_json(text, path)
+    try:
+        return json_format.ParseDict(data, pb.CreateEstimateRequest())
+    except json_format.ParseError as exc:
+        raise LocalError("(request)", str(exc), "요청을 해석할 수 없습니다") from None
+
+
+def _local_error(exc: LocalError, as_json: bool) -> int:
+    if as_json:
+        _out(json.dumps(exc.to_json(), ensure_ascii=False, indent=2))
+    else:
+        for line in exc.lines():
+            _err(line)
+    return 2
 
 
 def cmd_estimate(args: argparse.Namespace, client: ClientSettings) -> int:
     try:
         request = _load_request(args.file)
-    except (OSError, json_format.ParseError) as exc:
-        _err(f"error: cannot read {args.file}: {exc}")
-        return 2
+    except LocalError as exc:
+        return _local_error(exc, args.json)
     stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
     try:
         if args.dry_run:
@@ -209,12 +172,12 @@ def cmd_estimate(args: argparse.Namespace, client: ClientSettings) -> int:
                 metadata=_metadata(client.token),
                 timeout=args.timeout,
             )
-            _emit(reply_v.estimate, args.json)
+            _emit(reply_v.estimate, args)
         else:
             reply = stub.CreateEstimate(request, metadata=_metadata(client.token), timeout=args.timeout)
-            _emit(reply.estimate, args.json)
+            _emit(reply.estimate, args)
     except grpc.RpcError as err:
-        return _print_error(err)
+        return _print_error(err, client.target, as_json=args.json)
     return 0
 
 
@@ -227,8 +190,8 @@ def cmd_get(args: argparse.Namespace, client: ClientSettings) -> int:
             timeout=args.timeout,
         )
     except grpc.RpcError as err:
-        return _print_error(err)
-    _emit(reply.estimate, args.json)
+        return _print_error(err, client.target, as_json=args.json)
+    _emit(reply.estimate, args)
     return 0
 
 
@@ -342,13 +305,13 @@ def cmd_evidence_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
-    stub = evidence_grpc.EvidenceServiceStub(_channel(client.target))
-    request = evidence_pb.GetEvidenceBundleRequest(estimate_id=args.estimate_id, revision=args.revision)
+def _download(chunks: Iterable[Any], output: Path) -> int:
+    """Write a chunked download (``offset``/``chunk``, first chunk ``sha256``/``size_bytes``) after
+    checking order, size and SHA-256; 1 with a message when it is not what the server announced."""
     data = bytearray()
     expected_sha, expected_size = "", -1
     try:
-        for chunk in stub.GetEvidenceBundle(request, metadata=_metadata(client.token), timeout=args.timeout):
+        for chunk in chunks:
             if chunk.offset != len(data):
                 _err(f"error: chunk at offset {chunk.offset}, expected {len(data)}")
                 return 1
@@ -364,8 +327,134 @@ def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
             f"server said {expected_sha} ({expected_size})"
         )
         return 1
-    Path(args.output).write_bytes(bytes(data))
-    _out(f"{args.output}: {len(data)} bytes, sha256 {actual} (verified)")
+    output.write_bytes(bytes(data))
+    _out(f"{output}: {len(data)} bytes, sha256 {actual} (verified)")
+    return 0
+
+
+def cmd_evidence_get(args: argparse.Namespace, client: ClientSettings) -> int:
+    stub = evidence_grpc.EvidenceServiceStub(_channel(client.target))
+    request = evidence_pb.GetEvidenceBundleRequest(estimate_id=args.estimate_id, revision=args.revision)
+    return _download(
+        stub.GetEvidenceBundle(request, metadata=_metadata(client.token), timeout=args.timeout),
+        Path(args.output),
+    )
+
+
+QUOTE_FORMATS = {"xlsx": pb.QUOTE_FORMAT_XLSX, "pdf": pb.QUOTE_FORMAT_PDF}
+
+
+def cmd_quote(args: argparse.Namespace, client: ClientSettings) -> int:
+    output = Path(args.output)
+    name = args.format or output.suffix.lower().removeprefix(".")
+    if name not in QUOTE_FORMATS:
+        _err(
+            f"error: {output}: say --format xlsx|pdf or end the file name in .xlsx or .pdf "
+            f"(파일 이름을 .xlsx 또는 .pdf로 끝내거나 --format을 지정하세요)"
+        )
+        return 2
+    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    request = pb.GetQuoteDocumentRequest(
+        estimate_id=args.estimate_id, revision=args.revision, format=QUOTE_FORMATS[name]
+    )
+    return _download(
+        stub.GetQuoteDocument(request, metadata=_metadata(client.token), timeout=args.timeout), output
+    )
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("kis-estimator")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def cmd_list(args: argparse.Namespace, client: ClientSettings) -> int:
+    stub = pb_grpc.EstimatorServiceStub(_channel(client.target))
+    status = pb.EstimateStatus.Value(f"ESTIMATE_STATUS_{args.status}") if args.status else 0
+    request = pb.ListEstimatesRequest(page_size=args.page_size, page_token=args.page_token, status=status)  # type: ignore[arg-type]
+    try:
+        reply = stub.ListEstimates(request, metadata=_metadata(client.token), timeout=args.timeout)
+    except grpc.RpcError as err:
+        return _print_error(err, client.target, as_json=args.json)
+    if args.json:
+        _out(
+            json.dumps(
+                json_format.MessageToDict(reply, preserving_proto_field_name=True),
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        _out(format_list(reply, args.lang))
+    return 0
+
+
+def _parse_answer(text: str) -> review_pb.ReviewResolution:
+    reason, sep, value = text.partition("=")
+    model, _, price = value.rpartition(":")
+    if not sep or not reason.strip() or not price.strip().isdigit():
+        raise LocalError(
+            f"--answer {text}",
+            "expected REASON=PRICE or REASON=MODEL:PRICE (price in KRW, digits only)",
+            "REASON=단가 또는 REASON=모델:단가 형식이어야 합니다 (단가는 원 단위 숫자)",
+            "e.g. --answer R1=53000 or --answer R2=SBS-204:53000",
+        )
+    return review_pb.ReviewResolution(
+        reason_id=reason.strip(), model=model.strip(), unit_price_krw=int(price)
+    )
+
+
+def _ask(reason: pb.ReviewReason, read: Any) -> review_pb.ReviewResolution:
+    _out(f"{reason.reason_id} ({reason.code}, {reason.path})")
+    _out(f"  {reason.question_ko}")
+    _out(f"  {reason.question_en}")
+    model = ""
+    if reason.code == "NEED_KNOWLEDGE_UPDATE" and reason.path.startswith(("main", "branches")):
+        model = read("  모델명 (model): ").strip()
+    while True:
+        price = read("  단가 (unit price, KRW): ").strip().replace(",", "")
+        if price.isdigit() and int(price) > 0:
+            return review_pb.ReviewResolution(
+                reason_id=reason.reason_id, model=model, unit_price_krw=int(price)
+            )
+        _out("  숫자로 입력하세요 (digits only, > 0)")
+
+
+def cmd_review(args: argparse.Namespace, client: ClientSettings) -> int:
+    channel = _channel(client.target)
+    try:
+        answers = {a.reason_id: a for a in map(_parse_answer, args.answer)}
+    except LocalError as exc:
+        return _local_error(exc, args.json)
+    try:
+        est = (
+            pb_grpc.EstimatorServiceStub(channel)
+            .GetEstimate(
+                pb.GetEstimateRequest(estimate_id=args.estimate_id),
+                metadata=_metadata(client.token),
+                timeout=args.timeout,
+            )
+            .estimate
+        )
+        for reason in est.review_reasons:
+            if reason.reason_id not in answers:
+                if args.json or (not sys.stdin.isatty() and not sys.stdin.readable()):
+                    break
+                answers[reason.reason_id] = _ask(reason, input)
+        reply = review_grpc.ReviewServiceStub(channel).CompleteReview(
+            review_pb.CompleteReviewRequest(
+                estimate_id=args.estimate_id, resolutions=list(answers.values()), comment=args.comment
+            ),
+            metadata=_metadata(client.token),
+            timeout=args.timeout,
+        )
+    except grpc.RpcError as err:
+        return _print_error(err, client.target, as_json=args.json)
+    except EOFError:
+        _err("error: no answer given (답변이 입력되지 않았습니다); use --answer REASON=VALUE")
+        return 2
+    _emit(reply.estimate, args)
     return 0
 
 
@@ -408,6 +497,7 @@ def cmd_report(args: argparse.Namespace, client: ClientSettings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kis-estimator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kis-estimator {package_version()}")
     parser.add_argument(
         "--config", type=Path, help="service settings as TOML (default: $KIS_CONFIG_FILE); KIS_* override it"
     )
@@ -430,21 +520,40 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub.add_parser("verify", help="walk the hash chain; names the first broken record")
     audit_sub.add_parser("prune", help="delete records older than KIS_AUDIT_RETENTION_DAYS")
 
-    def client_args(p: argparse.ArgumentParser) -> None:
+    def client_args(p: argparse.ArgumentParser, *, table: bool = False) -> None:
         p.add_argument("--target", help=f"HOST:PORT of the service (default {DEFAULT_TARGET})")
         p.add_argument("--token", help="bearer token (default: $KIS_TOKEN)")
         p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds")
+        if table:
+            p.add_argument("--json", action="store_true", help="print JSON (errors too)")
+            p.add_argument("--lang", choices=("ko", "en"), default="ko", help="table language (default ko)")
 
     p_est = sub.add_parser("estimate", help="price a request JSON file (- for stdin)")
     p_est.add_argument("file")
-    p_est.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p_est.add_argument("--dry-run", action="store_true", help="ValidateEstimate: price without storing")
-    client_args(p_est)
+    client_args(p_est, table=True)
 
     p_get = sub.add_parser("get", help="show a stored estimate")
     p_get.add_argument("estimate_id")
-    p_get.add_argument("--json", action="store_true")
-    client_args(p_get)
+    client_args(p_get, table=True)
+
+    p_list = sub.add_parser("list", help="stored estimates, newest first (견적 목록)")
+    p_list.add_argument("--status", choices=("COMPLETED", "NEEDS_REVIEW", "REVIEWED", "REJECTED"))
+    p_list.add_argument("--page-size", type=int, default=20)
+    p_list.add_argument("--page-token", default="")
+    client_args(p_list, table=True)
+
+    p_review = sub.add_parser("review", help="answer the open questions of a NEEDS_REVIEW estimate (검토)")
+    p_review.add_argument("estimate_id")
+    p_review.add_argument(
+        "--answer",
+        action="append",
+        default=[],
+        metavar="REASON=VALUE",
+        help="R1=53000 (unit price, KRW) or R1=SBS-204:53000 (model and price); prompts for the rest",
+    )
+    p_review.add_argument("--comment", default="", help="recorded with the review")
+    client_args(p_review, table=True)
 
     p_reg = sub.add_parser("regress", help="run the 40 regression cases against a live endpoint")
     p_reg.add_argument("--all", action="store_true", help="also the supplementary cases")
@@ -464,13 +573,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_eget.add_argument("--revision", type=int, default=0, help="0 = current revision")
     client_args(p_eget)
     p_everify = evidence_sub.add_parser("verify", help="check a bundle offline; names altered entries")
+    p_quote = sub.add_parser("quote", help="download the 견적서 of an estimate (XLSX or PDF)")
+    p_quote.add_argument("estimate_id")
+    p_quote.add_argument(
+        "-o", "--output", required=True, help="견적서.xlsx or 견적서.pdf (the suffix picks the format)"
+    )
+    p_quote.add_argument("--format", choices=sorted(QUOTE_FORMATS), help="xlsx or pdf (default: from -o)")
+    p_quote.add_argument("--revision", type=int, default=0, help="0 = current revision")
+    client_args(p_quote)
     p_everify.add_argument("file")
 
     p_slo = sub.add_parser("slo", help="p95, error rate, TAT median, auto-rate against the SLOs")
     p_slo.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     p_slo.add_argument("--window", default=DEFAULT_WINDOW, help="PromQL range such as 5m or 1d")
 
-    p_report = sub.add_parser("report", help="monthly TAT / auto-processing report (DOMAIN.md §16.3)")
+    p_report = sub.add_parser(
+        "report", help="monthly TAT / auto-processing report (docs/pricing-rules.md §16.3)"
+    )
     p_report.add_argument("--month", help="KST month YYYY-MM (default: current)")
     client_args(p_report)
     return parser
@@ -498,12 +617,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoStore as exc:
         _err(f"error: {exc}")
         return 2
+    if not client.token:
+        _err("error: UNAUTHENTICATED: no token: set KIS_TOKEN or pass --token")
+        _err("       토큰이 없습니다: KIS_TOKEN을 설정하거나 --token을 지정하세요")
+        _err("       (an admin makes one: kis-estimator token create --role ESTIMATOR --name <you>)")
+        return 2
     commands: dict[str, Any] = {
         "estimate": cmd_estimate,
         "get": cmd_get,
         "regress": cmd_regress,
         "smoke": cmd_smoke,
         "evidence": cmd_evidence_get,
+        "quote": cmd_quote,
+        "list": cmd_list,
+        "review": cmd_review,
         "report": cmd_report,
     }
     return int(commands[args.command](args, client))

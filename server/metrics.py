@@ -109,7 +109,7 @@ class Metrics:
         # --- estimates --------------------------------------------------------------------------------
         self.estimates_accepted = Counter(
             "kis_estimates_accepted_total",
-            "Estimates accepted and stored (DOMAIN.md §16.2), by status at acceptance and brand.",
+            "Estimates accepted and stored (docs/pricing-rules.md §16.2), by status at acceptance and brand.",
             ["status", "brand"],
             registry=registry,
         )

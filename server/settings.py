@@ -162,6 +162,15 @@ class Settings:
     # after how many idle seconds one is closed and deleted.
     sandbox_max_open: int = 4
     sandbox_idle_s: float = 600.0
+    # The quote document (견적서, server/quote/): validity printed on it, the supplier block, and the
+    # TrueType font the PDF embeds (default: Debian's NanumGothic).
+    quote_validity_days: int = 30
+    quote_supplier_company: str = "KIS"
+    quote_supplier_representative: str = ""
+    quote_supplier_business_no: str = ""
+    quote_supplier_address: str = ""
+    quote_supplier_phone: str = ""
+    quote_font: Path | None = None
 
     def __repr__(self) -> str:
         secret = {"evidence_keys"}
@@ -256,6 +265,13 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "audit_retention_days": _int_in(1, 36500),
     "sandbox_max_open": _int_in(0, 64),
     "sandbox_idle_s": _float_in(10.0, 86400.0),
+    "quote_validity_days": _int_in(1, 3650),
+    "quote_supplier_company": lambda name, value: value,
+    "quote_supplier_representative": lambda name, value: value,
+    "quote_supplier_business_no": lambda name, value: value,
+    "quote_supplier_address": lambda name, value: value,
+    "quote_supplier_phone": lambda name, value: value,
+    "quote_font": _path,
 }
 
 # The release/incident workflows own these KIS_* namespaces (workflows/settings.py PREFIXES); the

@@ -1,7 +1,7 @@
 """SLO report: the GA 1.0 notice's four targets, measured through the Prometheus HTTP API.
 
 ``kis-estimator slo --prometheus URL [--window 1d]`` prints one line per target and exits with
-:func:`run_slo_report`'s status. The targets (seed notice, DOMAIN.md §16.3):
+:func:`run_slo_report`'s status. The targets (seed notice, docs/pricing-rules.md §16.3):
 
 * p95 latency ≤ 30 ms: unary API calls (``grpc_service`` ``kis.estimator.*``), health checks excluded;
 * error rate < 0.5 %: 5xx-class responses ÷ all API responses, with the gRPC-code classes of

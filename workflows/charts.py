@@ -4,9 +4,10 @@ Figures are built with ``Figure`` + ``FigureCanvasAgg`` directly, so nothing glo
 registry, the interactive backend) is touched and charts can be rendered from any thread. Size and
 dpi are fixed and the PNG carries no "Software" text chunk, so the same input gives the same bytes.
 
-Labels should be Latin text: matplotlib's bundled DejaVu font has no Hangul, so a character the
-font lacks is drawn as "?" (rather than an empty box and a warning); pass a criterion id or an
-English title, not the notice's Korean wording.
+Hangul is drawn with NanumGothic (Debian ``fonts-nanum``, which ``make setup`` installs; the same
+font the 견적서 PDF embeds), so titles and labels may carry the notice's Korean wording. Where no
+Hangul font is installed, matplotlib's bundled DejaVu is used and a character it lacks is drawn as
+"?" (rather than an empty box and a warning).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import io
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from matplotlib import font_manager
 from matplotlib.axes import Axes
@@ -36,10 +38,32 @@ _BUCKETS = 20  # latency samples are grouped into this many time windows for p50
 _SLO_COLOR = "#c0392b"
 
 
+HANGUL_FONTS = (
+    Path("/usr/share/fonts/truetype/nanum/NanumGothic.ttf"),  # Debian fonts-nanum
+    Path("/usr/share/fonts/nanum/NanumGothic.ttf"),
+)
+
+
+@functools.cache
+def _font() -> font_manager.FontProperties:
+    """NanumGothic when it is installed, else matplotlib's default (DejaVu Sans)."""
+    for path in HANGUL_FONTS:
+        if path.is_file():
+            return font_manager.FontProperties(fname=str(path))
+    return font_manager.FontProperties()
+
+
 @functools.cache
 def _glyphs() -> frozenset[int]:
-    """Code points the default font can draw."""
-    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+    """Code points the chart font can draw."""
+    font = _font()
+    return frozenset(FT2Font(font.get_file() or font_manager.findfont(font)).get_charmap())
+
+
+def _small_font() -> font_manager.FontProperties:
+    font = _font().copy()
+    font.set_size(8)
+    return font
 
 
 def _drawable(text: str) -> str:
@@ -67,9 +91,9 @@ def _no_data(ax: Axes) -> None:
 def latency_chart_png(samples: Sequence[tuple[float, float]], *, title: str, slo_ms: float = 30.0) -> bytes:
     """p50/p95 latency over time with the SLO line; ``samples`` are (seconds since start, ms)."""
     fig, ax = _new_axes()
-    ax.set_title(_drawable(title))
-    ax.set_xlabel("seconds since start of check")
-    ax.set_ylabel("latency (ms)")
+    ax.set_title(_drawable(title), fontproperties=_font())
+    ax.set_xlabel("seconds since start of check", fontproperties=_font())
+    ax.set_ylabel("latency (ms)", fontproperties=_font())
     ax.axhline(slo_ms, color=_SLO_COLOR, linestyle="--", linewidth=1.2, label=f"SLO p95 < {slo_ms:g} ms")
     if samples:
         ordered = sorted(samples)
@@ -98,7 +122,7 @@ def latency_chart_png(samples: Sequence[tuple[float, float]], *, title: str, slo
         ax.set_ylim(0, slo_ms * 1.25)
         _no_data(ax)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper right", prop=_small_font())
     return _png(fig)
 
 
@@ -115,8 +139,8 @@ def breach_chart_png(
     threshold are marked.
     """
     fig, ax = _new_axes()
-    ax.set_title(_drawable(title))
-    ax.set_ylabel(_drawable(unit))
+    ax.set_title(_drawable(title), fontproperties=_font())
+    ax.set_ylabel(_drawable(unit), fontproperties=_font())
     xs_all = [x for _, points in series for x, _ in points]
     dated = bool(xs_all) and all(isinstance(x, datetime) for x in xs_all)
     if xs_all and not dated and any(isinstance(x, datetime) for x in xs_all):
@@ -156,5 +180,5 @@ def breach_chart_png(
         _no_data(ax)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", prop=_small_font())
     return _png(fig)

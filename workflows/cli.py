@@ -10,22 +10,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import json
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from workflows import clock as clock_module
-from workflows.alert_receiver import AlertReceiver, create_receiver_server
-from workflows.artifacts import run_build, run_verify
 from workflows.clock import SystemClock
-from workflows.criteria import IncidentLedger, IncidentLedgerError, build_criteria
-from workflows.estimator_client import CandidateAcceptanceRunner, EstimatorClient, GrpcEstimatorClient
-from workflows.incident import (
+from workflows.errors import WorkflowError
+from workflows.incident.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server
+from workflows.incident.criteria import IncidentLedger, IncidentLedgerError, build_criteria
+from workflows.incident.response import (
     IncidentDeps,
     IncidentOptions,
     file_refused_promotion,
@@ -33,26 +30,29 @@ from workflows.incident import (
     run_watch,
 )
 from workflows.notify import Notifier, NotifyOptions
-from workflows.outbox import OutboxTracker
-from workflows.prometheus import PrometheusSource
-from workflows.promote import (
+from workflows.prometheus.client import PrometheusSource
+from workflows.release.artifacts import run_build, run_verify
+from workflows.release.estimator_client import CandidateAcceptanceRunner, EstimatorClient, GrpcEstimatorClient
+from workflows.release.promote import (
     PromoteOptions,
     PromotionResult,
     ShellCommandRunner,
     deploy_report,
     run_promote,
 )
-from workflows.settings import WorkflowSettings, WorkflowSettingsError
-from workflows.standby import (
+from workflows.release.record import StateFileError, read_record
+from workflows.release.standby import (
     ProcessStandbyChecks,
     SloReading,
     StandbyOptions,
     run_standby,
     wait_until_by_sleeping,
 )
+from workflows.settings import WorkflowSettings, WorkflowSettingsError
 from workflows.templates import Owners, korean_announcement
-from workflows.tracker import IssueRef, TrackerError
-from workflows.trackers import build_tracker, run_jira_check, run_outbox_flush, run_outbox_list
+from workflows.tracker.build import build_tracker, pager, run_jira_check, run_outbox_flush, run_outbox_list
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import IssueRef, TrackerError
 
 Command = Callable[[argparse.Namespace, WorkflowSettings], int]
 
@@ -71,6 +71,7 @@ def cmd_build(args: argparse.Namespace, settings: WorkflowSettings) -> int:
         args.version,
         source_ref=args.ref,
         catalog_dir=Path(args.catalog_dir) if args.catalog_dir else None,
+        source_date_epoch=args.source_date_epoch,
     )
 
 
@@ -122,19 +123,17 @@ def cmd_promote(args: argparse.Namespace, settings: WorkflowSettings) -> int:
 
 
 def cmd_standby(args: argparse.Namespace, settings: WorkflowSettings) -> int:
-    state_path = settings.release_dir / args.version / "promotion.json"
-    try:
-        state: dict[str, Any] = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        _err(f"error: no promotion record for {args.version} ({state_path}): {exc}")
+    record = read_record(settings.release_dir, args.version)
+    if record is None:
+        _err(f"error: no promotion record for {args.version} under {settings.release_dir}")
         return 2
-    if state.get("status") != "promoted" or not state.get("issue_key"):
-        _err(f"error: {args.version} is not promoted with a DEPLOY issue (status {state.get('status')!r})")
+    if not record.promoted or not record.issue_key or record.promoted_at is None:
+        _err(f"error: {args.version} is not promoted with a DEPLOY issue (status {record.status!r})")
         return 2
     if not settings.release_token or not settings.release_viewer_token:
         _err("error: KIS_RELEASE_TOKEN and KIS_RELEASE_VIEWER_TOKEN are needed for the checkpoints")
         return 2
-    deployed_at = datetime.fromisoformat(str(state["promoted_at"]).replace("Z", "+00:00"))
+    deployed_at = record.promoted_at
     clock = SystemClock()
     tracker = build_tracker(settings, sleep=clock_module.sleep)
     artifact = Path(args.artifact)
@@ -170,7 +169,7 @@ def cmd_standby(args: argparse.Namespace, settings: WorkflowSettings) -> int:
         )
         result = run_standby(
             options,
-            deploy_issue_key=str(state["issue_key"]),
+            deploy_issue_key=record.issue_key,
             tracker=tracker,
             checks=checks,
             clock=clock,
@@ -216,12 +215,11 @@ def _preflight(settings: WorkflowSettings, command: str) -> bool:
 
 def _acceptance_wheel(settings: WorkflowSettings, version: str) -> Path:
     """The wheel promote unpacked for ``version`` (its own smoke suite runs against the target)."""
-    state_path = settings.release_dir / version / "promotion.json"
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        name = str(state["artifact"])
-    except (OSError, ValueError, KeyError, TypeError):
-        name = f"kis_estimator-{version}-py3-none-any.whl"
+        record = read_record(settings.release_dir, version)
+    except StateFileError:
+        record = None
+    name = (record.artifact if record else None) or f"kis_estimator-{version}-py3-none-any.whl"
     return settings.release_dir / version / "candidate" / name
 
 
@@ -271,6 +269,7 @@ def incident_runtime(
         ),
         flush_outbox=flush,
         extra_bug_count=extra_bug_count,
+        page=pager(settings, sleep=clock_module.sleep, clock=clock),
     )
     return options, deps
 
@@ -346,9 +345,21 @@ def cmd_alert_receiver(args: argparse.Namespace, settings: WorkflowSettings) -> 
     options, deps, tracker = setup
     listen = args.listen or settings.alert_listen
     try:
-        server, port = create_receiver_server(AlertReceiver(options, deps), listen)
+        basic = (
+            (settings.alert_basic_user, settings.alert_basic_password or "")
+            if settings.alert_basic_user
+            else None
+        )
+        auth = ReceiverAuth(settings.alert_bearer_token, basic)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        tracker.close()
+        return 2
+    try:
+        server, port = create_receiver_server(AlertReceiver(options, deps), listen, auth)
     except (OSError, ValueError) as exc:
         _err(f"error: cannot listen on {listen}: {exc}")
+        tracker.close()
         return 2
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -378,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ref", help="build this git revision (e.g. HEAD, a tag) instead of the working tree"
     )
     p_build.add_argument("--catalog-dir", help="build with this catalog directory (test builds)")
+    p_build.add_argument(
+        "--source-date-epoch",
+        help="build date as Unix seconds (as SOURCE_DATE_EPOCH); default: the commit's time",
+    )
 
     p_verify = sub.add_parser("verify", help="check artifact and manifest against expected SHA-256")
     p_verify.add_argument("artifact")
@@ -461,7 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkflowSettingsError as exc:
         _err(f"configuration error: {exc}")
         return 2
-    return COMMANDS[args.command](args, settings)
+    try:
+        return COMMANDS[args.command](args, settings)
+    except WorkflowError as exc:  # every explained failure: one message, its exit code, no traceback
+        _err(f"error: {exc}")
+        return exc.exit_code
 
 
 if __name__ == "__main__":

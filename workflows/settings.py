@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from workflows.errors import EXIT_CONFIG, WorkflowError
+
 PREFIXES = (
     "KIS_JIRA_",
     "KIS_RELEASE_",
@@ -35,12 +37,22 @@ PREFIXES = (
     "KIS_WORKFLOW_",
 )
 SECRETS = frozenset(
-    {"jira_token", "release_token", "release_viewer_token", "smtp_password", "slack_webhook_url"}
+    {
+        "jira_token",
+        "release_token",
+        "release_viewer_token",
+        "smtp_password",
+        "slack_webhook_url",
+        "alert_bearer_token",
+        "alert_basic_password",
+    }
 )
 
 
-class WorkflowSettingsError(ValueError):
+class WorkflowSettingsError(WorkflowError, ValueError):
     """A workflow setting is unknown or invalid; the message names it."""
+
+    exit_code = EXIT_CONFIG
 
 
 def _text(name: str, value: Any) -> str:
@@ -176,6 +188,10 @@ class WorkflowSettings:
     # Incident.
     incident_bug_threshold: int = 3
     alert_listen: str = "127.0.0.1:9095"
+    # The webhook can roll production back: it requires Alertmanager's http_config credentials.
+    alert_bearer_token: str | None = field(default=None, repr=False)
+    alert_basic_user: str | None = None
+    alert_basic_password: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -266,6 +282,9 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "standby_checkpoints_min": _minutes,
     "incident_bug_threshold": _int(1, 1000),
     "alert_listen": _address,
+    "alert_bearer_token": _opt_text,
+    "alert_basic_user": _opt_text,
+    "alert_basic_password": _opt_text,
 }
 
 assert set(_PARSERS) == {f.name for f in fields(WorkflowSettings)}

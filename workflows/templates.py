@@ -1,15 +1,15 @@
 """Issue, comment and announcement text of the release and incident workflows (STYLE.md §2.5).
 
 Every text a workflow files or sends is rendered here from a typed context, so tests assert on the
-rendered text and the wording lives in one module. The shapes follow the seed notice
-(``/work/shared/seed``, "KIS Estimator GA 1.0.0 - 배포 커뮤니케이션"): the DEPLOY and ROLLBACK Jira
-templates, the "배포 완료 공지" and the T+0/15/30/60 operations checklist.
+rendered text and the wording lives in one module. The shapes follow the GA-1.0.0 deployment notice
+("KIS Estimator GA 1.0.0 - 배포 커뮤니케이션"; summarised in docs/release-notice.md): the DEPLOY and
+ROLLBACK Jira templates, the "배포 완료 공지" and the T+0/15/30/60 operations checklist.
 
 Choices where the notice is silent or contradicts itself:
 
 - A DEPLOY issue is filed "In Progress", not "Done" as the template shows: the notice keeps the
   release under a 60-minute hot standby, and its T+60 items ("최종 상태 보고", "이슈 트래커
-  업데이트") close the issue; ``workflows.standby`` does that. A caller that runs no standby passes
+  업데이트") close the issue; ``workflows.release.standby`` does that. A caller that runs no standby passes
   ``status="Done"``.
 - The DEPLOY issue shows full SHA-256 values (searchable, verifiable); the announcement shortens them
   as the notice does (``first16...last4``).
@@ -29,15 +29,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from workflows.artifacts import short_sha
 from workflows.charts import breach_chart_png, latency_chart_png
 from workflows.clock import kst_text
+from workflows.release.artifacts import short_sha
 from workflows.settings import WorkflowSettings
-from workflows.tracker import Attachment, Block, Check, Document, Field, IssueDraft, Section, Text
+from workflows.tracker.protocol import Attachment, Block, Check, Document, Field, IssueDraft, Section, Text
 
 __all__ = [
     "ERROR_RATE_SLO_PCT",
-    "NOTICE_CHANGES",
     "P95_SLO_MS",
     "Breach",
     "BreachChart",
@@ -61,12 +60,6 @@ ERROR_RATE_SLO_PCT = 0.5  # notice: "오류율: < 0.5%"
 TAT_MEDIAN_SLO_S = 120.0  # notice: "TAT 중앙값: ≤ 2분"
 AUTO_RATE_SLO_PCT = 70.0  # notice: "자동처리율: ≥ 70%"
 
-NOTICE_CHANGES: tuple[str, ...] = (
-    "회귀 테스트 확대 (20→40 케이스)",
-    "Evidence 번들러 실제 구현 (ZIP 생성)",
-    "릴리스 승격 가드 시스템 도입",
-    "RBAC 권한 체계 적용",
-)
 NOTICE_SSL_NOTE = "Nginx 리버스 프록시 적용"
 
 _ENVIRONMENT_KO = {"production": "프로덕션", "staging": "스테이징", "development": "개발"}
@@ -133,6 +126,7 @@ class DeployReport:
     auto_rate_pct: float | None = None
     standby_minutes: int | None = 60  # length of the hot standby; None: no standby runs
     rollback_budget_s: float = 180.0
+    changes: tuple[str, ...] = ()  # the release's change list (manifest), for the Korean notice
     regression_report_name: str = "regression-report.txt"
     tls_termination: str = NOTICE_SSL_NOTE  # what the notice's "SSL:" line says for an https endpoint
 
@@ -306,11 +300,9 @@ def _performance_text(report: DeployReport) -> str:
     return f"Performance: p95 < {P95_SLO_MS:g}ms (measured {measured}; source: {report.slo_source})"
 
 
-def deploy_issue(
-    report: DeployReport, *, status: str = "In Progress", changes: Sequence[str] = NOTICE_CHANGES
-) -> IssueDraft:
+def deploy_issue(report: DeployReport, *, status: str = "In Progress") -> IssueDraft:
     """The seed's "배포 완료 이슈" with the real results, evidence attached (see module doc on status)."""
-    subject, announcement = korean_announcement(report, changes=changes)
+    subject, announcement = korean_announcement(report)
     chart = latency_chart_png(
         report.latency_samples, title=f"KIS Estimator {report.version} latency (p50/p95)"
     )
@@ -400,8 +392,13 @@ def _budget_ko(seconds: float) -> str:
     return f"{round(seconds) // 60}분" if round(seconds) % 60 == 0 else f"{round(seconds)}초"
 
 
-def korean_announcement(report: DeployReport, *, changes: Sequence[str] = NOTICE_CHANGES) -> tuple[str, str]:
-    """(subject, body) of the notice's "배포 완료 공지", with the real values and ✅/❌ per result."""
+def korean_announcement(report: DeployReport) -> tuple[str, str]:
+    """(subject, body) of the notice's "배포 완료 공지", with the real values and ✅/❌ per result.
+
+    【주요 변경사항】 lists the release's own changes (its manifest's ``changes``: the CHANGELOG.md
+    section of the version, else its newest commit subjects).
+    """
+    changes = report.changes or (f"변경 사항 목록 없음 (CHANGELOG.md에 {report.version} 항목이 없습니다)",)
     env_ko = _ENVIRONMENT_KO.get(report.environment.lower(), report.environment)
     p95, err = report.p95_ms, report.error_rate_pct
     tat, auto = report.tat_median_s, report.auto_rate_pct

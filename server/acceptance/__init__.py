@@ -1,1 +1,1 @@
-"""Acceptance cases of DOMAIN.md §17/§18 as data (``cases/*.json``) and their loader (``cases.py``)."""
+"""Acceptance cases of docs/pricing-rules.md §17/§18 as data (``cases/*.json``) and their loader."""

@@ -1,4 +1,4 @@
-"""Runs the acceptance cases (DOMAIN.md §17 regression, §18 supplementary, §19 smoke) over gRPC.
+"""Runs the acceptance cases (docs/pricing-rules.md §17 regression, §18 supplementary, §19 smoke) over gRPC.
 
 A pure client: it talks to any endpoint through the generated stubs, like ``kis-estimator regress
 --target HOST:PORT``, and the in-process test suite uses the very same code.
@@ -442,7 +442,7 @@ def run_suites(
 
 
 def run_smoke(channel: grpc.Channel, call: Caller, *, clock: Clock | None = None) -> list[CaseResult]:
-    """The three smoke checks of DOMAIN.md §19."""
+    """The three smoke checks of docs/pricing-rules.md §19."""
     results = []
     health = CaseResult("SMOKE-1", "smoke", "grpc.health.v1.Health/Check service '' is SERVING")
     try:

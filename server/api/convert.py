@@ -97,7 +97,7 @@ def request_from_proto(msg: pb.CreateEstimateRequest) -> EstimateRequest:
 
 
 def canonical_request_to_proto(req: EstimateRequest) -> pb.CreateEstimateRequest:
-    """The canonical request (DOMAIN.md §13) as a message, with its request_id."""
+    """The canonical request (docs/pricing-rules.md §13) as a message, with its request_id."""
     data = canonical_request(req)
     if req.request_id is not None:
         data["request_id"] = req.request_id

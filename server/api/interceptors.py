@@ -4,8 +4,8 @@ It rewraps every method handler so that all of this runs in the worker thread th
 call (``intercept_service`` itself runs before a worker is chosen):
 
 1. request id: the client's ``x-request-id`` (if sane) or a new one; every log line carries it;
-2. P1 of DOMAIN.md §3: ``authorization: Bearer <token>`` → :class:`Principal`; no or unknown token →
-   UNAUTHENTICATED, a role the §16.4 table does not allow → PERMISSION_DENIED. Health checks and
+2. P1 of docs/pricing-rules.md §3: ``authorization: Bearer <token>`` → :class:`Principal`; no or unknown
+   token → UNAUTHENTICATED, a role the §16.4 table does not allow → PERMISSION_DENIED. Health checks and
    reflection are public;
 3. request bytes that do not decode, carry fields this server does not know, or strings with a NUL
    character, are answered INVALID_ARGUMENT ``MALFORMED_REQUEST`` (grpcio would otherwise answer

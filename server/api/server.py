@@ -24,6 +24,7 @@ from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
+from server.quote.service import QuoteDocuments
 from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.estimates import EstimateService
@@ -133,7 +134,9 @@ def create_server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_workers * 8,
     )
-    pb_grpc.add_EstimatorServiceServicer_to_server(EstimatorServicer(services), server)
+    pb_grpc.add_EstimatorServiceServicer_to_server(
+        EstimatorServicer(services, QuoteDocuments.from_settings(settings)), server
+    )
     review_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(services, deps.clock), server)
     evidence_grpc.add_EvidenceServiceServicer_to_server(EvidenceServicer(services), server)
     admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(services), server)

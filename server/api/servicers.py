@@ -21,6 +21,7 @@ from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from server.gen.kis.estimator.v1 import review_pb2 as review_pb
 from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from server.quote.service import QuoteDocuments
 from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.estimates import EstimateService
@@ -46,8 +47,9 @@ Services = Callable[[], ServiceSet]  # the use cases of the call being served (p
 
 
 class EstimatorServicer(pb_grpc.EstimatorServiceServicer):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, quotes: QuoteDocuments) -> None:
         self._services = services
+        self._quotes = quotes
 
     @property
     def _estimates(self) -> EstimateService:
@@ -84,6 +86,24 @@ class EstimatorServicer(pb_grpc.EstimatorServiceServicer):
         page = self._estimates.list(status, request.page_size, request.page_token)
         summaries = [convert.summary_to_proto(r) for r in page.records]
         return pb.ListEstimatesResponse(estimates=summaries, next_page_token=page.next_page_token)
+
+    def GetQuoteDocument(
+        self, request: pb.GetQuoteDocumentRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetQuoteDocumentResponse]:
+        estimate = convert.stored_to_proto(self._estimates.get(request.estimate_id.strip()))
+        found = self._quotes.build(estimate, request.revision, request.format)
+        data = found.data
+        for offset in range(0, max(len(data), 1), CHUNK_BYTES):
+            first = offset == 0
+            yield pb.GetQuoteDocumentResponse(
+                offset=offset,
+                chunk=data[offset : offset + CHUNK_BYTES],
+                filename=found.filename if first else "",
+                content_type=found.content_type if first else "",
+                size_bytes=len(data) if first else 0,
+                sha256=found.sha256 if first else "",
+                revision=found.revision if first else 0,
+            )
 
 
 class ReviewServicer(review_grpc.ReviewServiceServicer):

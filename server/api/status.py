@@ -1,10 +1,10 @@
-"""The one mapping from domain errors to gRPC statuses (STYLE.md §2.7, DOMAIN.md §4).
+"""The one mapping from domain errors to gRPC statuses (STYLE.md §2.7, docs/pricing-rules.md §4).
 
 Details follow the rich error model: ``google.rpc.BadRequest`` with one FieldViolation per
 violation (field = path, reason = code, description = English, localized_message = Korean) and
 ``google.rpc.ErrorInfo`` (reason = first code, domain = ``kis.estimator.v1``, metadata = the first
 violation's extra keys) and, for ``RATE_LIMITED``, ``google.rpc.RetryInfo`` from the extra key
-``retry_after_ms``. The status message is the first violation's English message (DOMAIN.md §4).
+``retry_after_ms``. The status message is the first violation's English message (docs/pricing-rules.md §4).
 
 Trailing metadata is limited (8 KiB by default in gRPC), so violations are added until the encoded
 details reach :data:`DETAILS_BUDGET_BYTES`; ErrorInfo then says ``violations_total`` and

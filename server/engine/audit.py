@@ -1,4 +1,5 @@
-"""The tamper-evident audit log: events chained by SHA-256 (STYLE.md §2.3; DOMAIN.md §12, §15, §16.2).
+"""The tamper-evident audit log: events chained by SHA-256 (STYLE.md §2.3; docs/pricing-rules.md §12, §15,
+§16.2).
 
 Every event carries ``seq`` (1, 2, 3, … without gaps), the ``hash`` of the event before it
 (``prev_hash``; :data:`GENESIS_HASH` for the first) and its own ``hash``:
@@ -39,11 +40,11 @@ class AuditAction(StrEnum):
     """What was done; stored as the plain string in ``AuditDraft.action``."""
 
     ESTIMATE_ACCEPTED = "ESTIMATE_ACCEPTED"
-    REQUEST_REJECTED = "REQUEST_REJECTED"  # failed P3–P5: not stored as an estimate (DOMAIN.md §16.2)
-    EVIDENCE_DOWNLOAD = "EVIDENCE_DOWNLOAD"  # DOMAIN.md §15: every ZIP download
+    REQUEST_REJECTED = "REQUEST_REJECTED"  # failed P2–P5: not stored (docs/pricing-rules.md §16.2)
+    EVIDENCE_DOWNLOAD = "EVIDENCE_DOWNLOAD"  # docs/pricing-rules.md §15: every ZIP download
     REVIEW_COMPLETED = "REVIEW_COMPLETED"
     ESTIMATE_REJECTED = "ESTIMATE_REJECTED"
-    MIXED_GRANT = "MIXED_GRANT"  # DOMAIN.md §12: actor, month, reason, time
+    MIXED_GRANT = "MIXED_GRANT"  # docs/pricing-rules.md §12: actor, month, reason, time
     TOKEN_CREATED = "TOKEN_CREATED"
     TOKEN_REVOKED = "TOKEN_REVOKED"
     AUDIT_PRUNED = "AUDIT_PRUNED"  # written right after a prune, so the prune itself is on the chain

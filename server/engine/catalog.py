@@ -1,7 +1,7 @@
-"""The catalog: breakers, stock enclosures and accessories (DOMAIN.md §5).
+"""The catalog: breakers, stock enclosures and accessories (docs/pricing-rules.md §5).
 
-Parsed from the three CSV files' bytes; ``catalog_version`` as DOMAIN.md §5.4 defines it. Rows keep
-their 1-based line number (header = line 1) and raw cells for ``tables/pricing.json`` (§15).
+Parsed from the three CSV files' bytes; ``catalog_version`` as docs/pricing-rules.md §5.4 defines it.
+Rows keep their 1-based line number (header = line 1) and raw cells for ``tables/pricing.json`` (§15).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ ENCLOSURES_FILE = "enclosures.csv"
 CATALOG_FILES = (ACCESSORIES_FILE, BREAKERS_FILE, ENCLOSURES_FILE)
 
 CATALOG_FRAMES = frozenset({30, 50, 60, 100, 125, 200, 250, 400, 600, 800})
-SMALL_2P_MODELS = frozenset({"SIE32", "SIB32", "32GRHS", "BS32"})  # normalised (DOMAIN.md §1)
+SMALL_2P_MODELS = frozenset({"SIE32", "SIB32", "32GRHS", "BS32"})  # normalised (docs/pricing-rules.md §1)
 
 
 class CatalogError(ValueError):
@@ -27,7 +27,7 @@ class CatalogError(ValueError):
 
 
 def normalise_model(model: str) -> str:
-    """Lookup key of a model: upper-case, spaces and hyphens removed (DOMAIN.md §5.1)."""
+    """Lookup key of a model: upper-case, spaces and hyphens removed (docs/pricing-rules.md §5.1)."""
     return model.upper().replace(" ", "").replace("-", "")
 
 
@@ -137,7 +137,7 @@ def _rows(name: str, data: bytes) -> list[tuple[int, dict[str, str]]]:
 
 
 def catalog_version(files: Mapping[str, bytes]) -> str:
-    """SHA-256 over ``<name>:<sha256 of bytes>\\n`` for the three files in order (DOMAIN.md §5.4)."""
+    """SHA-256 of ``<name>:<sha256 of bytes>\\n`` over the files in order (docs/pricing-rules.md §5.4)."""
     text = "".join(f"{name}:{hashlib.sha256(files[name]).hexdigest()}\n" for name in CATALOG_FILES)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 

@@ -1,15 +1,15 @@
 """JSON documents for quotes and stored estimates: a lossless round trip, for storage.
 
-Encoding choices (the spec is silent on the stored form; DOMAIN.md §15 governs evidence only):
+Encoding choices (the spec is silent on the stored form; docs/pricing-rules.md §15 governs evidence only):
 
 * every document is a JSON object of str/int/bool/None/list/dict values, ready for ``json.dumps``;
 * money and counts are JSON integers; ``Decimal`` values (kg, amperes, %) are fixed-point strings
   (``format(d, "f")``, so ``Decimal("1.50")`` stays ``"1.50"``); NaN and infinities are refused;
 * timestamps are RFC 3339 UTC with exactly six fractional digits (``2025-10-01T03:04:05.000000Z``):
   lossless for Python datetimes, fixed width so the strings sort chronologically. Evidence
-  (DOMAIN.md §15) renders seconds precision itself; decoding also accepts that shorter form;
-* the request is stored as its canonical dict (DOMAIN.md §13) plus ``request_id``, so it reads back
-  with the defaults of §2 filled in (:func:`stored_request`); its hash is unchanged by that;
+  (docs/pricing-rules.md §15) renders seconds precision itself; decoding also accepts that shorter form;
+* the request is stored as its canonical dict (docs/pricing-rules.md §13) plus ``request_id``, so it reads
+  back with the defaults of §2 filled in (:func:`stored_request`); its hash is unchanged by that;
 * a record document carries ``"format": 1``; decoding refuses other formats.
 
 Decoding checks every value's JSON type and raises :class:`DocumentError` naming the path.
@@ -447,7 +447,7 @@ def _copy_json(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored_request(req: EstimateRequest) -> EstimateRequest:
-    """The request as storage gives it back: canonical (DOMAIN.md §13, defaults filled) plus request_id.
+    """The request as storage gives it back: canonical (docs/pricing-rules.md §13) plus request_id.
 
     Idempotent, and ``request_hash(stored_request(r)) == request_hash(r)``.
     """

@@ -1,4 +1,4 @@
-"""Enclosure sizing, the owner's algorithm A (DOMAIN.md §7, rules ``[SIZ-*]``).
+"""Enclosure sizing, the owner's algorithm A (docs/pricing-rules.md §7, rules ``[SIZ-*]``).
 
 Sizing reads only the main (poles, trip_at) and the branch units (poles, trip_at): never catalog
 dimensions, selected models or breaker kinds (§7). All arithmetic is on integers.
@@ -80,7 +80,7 @@ _LARGE_FRAMES = frozenset({200, 250})
 
 
 def frame_class(trip_at: int) -> int:
-    """F(AT) of DOMAIN.md §7.1 ``[SIZ-F]``; ``trip_at`` in 1..800 A."""
+    """F(AT) of docs/pricing-rules.md §7.1 ``[SIZ-F]``; ``trip_at`` in 1..800 A."""
     for upper, frame in _FRAME_TABLE:
         if trip_at <= upper:
             return frame
@@ -272,7 +272,7 @@ class SizingResult:
 def size_enclosure(
     main_poles: int, main_trip_at: int, branches: Sequence[tuple[int, int, int]]
 ) -> SizingResult:
-    """Computed size W × H × depth of DOMAIN.md §7 from the main and branch (poles, trip_at, qty)."""
+    """Computed size W × H × depth (docs/pricing-rules.md §7) from the main and branch (poles, AT, qty)."""
     main_frame = frame_class(main_trip_at)
     a = _A_BY_FRAME[main_frame]
     pairing = pair_branch_units(branches)

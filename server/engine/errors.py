@@ -1,14 +1,17 @@
-"""Error codes of DOMAIN.md §4 and the one domain error type.
+"""Error codes of docs/pricing-rules.md §4 and the one domain error type.
 
 Each :class:`ErrorCode` has exactly one :class:`ErrorKind`; ``server/api/status.py`` is the only
 place that maps a kind to a gRPC status code. Codes are stable strings clients branch on.
 
-Codes added by this service where DOMAIN.md is silent (transport-level hostile input):
+Codes added by this service where the rules are silent (transport-level hostile input;
+docs/pricing-rules.md §4.3):
 ``MALFORMED_REQUEST`` (bytes that do not decode, unknown fields), ``TOO_MANY_ITEMS`` (a repeated
 field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_SIZE_INVALID``
 (listing RPCs; only a negative ``page_size``, since AIP-158 lowers one above the maximum),
 ``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT`` (the acceptance
-sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open).
+sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open), ``QUOTE_FORMAT_INVALID``
+(GetQuoteDocument without XLSX or PDF) and ``QUOTE_UNAVAILABLE`` (the PDF needs a Hangul font the
+server does not have; the message says which).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     SANDBOX_INVALID = "SANDBOX_INVALID"
     SANDBOX_LIMIT = "SANDBOX_LIMIT"
+    QUOTE_FORMAT_INVALID = "QUOTE_FORMAT_INVALID"
+    QUOTE_UNAVAILABLE = "QUOTE_UNAVAILABLE"
 
 
 _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
@@ -88,6 +93,7 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
     ErrorCode.SANDBOX_LIMIT: ErrorKind.QUOTA,
     ErrorCode.ESTIMATE_NOT_FOUND: ErrorKind.NOT_FOUND,
     ErrorCode.ESTIMATE_NOT_REVIEWABLE: ErrorKind.PRECONDITION,
+    ErrorCode.QUOTE_UNAVAILABLE: ErrorKind.PRECONDITION,
     ErrorCode.PERMISSION_DENIED: ErrorKind.DENIED,
     ErrorCode.UNAUTHENTICATED: ErrorKind.UNAUTHENTICATED,
     ErrorCode.INTERNAL_ERROR: ErrorKind.INTERNAL,
@@ -95,7 +101,7 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
 
 
 def kind_of(code: ErrorCode) -> ErrorKind:
-    """The kind of a code (DOMAIN.md §4 "gRPC status" column); every other code is INVALID."""
+    """The kind of a code (docs/pricing-rules.md §4 "gRPC status" column); every other code is INVALID."""
     return _KIND_OVERRIDES.get(code, ErrorKind.INVALID)
 
 

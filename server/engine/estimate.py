@@ -1,4 +1,4 @@
-"""The pricing pipeline for a validated request (DOMAIN.md §3 stage P6).
+"""The pricing pipeline for a validated request (docs/pricing-rules.md §3 stage P6).
 
 selection §6 → sizing §7 → stock §8 → pricing §9 → totals §10 → review reasons §11 → phase
 balance §14, plus the rule applications and the trace of the evidence bundle (§15).
@@ -165,7 +165,7 @@ def _breaker_item(
 def price_estimate(
     req: EstimateRequest, catalog: Catalog, resolutions: Mapping[str, Resolution] | None = None
 ) -> Quote:
-    """Price a request that passed validation (DOMAIN.md §6–§14).
+    """Price a request that passed validation (docs/pricing-rules.md §6–§14).
 
     With ``resolutions`` (reason id → answer) the estimate is re-priced with the answers as
     overrides (§11); sizing and the stock choice never depend on them. Status: COMPLETED/OK without

@@ -1,4 +1,4 @@
-"""Bilingual message templates of DOMAIN.md §4 and the warnings of §2, §6.2 and §14.
+"""Bilingual message templates of docs/pricing-rules.md §4 and the warnings of §2, §6.2 and §14.
 
 ``violation(code, field, **params)`` renders ``message_en`` / ``message_ko`` of a code and
 builds the :class:`~server.engine.errors.Violation`. Placeholders: ``{f}`` is always the field
@@ -43,7 +43,7 @@ MISSING_PARAM = "?"
 # Integers above this many bits are not printed (about 64 decimal digits).
 _ECHO_MAX_INT_BITS = 212
 
-# Detail keys DOMAIN.md §4 lists ("extra key ..."), plus ``max`` of the service-added codes.
+# Detail keys docs/pricing-rules.md §4 lists ("extra key ..."), plus ``max`` of the service-added codes.
 # ``retry_after_ms`` (RATE_LIMITED) and ``trace_id`` (INTERNAL_ERROR) are this service's additions.
 EXTRA_KEYS = frozenset(
     {"gate", "max", "allowed", "existing_estimate_id", "month", "used", "quota", "retry_after_ms", "trace_id"}
@@ -51,7 +51,7 @@ EXTRA_KEYS = frozenset(
 
 _C = ErrorCode
 
-# (message_en, message_ko) exactly as DOMAIN.md §4 writes them.
+# (message_en, message_ko) exactly as docs/pricing-rules.md §4 writes them.
 _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
     _C.FIELD_REQUIRED: ("{f} is required.", "{f} 값이 필요합니다."),
     _C.GATE_MISSING: (
@@ -207,7 +207,7 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "Internal error; trace {trace_id}.",
         "내부 오류입니다 (추적 ID {trace_id}).",
     ),
-    # Service-added codes (errors.py); not in DOMAIN.md §4, wording is ours.
+    # Service-added codes (errors.py); not in docs/pricing-rules.md §4, wording is ours.
     _C.MALFORMED_REQUEST: (
         "The request is malformed: {v}.",
         "요청 형식이 잘못되었습니다: {v}.",
@@ -236,10 +236,18 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "{max} acceptance sandboxes are open; retry when a run has finished.",
         "인수 시험용 샌드박스가 이미 {max}개 열려 있습니다. 실행 중인 시험이 끝난 뒤 다시 시도하세요.",
     ),
+    _C.QUOTE_FORMAT_INVALID: (
+        "format must be QUOTE_FORMAT_XLSX or QUOTE_FORMAT_PDF (got {v}).",
+        "format은 QUOTE_FORMAT_XLSX 또는 QUOTE_FORMAT_PDF여야 합니다 (입력값 {v}).",
+    ),
+    _C.QUOTE_UNAVAILABLE: (
+        "The quote document cannot be built here: {reason}.",
+        "견적서를 만들 수 없습니다: {reason}.",
+    ),
 }
 TEMPLATES: Mapping[ErrorCode, tuple[str, str]] = MappingProxyType(_TEMPLATES)
 
-# Warnings (code, path, message_en, message_ko), DOMAIN.md §4. PHASE_IMBALANCE is §14's text;
+# Warnings (code, path, message_en, message_ko), docs/pricing-rules.md §4. PHASE_IMBALANCE is §14's text;
 # the other two are ours: MIXED_REASON_IGNORED (§2) ``{brand}``; MODEL_GRADE_DIFFERS_FROM_FORM
 # (§6.2) ``{model}`` ``{grade}`` ``{form}``.
 _WARNING_TEMPLATES: dict[str, tuple[str, str]] = {

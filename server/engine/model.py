@@ -1,7 +1,7 @@
-"""Value objects of the estimator domain (DOMAIN.md §2, §9-§16).
+"""Value objects of the estimator domain (docs/pricing-rules.md §2, §9-§16).
 
 Pure data: no gRPC, SQL or clock. Requests arrive here already trimmed, with empty strings
-turned into ``None`` (DOMAIN.md §2: "an empty string counts as absent"); anything else about
+turned into ``None`` (docs/pricing-rules.md §2: "an empty string counts as absent"); anything else about
 them may still be invalid — :mod:`server.engine.validation` says what.
 """
 
@@ -54,7 +54,7 @@ class AccessoryLine:
 
 @dataclass(frozen=True, slots=True)
 class EstimateRequest:
-    """A CreateEstimate request as the engine sees it (field names follow DOMAIN.md §2 paths).
+    """A CreateEstimate request as the engine sees it (field names follow docs/pricing-rules.md §2 paths).
 
     ``accessories_present`` distinguishes an absent ``accessories`` message from one whose
     ``enabled`` is absent; both are GATE_MISSING at ``accessories.enabled`` (V20).
@@ -87,7 +87,7 @@ class EstimateRequest:
 
 @dataclass(frozen=True, slots=True)
 class Sizing:
-    """Computed size of algorithm A (DOMAIN.md §7); all values in millimetres."""
+    """Computed size of algorithm A (docs/pricing-rules.md §7); all values in millimetres."""
 
     width_mm: int
     height_mm: int
@@ -102,7 +102,7 @@ class Sizing:
 
 @dataclass(frozen=True, slots=True)
 class Enclosure:
-    """The final enclosure (DOMAIN.md §8): a stock row, or custom at the computed size."""
+    """The final enclosure (docs/pricing-rules.md §8): a stock row, or custom at the computed size."""
 
     kind: str  # STOCK or CUSTOM
     series: str | None
@@ -137,7 +137,7 @@ class Selection:
 
 @dataclass(frozen=True, slots=True)
 class PricedLine:
-    """One quote line (DOMAIN.md §9). Exactly one of ``qty`` / ``qty_kg`` is set (kg on BUSBAR)."""
+    """One quote line (docs/pricing-rules.md §9). Exactly one of ``qty`` / ``qty_kg`` is set (kg: BUSBAR)."""
 
     no: int
     section: str
@@ -155,7 +155,7 @@ class PricedLine:
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """DOMAIN.md §10: subtotal/VAT/total are ``None`` while any line price is unknown."""
+    """docs/pricing-rules.md §10: subtotal/VAT/total are ``None`` while any line price is unknown."""
 
     subtotal_krw: int | None
     vat_krw: int | None
@@ -165,7 +165,7 @@ class Totals:
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """A reviewer's answer to one review reason (DOMAIN.md §11)."""
+    """A reviewer's answer to one review reason (docs/pricing-rules.md §11)."""
 
     reason_id: str
     unit_price_krw: int
@@ -192,7 +192,7 @@ class Warning:
 
 @dataclass(frozen=True, slots=True)
 class PhaseBalance:
-    """DOMAIN.md §14; currents in A and the imbalance in %, each half-up to 2 decimals."""
+    """docs/pricing-rules.md §14; currents in A and the imbalance in %, each half-up to 2 decimals."""
 
     applicable: bool
     r_a: Decimal | None = None
@@ -203,7 +203,7 @@ class PhaseBalance:
 
 @dataclass(frozen=True, slots=True)
 class RuleApplication:
-    """One applied rule for ``rules_doc.json`` (DOMAIN.md §15)."""
+    """One applied rule for ``rules_doc.json`` (docs/pricing-rules.md §15)."""
 
     rule_id: str
     applied_to: str
@@ -220,7 +220,7 @@ class CatalogRowRef:
 
 @dataclass(frozen=True, slots=True)
 class Quote:
-    """Everything the engine computes for one valid request (DOMAIN.md §6-§14).
+    """Everything the engine computes for one valid request (docs/pricing-rules.md §6-§14).
 
     ``trace`` is JSON-ready (str/int/bool/list/dict only; non-integers as fixed-decimal strings).
     """

@@ -1,4 +1,4 @@
-"""Brand, kind and poles of an explicit model string (DOMAIN.md §6.2 `[SEL-4]`).
+"""Brand, kind and poles of an explicit model string (docs/pricing-rules.md §6.2 `[SEL-4]`).
 
 A model found in the catalog (by normalised model, either high-sensitivity twin) takes brand,
 kind and poles from its row. Otherwise they come from the prefix of the normalised model:

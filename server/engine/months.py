@@ -1,4 +1,4 @@
-"""KST calendar months (DOMAIN.md §12 MIXED quota, §16.3 reporting window).
+"""KST calendar months (docs/pricing-rules.md §12 MIXED quota, §16.3 reporting window).
 
 KST is UTC+9 with no daylight saving time, so a fixed offset is exact.
 """

@@ -1,4 +1,4 @@
-"""Phase balance, advisory (DOMAIN.md §14, rule ``[PHB-1]``).
+"""Phase balance, advisory (docs/pricing-rules.md §14, rule ``[PHB-1]``).
 
 Currents are kept exactly in sixths of an ampere (a/3 = 2a sixths, a/2 = 3a sixths), so the whole
 computation is integer; R, S, T and the imbalance are rounded half-up to 2 decimals only for the

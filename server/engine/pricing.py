@@ -1,4 +1,4 @@
-"""Quote lines and totals (DOMAIN.md §9 ``[PRC-*]`` and §10 ``[TOT-1]``).
+"""Quote lines and totals (docs/pricing-rules.md §9 ``[PRC-*]`` and §10 ``[TOT-1]``).
 
 Lines follow the ``#`` column of the §9 table and are numbered 1…n; a line whose qty would be 0 is
 omitted. Each line's ``rule_id`` is ``PRC-<#>``. Size-dependent prices use the *final* enclosure's

@@ -1,8 +1,8 @@
-"""The stored estimate (DOMAIN.md §16.1): an accepted request, its quote and its bookkeeping.
+"""The stored estimate (docs/pricing-rules.md §16.1): an accepted request, its quote and its bookkeeping.
 
 Pure data like :mod:`server.engine.model`; storage maps it to rows and documents
 (:mod:`server.engine.codec`). Timestamps are aware and normalised to UTC on construction
-(DOMAIN.md §16.1 "Timestamps stored in UTC"), so two records for the same instants compare equal.
+(docs/pricing-rules.md §16.1 "Timestamps stored in UTC"), so two records for the same instants compare equal.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def as_utc(value: datetime, name: str) -> datetime:
 class EstimateRecord:
     """One revision of a stored estimate.
 
-    ``request`` is the request as accepted; storage keeps it in canonical form (DOMAIN.md §13)
+    ``request`` is the request as accepted; storage keeps it in canonical form (docs/pricing-rules.md §13)
     plus ``request_id``, so a record read back carries the defaults of §2 filled in
     (see :func:`server.engine.codec.stored_request`). ``dedup_key`` and ``request_id`` repeat the
     request's values as the keys storage indexes. ``actor`` is the caller that created the estimate.

@@ -1,4 +1,4 @@
-"""Building requests from JSON-shaped data, the canonical request and its hash (DOMAIN.md §2, §13)."""
+"""Requests from JSON-shaped data, the canonical request and its hash (docs/pricing-rules.md §2, §13)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ DEFAULT_SENSITIVITY_MA = 30
 
 
 def clean_text(value: str | None) -> str | None:
-    """Trim a string; an empty string counts as absent (DOMAIN.md §2)."""
+    """Trim a string; an empty string counts as absent (docs/pricing-rules.md §2)."""
     if value is None:
         return None
     value = value.strip()
@@ -81,7 +81,7 @@ def _breaker(obj: Mapping[str, Any], path: str) -> BreakerLine:
 
 
 def request_from_dict(data: Mapping[str, Any]) -> EstimateRequest:
-    """Build a request from the JSON shape of DOMAIN.md §2 (snake_case names, as in proto JSON).
+    """Build a request from the JSON shape of docs/pricing-rules.md §2 (snake_case names, as in proto JSON).
 
     Raises ``ValueError`` naming the path when a value has the wrong JSON type.
     """
@@ -160,7 +160,7 @@ def _canonical_breaker(line: BreakerLine, *, branch: bool) -> dict[str, Any]:
 
 
 def canonical_request(req: EstimateRequest) -> dict[str, Any]:
-    """The canonical request of DOMAIN.md §13: defaults filled, absent fields omitted, no request_id."""
+    """Canonical request (docs/pricing-rules.md §13.3): defaults in, absent fields and request_id out."""
     accessories: dict[str, Any] = _compact({"enabled": req.accessories_enabled})
     if req.accessory_items:
         accessories["items"] = [_compact({"code": it.code, "qty": it.qty}) for it in req.accessory_items]
@@ -190,7 +190,7 @@ def canonical_request(req: EstimateRequest) -> dict[str, Any]:
 
 
 def canonical_json(req: EstimateRequest) -> bytes:
-    """Canonical request serialised exactly as DOMAIN.md §13 prescribes, UTF-8 encoded."""
+    """Canonical request serialised exactly as docs/pricing-rules.md §13 prescribes, UTF-8 encoded."""
     text = json.dumps(canonical_request(req), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8")
 

@@ -1,11 +1,11 @@
-"""Review reasons for knowledge gaps and their question templates (DOMAIN.md §11, ``[REV-*]``).
+"""Review reasons for knowledge gaps and their question templates (docs/pricing-rules.md §11, ``[REV-*]``).
 
 A knowledge gap never fails a request: the estimate is stored NEEDS_REVIEW / ABSTAIN with one
 reason per gap. Reasons get ids R1, R2, … in the order they are raised; the pipeline raises them in
 the order §11 prescribes (main, spd_mccb, branches by index, enclosure, accessory items).
 
 Rule ids recorded: ``REV-1`` a reason raised (applied to its path), ``REV-R`` a reviewer's
-resolution applied (§11 "records reviewer and answers ... ``[REV-R]``").
+resolution applied (§11.2: the evidence records the reviewer's answers as ``[REV-R]``).
 """
 
 from __future__ import annotations

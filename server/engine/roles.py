@@ -1,4 +1,4 @@
-"""Roles and the operation table of DOMAIN.md §16.4."""
+"""Roles and the operation table of docs/pricing-rules.md §16.4."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ _WRITERS = frozenset({Role.ADMIN, Role.ESTIMATOR})
 _ADMIN = frozenset({Role.ADMIN})
 
 # Operation name -> roles allowed to call it. Operations not listed are denied to every role.
-# ValidateEstimate is a dry run of CreateEstimate and gets its roles (DOMAIN.md is silent).
+# ValidateEstimate is a dry run of CreateEstimate and gets its roles (docs/pricing-rules.md §20).
 ALLOWED_ROLES: Mapping[str, frozenset[Role]] = {
     "CreateEstimate": _WRITERS,
     "ValidateEstimate": _WRITERS,
     "GetEstimate": _ALL,
     "ListEstimates": _ALL,
+    "GetQuoteDocument": _ALL,
     "GetEvidenceInfo": _ALL,
     "GetMetrics": _ALL,
     "ListReviewQueue": _WRITERS,

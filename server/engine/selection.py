@@ -1,4 +1,4 @@
-"""Model selection of a breaker line (DOMAIN.md §6, rules ``[SEL-1]``–``[SEL-5]``).
+"""Model selection of a breaker line (docs/pricing-rules.md §6, rules ``[SEL-1]``–``[SEL-5]``).
 
 Every breaker line (main, each branch line and the SPD MCCB of §9 line 4) resolves to one catalog
 row or to a knowledge gap (§11). A gap is not an error: the request already passed validation.

@@ -1,4 +1,4 @@
-"""Stock enclosure selection (DOMAIN.md §8, rules ``[STK-*]``).
+"""Stock enclosure selection (docs/pricing-rules.md §8, rules ``[STK-*]``).
 
 ``STK-1`` series order for (location, material), ``STK-2`` cheapest fitting stock row,
 ``STK-3`` custom enclosure (requested, or no series has a fitting row).

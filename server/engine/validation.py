@@ -1,4 +1,4 @@
-"""Validation stage P3 of CreateEstimate: rules V1-V27 of DOMAIN.md §3.
+"""Validation stage P3 of CreateEstimate: rules V1-V27 of docs/pricing-rules.md §3.
 
 ``validate_request`` returns **every** violation (an empty tuple means valid):
 
@@ -20,7 +20,7 @@ ACCESSORY_CONFLICT on ``accessories.items`` (one violation per field); items are
 With these caps a request costs O(100 + 20) checks whatever its size; long strings are only
 measured (``len``) and echoed truncated (``messages.echo``).
 
-Choices where DOMAIN.md is silent:
+Choices where the rules are silent (docs/pricing-rules.md §20):
 
 * Lengths are counted in Unicode code points of the trimmed string (Python ``len``).
 * V2/V17: enumerations are case-sensitive (§2); a line ``brand`` of ``MIXED`` is
@@ -121,7 +121,7 @@ class _Collector:
 
 
 def validate_request(req: EstimateRequest, catalog: Catalog) -> tuple[Violation, ...]:
-    """All violations of rules V1-V27 (DOMAIN.md §3) in emission order; empty when valid."""
+    """All violations of rules V1-V27 (docs/pricing-rules.md §3) in emission order; empty when valid."""
     c = _Collector()
     _text(c, "request_id", req.request_id, MAX_ID_CHARS)  # V1
     # V2

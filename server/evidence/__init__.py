@@ -1,4 +1,4 @@
-"""Evidence bundles of estimate revisions (DOMAIN.md §15): building, signing, offline verification.
+"""Evidence bundles of estimate revisions (docs/pricing-rules.md §15): building, signing, verification.
 
 Imports only the stdlib and :mod:`server.engine` (STYLE.md §2.1).
 """

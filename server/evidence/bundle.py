@@ -1,4 +1,4 @@
-"""The evidence bundle of one estimate revision: a byte-reproducible ZIP (DOMAIN.md §15, ``[EVD-*]``).
+"""The evidence bundle of an estimate revision, a byte-reproducible ZIP (docs/pricing-rules.md §15, [EVD-*]).
 
 Entries (§15), written in path order with the §15 ZIP rules (:func:`write_zip`) and JSON rules
 (:func:`document_bytes`)::
@@ -123,7 +123,7 @@ class EvidenceError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class EvidenceBundle:
-    """A built bundle; ``sha256`` is lowercase hex of ``zip_bytes`` (DOMAIN.md §15)."""
+    """A built bundle; ``sha256`` is lowercase hex of ``zip_bytes`` (docs/pricing-rules.md §15)."""
 
     zip_bytes: bytes
     sha256: str

@@ -1,4 +1,4 @@
-"""Offline verification of an evidence bundle (DOMAIN.md §15, plus the ``manifest.sig`` extension).
+"""Offline verification of an evidence bundle (docs/pricing-rules.md §15, and the ``manifest.sig`` extension).
 
 :func:`verify_bundle` takes the ZIP bytes (and optionally the key ring) and reports, per entry, what
 does not match ``manifest.json``. It never raises on bad input: garbage, a truncated archive, an

@@ -1,4 +1,4 @@
-"""Administration: the MIXED quota and its monthly exception (DOMAIN.md §12), the audit log.
+"""Administration: the MIXED quota and its monthly exception (docs/pricing-rules.md §12), the audit log.
 
 Audit retention (issue #3): records older than ``retention_days`` may be pruned; pruning removes a
 contiguous oldest prefix and moves the chain's anchor to the last removed record in the same

@@ -35,7 +35,7 @@ class Caller:
         revision: int | None = None,
         **details: Any,
     ) -> AuditDraft:
-        """An audit draft of this caller's action (DOMAIN.md §15/§16: actor, time, outcome, facts)."""
+        """An audit draft of this caller's action (docs/pricing-rules.md §15): actor, time, outcome, facts."""
         return AuditDraft(
             at=at,
             action=action,

@@ -1,7 +1,7 @@
-"""Estimate use cases: create (stages P2-P6 of DOMAIN.md §3), validate (dry run), get, list.
+"""Estimate use cases: create (stages P2-P6 of docs/pricing-rules.md §3), validate (dry run), get, list.
 
 The engine computes; this module orders the stages, owns the transaction and turns storage races
-into the domain answers of DOMAIN.md §13:
+into the domain answers of docs/pricing-rules.md §13:
 
 * P2 idempotency: a known ``request_id`` with the same canonical hash is answered with the stored
   reply bytes (nothing recomputed); a different hash is ``IDEMPOTENCY_MISMATCH``.
@@ -12,9 +12,9 @@ into the domain answers of DOMAIN.md §13:
 * Two concurrent creates racing on one ``request_id`` or ``dedup_key`` are decided by the unique
   indexes: the loser re-reads and answers as if it had arrived second.
 
-ValidateEstimate (silent in DOMAIN.md) runs P3 and P6's pricing, and reports a ``dedup_key`` that is
-already taken (P4) so a dry run never says OK to a request CreateEstimate would refuse; it stores
-nothing and uses no quota.
+ValidateEstimate (a choice, docs/pricing-rules.md §20) runs P3 and P6's pricing, and reports a ``dedup_key``
+that is already taken (P4) so a dry run never says OK to a request CreateEstimate would refuse; it
+stores nothing and uses no quota.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ class EstimateService:
     def _take_mixed_quota(
         self, uow: UnitOfWork, req: EstimateRequest, accepted_at: datetime
     ) -> list[RuleApplication]:
-        """P5 (DOMAIN.md §12): count and check inside the write transaction, which serialises writers."""
+        """P5 (docs/pricing-rules.md §12): count and check in the write transaction, which serialises."""
         usage = mixed_usage(uow, kst_month_of(accepted_at), self._mixed_quota)
         month, used, quota, grant = usage.month, usage.used, usage.quota, usage.grant
         if used >= quota:

@@ -1,4 +1,4 @@
-"""Evidence bundles of estimate revisions (DOMAIN.md §15): building, storing, serving with audit.
+"""Evidence bundles of estimate revisions (docs/pricing-rules.md §15): building, storing, serving with audit.
 
 Bundles are built once, when a revision is accepted (in the transaction that stores it), and their
 bytes are stored: the same revision therefore always yields the same bytes and SHA-256, across

@@ -1,4 +1,4 @@
-"""The MIXED-brand monthly usage (DOMAIN.md §12), read the same way wherever it is needed.
+"""The MIXED-brand monthly usage (docs/pricing-rules.md §12), read the same way wherever it is needed.
 
 Used = accepted MIXED estimates whose ``accepted_at`` falls in the KST month; quota = the configured
 monthly quota, plus one when an ADMIN granted that month's exception. Callers that must be atomic

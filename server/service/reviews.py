@@ -1,11 +1,11 @@
-"""The review queue (DOMAIN.md §11) and the monthly report (§16.3).
+"""The review queue (docs/pricing-rules.md §11) and the monthly report (§16.3).
 
 CompleteReview re-prices the stored request with the reviewer's answers as overrides (sizing and
 stock choice are unchanged because they never depend on a gap), sets REVIEWED / OK, ``completed_at``,
 ``revision + 1``, and stores a new evidence revision whose ``rules_doc.json`` records the reviewer
 and the answers (``REV-R``). RejectEstimate closes a NEEDS_REVIEW estimate as REJECTED / REJECT.
 
-Choices where DOMAIN.md is silent:
+Choices where the rules are silent (docs/pricing-rules.md §20):
 * a resolution must answer an open reason exactly once; ``model`` is required for a reason whose
   line has no catalog row (no model found, or a model not in the catalog), and ignored otherwise
   (a known row whose price is missing, a custom enclosure price);
@@ -165,7 +165,7 @@ class ReviewService:
     def complete(
         self, estimate_id: str, answers: Sequence[ReviewAnswer], comment: str, caller: Caller
     ) -> Stored:
-        """CompleteReview (DOMAIN.md §11)."""
+        """CompleteReview (docs/pricing-rules.md §11)."""
         record = self._load_reviewable(estimate_id)
         if record.quote.catalog_version != self._catalog.version:
             raise DomainError(
@@ -217,7 +217,7 @@ class ReviewService:
         return stored
 
     def reject(self, estimate_id: str, reason: str, caller: Caller) -> Stored:
-        """RejectEstimate (DOMAIN.md §11): NEEDS_REVIEW → REJECTED."""
+        """RejectEstimate (docs/pricing-rules.md §11): NEEDS_REVIEW → REJECTED."""
         reason = required_text(reason, "reason", MAX_TEXT)
         record = self._load_reviewable(estimate_id)
         now = self._clock.now()
@@ -265,7 +265,7 @@ class ReviewService:
         return Stored(after, summary_of(evidence))
 
     def report(self, month: str) -> MonthReport:
-        """DOMAIN.md §16.3 figures for a KST month (empty: the current month)."""
+        """docs/pricing-rules.md §16.3 figures for a KST month (empty: the current month)."""
         month = month_of_request(month, self._clock)
         start, end = month_bounds_utc(month)
         now = self._clock.now()

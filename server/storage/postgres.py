@@ -36,7 +36,7 @@ Any other failed statement aborts a PostgreSQL transaction: the unit can then on
 :meth:`PostgresUnitOfWork.commit` raises instead of letting the server turn COMMIT into ROLLBACK.
 Serialization failures, deadlocks, lock timeouts and lost connections are ``retryable``. A
 connection lost during COMMIT leaves the outcome unknown and is reported retryable too: a retried
-create is then caught by its request_id or dedup_key (DOMAIN.md §13), as after any lost reply.
+create is then caught by its request_id or dedup_key (docs/pricing-rules.md §13), as after any lost reply.
 
 Documents (the estimate record and audit details) are JSON in ``text`` columns, written and read
 byte for byte; times are ``timestamptz``, read back as aware UTC datetimes. Durability is the
@@ -234,7 +234,7 @@ class PostgresEstimateRepository:
         )
         if inserted:
             return
-        # Which key collided: request_id first, since a replay wins over a duplicate (DOMAIN.md §13).
+        # Which key collided: request_id first; a replay wins over a duplicate (docs/pricing-rules.md §13).
         if record.request_id is not None:
             row = self._tx.one(
                 "SELECT estimate_id FROM estimates WHERE request_id = %s", (record.request_id,)

@@ -6,12 +6,12 @@ only failures that leave ``server.storage``:
 
 * :class:`StorageError` — the store failed (I/O, corruption, busy); ``retryable`` says whether the
   same unit of work may succeed if run again (busy/locked database).
-* :class:`DuplicateKeyError` — an insert hit a business key already stored (DOMAIN.md §13), also when
-  two requests race past the service's own look-up; carries the existing estimate id.
+* :class:`DuplicateKeyError` — an insert hit a business key already stored (docs/pricing-rules.md §13),
+  also when two requests race past the service's own look-up; carries the existing estimate id.
 * :class:`StaleRevisionError` — an update was based on a revision that is no longer current.
-* :class:`GrantExistsError` — the month already has its MIXED exception grant (DOMAIN.md §12).
+* :class:`GrantExistsError` — the month already has its MIXED exception grant (docs/pricing-rules.md §12).
 
-All datetimes are aware and stored in UTC (DOMAIN.md §16.1).
+All datetimes are aware and stored in UTC (docs/pricing-rules.md §16.1).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class DuplicateKeyError(Exception):
     """``kind`` (``dedup_key`` or ``request_id``) is already held by ``existing_estimate_id``.
 
     Not a :class:`StorageError`: it is a domain conflict the service answers with
-    DUPLICATE_REQUEST or an idempotent replay (DOMAIN.md §13). When both keys collide,
+    DUPLICATE_REQUEST or an idempotent replay (docs/pricing-rules.md §13). When both keys collide,
     ``request_id`` is reported, because a replay is decided before a duplicate (P2 before P4).
     """
 
@@ -67,7 +67,8 @@ class StaleRevisionError(Exception):
 class GrantExistsError(Exception):
     """``month`` (``YYYY-MM``, KST) already has a MIXED exception grant, ``existing_grant_id``.
 
-    A domain conflict (MIXED_EXCEPTION_ALREADY_GRANTED, DOMAIN.md §12), not a :class:`StorageError`.
+    A domain conflict (MIXED_EXCEPTION_ALREADY_GRANTED, docs/pricing-rules.md §12), not a
+    :class:`StorageError`.
     """
 
     def __init__(self, month: str, existing_grant_id: str) -> None:
@@ -89,7 +90,7 @@ class EstimateCursor:
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
-    """Transport idempotency (DOMAIN.md §13): the first accepted reply for ``request_id``, byte for byte."""
+    """Transport idempotency (docs/pricing-rules.md §13.2): the first accepted reply to ``request_id``."""
 
     request_id: str
     request_hash: str
@@ -111,7 +112,7 @@ class TokenRecord:
 
 @dataclass(frozen=True, slots=True)
 class EvidenceRecord:
-    """The evidence bundle of one estimate revision (DOMAIN.md §15) as stored.
+    """The evidence bundle of one estimate revision (docs/pricing-rules.md §15) as stored.
 
     ``sha256`` (lowercase hex) and ``size_bytes`` describe ``bundle``, the ZIP bytes;
     ``manifest_json`` is the bundle's ``manifest.json`` entry, byte for byte. A record from
@@ -198,7 +199,7 @@ class EstimateRepository(Protocol):
     def count_accepted(self, brand: str, accepted_from: datetime, accepted_before: datetime) -> int:
         """Estimates of ``brand`` accepted in ``[accepted_from, accepted_before)``, any status.
 
-        For the MIXED monthly quota (DOMAIN.md §12); run it in the write unit that adds, so the
+        For the MIXED monthly quota (docs/pricing-rules.md §12); run it in the write unit that adds, so the
         check and the insert are atomic.
         """
 
@@ -214,14 +215,14 @@ class EstimateRepository(Protocol):
     def count_by_status(self, accepted_from: datetime, accepted_before: datetime) -> dict[Status, int]:
         """Estimates accepted in ``[accepted_from, accepted_before)`` per current status.
 
-        Every status is a key (0 when none); for the auto-processing rate (DOMAIN.md §16.3).
+        Every status is a key (0 when none); for the auto-processing rate (docs/pricing-rules.md §16.3).
         """
 
     def tat_seconds(self, completed_from: datetime, completed_before: datetime) -> builtins.list[int]:
         """TATs in **microseconds** (exact ints), ascending, of estimates completed in the window.
 
-        TAT = ``completed_at - accepted_at`` (DOMAIN.md §16.3) for COMPLETED and REVIEWED estimates
-        whose ``completed_at`` is in ``[completed_from, completed_before)``.
+        TAT = ``completed_at - accepted_at`` (docs/pricing-rules.md §16.3) for COMPLETED and REVIEWED
+        estimates whose ``completed_at`` is in ``[completed_from, completed_before)``.
         """
 
     def oldest_accepted_at(self, status: Status) -> datetime | None:

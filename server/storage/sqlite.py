@@ -201,7 +201,7 @@ class SqliteEstimateRepository:
         )
         if inserted:
             return
-        # Which key collided: request_id first, since a replay wins over a duplicate (DOMAIN.md §13).
+        # Which key collided: request_id first; a replay wins over a duplicate (docs/pricing-rules.md §13).
         if record.request_id is not None:
             row = self._tx.one("SELECT estimate_id FROM estimates WHERE request_id = ?", (record.request_id,))
             if row is not None:

@@ -1,6 +1,6 @@
 """A Jira Server/DC REST v2 emulator over real HTTP, for the real ``jira`` library (STYLE.md §2.9).
 
-It serves what :mod:`workflows.jira_tracker` uses — ``serverInfo``, ``field``, ``search`` (the JQL
+It serves what :mod:`workflows.tracker.jira` uses — ``serverInfo``, ``field``, ``search`` (the JQL
 subset below; anything else is a 400 with ``errorMessages``, as Jira answers a bad query), issue
 create/get/update, comments, transitions, attachments (multipart ``file`` part; requires
 ``X-Atlassian-Token: no-check`` like Jira's XSRF check; replies with the stored size), watchers and

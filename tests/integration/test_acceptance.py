@@ -1,4 +1,4 @@
-"""DOMAIN.md §17 (40 regression cases), §18 (supplementary) and §19 (smoke) over real gRPC.
+"""docs/pricing-rules.md §17 (40 regression cases), §18 (supplementary) and §19 (smoke) over real gRPC.
 
 The suites run once, in order, against a server with an empty store (as §17 prescribes); each case
 is then reported as its own test. Cases needing RPCs of a later issue are skipped with that reason.

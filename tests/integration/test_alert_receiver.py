@@ -9,7 +9,7 @@ import http.client
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,14 +18,20 @@ from typing import Any
 import pytest
 
 from tests.emulators.jira import JiraEmulator
-from workflows.alert_receiver import MAX_BODY_BYTES, AlertReceiver, create_receiver_server, serve_in_thread
 from workflows.clock import SystemClock
-from workflows.criteria import IncidentLedger
-from workflows.estimator_client import EstimatorClient, HealthResult, SuiteResult
-from workflows.incident import IncidentDeps, IncidentOptions
-from workflows.promote import CommandLine, CommandOutcome
+from workflows.incident.alert_receiver import (
+    MAX_BODY_BYTES,
+    AlertReceiver,
+    ReceiverAuth,
+    create_receiver_server,
+    serve_in_thread,
+)
+from workflows.incident.criteria import IncidentLedger
+from workflows.incident.response import IncidentDeps, IncidentOptions
+from workflows.release.estimator_client import EstimatorClient, HealthResult, ServerInfo, SuiteResult
+from workflows.release.promote import CommandLine, CommandOutcome
 from workflows.settings import WorkflowSettings
-from workflows.trackers import build_tracker
+from workflows.tracker.build import build_tracker
 
 T_V1 = datetime.now(UTC) - timedelta(hours=2)
 T_V2 = datetime.now(UTC) - timedelta(hours=1)
@@ -35,20 +41,33 @@ T_V2 = datetime.now(UTC) - timedelta(hours=1)
 class Commands:
     jira: JiraEmulator
     ran: list[tuple[str, int]] = field(default_factory=list)  # (command, Jira requests seen before it)
+    serving: str = "1.0.2"  # what the target serves; the rollback makes it 1.0.1
 
     def __call__(self, command: str, *, timeout_s: float) -> CommandOutcome:
         self.ran.append((command, len(self.jira.requests)))
+        self.serving = "1.0.1"
         now = datetime.now(UTC)
         line = CommandLine(now, "stdout", "kis-deploy: rolled back to 1.0.1")
         return CommandOutcome(command, 0, (line,), now, now)
 
 
+RECEIVER_TOKEN = "alertmanager-secret-token"  # what Alertmanager's http_config sends
+
+
 class Estimator:
+    """The target: SERVING, smoke 3/3, and the version ``serving()`` names."""
+
+    def __init__(self, serving: Callable[[], str]) -> None:
+        self._serving = serving
+
     def health(self) -> HealthResult:
         return HealthResult("SERVING")
 
     def smoke(self) -> SuiteResult:
         return SuiteResult("smoke", 3, 3, 0, 3, report="smoke: 3/3 passed\n")
+
+    def server_info(self) -> ServerInfo | None:
+        return ServerInfo(self._serving())
 
 
 @dataclass
@@ -60,9 +79,8 @@ class Receiver:
 
     def post(self, body: bytes | dict[str, Any], path: str = "/alerts") -> tuple[int, dict[str, Any]]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path, data=data, method="POST", headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {RECEIVER_TOKEN}"}
+        request = urllib.request.Request(self.url + path, data=data, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as reply:
                 return reply.status, json.loads(reply.read())
@@ -96,7 +114,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
 
     @contextlib.contextmanager
     def estimator_for(version: str) -> Iterator[EstimatorClient]:
-        yield Estimator()  # type: ignore[misc]  # health and smoke are all a verification calls
+        yield Estimator(lambda: commands.serving)  # type: ignore[misc]  # what a verification calls
 
     deps = IncidentDeps(
         tracker=tracker,
@@ -108,7 +126,9 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
         flush_outbox=tracker.flush,
     )
     options = IncidentOptions(release_dir=release_dir, rollback_command="kis-deploy rollback --root /srv/kis")
-    server, port = create_receiver_server(AlertReceiver(options, deps), "127.0.0.1:0")
+    server, port = create_receiver_server(
+        AlertReceiver(options, deps), "127.0.0.1:0", ReceiverAuth(bearer_token=RECEIVER_TOKEN)
+    )
     thread = serve_in_thread(server)
     try:
         yield Receiver(f"http://127.0.0.1:{port}", jira, commands, release_dir)
@@ -205,6 +225,7 @@ def test_other_paths_and_oversized_bodies_are_refused(receiver: Receiver) -> Non
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     connection.putrequest("POST", "/alerts")
     connection.putheader("Content-Length", str(MAX_BODY_BYTES + 1))  # refused before the body is read
+    connection.putheader("Authorization", f"Bearer {RECEIVER_TOKEN}")
     connection.endheaders()
     assert connection.getresponse().status == 413
     connection.close()
@@ -305,3 +326,42 @@ def test_jira_outage_answers_503_after_the_rollback_and_the_retry_files_once(
     assert len(receiver.incident_issues()) == 1 and len(receiver.commands.ran) == 1
     state = json.loads((receiver.release_dir / "1.0.2" / "incidents.json").read_text())
     assert [i["issue_key"] for i in state["incidents"]] == [issue.key]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token", f"Bearer {RECEIVER_TOKEN}x", f"Basic {RECEIVER_TOKEN}", "Bearer"],
+    ids=["missing", "wrong", "longer", "wrong-scheme", "empty"],
+)
+def test_the_webhook_refuses_calls_without_its_credentials(
+    receiver: Receiver, authorization: str | None
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(
+        receiver.url + "/alerts",
+        data=json.dumps(notification(IMMEDIATE)).encode(),
+        method="POST",
+        headers=headers,
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"] == 'Bearer realm="kis-alert-receiver"'
+    refused.value.close()
+    assert receiver.commands.ran == [] and receiver.incident_issues() == []  # nothing rolled back
+
+
+def test_basic_auth_as_alertmanager_sends_it() -> None:
+    import base64
+
+    auth = ReceiverAuth(basic=("alertmanager", "s3cret"))
+    good = base64.b64encode(b"alertmanager:s3cret").decode()
+    bad = base64.b64encode(b"alertmanager:s3cre").decode()
+    assert auth.allows(f"Basic {good}") and not auth.allows(f"Basic {bad}")
+    assert not auth.allows("Basic !!not-base64!!") and not auth.allows(f"Bearer {good}")
+    with pytest.raises(ValueError, match="needs credentials"):
+        ReceiverAuth()
+    with pytest.raises(ValueError, match="a user and a password"):
+        ReceiverAuth(basic=("alertmanager", ""))

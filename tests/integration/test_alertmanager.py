@@ -26,18 +26,25 @@ from pathlib import Path
 
 import pytest
 
-from workflows.alert_receiver import AlertReceiver, create_receiver_server, serve_in_thread
+from tests.integration.test_alert_receiver import Estimator
 from workflows.clock import SystemClock
-from workflows.criteria import IncidentLedger
-from workflows.estimator_client import EstimatorClient, HealthResult, SuiteResult
-from workflows.file_tracker import FileIssueTracker
-from workflows.incident import IncidentDeps, IncidentOptions
-from workflows.outbox import OutboxTracker
-from workflows.promote import CommandLine, CommandOutcome
-from workflows.tracker import Attachment, Document, IssueDraft, IssueRef, TrackerError
+from workflows.incident.alert_receiver import (
+    AlertReceiver,
+    ReceiverAuth,
+    create_receiver_server,
+    serve_in_thread,
+)
+from workflows.incident.criteria import IncidentLedger
+from workflows.incident.response import IncidentDeps, IncidentOptions
+from workflows.release.estimator_client import EstimatorClient
+from workflows.release.promote import CommandLine, CommandOutcome
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import Attachment, Document, IssueDraft, IssueRef, TrackerError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
+RECEIVER_TOKEN = "alertmanager-to-kis-token"
 ENSURE_SCRIPT = ROOT / "tools/ensure_alertmanager.sh"
 TIMEOUT_S = 60
 DEADLINE_S = 45.0
@@ -150,19 +157,13 @@ class FlakyTracker:
 @dataclass
 class Commands:
     ran: list[str] = field(default_factory=list)
+    serving: str = "1.0.2"  # what the target serves; the rollback makes it 1.0.1
 
     def __call__(self, command: str, *, timeout_s: float) -> CommandOutcome:
         self.ran.append(command)
+        self.serving = "1.0.1"
         now = datetime.now(UTC)
         return CommandOutcome(command, 0, (CommandLine(now, "stdout", "rolled back"),), now, now)
-
-
-class Estimator:
-    def health(self) -> HealthResult:
-        return HealthResult("SERVING")
-
-    def smoke(self) -> SuiteResult:
-        return SuiteResult("smoke", 3, 3, 0, 3, report="smoke: 3/3 passed\n")
 
 
 class CountingReceiver(AlertReceiver):
@@ -190,6 +191,7 @@ def _test_config(tmp: Path, receiver_port: int) -> Path:
     secrets.mkdir()
     for name in ("pagerduty-routing-key", "opsgenie-api-key", "slack-webhook-url"):
         (secrets / name).write_text(dead if name.startswith("slack") else "test-key\n", encoding="utf-8")
+    (secrets / "kis-alert-receiver-token").write_text(RECEIVER_TOKEN + "\n", encoding="utf-8")
     text = text.replace("/etc/alertmanager/secrets/", f"{secrets}/")
     path = tmp / "alertmanager.yml"
     path.write_text(text, encoding="utf-8")
@@ -263,7 +265,7 @@ def test_real_alertmanager_posts_to_the_receiver_which_rolls_back_once(
 
     @contextlib.contextmanager
     def estimator_for(version: str) -> Iterator[EstimatorClient]:
-        yield Estimator()  # type: ignore[misc]  # health and smoke are all a verification calls
+        yield Estimator(lambda: commands.serving)  # type: ignore[misc]  # what a verification calls
 
     deps = IncidentDeps(
         tracker=tracker,
@@ -277,7 +279,7 @@ def test_real_alertmanager_posts_to_the_receiver_which_rolls_back_once(
     receiver = CountingReceiver(
         IncidentOptions(release_dir=release_dir, rollback_command="kis-deploy rollback"), deps
     )
-    server, port = create_receiver_server(receiver, "127.0.0.1:0")
+    server, port = create_receiver_server(receiver, "127.0.0.1:0", ReceiverAuth(bearer_token=RECEIVER_TOKEN))
     thread = serve_in_thread(server)
     try:
         with _alertmanager(alertmanager_binary, _test_config(tmp_path, port), tmp_path) as url:

@@ -11,8 +11,8 @@ import pytest
 
 from tests.emulators.jira import JiraEmulator
 from tests.unit.test_promote import ManualClock, Release, release  # noqa: F401 - the fixture
-from workflows.promote import run_promote
-from workflows.trackers import build_tracker
+from workflows.release.promote import run_promote
+from workflows.tracker.build import build_tracker
 
 
 @pytest.fixture

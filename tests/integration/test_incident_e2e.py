@@ -43,12 +43,12 @@ from tests.integration.test_release_deploy import Deployment, _build, _deploy, _
 from tests.unit.test_promtool_rules import prometheus_binary
 from workflows.cli import incident_runtime
 from workflows.clock import sleep as real_sleep
-from workflows.criteria import Criterion, build_criteria
-from workflows.estimator_client import PROBE_REQUEST
-from workflows.incident import ExitCode, current_release, run_watch
-from workflows.promote import run_promote
+from workflows.incident.criteria import Criterion, build_criteria
+from workflows.incident.response import ExitCode, current_release, run_watch
+from workflows.release.estimator_client import PROBE_REQUEST
+from workflows.release.promote import run_promote
 from workflows.settings import WorkflowSettings
-from workflows.trackers import build_tracker
+from workflows.tracker.build import build_tracker
 
 pytestmark = pytest.mark.slow
 
@@ -186,8 +186,9 @@ def jira() -> Iterator[JiraEmulator]:
     emulator.stop()
 
 
+@pytest.mark.parametrize("jira_down", [False, True], ids=["jira-up", "jira-down-during-the-incident"])
 def test_watch_detects_a_degraded_release_rolls_back_verifies_and_files_the_rollback_issue(
-    tmp_path: Path, deployment: Deployment, prometheus_url: str, jira: JiraEmulator
+    tmp_path: Path, deployment: Deployment, prometheus_url: str, jira: JiraEmulator, jira_down: bool
 ) -> None:
     commit = _head()
     v1 = _build(tmp_path, commit, "1.0.1")
@@ -240,6 +241,8 @@ def test_watch_detects_a_degraded_release_rolls_back_verifies_and_files_the_roll
         assert line in description, description
     announcement = next(a for a in deploy_issue.attachments if a.filename == "release-announcement-ko.txt")
     assert "스모크 테스트: 3/3 통과 ✅" in announcement.data.decode()
+    # 1.0.1 has no CHANGELOG.md section: the notice lists the release's own commit subjects
+    assert f"• {v1.manifest.changes[0]}" in announcement.data.decode()
 
     # ---- v2: promoted healthy, with a fault armed behind the trigger file
     faulty = replace(
@@ -262,6 +265,9 @@ def test_watch_detects_a_degraded_release_rolls_back_verifies_and_files_the_roll
     service_log = str(deployment.root / "releases" / "{version}" / "service.log")
     options, deps = incident_runtime(watch_settings, tracker, service_log=service_log)
     options = replace(options, criteria=scaled_criteria())
+    jira_port = jira.port
+    if jira_down:
+        jira.stop()  # Jira is down for the whole incident: the rollback must not wait for it
     with Load(deployment.target, load_token) as load:
         trigger.touch()  # v2 degrades: 300 ms per call, every 5th call fails
         degraded_at = time.monotonic()
@@ -274,6 +280,14 @@ def test_watch_detects_a_degraded_release_rolls_back_verifies_and_files_the_roll
         watch_out = io.StringIO()
         code = run_watch(options, deps, watch_out, interval_s=1.0, should_stop=done)
         acted_at = time.monotonic()
+    if jira_down:
+        assert jira.issues_with_label("kis-incident") == []
+        assert "pending in the outbox" in watch_out.getvalue(), watch_out.getvalue()
+        jira.start(jira_port)  # back: one flush files the ROLLBACK issue with all its attachments
+        flushed = tracker.flush()
+        assert (flushed.remaining, flushed.errors) == (0, ()) and flushed.filed >= 1, flushed
+        again = tracker.flush()  # a second flush has nothing left to send
+        assert (again.filed, again.remaining) == (0, 0), again
     tracker.close()
     assert code == ExitCode.OK, watch_out.getvalue()
     assert load.calls > 0

@@ -20,8 +20,8 @@ import pytest
 from tests.emulators.jira import JiraEmulator
 from workflows.clock import sleep as real_sleep
 from workflows.settings import WorkflowSettings
-from workflows.tracker import DeadLettered, Document, IssueDraft, Section, Text
-from workflows.trackers import build_tracker
+from workflows.tracker.build import build_tracker
+from workflows.tracker.protocol import DeadLettered, Document, IssueDraft, Section, Text
 
 USER, TOKEN = "kis-bot", "s3cret"
 
@@ -131,7 +131,9 @@ def test_a_refused_ticket_is_a_dead_letter_listed_paged_and_filed_once_after_the
     finally:
         tracker.close()
     assert "priority" in str(refused.value) and "outbox flush" in str(refused.value)
-    assert "PAGE: the tracker refused" in capfd.readouterr().err  # no channel configured: stderr says so
+    assert (
+        "PAGE: [KIS] ticket refused by the tracker" in capfd.readouterr().err
+    )  # no channel configured: stderr says so
     assert jira.issues == {}
 
     listed = kis_release(broken, "outbox", "list")

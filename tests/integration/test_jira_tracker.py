@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.emulators.jira import JiraEmulator
-from workflows.idempotency import idem_label
-from workflows.jira_tracker import JiraConfig, JiraIssueTracker
-from workflows.outbox import OutboxTracker
-from workflows.render import render_wiki
 from workflows.settings import WorkflowSettings
-from workflows.tracker import (
+from workflows.tracker.build import build_tracker, run_outbox_flush
+from workflows.tracker.idempotency import idem_label
+from workflows.tracker.jira import JiraConfig, JiraIssueTracker
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import (
     Attachment,
     Check,
     Document,
@@ -33,7 +33,7 @@ from workflows.tracker import (
     TrackerError,
     TrackerOptions,
 )
-from workflows.trackers import build_tracker, run_outbox_flush
+from workflows.tracker.render import render_wiki
 
 USER, TOKEN = "kis-bot", "s3cret-jira-token"
 CREATE = "POST /rest/api/2/issue"
@@ -62,7 +62,10 @@ def deploy_draft(**changes: object) -> IssueDraft:
             ),
             Section(
                 "Evidence",
-                (Field("Deploy script log", "[attached]"), Field("Monitoring snapshot", "[attached]")),
+                (
+                    Field("Deploy script log", "deploy.log [attached]"),
+                    Field("Monitoring snapshot", "monitoring.png [attached]"),
+                ),
             ),
         )
     )
@@ -364,6 +367,12 @@ def test_a_413_leaves_a_note_instead_of_failing_the_run(h: Harness) -> None:
     assert attachment_names(h.jira, "KIS-1") == ["deploy.log", "monitoring.png.rejected.txt"]
     note = next(a.data for a in h.jira.issue("KIS-1").attachments if a.filename.endswith(".rejected.txt"))
     assert note == b"Jira refused monitoring.png (264 bytes) as too large (HTTP 413).\n"
+    description = h.jira.issue("KIS-1").description  # no longer claims what Jira refused
+    assert "deploy.log \\[attached\\]" in description and "monitoring.png \\[attached\\]" not in description
+    assert (
+        "monitoring.png \\[NOT attached: too large for Jira (HTTP 413), see monitoring.png.rejected.txt\\]"
+        in (description)
+    )
 
 
 def test_long_summary_and_description_are_cut_and_the_full_text_attached(h: Harness) -> None:

@@ -1,4 +1,4 @@
-"""MIXED quota (DOMAIN.md §12): atomic per KST month, grants, replays, the month boundary."""
+"""MIXED quota (docs/pricing-rules.md §12): atomic per KST month, grants, replays, the month boundary."""
 
 from __future__ import annotations
 

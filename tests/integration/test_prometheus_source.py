@@ -20,8 +20,8 @@ import pytest
 
 from tests.emulators.prometheus import PrometheusEmulator, series_fn
 from tests.unit.test_criteria import CASES, DEPLOYED_AT, NOW, Case, run_case
-from workflows.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict, evaluate
-from workflows.prometheus import (
+from workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict, evaluate
+from workflows.prometheus.client import (
     InstantResult,
     PrometheusSource,
     QueryError,
@@ -290,11 +290,16 @@ def test_every_criterion_query_runs_on_a_real_prometheus_and_no_data_is_inconclu
             criterion.expr, NOW - timedelta(seconds=criterion.window_s), NOW, criterion.step_s
         )
         instant = source.query(criterion.expr, NOW)
+        if criterion.id == "service_down":  # no `up` series at all reads as down, never as no data
+            assert ranged.error is None and instant.error is None
+            assert [s.value for s in ranged.series[0].samples] == [1.0] * 5
+            continue
         assert (ranged.error, ranged.series, instant.error, instant.series) == (None, (), None, ()), (
             criterion.id
         )
     evaluation = evaluate(source, NOW, DEPLOYED_AT, IncidentLedger(tmp_path))
     assert {r.criterion_id: r.verdict for r in evaluation.results} == {
+        "service_down": Verdict.ROLLBACK,
         "errors_5xx": Verdict.INCONCLUSIVE,
         "p95_latency_200ms": Verdict.INCONCLUSIVE,
         "memory_leak": Verdict.INCONCLUSIVE,
@@ -303,7 +308,7 @@ def test_every_criterion_query_runs_on_a_real_prometheus_and_no_data_is_inconclu
         "error_rate_2pct": Verdict.INCONCLUSIVE,
         "functional_bugs": Verdict.OK,
     }
-    assert evaluation.verdict is Verdict.REVIEW
+    assert evaluation.verdict is Verdict.ROLLBACK
     assert sleeps == []
 
 

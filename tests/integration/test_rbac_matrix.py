@@ -1,4 +1,4 @@
-"""Every RPC × every role (DOMAIN.md §16.4), plus no token, an unknown token and a revoked token."""
+"""Every RPC × every role (docs/pricing-rules.md §16.4), plus no token, an unknown and a revoked token."""
 
 from __future__ import annotations
 
@@ -73,6 +73,13 @@ def _calls() -> dict[str, Call]:
         ),
         "ListEstimates": lambda ch, s, md: pb_grpc.EstimatorServiceStub(ch).ListEstimates(
             pb.ListEstimatesRequest(), metadata=md, timeout=TIMEOUT_S
+        ),
+        "GetQuoteDocument": lambda ch, s, md: list(
+            pb_grpc.EstimatorServiceStub(ch).GetQuoteDocument(
+                pb.GetQuoteDocumentRequest(estimate_id=existing(s), format=pb.QUOTE_FORMAT_XLSX),
+                metadata=md,
+                timeout=TIMEOUT_S,
+            )
         ),
         "ListReviewQueue": lambda ch, s, md: review_grpc.ReviewServiceStub(ch).ListReviewQueue(
             review_pb.ListReviewQueueRequest(), metadata=md, timeout=TIMEOUT_S

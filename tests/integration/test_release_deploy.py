@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -27,12 +28,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from workflows.artifacts import BuildOptions, BuildResult, build_release
 from workflows.clock import SystemClock
 from workflows.clock import sleep as real_sleep
-from workflows.estimator_client import PROBE_REQUEST, CandidateAcceptanceRunner, GrpcEstimatorClient
-from workflows.file_tracker import FileIssueTracker
-from workflows.promote import (
+from workflows.release.artifacts import BuildOptions, BuildResult, build_release
+from workflows.release.estimator_client import PROBE_REQUEST, CandidateAcceptanceRunner, GrpcEstimatorClient
+from workflows.release.promote import (
     PromoteDeps,
     PromoteOptions,
     PromotionStatus,
@@ -42,6 +42,7 @@ from workflows.promote import (
 )
 from workflows.settings import WorkflowSettings
 from workflows.templates import deploy_idempotency_key
+from workflows.tracker.files import FileIssueTracker
 
 pytestmark = pytest.mark.slow
 
@@ -220,6 +221,7 @@ def test_promotes_v1_then_refuses_v2_and_v1_serves_again(tmp_path: Path, deploym
         "verify": True,
         "deploy": True,
         "health": True,
+        "version": True,
         "smoke": True,
         "regression": True,
         "rbac": True,
@@ -254,6 +256,17 @@ def test_promotes_v1_then_refuses_v2_and_v1_serves_again(tmp_path: Path, deploym
     assert (deployment.root / "service.pid").read_text(encoding="utf-8") == pid_v1
     assert len([p for p in settings.tracker_dir.iterdir() if p.is_dir()]) == 1
 
+    # ---- v1 again from an empty release directory (another operator's machine): the target says it
+    # serves 1.0.1, so nothing is deployed or rolled back; the DEPLOY issue is found, not filed again
+    elsewhere = replace(settings, release_dir=tmp_path / "empty-release-dir")
+    history_before = deployment.status()["history"]
+    out = io.StringIO()
+    assert run_promote(elsewhere, _options(v1), out, tracker=tracker) == 0, out.getvalue()
+    assert "not deployed: the target already serves 1.0.1" in out.getvalue()
+    assert (deployment.root / "service.pid").read_text(encoding="utf-8") == pid_v1
+    assert deployment.status()["history"] == history_before
+    assert len([p for p in settings.tracker_dir.iterdir() if p.is_dir()]) == 1
+
     # ---- v2: regression fails → refused, rolled back, v1 serving again
     second = promote(_options(v2), settings, _deps(settings, v2, tracker))
     assert second.status is PromotionStatus.REFUSED and second.exit_code == 1
@@ -264,6 +277,7 @@ def test_promotes_v1_then_refuses_v2_and_v1_serves_again(tmp_path: Path, deploym
     assert second.message.startswith("promotion of 1.0.2 refused:")
     assert second.rollback is not None and second.rollback.command is not None and second.rollback.command.ok
     assert (second.rollback.previous_version, second.rollback.previous_running) == ("1.0.1", True)
+    assert second.rollback.serving is not None and second.rollback.serving.commit == commit
     assert tracker.find(deploy_idempotency_key("1.0.2", "Production")) is None
     v2_dir = settings.release_dir / "1.0.2"
     assert "rolled back to 1.0.1" in (v2_dir / "rollback.log").read_text(encoding="utf-8")
@@ -284,10 +298,21 @@ def test_promotes_v1_then_refuses_v2_and_v1_serves_again(tmp_path: Path, deploym
     assert smoke.returncode == 0 and "smoke: 3/3 passed" in smoke.stdout, smoke.stdout + smoke.stderr
 
 
-def test_build_is_reproducible_and_prints_short_hashes(tmp_path: Path) -> None:
+def test_build_is_reproducible_and_prints_short_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     commit = _head()
-    a, b = (_build(tmp_path / out, commit, "1.0.1") for out in ("a", "b"))
+    a = _build(tmp_path / "a", commit, "1.0.1")
+    monkeypatch.chdir(tmp_path)  # the README's `--out dist/`: a relative output directory
+    b = build_release(
+        BuildOptions(source_dir=ROOT, out_dir=Path("b/dist"), version_override="1.0.1", source_ref=commit)
+    )
+    assert b.manifest_path == tmp_path / "b" / "dist" / "kis_estimator-1.0.1.manifest.json"
     assert a.manifest.artifacts == b.manifest.artifacts  # names, sizes and SHA-256 of wheel and sdist
+    # the manifest too: its build_time is the commit's time, so its SHA-256 can be re-verified
+    assert a.manifest_path.read_bytes() == b.manifest_path.read_bytes()
+    assert a.manifest_sha256 == b.manifest_sha256
+    assert a.manifest.changes and all(a.manifest.changes)  # 1.0.1 has no CHANGELOG section: commit subjects
     assert a.manifest.descriptor_set_sha256 == b.manifest.descriptor_set_sha256
     assert (a.manifest.git_commit, a.manifest.git_dirty) == (commit, False)
     assert a.wheel_path.name == "kis_estimator-1.0.1-py3-none-any.whl"

@@ -1,4 +1,4 @@
-"""Review queue (DOMAIN.md §11), reporting (§16.3), tamper-evident audit, tokens, rate limit."""
+"""Review queue (docs/pricing-rules.md §11), reporting (§16.3), tamper-evident audit, tokens, rate limit."""
 
 from __future__ import annotations
 

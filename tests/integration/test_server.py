@@ -76,7 +76,7 @@ def test_pytest_grpc_stub_reaches_the_real_server(
     assert reply.estimate.totals.total_krw > 0
 
 
-# --- RBAC matrix (DOMAIN.md §16.4) ---------------------------------------------------------------
+# --- RBAC matrix (docs/pricing-rules.md §16.4) ---------------------------------------------------
 
 ROLES = [None, "BOGUS", "ADMIN", "ESTIMATOR", "VIEWER"]
 ALLOWED = {
@@ -207,7 +207,7 @@ def test_bad_input_of_every_kind_is_never_internal(served: Served) -> None:
         assert outcome.code == "INVALID_ARGUMENT", request
 
 
-# --- idempotency, duplicates, storage (DOMAIN.md §13) ----------------------------------------------
+# --- idempotency, duplicates, storage (docs/pricing-rules.md §13) ----------------------------------
 
 
 def test_request_id_replay_is_byte_identical_and_flagged(fresh: Served) -> None:

@@ -13,7 +13,7 @@ import pytest
 from server.engine.catalog import DEFAULT_CATALOG_DIR
 from server.engine.catalog import catalog_version as engine_catalog_version
 from server.engine.model import RULES_VERSION
-from workflows.artifacts import (
+from workflows.release.artifacts import (
     CATALOG_FILES,
     ArtifactInfo,
     Mismatch,

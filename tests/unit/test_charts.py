@@ -78,3 +78,22 @@ def test_latency_chart_differs_when_the_samples_do() -> None:
 def test_breach_chart_rejects_mixed_x_values() -> None:
     with pytest.raises(ValueError, match="all datetimes or all seconds"):
         breach_chart_png([("a", [(T0, 1.0), (5.0, 2.0)])], 1.0, title="mixed", unit="ms")
+
+
+def test_hangul_is_drawn_with_the_hangul_font_not_question_marks() -> None:
+    import warnings
+
+    from workflows import charts
+
+    if not any(p.is_file() for p in charts.HANGUL_FONTS):
+        pytest.skip("no Hangul font installed (make setup installs fonts-nanum)")
+    assert charts._drawable("P95 > 200ms (5분 지속)") == "P95 > 200ms (5분 지속)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph … missing from font" for a box
+        png = charts.breach_chart_png(
+            (("응답시간 p95", ((0.0, 150.0), (15.0, 250.0))),),
+            200.0,
+            title="P95 > 200ms (5분 지속)",
+            unit="ms",
+        )
+    assert png.startswith(b"\x89PNG")

@@ -438,7 +438,7 @@ def test_any_quote_round_trips_through_json(quote: Quote) -> None:
     assert quote_from_document(_via_json(quote_to_document(quote))) == quote
 
 
-# request texts arrive trimmed and non-empty (DOMAIN.md §2), so canonicalisation keeps them
+# request texts arrive trimmed and non-empty (docs/pricing-rules.md §2), so canonicalisation keeps them
 _clean = st.text(min_size=1, max_size=10).map(str.strip).filter(bool)
 _opt_clean = st.none() | _clean
 _small = st.none() | st.integers(min_value=-5, max_value=900)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.emulators.prometheus import PrometheusEmulator, series_fn
-from workflows.criteria import (
+from workflows.incident.criteria import (
     DEFAULT_CRITERIA,
     MIB,
     CheckKind,
@@ -35,8 +35,8 @@ from workflows.criteria import (
     evaluate,
     least_squares,
 )
-from workflows.prometheus import PrometheusSource
-from workflows.tracker import TrackerError
+from workflows.prometheus.client import PrometheusSource
+from workflows.tracker.protocol import TrackerError
 
 DEPLOYED_AT = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # the notice's 2025-09-23 12:00:00 KST
 D = DEPLOYED_AT.timestamp()
@@ -49,6 +49,7 @@ EXPR = {
     "p95": BY_ID["p95_latency_200ms"].expr,
     "rss": BY_ID["memory_leak"].expr,
     "ratio": BY_ID["error_rate_2pct"].expr,
+    "down": BY_ID["service_down"].expr,
 }
 assert EXPR["p95"] == BY_ID["p95_latency_100ms"].expr
 IDS = tuple(c.id for c in DEFAULT_CRITERIA)
@@ -92,6 +93,7 @@ HEALTHY: dict[str, Script] = {
     "p95": fn(lambda t: 25 + noise(t, 3)),
     "rss": fn(leaking(0.0, 2.0)),
     "ratio": const(0.001),
+    "down": const(0.0),
 }
 
 
@@ -117,6 +119,15 @@ SINCE = DEPLOYED_AT + timedelta(minutes=10)
 
 CASES = [
     Case("all healthy"),
+    Case(
+        "service down (scrape up == 0 or no up series) for 1 min",
+        {"down": const(1.0)},
+        {"service_down": Verdict.ROLLBACK},
+        Verdict.ROLLBACK,
+    ),
+    Case(
+        "service down for 45 s of the minute (a restart)", {"down": fn(lambda t: 1.0 if t > N - 45 else 0.0)}
+    ),
     Case("5xx sustained 3 min", {"5xx": const(25)}, {"errors_5xx": Verdict.ROLLBACK}, Verdict.ROLLBACK),
     Case(
         "5xx breach with one sample at the threshold",
@@ -263,7 +274,7 @@ CASES = [
     Case(
         "deploy 2 min ago, 5xx breaching: pending, not rollback",
         {"5xx": const(25)},
-        dict.fromkeys(QUERIED, P),
+        {i: P for i in QUERIED if i != "service_down"},  # its one-minute window has elapsed
         Verdict.OK,
         now=DEPLOYED_AT + timedelta(minutes=2),
     ),
@@ -518,6 +529,7 @@ def test_the_criteria_table() -> None:
         for c in DEFAULT_CRITERIA
     ]
     assert table == [
+        ("service_down", Severity.IMMEDIATE, CheckKind.SUSTAINED, 60, 15, 1, ">="),
         ("errors_5xx", Severity.IMMEDIATE, CheckKind.SUSTAINED, 180, 15, 10, ">"),
         ("p95_latency_200ms", Severity.IMMEDIATE, CheckKind.SUSTAINED, 300, 15, 200, ">"),
         ("memory_leak", Severity.IMMEDIATE, CheckKind.TREND, 900, 15, MIB, ">"),
@@ -531,6 +543,7 @@ def test_the_criteria_table() -> None:
         f" or (0 * sum(increase(grpc_server_handled_total{{{API}}}[1m])))"
     )
     assert EXPR["5xx"] == errors
+    assert EXPR["down"] == '(1 - max(up{job="kis-estimator"})) or on() vector(1)'
     assert EXPR["ratio"] == f"({errors}) / sum(increase(grpc_server_handled_total{{{API}}}[1m]))"
     assert EXPR["p95"] == (
         "1000 * histogram_quantile(0.95, sum by (le) "

@@ -1,4 +1,4 @@
-"""Evidence bundles (DOMAIN.md §15): byte-reproducible ZIPs, manifest signing, offline verification."""
+"""Evidence bundles (docs/pricing-rules.md §15): byte-reproducible ZIPs, manifest signing, verification."""
 
 from __future__ import annotations
 

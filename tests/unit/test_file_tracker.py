@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from workflows.file_tracker import FileIssueTracker
-from workflows.idempotency import idem_label
-from workflows.tracker import (
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.idempotency import idem_label
+from workflows.tracker.protocol import (
     Attachment,
     Check,
     Document,

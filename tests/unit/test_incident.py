@@ -17,11 +17,8 @@ import pytest
 
 from tests.emulators.prometheus import PrometheusEmulator
 from tests.unit import test_promote as tp
-from workflows.artifacts import ArtifactInfo, ReleaseManifest
-from workflows.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict
-from workflows.estimator_client import BurstResult, EstimatorClient, HealthResult, ProbeResult, SuiteResult
-from workflows.file_tracker import FileIssueTracker
-from workflows.incident import (
+from workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict
+from workflows.incident.response import (
     PAGE_LABELS,
     PAGE_PRIORITY,
     Action,
@@ -38,8 +35,17 @@ from workflows.incident import (
     signal_from_evaluation,
     watch_once,
 )
-from workflows.prometheus import PrometheusSource
-from workflows.promote import (
+from workflows.prometheus.client import PrometheusSource
+from workflows.release.artifacts import ArtifactInfo, ReleaseManifest
+from workflows.release.estimator_client import (
+    BurstResult,
+    EstimatorClient,
+    HealthResult,
+    ProbeResult,
+    ServerInfo,
+    SuiteResult,
+)
+from workflows.release.promote import (
     CommandLine,
     CommandOutcome,
     PromoteDeps,
@@ -48,7 +54,8 @@ from workflows.promote import (
     promote,
 )
 from workflows.settings import WorkflowSettings
-from workflows.tracker import IssueRef, TrackerOptions
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.protocol import IssueRef, TrackerOptions
 
 T_V1 = datetime(2025, 9, 23, 2, 0, tzinfo=UTC)
 T_V2 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # the notice's 2025-09-23 12:00:00 KST
@@ -74,6 +81,7 @@ class ManualClock:
 class ScriptedEstimator:
     health_status: str = "SERVING"
     smoke_passed: int = 3
+    version: str = "1.0.2"  # what the target serves; a successful rollback command makes it 1.0.1
     calls: list[str] = field(default_factory=list)
 
     def health(self) -> HealthResult:
@@ -95,6 +103,10 @@ class ScriptedEstimator:
     def slo_burst(self, requests: int) -> BurstResult:  # pragma: no cover - as above
         raise AssertionError("slo_burst is not part of a rollback verification")
 
+    def server_info(self) -> ServerInfo | None:
+        self.calls.append("info")
+        return ServerInfo(self.version)
+
 
 @dataclass
 class ScriptedCommands:
@@ -104,15 +116,20 @@ class ScriptedCommands:
     returncode: int | None = 0
     took_s: float = 4.0
     ran: list[tuple[str, float]] = field(default_factory=list)
+    script: list[int | None] = field(default_factory=list)  # return codes of the next runs, then returncode
+    target: ScriptedEstimator | None = None  # a successful run makes it serve 1.0.1
 
     def __call__(self, command: str, *, timeout_s: float) -> CommandOutcome:
         self.ran.append((command, timeout_s))
+        code = self.script.pop(0) if self.script else self.returncode
         started = self.clock.now()
-        self.clock.advance(timeout_s if self.returncode is None else self.took_s)
+        self.clock.advance(timeout_s if code is None else self.took_s)
         lines = [CommandLine(started, "stdout", "kis-deploy: rollback 1.0.2 -> 1.0.1")]
-        if self.returncode is None:
+        if code is None:
             lines.append(CommandLine(self.clock.now(), "runner", f"timeout after {timeout_s:g} s: SIGKILL"))
-        return CommandOutcome(command, self.returncode, tuple(lines), started, self.clock.now())
+        if code == 0 and self.target is not None:
+            self.target.version = "1.0.1"
+        return CommandOutcome(command, code, tuple(lines), started, self.clock.now())
 
 
 @dataclass
@@ -125,20 +142,36 @@ class World:
     estimator: ScriptedEstimator
     options: IncidentOptions
     verified: list[str] = field(default_factory=list)
+    pages: list[tuple[str, str]] = field(default_factory=list)
+    page_delivers: bool = True
+    sleeps: list[float] = field(default_factory=list)
+
+    def _page(self, subject: str, body: str) -> bool:
+        self.pages.append((subject, body))
+        return self.page_delivers
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.clock.advance(seconds)
 
     def deps(self) -> IncidentDeps:
         @contextlib.contextmanager
         def estimator_for(version: str) -> Iterator[EstimatorClient]:
-            self.verified.append(version)
-            yield self.estimator
+            before = len(self.estimator.calls)
+            try:
+                yield self.estimator
+            finally:  # a verification runs smoke; a look at what serves does not
+                if "smoke" in self.estimator.calls[before:]:
+                    self.verified.append(version)
 
         return IncidentDeps(
             tracker=self.tracker,
             estimator_for=estimator_for,
             run_command=self.commands,
             clock=self.clock,
-            sleep=lambda _s: None,
+            sleep=self._sleep,
             ledger=IncidentLedger(self.options.release_dir),
+            page=self._page,
             metrics=PrometheusSource(
                 "http://prometheus.test", sleep=lambda _s: None, transport=self.prometheus.transport()
             ),
@@ -181,13 +214,14 @@ def world(tmp_path: Path) -> World:
         "\n".join(json.dumps(x) for x in lines) + "\nnot json\n", encoding="utf-8"
     )
     clock = ManualClock(NOW)
+    estimator = ScriptedEstimator()
     return World(
         tmp=tmp_path,
         clock=clock,
         prometheus=PrometheusEmulator(),
         tracker=FileIssueTracker(tmp_path / "tracker", clock=clock),
-        commands=ScriptedCommands(clock),
-        estimator=ScriptedEstimator(),
+        commands=ScriptedCommands(clock, target=estimator),
+        estimator=estimator,
         options=IncidentOptions(
             release_dir=release_dir,
             rollback_command="kis-deploy rollback --root /srv/kis # leaving {version}",
@@ -335,11 +369,61 @@ def test_rollback_timeout_says_failed_and_pages(world: World, caplog: pytest.Log
     assert "- [ ] Rollback executed" in issue["description"]
     assert any(r.levelname == "ERROR" and "ROLLBACK FAILED" in r.getMessage() for r in caplog.records)
     assert "FAILED: the rollback command timed out" in out.getvalue()
-    # Never retried automatically: the next round pages again and runs nothing.
+    ((subject, body),) = world.pages  # paged through the channels, before any tracker call
+    assert subject == "[KIS] ROLLBACK FAILED: 1.0.2 (Production)" and "timed out" in body
+    # The target says 1.0.1 serves (something rolled it back after all): the next round does not run
+    # the command again — that could step back twice — and reports without paging again.
+    world.estimator.version = "1.0.1"
     assert run_watch(world.options, world.deps(), io.StringIO(), once=True) == ExitCode.PAGED
-    assert len(world.commands.ran) == 1 and len(world.issues()) == 1
+    assert len(world.commands.ran) == 1 and len(world.issues()) == 1 and len(world.pages) == 1
     release = current_release(world.options.release_dir)
     assert release is not None and release.version == "1.0.2"  # still the bad one: humans take over
+
+
+def test_a_failed_rollback_command_is_tried_again_with_backoff_within_the_budget(world: World) -> None:
+    world.p95(340.0)
+    world.estimator.version = "1.0.2"  # the bad release serves until a rollback works
+    world.commands.target = world.estimator
+    world.commands.script = [1, 1]  # fails twice, then works
+
+    outcome = watch_once(world.options, world.deps()).outcome
+
+    assert outcome is not None and outcome.action is Action.ROLLED_BACK, outcome
+    assert outcome.rollback is not None and (outcome.rollback.tries, outcome.rollback.verified) == (3, True)
+    assert world.sleeps[:2] == [5.0, 10.0] and world.pages == []
+    budgets = [budget for _command, budget in world.commands.ran]
+    assert budgets[0] == 180.0 and budgets[1] < budgets[0] and budgets[2] < budgets[1]  # one budget
+    log_text = Path(outcome.rollback.log_file).read_text()
+    assert "try 2 after 5 s: the target still serves 1.0.2" in log_text and "serving 1.0.1" in log_text
+
+
+def test_the_next_watch_retries_a_failed_rollback_while_the_bad_release_still_serves(world: World) -> None:
+    world.p95(340.0)
+    world.estimator.version = "1.0.2"
+    world.commands.target = world.estimator
+    world.commands.returncode = 1  # every try inside the first attempt fails
+
+    first = watch_once(world.options, world.deps()).outcome
+    assert first is not None and first.action is Action.ROLLBACK_FAILED and first.rollback is not None
+    assert first.rollback.tries == 4 and len(world.pages) == 1  # ROLLBACK_TRIES, then paged
+
+    world.commands.returncode = 0  # fixed (e.g. the disk had filled up)
+    world.clock.advance(60)
+    second = watch_once(world.options, world.deps()).outcome
+    assert second is not None and second.action is Action.ROLLED_BACK and second.rollback is not None
+    assert second.rollback.attempt == 2 and second.rollback.verified and len(world.pages) == 1
+    release = current_release(world.options.release_dir)
+    assert release is not None and release.version == "1.0.1"
+
+
+def test_a_page_no_channel_delivered_exits_5_and_says_so(world: World) -> None:
+    world.p95(340.0)
+    world.commands.returncode = 2
+    world.page_delivers = False
+    out = io.StringIO()
+    assert run_watch(world.options, world.deps(), out, once=True) == ExitCode.PAGE_FAILED
+    assert int(ExitCode.PAGE_FAILED) == 5
+    assert "PAGE NOT DELIVERED by any channel" in out.getvalue()
 
 
 def test_failed_smoke_on_the_previous_version_pages(world: World) -> None:
@@ -565,3 +649,53 @@ def test_refused_promotion_files_its_rollback_issue_through_on_refused(tmp_path:
     again = file_refused_promotion(result, options, incident_deps)
     assert again is not None and again.key == result.issue.key
     assert len(list((tmp_path / "tracker").glob("KIS-*"))) == 1
+
+
+def test_a_pending_issue_key_is_resolved_once_an_outbox_flush_filed_it(world: World) -> None:
+    from tests.unit.test_outbox import Switchable
+    from workflows.incident.response import Signal, SignalSource
+    from workflows.tracker.outbox import OutboxTracker
+
+    switch = Switchable(world.tracker)
+    outbox = OutboxTracker(switch, world.tmp / "outbox")
+    deps = replace(world.deps(), tracker=outbox)
+    world.p95(340.0)
+    switch.down = True
+    first = watch_once(world.options, deps).outcome
+    assert first is not None and first.action is Action.ROLLED_BACK
+    assert first.exit_code is ExitCode.ISSUE_PENDING and first.issue is not None and first.issue.pending
+
+    switch.down = False
+    assert outbox.flush().remaining == 0  # `kis-release outbox flush` by a responder
+    switch.calls.clear()
+    late = Signal(  # e.g. the same alert delivered again, about the release rolled back
+        verdict=Verdict.ROLLBACK,
+        source=SignalSource.ALERTMANAGER,
+        detected_at=world.clock.now(),
+        summary="KisRollbackP95Latency firing",
+        fingerprint="late-alert",
+        version="1.0.2",
+    )
+    again = handle(late, world.options, deps)
+    assert again.issue is not None and (again.issue.key, again.issue.pending) == ("KIS-1", False)
+    assert again.exit_code is not ExitCode.ISSUE_PENDING  # the outbox is empty: nothing is pending
+    assert "file" not in switch.calls  # the record knows the real key: no second filing attempt
+    incidents = json.loads((world.options.release_dir / "1.0.2" / "incidents.json").read_text())
+    assert [i["issue_key"] for i in incidents["incidents"]] == ["KIS-1"]
+
+
+def test_records_and_target_disagreeing_is_a_decision_not_an_automatic_rollback(world: World) -> None:
+    world.p95(340.0)
+    world.estimator.version = "1.0.0"  # someone rolled back by hand, twice: the records do not know
+    outcome = watch_once(world.options, world.deps()).outcome
+    assert outcome is not None and outcome.action is Action.NEEDS_DECISION
+    assert world.commands.ran == []  # rolling "back" from 1.0.0 would have stepped back a good release
+    (issue,) = world.issues()
+    assert "(needs decision)" in issue["summary"]
+    snapshot = json.loads(
+        (world.tracker.root / issue["key"] / "attachments" / "metrics-snapshot.json").read_text()
+    )
+    assert (
+        "the release records say 1.0.2 is current, but the target serves 1.0.0"
+        in snapshot["signal"]["summary"]
+    )

@@ -1,4 +1,4 @@
-"""KST months (DOMAIN.md §12) and the per-token token bucket."""
+"""KST months (docs/pricing-rules.md §12) and the per-token token bucket."""
 
 from __future__ import annotations
 

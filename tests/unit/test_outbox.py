@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from workflows.file_tracker import FileIssueTracker
-from workflows.idempotency import idem_hash
-from workflows.jira_tracker import JiraIssueTracker
-from workflows.outbox import FlushReport, OutboxTracker
-from workflows.render import render_markdown
 from workflows.settings import WorkflowSettings
-from workflows.tracker import (
+from workflows.tracker.build import build_tracker, run_outbox_flush
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.idempotency import idem_hash
+from workflows.tracker.jira import JiraIssueTracker
+from workflows.tracker.outbox import FlushReport, OutboxTracker
+from workflows.tracker.protocol import (
     Attachment,
     Check,
     Code,
@@ -29,7 +29,7 @@ from workflows.tracker import (
     Text,
     TrackerError,
 )
-from workflows.trackers import build_tracker, run_outbox_flush
+from workflows.tracker.render import render_markdown
 
 BODY = Document(
     (
@@ -172,6 +172,29 @@ def test_unreachable_keeps_the_ticket_and_everything_queued_behind_it(
     assert meta["description"] == render_markdown(BODY)  # the Document survived the JSON round trip
     assert outbox.flush() == FlushReport(filed=0, remaining=0, errors=())
     assert list((tmp_path / "outbox" / "records").iterdir()) == []
+
+
+def test_a_newer_draft_of_a_queued_ticket_replaces_it_and_is_filed_once(
+    outbox: OutboxTracker, switch: Switchable, files: FileIssueTracker, tmp_path: Path
+) -> None:
+    switch.down = True
+    first = outbox.file(DRAFT)
+    newer = replace(
+        DRAFT, summary="[DEPLOY] escalated", attachments=(Attachment("rollback.log", b"rolled back\n"),)
+    )
+    assert outbox.file(newer) == first and switch.calls == ["file"]  # queued, not sent
+    (record,) = records(tmp_path)
+    assert record["draft"]["summary"] == "[DEPLOY] escalated"  # type: ignore[index]
+    stored = sorted(p.name for p in (tmp_path / "outbox" / "records").glob("*.files/*"))
+    assert stored == ["g1-000"]  # the replaced draft's attachments are gone
+
+    switch.down = False
+    assert outbox.flush().filed == 1
+    (issue,) = [p for p in files.root.iterdir() if p.is_dir()]
+    meta = json.loads((issue / "meta.json").read_text(encoding="utf-8"))
+    assert meta["summary"] == "[DEPLOY] escalated"
+    assert [p.name for p in (issue / "attachments").iterdir()] == ["rollback.log"]
+    assert outbox.file(newer).key == issue.name and outbox.pending() == 0  # filed once
 
 
 def test_operations_on_a_filed_pending_key_go_to_the_real_issue(

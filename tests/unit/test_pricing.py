@@ -1,4 +1,4 @@
-"""Pricing pipeline (DOMAIN.md §9–§11, §14, §17, §18) through ``price_estimate``.
+"""Pricing pipeline (docs/pricing-rules.md §9–§11, §14, §17, §18) through ``price_estimate``.
 
 The regression rows are read from ``server/acceptance/cases/*.json`` (plain ``json.load`` of the
 request and ``expect``), so the acceptance data and these tests cannot drift apart.

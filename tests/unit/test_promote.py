@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from workflows.artifacts import ArtifactInfo, ReleaseManifest
-from workflows.estimator_client import (
+from workflows.prometheus.client import InstantResult, RangeResult, Sample, Series
+from workflows.release.artifacts import ArtifactInfo, ReleaseManifest
+from workflows.release.estimator_client import (
     BurstResult,
     HealthResult,
     ProbeResult,
+    ServerInfo,
     SuiteResult,
     parse_suite_report,
     percentile,
 )
-from workflows.file_tracker import FileIssueTracker
-from workflows.prometheus import InstantResult, RangeResult, Sample, Series
-from workflows.promote import (
+from workflows.release.promote import (
     CommandLine,
     CommandOutcome,
     PromoteDeps,
@@ -35,7 +35,8 @@ from workflows.promote import (
 )
 from workflows.settings import WorkflowSettings
 from workflows.templates import deploy_idempotency_key
-from workflows.tracker import Document, IssueDraft, IssueRef, TrackerError
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.protocol import Document, IssueDraft, IssueRef, TrackerError
 
 T0 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)
 CATALOG = "f" * 64
@@ -57,6 +58,9 @@ class ScriptedEstimator:
     catalog: str = CATALOG
     download_code: str = "PERMISSION_DENIED"
     latency_ms: float = 2.0
+    version: str = "1.0.0"  # what the target serves; ScriptedCommands' deploy and rollback change it
+    commit: str = "c0ffee"
+    started_at: datetime = T0
     calls: list[str] = field(default_factory=list)
 
     def health(self) -> HealthResult:
@@ -80,15 +84,27 @@ class ScriptedEstimator:
         self.calls.append("burst")
         return BurstResult(tuple((i * 0.01, self.latency_ms) for i in range(requests)), (("OK", requests),))
 
+    def server_info(self) -> ServerInfo | None:
+        self.calls.append("info")
+        return ServerInfo(self.version, self.commit, self.catalog, self.started_at)
+
 
 @dataclass
 class ScriptedCommands:
     exit_codes: dict[str, int] = field(default_factory=dict)  # command prefix → exit status
     ran: list[str] = field(default_factory=list)
+    target: ScriptedEstimator | None = None  # a successful deploy/rollback changes what it serves
+    history: list[str] = field(default_factory=lambda: ["1.0.0"])
 
     def __call__(self, command: str, *, timeout_s: float) -> CommandOutcome:
         self.ran.append(command)
         code = next((c for prefix, c in self.exit_codes.items() if command.startswith(prefix)), 0)
+        if code == 0 and self.target is not None:
+            if command.startswith("deploy "):
+                self.history.append(command.split()[-1])
+            elif command.startswith("rollback") and len(self.history) > 1:
+                self.history.pop()
+            self.target.version = self.history[-1]
         line = CommandLine(T0, "stdout", f"ran {command.split()[0]}")
         return CommandOutcome(command, code, (line,), T0, T0 + timedelta(seconds=1))
 
@@ -169,7 +185,8 @@ def release(tmp_path: Path) -> Release:
         approved_by="CEO",
     )
     tracker = FileIssueTracker(settings.tracker_dir)
-    return Release(settings, options, tracker, ScriptedEstimator(), ScriptedCommands(), [])
+    estimator = ScriptedEstimator()
+    return Release(settings, options, tracker, estimator, ScriptedCommands(target=estimator), [])
 
 
 def _issue_dirs(settings: WorkflowSettings) -> list[str]:
@@ -188,6 +205,7 @@ def test_promotes_when_every_check_passes_and_files_the_deploy_issue(release: Re
         "verify",
         "deploy",
         "health",
+        "version",
         "smoke",
         "regression",
         "rbac",
@@ -245,7 +263,7 @@ def test_hash_mismatch_refuses_before_deploy(release: Release) -> None:
         ({"regression_passed": 38}, ["regression"], "regression 38/40 (failed F34, M31)"),
         (
             {"health_status": "NOT_SERVING"},
-            ["health", "smoke", "regression", "rbac", "catalog", "slo"],
+            ["health", "version", "smoke", "regression", "rbac", "catalog", "slo"],
             "health",
         ),
         ({"download_code": "OK"}, ["rbac"], "GetEvidenceBundle OK"),
@@ -273,8 +291,9 @@ def test_failed_deploy_command_rolls_back_without_running_checks(release: Releas
     release.commands.exit_codes = {"deploy": 1}
     result = release.run()
     assert [c.name for c in result.failed_checks] == ["deploy"]
-    # health and probe only after the rollback, to see what serves now
-    assert release.commands.ran[-1] == "rollback" and release.estimator.calls == ["health", "probe"]
+    # what serves before the deploy, then after the rollback; no checks in between
+    assert release.commands.ran[-1] == "rollback"
+    assert release.estimator.calls == ["health", "info", "health", "info"]
 
 
 def test_rerun_of_a_promoted_version_does_not_redeploy_or_file_again(release: Release) -> None:
@@ -297,12 +316,72 @@ def test_rerun_of_a_promoted_version_does_not_redeploy_or_file_again(release: Re
 
 
 def test_rerun_redeploys_when_the_target_no_longer_serves_the_release(release: Release) -> None:
-    release.run()
-    release.estimator.catalog = "e" * 64  # something else is serving now
+    first = release.run()
+    release.commands.history[-1] = release.estimator.version = "1.0.0"  # rolled back by hand
     release.commands.ran.clear()
     result = release.run()
-    assert release.commands.ran[0].startswith("deploy ")
-    assert result.status is PromotionStatus.REFUSED  # the catalog check fails against the same target
+    assert release.commands.ran == [f"deploy {release.options.artifact} 1.0.1"]
+    assert result.status is PromotionStatus.PROMOTED and release.estimator.version == "1.0.1"
+    assert first.issue is not None and _issue_dirs(release.settings) == [first.issue.key]  # not twice
+
+
+def test_promote_of_the_serving_version_from_an_empty_release_dir_deploys_nothing(release: Release) -> None:
+    import shutil
+
+    first = release.run()
+    shutil.rmtree(release.settings.release_dir)  # another operator's machine, or a lost directory
+    release.commands.ran.clear()
+    release.estimator.calls.clear()
+    again = release.run()
+    assert (again.status, again.exit_code) == (PromotionStatus.PROMOTED, 0), again.message
+    assert release.commands.ran == []  # neither deployed nor rolled back
+    assert next(c for c in again.checks if c.name == "deploy").summary.startswith(
+        "not deployed: the target already serves 1.0.1"
+    )
+    assert "regression" in release.estimator.calls  # the checks ran against what serves
+    assert first.issue is not None and again.issue is not None and again.issue.key == first.issue.key
+    assert _issue_dirs(release.settings) == [first.issue.key]  # the DEPLOY issue is found, not refiled
+    state = json.loads((release.settings.release_dir / "1.0.1" / "promotion.json").read_text())
+    assert (state["status"], state["adopted"]) == ("promoted", True)
+    third = release.run()  # and from now on the record says so
+    assert third.status is PromotionStatus.ALREADY_PROMOTED and release.commands.ran == []
+
+
+def test_the_serving_version_failing_its_checks_is_not_rolled_back_by_a_promote(release: Release) -> None:
+    release.estimator.version = "1.0.1"  # serving already, no record here
+    release.estimator.regression_passed = 39
+    result = release.run()
+    assert (result.status, result.exit_code) == (PromotionStatus.REFUSED, 1)
+    assert "nothing was deployed or rolled back" in result.message
+    assert release.commands.ran == [] and release.refused == []
+
+
+def test_the_serving_version_from_another_commit_is_rejected(release: Release) -> None:
+    release.estimator.version, release.estimator.commit = "1.0.1", "deadbeef"
+    result = release.run()
+    assert (result.status, result.exit_code) == (PromotionStatus.REJECTED, 2)
+    assert "built from commit deadbeef" in result.message and release.commands.ran == []
+
+
+def test_a_rollback_names_the_version_that_serves_not_the_records(release: Release) -> None:
+    (release.settings.release_dir / "1.0.0").mkdir(parents=True)
+    (release.settings.release_dir / "1.0.0" / "promotion.json").write_text(
+        json.dumps({"version": "1.0.0", "status": "promoted", "promoted_at": "2025-09-01T00:00:00Z"})
+    )
+    release.commands.history[-1] = release.estimator.version = "0.9.8"  # a manual rollback elsewhere
+    release.estimator.regression_passed = 38
+    result = release.run()
+    assert result.rollback is not None and result.rollback.previous_version == "0.9.8"
+    assert "rolled back to 0.9.8 (commit c0ffee) (SERVING)" in result.message, result.message
+    assert release.refused[0].rollback is not None and release.refused[0].rollback.previous_running
+
+
+def test_a_rollback_that_leaves_the_candidate_serving_is_reported_failed(release: Release) -> None:
+    release.commands.history = ["1.0.1"]  # the driver has nothing to roll back to
+    release.estimator.regression_passed = 38
+    result = release.run()
+    assert "ROLLBACK FAILED: the target still serves 1.0.1" in result.message, result.message
+    assert result.rollback is not None and not result.rollback.previous_running
 
 
 class DownTracker:
@@ -337,6 +416,28 @@ def test_tracker_outage_keeps_the_promotion_and_a_rerun_files_the_issue(release:
     assert (again.status, again.exit_code) == (PromotionStatus.ALREADY_PROMOTED, 0)
     assert again.issue is not None and again.issue.created
     assert release.commands.ran == [f"deploy {release.options.artifact} 1.0.1"]  # deployed once
+
+
+def test_a_pending_deploy_issue_key_is_replaced_once_a_flush_filed_it(
+    release: Release, tmp_path: Path
+) -> None:
+    from tests.unit.test_outbox import Switchable
+    from workflows.tracker.outbox import OutboxTracker
+
+    switch = Switchable(release.tracker)
+    outbox = OutboxTracker(switch, tmp_path / "outbox")
+    switch.down = True
+    first = promote(release.options, release.settings, release.deps(tracker=outbox))
+    assert first.issue is not None and first.issue.pending and first.exit_code == 0
+    state_path = release.settings.release_dir / "1.0.1" / "promotion.json"
+    assert json.loads(state_path.read_text())["issue_key"].startswith("PENDING-")
+
+    switch.down = False
+    assert outbox.flush().filed == 1  # `kis-release outbox flush`, run by someone else
+    again = promote(release.options, release.settings, release.deps(tracker=outbox))
+    assert again.status is PromotionStatus.ALREADY_PROMOTED
+    assert again.issue is not None and (again.issue.key, again.issue.pending) == ("KIS-1", False)
+    assert json.loads(state_path.read_text())["issue_key"] == "KIS-1"  # the record no longer says PENDING
 
 
 def test_same_version_from_another_artifact_is_rejected(release: Release) -> None:
@@ -394,6 +495,8 @@ class ScriptedPrometheus:
 
     def query(self, expr: str, at: datetime) -> InstantResult:
         self.queries.append(expr)
+        if "count_over_time(kis_build_info" in expr:  # scrapes of the release in the window
+            return InstantResult(expr, at, series=(Series({}, (Sample(at, 5.0),)),))
         value = (
             self.values["histogram_quantile"]
             if "histogram_quantile" in expr

@@ -69,7 +69,7 @@ def test_every_rule_has_a_unit_test() -> None:
     untested = [name for name in recorded if not re.search(rf"expr: {re.escape(name)}\b", tests)]
     untested += [name for name in alerts if name not in firing_tested]
     assert len(recorded) == 8
-    assert len(alerts) == 8
+    assert len(alerts) == 9
     assert untested == []
 
 
@@ -86,6 +86,7 @@ def test_seed_series_are_recorded_and_rollback_alerts_are_labelled() -> None:
     } <= recorded
     rollback = dict(re.findall(r"- alert: (\S+)\n(?:.*\n)*?\s+rollback: (\S+)", alerting))
     assert rollback == {
+        "KisEstimatorDown": "immediate",
         "KisHighP95Latency": "none",
         "KisHigh5xxRate": "none",
         "KisMixedLimitExceeded": "none",

@@ -1,13 +1,12 @@
 """The API protos document every service, RPC, message, field, oneof, enum and enum value.
 
 The protos are compiled with source info (grpcio-tools' protoc, as tools/genproto.py does), and every
-element must have a leading comment; rule citations point at docs/pricing-rules.md, never at the old
-spec's name.
+element must have a leading comment. (tests/unit/test_docs.py checks that their rule citations name
+sections of docs/pricing-rules.md.)
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -99,11 +98,3 @@ def test_every_element_of_the_api_has_a_comment(compiled: descriptor_pb2.FileDes
                 undocumented.append(name)
     assert undocumented == []
     assert counted > 250  # the walk really reached the fields (167 of them when this test was written)
-
-
-def test_rules_are_cited_from_docs_pricing_rules() -> None:
-    for name in API_FILES:
-        text = (PROTO_ROOT / name).read_text(encoding="utf-8")
-        assert "DOMAIN.md" not in text, name
-        for cited in re.findall(r"([\w./-]+\.md) §", text):
-            assert cited == "docs/pricing-rules.md", (name, cited)

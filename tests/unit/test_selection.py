@@ -1,4 +1,4 @@
-"""Model selection (DOMAIN.md §6): the §6.1 check table, explicit models, effective brands, [SEL-5]."""
+"""Model selection (docs/pricing-rules.md §6): §6.1 check table, explicit models, effective brand, [SEL-5]."""
 
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ from workflows.settings import PREFIXES, WorkflowSettings, WorkflowSettingsError
 
 
 def test_defaults_run_out_of_the_box() -> None:
-    s = Settings.from_env({"HOME": "/home/kim"})
+    s = Settings.from_env({"HOME": "/Users/kim"})
     assert (s.grpc_address, s.database_url, s.metrics_address) == (
         "127.0.0.1:8787",
-        "sqlite:////home/kim/.local/state/kis-estimator/kis.db",
+        "sqlite:////Users/kim/.local/state/kis-estimator/kis.db",
         "127.0.0.1:8788",
     )
     assert s.mixed_monthly_quota == 2 and s.rate_limit_per_hour == 1000
@@ -25,8 +25,8 @@ def test_defaults_run_out_of_the_box() -> None:
     ("env", "data_dir"),
     [
         ({"STATE_DIRECTORY": "/var/lib/kis-estimator", "HOME": "/root"}, "/var/lib/kis-estimator"),
-        ({"XDG_STATE_HOME": "/srv/state", "HOME": "/home/kim"}, "/srv/state/kis-estimator"),
-        ({"HOME": "/home/kim"}, "/home/kim/.local/state/kis-estimator"),
+        ({"XDG_STATE_HOME": "/srv/state", "HOME": "/Users/kim"}, "/srv/state/kis-estimator"),
+        ({"HOME": "/Users/kim"}, "/Users/kim/.local/state/kis-estimator"),
         ({"HOME": "relative", "XDG_STATE_HOME": "also/relative"}, "/var/lib/kis-estimator"),
         ({}, "/var/lib/kis-estimator"),
         ({"KIS_DATA_DIR": "/data", "STATE_DIRECTORY": "/var/lib/x"}, "/data"),

@@ -1,4 +1,4 @@
-"""Sizing, algorithm A (DOMAIN.md §7): F(AT), terms A–E, pairing, width, depth, worked examples."""
+"""Sizing, algorithm A (docs/pricing-rules.md §7): F(AT), terms A–E, pairing, width, depth, examples."""
 
 from __future__ import annotations
 

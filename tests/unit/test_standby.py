@@ -1,4 +1,4 @@
-"""Hot standby (workflows/standby.py): checkpoints driven by a manual clock, never by sleeping."""
+"""Hot standby (workflows/release/standby.py): checkpoints driven by a manual clock, never by sleeping."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from server.clock import ManualClock
-from workflows.render import render_markdown
-from workflows.standby import (
+from workflows.release.standby import (
     ProcessStandbyChecks,
     SloReading,
     StandbyOptions,
@@ -21,7 +20,8 @@ from workflows.standby import (
     run_standby,
     wait_until_by_sleeping,
 )
-from workflows.tracker import Attachment, Document, IssueDraft, IssueRef, TrackerError
+from workflows.tracker.protocol import Attachment, Document, IssueDraft, IssueRef, TrackerError
+from workflows.tracker.render import render_markdown
 
 DEPLOYED_AT = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # 12:00:00 KST
 ISSUE = "KIS-42"

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from workflows.render import render_markdown
 from workflows.settings import WorkflowSettings
 from workflows.templates import (
     Breach,
@@ -21,7 +20,8 @@ from workflows.templates import (
     korean_announcement,
     rollback_issue,
 )
-from workflows.tracker import Document, Section
+from workflows.tracker.protocol import Document, Section
+from workflows.tracker.render import render_markdown
 
 DEPLOYED_AT = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # 12:00:00 KST, the notice's deploy time
 ARTIFACT_SHA = "0de4aaa84955cdda" + "ab" * 22 + "d451"
@@ -29,8 +29,17 @@ MANIFEST_SHA = "d5ca39db9e764539" + "cd" * 22 + "27a1"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+GA_CHANGES = (  # the GA-1.0.0 notice's change list, as CHANGELOG.md records it for 1.0.0
+    "회귀 테스트 확대 (20→40 케이스)",
+    "Evidence 번들러 실제 구현 (ZIP 생성)",
+    "릴리스 승격 가드 시스템 도입",
+    "RBAC 권한 체계 적용",
+)
+
+
 def deploy_report(**changes: Any) -> DeployReport:
     report = DeployReport(
+        changes=GA_CHANGES,
         version="GA-1.0.0",
         environment="Production",
         deployed_at=DEPLOYED_AT,
@@ -298,9 +307,14 @@ def test_announcement_takes_change_lines_and_owners_from_configuration() -> None
             "KIS_JIRA_COMPONENTS": "api",
         }
     )
-    report = deploy_report(owners=Owners.from_settings(settings), environment="Staging", approved_by="cto")
+    report = deploy_report(
+        owners=Owners.from_settings(settings),
+        environment="Staging",
+        approved_by="cto",
+        changes=("견적 캐시 도입",),
+    )
 
-    subject, body = korean_announcement(report, changes=["견적 캐시 도입"])
+    subject, body = korean_announcement(report)
     lines = body.splitlines()
 
     assert subject == "[GA-1.0.0] KIS 견적 API 스테이징 배포 완료"
@@ -509,3 +523,28 @@ def test_reports_need_aware_times() -> None:
         deploy_report(deployed_at=datetime(2025, 9, 23, 12, 0))  # noqa: DTZ001 - the naive value under test
     with pytest.raises(ValueError, match="timezone-aware"):
         incident_report(detected_at=datetime(2025, 9, 23, 12, 0))  # noqa: DTZ001 - as above
+
+
+def test_the_change_list_is_the_release_s_own() -> None:
+    from workflows.release.artifacts import changelog_entries
+
+    changelog = (
+        "# Changelog\n\n## [1.0.2] - 2025-10-01\n- 견적 캐시 도입\n* 부스바 단가 수정\n\n"
+        "## 1.0.1\n- 첫 패치\n\n## 1.0.0\n- GA\n"
+    )
+    assert changelog_entries(changelog, "1.0.2") == ("견적 캐시 도입", "부스바 단가 수정")
+    assert changelog_entries(changelog, "1.0.1") == ("첫 패치",)
+    assert changelog_entries(changelog, "1.0.3") == ()
+    _, body = korean_announcement(deploy_report(version="1.0.3", changes=()))
+    assert "• 변경 사항 목록 없음 (CHANGELOG.md에 1.0.3 항목이 없습니다)" in body.splitlines()
+
+
+def test_the_repository_changelog_holds_the_ga_notice_list() -> None:
+    from pathlib import Path
+
+    from workflows.release.artifacts import release_changes
+
+    root = Path(__file__).resolve().parents[2]
+    assert release_changes(root, None, "1.0.0") == GA_CHANGES
+    fallback = release_changes(root, "HEAD", "0.0.0-not-in-the-changelog")
+    assert 0 < len(fallback) <= 10  # the newest commit subjects

@@ -1,4 +1,4 @@
-"""Validation stage P3 (DOMAIN.md §3 V1-V27), its messages (§4) and the acceptance case data."""
+"""Validation stage P3 (docs/pricing-rules.md §3 V1-V27), its messages (§4) and the acceptance case data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
--- 0001: estimates, transport idempotency records, API tokens (DOMAIN.md §13, §16.1).
+-- 0001: estimates, transport idempotency records, API tokens (docs/pricing-rules.md §13, §16.1).
 -- Timestamps are TEXT in RFC 3339 UTC with exactly six fractional digits
 -- ('2025-10-01T03:04:05.000000Z'): fixed width, so text order is time order.
 -- The JSON document (server.engine.codec, format 1) is the full record; the other columns
@@ -26,7 +26,7 @@ CREATE TABLE estimates (
 -- ListEstimates / ListReviewQueue: newest first, keyset on (accepted_at, estimate_id).
 CREATE INDEX estimates_accepted ON estimates (accepted_at, estimate_id);
 CREATE INDEX estimates_status_accepted ON estimates (status, accepted_at, estimate_id);
--- MIXED monthly quota (DOMAIN.md §12).
+-- MIXED monthly quota (docs/pricing-rules.md §12).
 CREATE INDEX estimates_brand_accepted ON estimates (brand, accepted_at);
 
 CREATE TABLE idempotency (

@@ -1,7 +1,7 @@
 -- 0002: evidence bundles, the hash-chained audit log, MIXED grants, report indexes
--- (DOMAIN.md §12, §15, §16.3; STYLE.md §2.3). Timestamps as in 0001 (RFC 3339 UTC, 6 digits).
+-- (docs/pricing-rules.md §12, §15, §16.3; STYLE.md §2.3). Timestamps as in 0001 (RFC 3339 UTC, 6 digits).
 
--- One ZIP per estimate revision (DOMAIN.md §15). The bundle is the last column on purpose: SQLite
+-- One ZIP per estimate revision (docs/pricing-rules.md §15). The bundle is the last column on purpose: SQLite
 -- reads a row's columns in order, so GetEvidenceInfo's columns come without walking the blob's
 -- overflow pages.
 CREATE TABLE evidence (
@@ -95,7 +95,7 @@ BEGIN
     SELECT RAISE(ABORT, 'audit_anchor cannot be deleted');
 END;
 
--- GrantMixedException (DOMAIN.md §12): at most one grant per KST month 'YYYY-MM'.
+-- GrantMixedException (docs/pricing-rules.md §12): at most one grant per KST month 'YYYY-MM'.
 CREATE TABLE mixed_grants (
     grant_id   TEXT NOT NULL PRIMARY KEY,
     month      TEXT NOT NULL UNIQUE CHECK (month GLOB '[0-9][0-9][0-9][0-9]-[01][0-9]'),
@@ -104,7 +104,7 @@ CREATE TABLE mixed_grants (
     granted_at TEXT NOT NULL
 ) STRICT;
 
--- TAT over a completed_at window (DOMAIN.md §16.3); covering, so the report reads no documents.
+-- TAT over a completed_at window (docs/pricing-rules.md §16.3); covering, so the report reads no documents.
 CREATE INDEX estimates_completed ON estimates (completed_at, accepted_at, status)
     WHERE completed_at IS NOT NULL;
 -- Auto-processing rate: counts by status over an accepted_at window, from the index alone.

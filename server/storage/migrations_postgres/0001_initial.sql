@@ -1,4 +1,4 @@
--- 0001 (PostgreSQL): estimates, transport idempotency records, API tokens (DOMAIN.md §13, §16.1).
+-- 0001 (PostgreSQL): estimates, transport idempotency records, API tokens (docs/pricing-rules.md §13, §16.1).
 -- The same schema as migrations/0001_initial.sql in PostgreSQL types:
 -- * times are timestamptz (microsecond resolution, like the SQLite text form), read back in UTC;
 -- * money and counters are bigint; blobs are bytea;
@@ -29,7 +29,7 @@ CREATE TABLE estimates (
 -- ListEstimates / ListReviewQueue: newest first, keyset on (accepted_at, estimate_id).
 CREATE INDEX estimates_accepted ON estimates (accepted_at, estimate_id);
 CREATE INDEX estimates_status_accepted ON estimates (status, accepted_at, estimate_id);
--- MIXED monthly quota (DOMAIN.md §12).
+-- MIXED monthly quota (docs/pricing-rules.md §12).
 CREATE INDEX estimates_brand_accepted ON estimates (brand, accepted_at);
 
 CREATE TABLE idempotency (

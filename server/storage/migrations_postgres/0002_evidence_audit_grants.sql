@@ -1,8 +1,8 @@
 -- 0002 (PostgreSQL): evidence bundles, the hash-chained audit log, MIXED grants, report indexes
--- (DOMAIN.md §12, §15, §16.3; STYLE.md §2.3). The same schema and guards as
+-- (docs/pricing-rules.md §12, §15, §16.3; STYLE.md §2.3). The same schema and guards as
 -- migrations/0002_evidence_audit_grants.sql; types as in 0001 (timestamptz, bigint, bytea, text).
 
--- One ZIP per estimate revision (DOMAIN.md §15). GetEvidenceInfo reads the other columns only, so
+-- One ZIP per estimate revision (docs/pricing-rules.md §15). GetEvidenceInfo reads the other columns only, so
 -- the TOASTed bundle is never fetched for it.
 CREATE TABLE evidence (
     estimate_id      text COLLATE "C" NOT NULL REFERENCES estimates (estimate_id),
@@ -142,7 +142,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION audit_no_truncate();
 CREATE TRIGGER audit_anchor_no_truncate BEFORE TRUNCATE ON audit_anchor
 FOR EACH STATEMENT EXECUTE FUNCTION audit_no_truncate();
 
--- GrantMixedException (DOMAIN.md §12): at most one grant per KST month 'YYYY-MM'.
+-- GrantMixedException (docs/pricing-rules.md §12): at most one grant per KST month 'YYYY-MM'.
 CREATE TABLE mixed_grants (
     grant_id   text COLLATE "C" NOT NULL PRIMARY KEY,
     month      text        NOT NULL UNIQUE CHECK (month ~ '^[0-9]{4}-[01][0-9]$'),
@@ -151,7 +151,7 @@ CREATE TABLE mixed_grants (
     granted_at timestamptz NOT NULL
 );
 
--- TAT over a completed_at window (DOMAIN.md §16.3); covering, so the report reads no documents.
+-- TAT over a completed_at window (docs/pricing-rules.md §16.3); covering, so the report reads no documents.
 CREATE INDEX estimates_completed ON estimates (completed_at, accepted_at, status)
     WHERE completed_at IS NOT NULL;
 -- Auto-processing rate: counts by status over an accepted_at window, from the index alone.

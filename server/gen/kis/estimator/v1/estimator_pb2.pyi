@@ -88,6 +88,30 @@ DECISION_REJECT: Decision.ValueType  # 3
 """A reviewer closed the estimate (REJECTED)."""
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
+class _QuoteFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuoteFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuoteFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUOTE_FORMAT_UNSPECIFIED: _QuoteFormat.ValueType  # 0
+    """No format: refused with QUOTE_FORMAT_INVALID."""
+    QUOTE_FORMAT_XLSX: _QuoteFormat.ValueType  # 1
+    """Office Open XML spreadsheet: a cover sheet (표지) and the itemised sheet (내역)."""
+    QUOTE_FORMAT_PDF: _QuoteFormat.ValueType  # 2
+    """PDF, A4 portrait, with an embedded Hangul font."""
+
+class QuoteFormat(_QuoteFormat, metaclass=_QuoteFormatEnumTypeWrapper):
+    """The file formats of a quote document."""
+
+QUOTE_FORMAT_UNSPECIFIED: QuoteFormat.ValueType  # 0
+"""No format: refused with QUOTE_FORMAT_INVALID."""
+QUOTE_FORMAT_XLSX: QuoteFormat.ValueType  # 1
+"""Office Open XML spreadsheet: a cover sheet (표지) and the itemised sheet (내역)."""
+QUOTE_FORMAT_PDF: QuoteFormat.ValueType  # 2
+"""PDF, A4 portrait, with an embedded Hangul font."""
+Global___QuoteFormat: _TypeAlias = QuoteFormat  # noqa: Y015
+
 @_typing.final
 class CreateEstimateRequest(_message.Message):
     """The panel request of docs/pricing-rules.md §2.
@@ -1409,3 +1433,88 @@ class PhaseBalance(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PhaseBalance: _TypeAlias = PhaseBalance  # noqa: Y015
+
+@_typing.final
+class GetQuoteDocumentRequest(_message.Message):
+    """Request of GetQuoteDocument: which quote document to build."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATE_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    estimate_id: _builtins.str
+    """Id of the estimate (`est_` and 20 hex digits). Empty or unknown: NOT_FOUND ESTIMATE_NOT_FOUND."""
+    revision: _builtins.int
+    """0 (or the current revision): the current revision. Documents of older revisions are not
+    served (their figures stay in their evidence bundles): NOT_FOUND ESTIMATE_NOT_FOUND at
+    `revision`.
+    """
+    format: Global___QuoteFormat.ValueType
+    """XLSX or PDF. Unspecified (or an unknown value): INVALID_ARGUMENT QUOTE_FORMAT_INVALID. A PDF on
+    a server without a Hangul font: FAILED_PRECONDITION QUOTE_UNAVAILABLE.
+    """
+    def __init__(
+        self,
+        *,
+        estimate_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        format: Global___QuoteFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate_id", b"estimate_id", "format", b"format", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuoteDocumentRequest: _TypeAlias = GetQuoteDocumentRequest  # noqa: Y015
+
+@_typing.final
+class GetQuoteDocumentResponse(_message.Message):
+    """One chunk of a quote document, in order. Concatenating `chunk` gives the file; its SHA-256 must
+    equal the first message's `sha256`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Byte offset of this chunk in the file (0, 65536, ...)."""
+    chunk: _builtins.bytes
+    """The chunk's bytes (at most 64 KiB)."""
+    filename: _builtins.str
+    """First chunk only: suggested file name (견적서_<estimate id>_R<revision>.xlsx|pdf)."""
+    content_type: _builtins.str
+    """First chunk only: the media type of the file ("application/pdf" or
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet").
+    """
+    size_bytes: _builtins.int
+    """First chunk only: the whole file's size in bytes."""
+    sha256: _builtins.str
+    """First chunk only: lowercase hex SHA-256 of the whole file."""
+    revision: _builtins.int
+    """First chunk only: the revision the document shows."""
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        chunk: _builtins.bytes = ...,
+        filename: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content_type", b"content_type", "filename", b"filename", "offset", b"offset", "revision", b"revision", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuoteDocumentResponse: _TypeAlias = GetQuoteDocumentResponse  # noqa: Y015

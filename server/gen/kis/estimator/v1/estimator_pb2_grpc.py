@@ -72,6 +72,11 @@ class EstimatorServiceStub:
                 request_serializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.ListEstimatesRequest.SerializeToString,
                 response_deserializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.ListEstimatesResponse.FromString,
                 _registered_method=True)
+        self.GetQuoteDocument = channel.unary_stream(
+                '/kis.estimator.v1.EstimatorService/GetQuoteDocument',
+                request_serializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.GetQuoteDocumentRequest.SerializeToString,
+                response_deserializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.GetQuoteDocumentResponse.FromString,
+                _registered_method=True)
 
 
 class EstimatorServiceServicer:
@@ -133,6 +138,16 @@ class EstimatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQuoteDocument(self, request, context):
+        """The quote document (견적서) of an estimate as XLSX or PDF, streamed in chunks like an evidence
+        bundle; the first chunk carries the file's name, type, size and SHA-256. The same revision
+        always gives the same bytes. A NEEDS_REVIEW estimate gives a draft marked 검토 중 without a
+        total. Roles: ADMIN, ESTIMATOR, VIEWER.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EstimatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +170,11 @@ def add_EstimatorServiceServicer_to_server(servicer, server):
                     servicer.ListEstimates,
                     request_deserializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.ListEstimatesRequest.FromString,
                     response_serializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.ListEstimatesResponse.SerializeToString,
+            ),
+            'GetQuoteDocument': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetQuoteDocument,
+                    request_deserializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.GetQuoteDocumentRequest.FromString,
+                    response_serializer=kis_dot_estimator_dot_v1_dot_estimator__pb2.GetQuoteDocumentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -283,6 +303,33 @@ class EstimatorService:
             '/kis.estimator.v1.EstimatorService/ListEstimates',
             kis_dot_estimator_dot_v1_dot_estimator__pb2.ListEstimatesRequest.SerializeToString,
             kis_dot_estimator_dot_v1_dot_estimator__pb2.ListEstimatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuoteDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kis.estimator.v1.EstimatorService/GetQuoteDocument',
+            kis_dot_estimator_dot_v1_dot_estimator__pb2.GetQuoteDocumentRequest.SerializeToString,
+            kis_dot_estimator_dot_v1_dot_estimator__pb2.GetQuoteDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

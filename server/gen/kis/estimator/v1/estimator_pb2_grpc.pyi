@@ -72,6 +72,12 @@ class EstimatorServiceStub:
     """Lists stored estimates, newest accepted first, optionally filtered by status; paged as AIP-158
     says. Roles: ADMIN, ESTIMATOR, VIEWER.
     """
+    GetQuoteDocument: _grpc.UnaryStreamMultiCallable[_estimator_pb2.GetQuoteDocumentRequest, _estimator_pb2.GetQuoteDocumentResponse]
+    """The quote document (견적서) of an estimate as XLSX or PDF, streamed in chunks like an evidence
+    bundle; the first chunk carries the file's name, type, size and SHA-256. The same revision
+    always gives the same bytes. A NEEDS_REVIEW estimate gives a draft marked 검토 중 without a
+    total. Roles: ADMIN, ESTIMATOR, VIEWER.
+    """
 
 @_typing.type_check_only
 class EstimatorServiceAsyncStub(EstimatorServiceStub):
@@ -116,6 +122,12 @@ class EstimatorServiceAsyncStub(EstimatorServiceStub):
     ListEstimates: _aio.UnaryUnaryMultiCallable[_estimator_pb2.ListEstimatesRequest, _estimator_pb2.ListEstimatesResponse]  # type: ignore[assignment]
     """Lists stored estimates, newest accepted first, optionally filtered by status; paged as AIP-158
     says. Roles: ADMIN, ESTIMATOR, VIEWER.
+    """
+    GetQuoteDocument: _aio.UnaryStreamMultiCallable[_estimator_pb2.GetQuoteDocumentRequest, _estimator_pb2.GetQuoteDocumentResponse]  # type: ignore[assignment]
+    """The quote document (견적서) of an estimate as XLSX or PDF, streamed in chunks like an evidence
+    bundle; the first chunk carries the file's name, type, size and SHA-256. The same revision
+    always gives the same bytes. A NEEDS_REVIEW estimate gives a draft marked 검토 중 without a
+    total. Roles: ADMIN, ESTIMATOR, VIEWER.
     """
 
 class EstimatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -182,6 +194,18 @@ class EstimatorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_estimator_pb2.ListEstimatesResponse, _abc.Awaitable[_estimator_pb2.ListEstimatesResponse]]:
         """Lists stored estimates, newest accepted first, optionally filtered by status; paged as AIP-158
         says. Roles: ADMIN, ESTIMATOR, VIEWER.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQuoteDocument(
+        self,
+        request: _estimator_pb2.GetQuoteDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_estimator_pb2.GetQuoteDocumentResponse], _abc.AsyncIterator[_estimator_pb2.GetQuoteDocumentResponse]]:
+        """The quote document (견적서) of an estimate as XLSX or PDF, streamed in chunks like an evidence
+        bundle; the first chunk carries the file's name, type, size and SHA-256. The same revision
+        always gives the same bytes. A NEEDS_REVIEW estimate gives a draft marked 검토 중 without a
+        total. Roles: ADMIN, ESTIMATOR, VIEWER.
         """
 
 def add_EstimatorServiceServicer_to_server(servicer: EstimatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -42,9 +42,8 @@ from jira import JIRA, JIRAError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tenacity.wait import wait_base
 
-from workflows.idempotency import IdempotencyLedger, idem_hash, idem_label
-from workflows.render import render_wiki
-from workflows.tracker import (
+from workflows.tracker.idempotency import IdempotencyLedger, idem_hash, idem_label
+from workflows.tracker.protocol import (
     Attachment,
     Document,
     IssueDraft,
@@ -53,6 +52,7 @@ from workflows.tracker import (
     TrackerError,
     TrackerOptions,
 )
+from workflows.tracker.render import escape_wiki, render_wiki
 
 __all__ = [
     "DESCRIPTION_MAX_CHARS",
@@ -649,6 +649,19 @@ class JiraIssueTracker:
                 LOG.warning("attachment %s on %s refused as too large", att.name, key)
                 replacement = Attachment(f"{att.name}.rejected.txt", note.encode("utf-8"), "text/plain")
                 self._retry(functools.partial(self._attach_once, key, replacement))
+                self._retry(functools.partial(self._mark_not_attached, key, att.name))
+
+    def _mark_not_attached(self, key: str, name: str) -> None:
+        """The description must not claim ``[attached]`` for a file Jira refused."""
+        attached = escape_wiki(f"{name} [attached]")
+        refused = escape_wiki(
+            f"{name} [NOT attached: too large for Jira (HTTP 413), see {name}.rejected.txt]"
+        )
+        with self._ledger.exclusive(), _translated(f"update the description of {key}"):
+            issue = self._jira.issue(key, fields="description")
+            description = str(issue.raw.get("fields", {}).get("description") or "")
+            if attached in description:
+                issue.update(fields={"description": description.replace(attached, refused)})
 
     def _attach_once(self, key: str, att: Attachment) -> None:
         with self._ledger.exclusive(), _translated(f"attach {att.name} to {key}"):

@@ -10,17 +10,21 @@
 
 Replies (JSON ``{"status": ..., "reason": ...}``):
 
+* **401** without the configured credentials: the webhook can roll production back, so it takes
+  what Alertmanager's ``http_config`` sends — ``Authorization: Bearer <token>`` (``authorization:
+  {credentials_file: …}``) or basic auth (``basic_auth: {username, password_file}``) — compared in
+  constant time. The health paths (``GET /-/healthy``, ``/-/ready``) need none.
 * **400** with the reason for anything that is not such a payload (bad JSON, wrong version, a
   missing or mistyped field, an unknown ``rollback`` label value); **404**/**405** for other paths
   and methods; **413** above 1 MiB.
 * **200** once the notification is fully handled: firing alerts with ``rollback=immediate|review``
-  went through :func:`workflows.incident.handle` (immediate: rollback, verification, the ROLLBACK
+  went through :func:`workflows.incident.response.handle` (immediate: rollback, verification, the ROLLBACK
   issue; review: the "needs decision" issue), resolved ones became a comment on their incident,
   anything else (``rollback=none`` or no label: the notice's alarms, routed elsewhere) is ignored.
 * **503** when the rollback is done but the issue is not in the tracker yet (the tracker failed,
   or the issue waits in the outbox): Alertmanager retries the notification, and the retry skips the
   rollback (the incident state says it ran) and only delivers the issue. The rollback never waits
-  for the tracker (see ``workflows.incident``).
+  for the tracker (see ``workflows.incident.response``).
 
 Duplicates: a delivery is identified by its group key, status and alerts (fingerprint, status,
 ``startsAt``); a delivery already handled answers 200 without acting again, and the decision path
@@ -37,7 +41,9 @@ annotation (the rules print ``$value`` there) against the criterion's threshold.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -51,9 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from workflows.clock import kst_text
-from workflows.criteria import Verdict
-from workflows.idempotency import atomic_write, file_lock
-from workflows.incident import (
+from workflows.incident.criteria import Verdict
+from workflows.incident.response import (
     Action,
     HandleOutcome,
     IncidentDeps,
@@ -65,7 +70,8 @@ from workflows.incident import (
     release_at,
 )
 from workflows.templates import Breach
-from workflows.tracker import Document, Field, Section, Text, TrackerError
+from workflows.tracker.idempotency import atomic_write, file_lock
+from workflows.tracker.protocol import Document, Field, Section, Text, TrackerError
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -420,9 +426,41 @@ def _public(entry: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ HTTP
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiverAuth:
+    """The credentials the webhook requires (at least one of them)."""
+
+    bearer_token: str | None = None
+    basic: tuple[str, str] | None = None  # (user, password)
+
+    def __post_init__(self) -> None:
+        if self.basic is not None and not (self.basic[0] and self.basic[1]):
+            raise ValueError("basic auth for the alert receiver needs a user and a password")
+        if not self.bearer_token and not self.basic:
+            raise ValueError(
+                "the alert receiver needs credentials: KIS_ALERT_BEARER_TOKEN, or KIS_ALERT_BASIC_USER "
+                "and KIS_ALERT_BASIC_PASSWORD (set the same in Alertmanager's http_config)"
+            )
+
+    def allows(self, header: str | None) -> bool:
+        scheme, _, value = (header or "").strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and self.bearer_token:
+            return hmac.compare_digest(value.encode(), self.bearer_token.encode())
+        if scheme.lower() == "basic" and self.basic:
+            try:
+                decoded = base64.b64decode(value, validate=True)
+            except ValueError:
+                return False
+            expected = f"{self.basic[0]}:{self.basic[1]}".encode()
+            return hmac.compare_digest(decoded, expected)
+        return False
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     receiver: AlertReceiver
+    auth: ReceiverAuth
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -443,6 +481,18 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
     def do_POST(self) -> None:
+        if not self.server.auth.allows(self.headers.get("Authorization")):
+            sent = self.headers.get("Content-Length", "")
+            if sent.isdigit() and int(sent) <= MAX_BODY_BYTES:
+                self.rfile.read(int(sent))  # drained, so the client reads the answer, not a reset
+            else:
+                self.close_connection = True
+            scheme = "Bearer" if self.server.auth.bearer_token else "Basic"
+            self._send(
+                Reply(401, {"status": "rejected", "reason": "missing or wrong credentials"}),
+                {"WWW-Authenticate": f'{scheme} realm="kis-alert-receiver"'},
+            )
+            return
         if self.path.split("?", 1)[0] != "/alerts":
             self._send(
                 Reply(404, {"status": "rejected", "reason": f"no such path {self.path}: POST /alerts"})
@@ -457,12 +507,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(Reply(413, {"status": "rejected", "reason": f"body over {MAX_BODY_BYTES} bytes"}))
             return
-        self._send(self.server.receiver.receive(self.rfile.read(length)))
+        body = self.rfile.read(length)
+        try:
+            reply = self.server.receiver.receive(body)
+        except Exception:  # the HTTP boundary: a bug answers 500, never a dropped connection
+            log.exception("alert receiver: unexpected error")
+            reply = Reply(500, {"status": "error", "reason": "internal error (see the receiver's log)"})
+        self._send(reply)
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, headers: Mapping[str, str] | None = None) -> None:
         data = (json.dumps(reply.body, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         try:
             self.send_response(reply.status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -471,11 +529,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def create_receiver_server(receiver: AlertReceiver, listen: str) -> tuple[ThreadingHTTPServer, int]:
+def create_receiver_server(
+    receiver: AlertReceiver, listen: str, auth: ReceiverAuth
+) -> tuple[ThreadingHTTPServer, int]:
     """Bind (not serve) ``HOST:PORT`` (port 0: any); returns the server and the bound port."""
     host, _, port = listen.rpartition(":")
     server = _Server((host or "127.0.0.1", int(port)), _Handler)
     server.receiver = receiver
+    server.auth = auth
     return server, int(server.server_address[1])
 
 

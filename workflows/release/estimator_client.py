@@ -16,10 +16,13 @@ is its one real implementation. Every number comes from real calls to the target
   ships in the artifact keeps one implementation, tests the suite that belongs to the candidate,
   and still reaches the service only over a channel, like any client. The runner's report is
   kept verbatim as the regression report attachment.
-* **RBAC**: a probe estimate is created with the release token; the non-admin (VIEWER) token must
-  be able to read it (``GetEstimate`` OK, so the token itself is valid) and must be refused its
-  evidence bundle (``GetEvidenceBundle`` → ``PERMISSION_DENIED``). The probe's ``catalog_version``
-  tells which catalog the target serves.
+* **Which version serves**: ``ServerInfoService.GetServerInfo`` (version, commit, catalog,
+  start time): the target's own word, never the workflow's records.
+* **RBAC**: a probe estimate is created with the release token, in an acceptance sandbox of its
+  own (``kis-sandbox`` metadata; production keeps no trace) where the target offers them; the
+  non-admin (VIEWER) token must be able to read it (``GetEstimate`` OK, so the token itself is
+  valid) and must be refused its evidence bundle (``GetEvidenceBundle`` → ``PERMISSION_DENIED``).
+  The probe's ``catalog_version`` tells which catalog the target serves.
 * **SLO burst**: ``N`` sequential ``ValidateEstimate`` calls (a dry run: nothing stored, no quota)
   timed client-side; p50/p95 by nearest rank; every non-OK reply counts as an error, since each
   request of the burst is valid. The samples are kept for the latency chart.
@@ -27,6 +30,7 @@ is its one real implementation. Every number comes from real calls to the target
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -37,6 +41,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -49,6 +54,8 @@ from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
+from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
 from workflows.percentiles import percentile
 
 __all__ = [
@@ -60,18 +67,23 @@ __all__ = [
     "GrpcEstimatorClient",
     "HealthResult",
     "ProbeResult",
+    "ServerInfo",
     "SuiteResult",
     "parse_suite_report",
     "percentile",
 ]
 
 CALL_TIMEOUT_S = 10.0
-SMOKE_TOTAL = 3  # DOMAIN.md §19
-REGRESSION_TOTAL = 40  # DOMAIN.md §17
+SMOKE_TOTAL = 3  # docs/pricing-rules.md §19
+REGRESSION_TOTAL = 40  # docs/pricing-rules.md §17
 SUITE_TIMEOUT_S = 300.0
+# The server's acceptance-sandbox metadata (its wire contract; workflows import only server.gen):
+# calls carrying it run against a throwaway store, and the server echoes it in the trailers.
+SANDBOX_HEADER = "kis-sandbox"
+SANDBOX_END_HEADER = "kis-sandbox-end"
 Suite = Literal["smoke", "regression"]
 
-# The smoke request of DOMAIN.md §19 (case S01 without its dedup key): priced COMPLETED, 495,385 KRW.
+# The smoke request of docs/pricing-rules.md §19 (S01 without its dedup key): priced COMPLETED, 495,385 KRW.
 PROBE_REQUEST: Mapping[str, Any] = {
     "brand": "LS",
     "installation": {"location": "INDOOR", "mount": "FLUSH"},
@@ -213,6 +225,28 @@ class BurstResult:
 # ------------------------------------------------------------------------------------ the seam
 
 
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the target itself says it runs (``ServerInfoService.GetServerInfo``)."""
+
+    version: str
+    commit: str = ""
+    catalog_version: str = ""
+    started_at: datetime | None = None
+
+    def describe(self) -> str:
+        commit = f" (commit {self.commit[:12]})" if self.commit and self.commit != "unknown" else ""
+        return f"{self.version}{commit}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "commit": self.commit,
+            "catalog_version": self.catalog_version,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+        }
+
+
 class EstimatorClient(Protocol):
     """What the promotion guard asks of a deployed estimator."""
 
@@ -227,6 +261,10 @@ class EstimatorClient(Protocol):
         ...
 
     def slo_burst(self, requests: int) -> BurstResult: ...
+
+    def server_info(self) -> ServerInfo | None:
+        """The version the target serves; None when it cannot say (unreachable, or too old)."""
+        ...
 
 
 # ------------------------------------------------------------------------------------ acceptance runner
@@ -350,6 +388,7 @@ class GrpcEstimatorClient:
         self._estimator = pb_grpc.EstimatorServiceStub(self._channel)
         self._evidence = evidence_grpc.EvidenceServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._info = info_grpc.ServerInfoServiceStub(self._channel)
 
     def __enter__(self) -> GrpcEstimatorClient:
         return self
@@ -383,10 +422,53 @@ class GrpcEstimatorClient:
         msg.request_id = f"{prefix}-{uuid.uuid4().hex}"
         return msg
 
+    def server_info(self) -> ServerInfo | None:
+        try:
+            reply = self._info.GetServerInfo(info_pb.GetServerInfoRequest(), timeout=self._timeout)
+        except grpc.RpcError:
+            return None
+        started = reply.started_at.ToDatetime(tzinfo=UTC) if reply.HasField("started_at") else None
+        return ServerInfo(reply.version, reply.commit, reply.catalog_version, started)
+
+    def _open_sandbox(self) -> str | None:
+        """A fresh acceptance sandbox for the probe, or None when the target does not serve them.
+
+        The probe's estimate then lives in a throwaway store: production keeps no trace of a
+        promotion (no estimate a user could list, nothing in TAT or the monthly report).
+        """
+        run_id = f"release-probe-{uuid.uuid4().hex[:16]}"
+        request = pb.ValidateEstimateRequest(request=self._request("release-sandbox"))
+        try:
+            _reply, call = self._estimator.ValidateEstimate.with_call(
+                request,
+                metadata=(*self._auth(self._token), (SANDBOX_HEADER, run_id)),
+                timeout=self._timeout,
+            )
+        except grpc.RpcError:
+            return None
+        echoed = dict(call.trailing_metadata() or ()).get(SANDBOX_HEADER)
+        return run_id if echoed == run_id else None
+
     def probe(self) -> ProbeResult:
+        sandbox = self._open_sandbox()
+        extra: tuple[tuple[str, str | bytes], ...] = ((SANDBOX_HEADER, sandbox),) if sandbox else ()
+        try:
+            return self._probe(extra)
+        finally:
+            if sandbox:
+                with contextlib.suppress(grpc.RpcError):  # unclosed, it expires on the server
+                    self._estimator.ValidateEstimate(
+                        pb.ValidateEstimateRequest(request=self._request("release-sandbox")),
+                        metadata=(*self._auth(self._token), *extra, (SANDBOX_END_HEADER, "1")),
+                        timeout=self._timeout,
+                    )
+
+    def _probe(self, extra: tuple[tuple[str, str | bytes], ...]) -> ProbeResult:
         try:
             created = self._estimator.CreateEstimate(
-                self._request("release-probe"), metadata=self._auth(self._token), timeout=self._timeout
+                self._request("release-probe"),
+                metadata=(*self._auth(self._token), *extra),
+                timeout=self._timeout,
             )
         except grpc.RpcError as err:
             return ProbeResult("", "", "", "", error=f"CreateEstimate with the release token: {_code(err)}")
@@ -394,7 +476,7 @@ class GrpcEstimatorClient:
         try:
             self._estimator.GetEstimate(
                 pb.GetEstimateRequest(estimate_id=estimate_id),
-                metadata=self._auth(self._viewer),
+                metadata=(*self._auth(self._viewer), *extra),
                 timeout=self._timeout,
             )
             read_code = "OK"
@@ -403,7 +485,7 @@ class GrpcEstimatorClient:
         try:
             for _chunk in self._evidence.GetEvidenceBundle(
                 evidence_pb.GetEvidenceBundleRequest(estimate_id=estimate_id),
-                metadata=self._auth(self._viewer),
+                metadata=(*self._auth(self._viewer), *extra),
                 timeout=self._timeout,
             ):
                 pass

@@ -28,6 +28,7 @@ Files::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -36,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflows.idempotency import atomic_write, file_lock, idem_hash
-from workflows.tracker import (
+from workflows.tracker.idempotency import atomic_write, file_lock, idem_hash
+from workflows.tracker.protocol import (
     Attachment,
     Block,
     Check,
@@ -116,13 +117,12 @@ class OutboxTracker:
 
     def file(self, draft: IssueDraft) -> IssueRef:
         pending_key = PENDING_PREFIX + idem_hash(draft.idempotency_key)
-        with file_lock(self._lock_path):
-            queued = any(
-                r.body["op"] == "file" and r.body["pending_key"] == pending_key for r in self._records()
-            )
-        if queued:
-            return _pending_ref(pending_key)
         fields = {"pending_key": pending_key, "draft": _draft_to_json(draft)}
+        if self._update_queued_file(pending_key, fields, draft.attachments):
+            # Not in the tracker yet: the queued ticket becomes this newer picture of it (an
+            # incident that escalated from "needs decision" to a rollback while Jira was down
+            # arrives as the ROLLBACK issue, once).
+            return _pending_ref(pending_key)
         try:
             return self.inner.file(draft)
         except TrackerError as exc:
@@ -277,6 +277,36 @@ class OutboxTracker:
         if self._on_dead_letter is not None:
             self._on_dead_letter(message)
         raise DeadLettered(message, status=exc.status, record=name)
+
+    def _update_queued_file(
+        self, pending_key: str, fields: dict[str, Any], attachments: Sequence[Attachment]
+    ) -> bool:
+        """Replace the draft and attachments of a queued ``file`` record; False when none is queued."""
+        with file_lock(self._lock_path):
+            record = next(
+                (
+                    r
+                    for r in self._records()
+                    if r.body["op"] == "file" and r.body["pending_key"] == pending_key
+                ),
+                None,
+            )
+            if record is None:
+                return False
+            files = record.path.with_suffix(".files")
+            old = {a["file"] for a in record.body.get("attachments", [])}
+            generation = int(record.body.get("generation", 0)) + 1
+            stored = []
+            for i, att in enumerate(attachments):
+                name = f"g{generation}-{i:03d}"
+                atomic_write(files / name, att.data)
+                stored.append({"name": att.name, "content_type": att.content_type, "file": name})
+            body = {**record.body, **fields, "attachments": stored, "generation": generation}
+            atomic_write(record.path, _json_bytes(body))  # the switch: old files are unused from here
+            for name in old:
+                with contextlib.suppress(OSError):
+                    (files / name).unlink()
+        return True
 
     def _queued_file(self, pending_key: str) -> bool:
         with file_lock(self._lock_path):

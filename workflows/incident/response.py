@@ -9,10 +9,13 @@ Alertmanager receiver (firing alerts with a ``rollback`` label) and a refused pr
    ROLLBACK verdict on the *current* release without a rollback attempt since it became current runs
    the rollback command under a hard budget (``rollback_budget_s``, 180 s: the notice's "3분 내
    롤백"; the runner kills the whole process group on timeout), then verifies the previous version
-   over gRPC: health SERVING and smoke 3/3. The attempt is recorded as ``running`` *before* the
-   command starts, so a crash mid-rollback is never followed by a second, automatic rollback (which
-   would step back two releases); a failed or unfinished attempt is never retried automatically.
-   A responder retries with ``kis-release rollback --issue KEY``.
+   over gRPC: health SERVING, the version the target reports is no longer the one left, and smoke
+   3/3. The attempt is recorded as ``running`` *before* the command starts. A failed command is
+   tried again with backoff (5, 10, 20 s) inside the budget, and a failed or crashed attempt is
+   tried again by the next ``watch`` — but only while the target itself still reports the release
+   being left (``GetServerInfo``): when anything else serves, or the target cannot say, another run
+   could step back two releases, so it pages instead. A responder retries with
+   ``kis-release rollback --issue KEY``.
 2. **Issue phase** (``<release_dir>/.issue.lock``): one incident → one issue. The first signal of an
    incident files the ROLLBACK issue (``workflows.templates.rollback_issue``, idempotency key
    ``incident:<incident id>``) with what actually happened; later signals comment on it (once per
@@ -24,9 +27,11 @@ The rollback never waits for the tracker: phase 1 completes (and its state is on
 first tracker call, and the two phases hold different locks.
 
 **Paging loudly** (rollback FAILED: timed out, non-zero exit, no previous release, no command, or
-the previous version not verified): an ERROR log line, the issue's summary says ``ROLLBACK FAILED``
-with priority ``Blocker`` and labels ``rollback-failed``/``page-oncall``, and a non-zero exit
-(:attr:`ExitCode.PAGED`).
+the previous version not verified): an ERROR log line, a page through every configured channel
+(``deps.page``: Slack, e-mail; sent before any tracker call), the issue's summary says ``ROLLBACK
+FAILED`` with the seed's priority ``Blocker`` (mapped onto the Jira scheme) and labels
+``rollback-failed``/``page-oncall``, and a non-zero exit (:attr:`ExitCode.PAGED`;
+:attr:`ExitCode.PAGE_FAILED` and a line saying so when no channel delivered the page).
 
 **Which release is current** comes from the state files only: ``<v>/promotion.json`` (promoted, at
 ``promoted_at``) and ``<v>/rollback.json`` (successful rollbacks), replayed in time order like the
@@ -54,7 +59,7 @@ import math
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, TextIO
@@ -62,7 +67,7 @@ from typing import Any, TextIO
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
 from workflows.clock import Clock, kst_text
-from workflows.criteria import (
+from workflows.incident.criteria import (
     DEFAULT_CRITERIA,
     Criterion,
     CriterionResult,
@@ -72,10 +77,10 @@ from workflows.criteria import (
     Verdict,
     evaluate,
 )
-from workflows.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResult, SuiteResult
-from workflows.idempotency import atomic_write, file_lock
-from workflows.prometheus import MetricsSource
-from workflows.promote import CommandRunner, PromotionResult
+from workflows.prometheus.client import MetricsSource
+from workflows.release.estimator_client import SMOKE_TOTAL, EstimatorClient, HealthResult, SuiteResult
+from workflows.release.promote import CommandOutcome, CommandRunner, PromotionResult
+from workflows.release.record import promoted_records, read_json, write_json
 from workflows.templates import (
     PAGE_LABELS,
     PAGE_PRIORITY,
@@ -89,7 +94,8 @@ from workflows.templates import (
     rollback_comment,
     rollback_issue,
 )
-from workflows.tracker import (
+from workflows.tracker.idempotency import file_lock
+from workflows.tracker.protocol import (
     Attachment,
     Document,
     IssueRef,
@@ -127,6 +133,11 @@ log = logging.getLogger(__name__)
 
 HEALTH_ATTEMPTS = 15  # × HEALTH_WAIT_S: the restored version may take a few seconds to report SERVING
 HEALTH_WAIT_S = 1.0
+# A failed rollback command is tried again within the budget while the target still serves the
+# release it should leave (never when something else serves: that would step back twice).
+ROLLBACK_TRIES = 4
+ROLLBACK_BACKOFF_S = (5.0, 10.0, 20.0)
+ROLLBACK_MIN_TRY_S = 10.0  # a try needs at least this much of the budget left
 _ERROR_LEVELS = frozenset({"ERROR", "CRITICAL", "FATAL"})
 
 
@@ -136,6 +147,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # cannot evaluate or act: configuration or state missing
     PAGED = 3  # ROLLBACK FAILED (or not verified): on-call is paged
     ISSUE_PENDING = 4  # acted, but the issue is not filed yet (kept in the outbox)
+    PAGE_FAILED = 5  # ROLLBACK FAILED and no notification channel delivered the page
 
 
 class SignalSource(StrEnum):
@@ -182,6 +194,8 @@ class IncidentDeps:
     metrics: MetricsSource | None = None
     flush_outbox: Callable[[], object] | None = None  # OutboxTracker.flush: deliver what is queued
     extra_bug_count: Callable[[datetime], int] | None = None
+    # Pages on-call (subject, body) through every configured channel; True when one delivered it.
+    page: Callable[[str, str], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +248,7 @@ class RollbackRecord:
     log_file: str = ""
     verified_at: datetime | None = None
     detected_at: datetime | None = None
+    tries: int = 1  # runs of the rollback command in this attempt
 
     @property
     def command_ok(self) -> bool:
@@ -289,6 +304,7 @@ class RollbackRecord:
             "log_file": self.log_file,
             "verified_at": _iso(self.verified_at) if self.verified_at else None,
             "detected_at": _iso(self.detected_at) if self.detected_at else None,
+            "tries": self.tries,
             "verified": self.verified,
         }
 
@@ -312,6 +328,7 @@ class RollbackRecord:
             log_file=str(raw.get("log_file", "")),
             verified_at=_parse_opt(raw.get("verified_at")),
             detected_at=_parse_opt(raw.get("detected_at")),
+            tries=int(raw.get("tries", 1)),
         )
 
 
@@ -325,6 +342,7 @@ class HandleOutcome:
     rollback_ran: bool = False  # the command ran in this call
     issue: IssueRef | None = None
     issue_error: str = ""
+    page_delivered: bool | None = None  # None: no page sent by this call
 
     @property
     def paged(self) -> bool:
@@ -337,6 +355,8 @@ class HandleOutcome:
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.paged and self.page_delivered is False:
+            return ExitCode.PAGE_FAILED
         if self.paged:
             return ExitCode.PAGED
         if self.action is Action.NONE:
@@ -360,6 +380,11 @@ class HandleOutcome:
             out.append(f"ROLLBACK issue {self.issue.key} {self.issue.url}{state}".rstrip())
         if self.issue_error:
             out.append(f"ROLLBACK issue NOT delivered: {self.issue_error}")
+        if self.page_delivered is False:
+            out.append(
+                "PAGE NOT DELIVERED by any channel: configure KIS_SLACK_WEBHOOK_URL or KIS_SMTP_* "
+                "and call on-call now"
+            )
         return out
 
 
@@ -389,21 +414,6 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256("\0".join(str(p) for p in parts).encode("utf-8")).hexdigest()[:16]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable incident state: {exc}") from None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    atomic_write(path, text.encode("utf-8"))
-
-
 def _substitute(template: str, values: Mapping[str, str]) -> str:
     out = template
     for name, value in values.items():
@@ -415,7 +425,7 @@ def _substitute(template: str, values: Mapping[str, str]) -> str:
 
 
 def _rollbacks(release_dir: Path, version: str) -> list[RollbackRecord]:
-    data = _read_json(release_dir / version / "rollback.json") or {}
+    data = read_json(release_dir / version / "rollback.json") or {}
     return [RollbackRecord.from_json(r) for r in data.get("attempts", [])]
 
 
@@ -424,20 +434,15 @@ def _save_rollback(release_dir: Path, record: RollbackRecord) -> None:
     attempts = [r for r in _rollbacks(release_dir, record.from_version) if r.attempt != record.attempt]
     attempts.append(record)
     attempts.sort(key=lambda r: r.attempt)
-    _write_json(path, {"version": record.from_version, "attempts": [r.to_json() for r in attempts]})
+    write_json(path, {"version": record.from_version, "attempts": [r.to_json() for r in attempts]})
 
 
 def _timeline(release_dir: Path) -> list[tuple[str, datetime, list[str]]]:
     """(version, since, stack) each time the current version changed, oldest first."""
     events: list[tuple[datetime, int, str, str | None]] = []  # (at, order, version, rollback target)
-    for path in sorted(release_dir.glob("*/promotion.json")):
-        try:
-            state = _read_json(path)
-        except ValueError as exc:
-            log.warning("%s", exc)
-            continue
-        if state and state.get("status") == "promoted" and state.get("promoted_at"):
-            events.append((_parse(str(state["promoted_at"])), 0, path.parent.name, None))
+    for promoted in promoted_records(release_dir):
+        assert promoted.promoted_at is not None
+        events.append((promoted.promoted_at, 0, promoted.version, None))
     for path in sorted(release_dir.glob("*/rollback.json")):
         for record in _rollbacks(release_dir, path.parent.name):
             if record.command_ok and record.finished_at is not None:
@@ -611,6 +616,50 @@ def _wait_serving(client: EstimatorClient, sleep: Callable[[float], None]) -> He
     return health
 
 
+def serving_version(deps: IncidentDeps, version: str) -> str | None:
+    """The version the target says it serves (None: unreachable, or it cannot say)."""
+    with deps.estimator_for(version) as client:
+        info = client.server_info()
+    return info.version if info is not None else None
+
+
+def _run_rollback_command(
+    options: IncidentOptions, deps: IncidentDeps, release: Release, command: str, started: datetime
+) -> tuple[CommandOutcome, int, list[str]]:
+    """Run the rollback command; a failure is tried again with backoff inside the budget.
+
+    Only while the target still serves the release being left: once something else serves (or the
+    target cannot say), another run of the command could step back a second release.
+    """
+    deadline = started + timedelta(seconds=options.rollback_budget_s)
+    lines: list[str] = []
+    tries = 0
+    while True:
+        tries += 1
+        remaining = (deadline - deps.clock.now()).total_seconds()
+        outcome = deps.run_command(command, timeout_s=max(remaining, 1.0))
+        lines.append(outcome.log_text())
+        if outcome.ok or tries >= ROLLBACK_TRIES:
+            return outcome, tries, lines
+        wait = ROLLBACK_BACKOFF_S[min(tries, len(ROLLBACK_BACKOFF_S)) - 1]
+        if (deadline - deps.clock.now()).total_seconds() - wait < ROLLBACK_MIN_TRY_S:
+            lines.append(f"{_iso(deps.clock.now())} [runner] not tried again: the 3-minute budget is spent")
+            return outcome, tries, lines
+        deps.sleep(wait)
+        serving = serving_version(deps, release.version)
+        now = _iso(deps.clock.now())
+        if serving != release.version:
+            lines.append(
+                f"{now} [runner] not tried again: the target serves {serving or 'an unknown version'}, "
+                f"not {release.version}"
+            )
+            return outcome, tries, lines
+        lines.append(
+            f"{now} [runner] try {tries + 1} after {wait:g} s: the target still serves {release.version}"
+        )
+        log.warning("rollback of %s failed; try %d after %g s", release.version, tries + 1, wait)
+
+
 def _run_rollback(
     options: IncidentOptions,
     deps: IncidentDeps,
@@ -654,31 +703,43 @@ def _run_rollback(
         options.rollback_budget_s,
         command,
     )
-    outcome = deps.run_command(command, timeout_s=options.rollback_budget_s)
+    outcome, tries, log_lines = _run_rollback_command(options, deps, release, command, started)
     log_path = options.release_dir / release.version / f"rollback-{attempt}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_lines = [outcome.log_text()]
     record = replace(
         record,
         finished_at=outcome.finished_at,
         returncode=outcome.returncode,
         log_file=str(log_path),
         status="done" if outcome.ok else "failed",
+        tries=tries,
     )
     if outcome.ok:
         with deps.estimator_for(release.previous) as client:
             health = _wait_serving(client, deps.sleep)
-            smoke: SuiteResult | None = client.smoke() if health.serving else None
+            info = client.server_info() if health.serving else None
+            still_bad = info is not None and info.version == release.version
+            smoke: SuiteResult | None = client.smoke() if health.serving and not still_bad else None
         verified_at = deps.clock.now()
         record = replace(
             record,
+            # the version that serves now is the target's word; the records only said what to expect
+            to_version=info.version if info is not None else record.to_version,
             health=health.status,
             smoke_passed=smoke.passed if smoke else 0,
             smoke_total=smoke.total if smoke else 0,
             smoke_summary=smoke.summary if smoke else "not run: previous version not SERVING",
             verified_at=verified_at,
         )
+        if still_bad:
+            record = replace(
+                record,
+                reason=f"the target still serves {release.version} after the rollback command",
+                smoke_summary="not run: the rolled-back version still serves",
+            )
         log_lines.append(f"{_iso(verified_at)} [verify] health {health.status} {health.detail}".rstrip())
+        if info is not None:
+            log_lines.append(f"{_iso(verified_at)} [verify] serving {info.describe()}")
         log_lines.append(f"{_iso(verified_at)} [verify] {record.smoke_summary}")
         if smoke is not None and smoke.report:
             log_lines.append(smoke.report.rstrip("\n"))
@@ -748,12 +809,12 @@ class _Incident:
 
 
 def _incidents(release_dir: Path, version: str) -> list[_Incident]:
-    data = _read_json(release_dir / version / "incidents.json") or {}
+    data = read_json(release_dir / version / "incidents.json") or {}
     return [_Incident.from_json(i) for i in data.get("incidents", [])]
 
 
 def _save_incidents(release_dir: Path, version: str, incidents: Sequence[_Incident]) -> None:
-    _write_json(
+    write_json(
         release_dir / version / "incidents.json",
         {"version": version, "incidents": [i.to_json() for i in incidents]},
     )
@@ -845,6 +906,8 @@ def _issue_phase(
     ran: bool,
 ) -> HandleOutcome:
     incidents = _incidents(options.release_dir, version)
+    if _resolve_pending(deps, incidents):
+        _save_incidents(options.release_dir, version, incidents)
     open_incident = next((i for i in reversed(incidents) if i.status == "open"), None)
     actionable = current and signal.verdict in (Verdict.ROLLBACK, Verdict.REVIEW)
     if (
@@ -892,6 +955,22 @@ def _issue_phase(
     finally:
         _save_incidents(options.release_dir, version, incidents)
     return replace(base, message=_message(base, version, signal), issue=ref)
+
+
+def _resolve_pending(deps: IncidentDeps, incidents: Sequence[_Incident]) -> bool:
+    """Replace ``PENDING-…`` keys that an ``outbox flush`` has filed since; True when one changed."""
+    changed = False
+    for incident in incidents:
+        if not incident.issue_pending:
+            continue
+        try:
+            ref = deps.tracker.find(_idempotency_key(incident.id))
+        except TrackerError:
+            return changed  # still unreachable: the pending key stays
+        if ref is not None and not ref.pending:
+            incident.issue_key, incident.issue_url, incident.issue_pending = ref.key, ref.url, False
+            changed = True
+    return changed
 
 
 def _known(incident: _Incident) -> IssueRef | None:
@@ -1001,7 +1080,28 @@ def handle(signal: Signal, options: IncidentOptions, deps: IncidentDeps) -> Hand
                 r for r in _rollbacks(options.release_dir, version) if r.started_at >= release.since
             ]
             rollback = since_current[-1] if since_current else None
-            if signal.verdict is Verdict.ROLLBACK and rollback is None:
+            serving = (
+                serving_version(deps, release.version)
+                if signal.verdict is Verdict.ROLLBACK and rollback is None
+                else None
+            )
+            if serving is not None and serving != release.version:
+                # The records and the target disagree (a manual rollback, another operator): rolling
+                # "back" from what the records think serves could step back a release that is fine.
+                note = (
+                    f"not rolled back automatically: the release records say {release.version} is "
+                    f"current, but the target serves {serving}; a responder decides"
+                )
+                log.error("%s", note)
+                signal = replace(
+                    signal,
+                    verdict=Verdict.REVIEW,
+                    summary=f"{note} — {signal.summary}",
+                    details=(note, *signal.details),
+                )
+            if signal.verdict is Verdict.ROLLBACK and (
+                rollback is None or _retry_due(deps, release, rollback)
+            ):
                 rollback = _run_rollback(
                     options, deps, release, trigger=signal.source.value, detected_at=signal.detected_at
                 )
@@ -1017,10 +1117,37 @@ def handle(signal: Signal, options: IncidentOptions, deps: IncidentDeps) -> Hand
         action = Action.NEEDS_DECISION
     else:
         action = Action.NONE
+    # The page goes out before any tracker call: Jira may be the thing that is down.
+    delivered = _page(options, deps, version, rollback) if action is Action.ROLLBACK_FAILED and ran else None
     with file_lock(options.release_dir / ".issue.lock"):
-        return _issue_phase(
+        outcome = _issue_phase(
             options, deps, version, release, signal, rollback, current=current, action=action, ran=ran
         )
+    return replace(outcome, page_delivered=delivered)
+
+
+def _retry_due(deps: IncidentDeps, release: Release, rollback: RollbackRecord) -> bool:
+    """A failed (or crashed) rollback is run again only while the target still serves the release."""
+    return not rollback.verified and serving_version(deps, release.version) == release.version
+
+
+def _page(
+    options: IncidentOptions, deps: IncidentDeps, version: str, rollback: RollbackRecord | None
+) -> bool:
+    """Page on-call through every configured channel; False when none delivered it (or none exists)."""
+    reason = rollback.failure() if rollback is not None else "no rollback record"
+    subject = f"[KIS] ROLLBACK FAILED: {version} ({options.environment})"
+    body = "\n".join(
+        [
+            f"The automatic rollback of {version} failed: {reason}.",
+            f"Rollback log: {rollback.log_file if rollback and rollback.log_file else '(none)'}",
+            f"Retry by hand: {options.responder_command}",
+        ]
+    )
+    log.error("PAGE: %s — %s", subject, reason)
+    if deps.page is None:
+        return False
+    return deps.page(subject, body)
 
 
 def comment_on_release(
@@ -1080,7 +1207,7 @@ def watch_once(options: IncidentOptions, deps: IncidentDeps) -> WatchResult:
         criteria=options.criteria,
         extra_bug_count=deps.extra_bug_count,
     )
-    _write_json(options.release_dir / release.version / "last-evaluation.json", evaluation.to_dict())
+    write_json(options.release_dir / release.version / "last-evaluation.json", evaluation.to_dict())
     header = f"{release.version} (current since {kst_text(release.since)}): {evaluation.verdict.value}"
     if evaluation.verdict is Verdict.OK:
         return WatchResult(release, evaluation, None, header)

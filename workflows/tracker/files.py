@@ -2,7 +2,7 @@
 
 Layout (one folder per issue, keys ``KIS-1``, ``KIS-2`` … in the configured project)::
 
-    <root>/ledger.json              idempotency key -> issue key (see workflows.idempotency)
+    <root>/ledger.json              idempotency key -> issue key (see workflows.tracker.idempotency)
     <root>/KIS-1/issue.md           the rendered Markdown issue (header fields + body + attachments)
     <root>/KIS-1/meta.json          fields, status history, labels (incl. kis-idem-<hash>), comments
     <root>/KIS-1/attachments/<name>
@@ -25,9 +25,22 @@ from typing import Any
 from uuid import uuid4
 
 from workflows.clock import Clock, SystemClock
-from workflows.idempotency import IdempotencyLedger, LedgerSession, atomic_write, idem_hash, idem_label
-from workflows.render import render_markdown
-from workflows.tracker import Attachment, Document, IssueDraft, IssueRef, TrackerError, TrackerOptions
+from workflows.tracker.idempotency import (
+    IdempotencyLedger,
+    LedgerSession,
+    atomic_write,
+    idem_hash,
+    idem_label,
+)
+from workflows.tracker.protocol import (
+    Attachment,
+    Document,
+    IssueDraft,
+    IssueRef,
+    TrackerError,
+    TrackerOptions,
+)
+from workflows.tracker.render import render_markdown
 
 __all__ = ["FileIssueTracker"]
 

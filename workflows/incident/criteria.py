@@ -1,10 +1,12 @@
 """The rollback criteria engine: the GA 1.0 notice's "롤백 결정 기준" evaluated over sliding windows.
 
-The notice (``/work/shared/seed``, "🔄 롤백 결정 기준") lists, and :func:`build_criteria` encodes as data:
+The GA-1.0.0 deployment notice ("🔄 롤백 결정 기준"; summarised in docs/release-notice.md) lists, and
+:func:`build_criteria` encodes as data:
 
 =========================  ===========  ======================================  ======  =====  ============
 id                         class        what (notice)                           window  step   threshold
 =========================  ===========  ======================================  ======  =====  ============
+``service_down``           IMMEDIATE    (added) 서비스 응답 없음 (1분 지속)     1 min   15 s   ≥ 1 (down)
 ``errors_5xx``             IMMEDIATE    5xx 에러 > 10/분 (3분 지속)             3 min   15 s   > 10 /min
 ``p95_latency_200ms``      IMMEDIATE    P95 > 200ms (5분 지속)                  5 min   15 s   > 200 ms
 ``memory_leak``            IMMEDIATE    메모리 누수 감지                        15 min  15 s   > 1 MiB/min
@@ -20,6 +22,10 @@ Choices (the notice is silent on them):
   ``grpc_server_handling_seconds_bucket`` directly, scoped like ``deploy/prometheus/recording.rules.yml``
   (``grpc_service=~"kis[.]estimator[.].+"``; latency of unary calls only), so the engine works on a
   Prometheus without our rules loaded and agrees with them where they are.
+* **Service down** is not in the notice's list; a service that stopped answering must not read as
+  "no data, please review". ``up == 0`` (Prometheus could not scrape it) or no ``up`` series of the
+  job at all, for a whole minute, is an immediate rollback (``KisEstimatorDown`` in
+  ``deploy/prometheus/alerts.rules.yml`` is the same condition as an alert).
 * **5xx** is every gRPC code except ``OK`` and the client-error set :data:`CLIENT_ERROR_CODES`
   (written "not OK and not 4xx", so a code added later counts as a server error). "5xx per minute" is
   ``increase(...[1m])`` summed over the service. When the API is scraped but no 5xx series exists yet,
@@ -62,23 +68,25 @@ Choices (the notice is silent on them):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
-from typing import Protocol
 
-from workflows.prometheus import MetricsSource, Sample, Series
-from workflows.tracker import TrackerError
+from workflows.incident.ledger import (
+    IncidentLedger,
+    IncidentLedgerError,
+    IncidentRecords,
+    LedgerEntry,
+    LedgerEntryKind,
+)
+from workflows.prometheus import queries
+from workflows.prometheus.client import MetricsSource, Sample, Series
+from workflows.prometheus.queries import API_MATCHER, CLIENT_ERROR_CODES
+from workflows.tracker.protocol import TrackerError
 
 __all__ = [
     "API_MATCHER",
@@ -105,22 +113,6 @@ __all__ = [
 ]
 
 MIB = 1024 * 1024
-
-# The 4xx class (the caller's doing); every other non-OK code is 5xx. Same set as recording.rules.yml.
-CLIENT_ERROR_CODES = (
-    "INVALID_ARGUMENT",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "UNAUTHENTICATED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "OUT_OF_RANGE",
-    "CANCELLED",
-    "DEADLINE_EXCEEDED",  # the client stopped waiting: not a server error (recording.rules.yml)
-)
-API_MATCHER = 'grpc_service=~"kis[.]estimator[.].+"'
-_NOT_5XX = "|".join(("OK", *CLIENT_ERROR_CODES))
 
 
 # ---------------------------------------------------------------------------------- criteria
@@ -204,20 +196,26 @@ def build_criteria(selector: str = "", bug_report_threshold: int = 3) -> tuple[C
     matchers = re.findall(_MATCHER, selector) if selector.strip() else []
     if bug_report_threshold < 1:
         raise ValueError("bug_report_threshold must be at least 1")
-    extra = "".join(f", {m.strip()}" for m in matchers)
-    handled_all = f"grpc_server_handled_total{{{API_MATCHER}{extra}}}"
-    handled_5xx = f'grpc_server_handled_total{{{API_MATCHER}, grpc_code!~"{_NOT_5XX}"{extra}}}'
-    errors_per_min = f"sum(increase({handled_5xx}[1m])) or (0 * sum(increase({handled_all}[1m])))"
-    p95_ms = (
-        "1000 * histogram_quantile(0.95, sum by (le) "
-        f'(rate(grpc_server_handling_seconds_bucket{{{API_MATCHER}, grpc_type="unary"{extra}}}[1m])))'
-    )
-    rss_scope = f"{{{', '.join(m.strip() for m in matchers)}}}" if matchers else ""
-    rss = (
-        f"process_resident_memory_bytes{rss_scope}"
-        f" and on (job, instance) group by (job, instance) ({handled_all})"
-    )
+    matchers = [m.strip() for m in matchers]
+    extra = "".join(f", {m}" for m in matchers)
+    errors_per_min = queries.errors_per_minute(extra)
+    p95_ms = queries.p95_ms(extra)
+    rss = queries.rss_of_api_processes(matchers)
+    down = queries.service_down(matchers)
     return (
+        Criterion(
+            id="service_down",
+            severity=Severity.IMMEDIATE,
+            kind=CheckKind.SUSTAINED,
+            notice="서비스 응답 없음 (1분 지속)",
+            expr=down,
+            window_s=60,
+            step_s=15,
+            threshold=1,
+            comparison=Comparison.GE,
+            unit="down",
+            lookback_s=60,  # the new process gets a minute to come up after the deploy
+        ),
         Criterion(
             id="errors_5xx",
             severity=Severity.IMMEDIATE,
@@ -283,7 +281,7 @@ def build_criteria(selector: str = "", bug_report_threshold: int = 3) -> tuple[C
             severity=Severity.REVIEW,
             kind=CheckKind.SUSTAINED,
             notice="오류율 > 2% (10분 지속)",
-            expr=f"({errors_per_min}) / sum(increase({handled_all}[1m]))",
+            expr=queries.error_ratio(extra),
             window_s=600,
             step_s=15,
             threshold=0.02,
@@ -303,142 +301,6 @@ def build_criteria(selector: str = "", bug_report_threshold: int = 3) -> tuple[C
 
 
 DEFAULT_CRITERIA = build_criteria()
-
-
-# ---------------------------------------------------------------------------------- incident ledger
-
-
-class IncidentLedgerError(Exception):
-    """The ledger file cannot be read or written; the message names the file."""
-
-
-class LedgerEntryKind(StrEnum):
-    SECURITY = "security"
-    BUG = "bug"
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    id: str  # deterministic: the same declaration recorded twice is one entry
-    kind: LedgerEntryKind
-    text: str
-    by: str
-    at: datetime  # aware
-
-
-class IncidentRecords(Protocol):
-    """What the engine reads from the incident ledger; ``since``/``until`` are inclusive."""
-
-    def security_declarations(self, since: datetime, until: datetime) -> tuple[LedgerEntry, ...]: ...
-
-    def bug_reports(self, since: datetime, until: datetime) -> tuple[LedgerEntry, ...]: ...
-
-
-class IncidentLedger:
-    """Security declarations and functional bug reports in ``<state_dir>/incident_ledger.json``.
-
-    Writers take an exclusive ``flock`` on a sibling lock file and replace the file atomically, so
-    concurrent ``kis-release incident`` runs never lose an entry and readers never see half a file.
-    A missing file is an empty ledger (nothing was ever declared); a corrupt one is an error.
-    """
-
-    FILENAME = "incident_ledger.json"
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.path = state_dir / self.FILENAME
-
-    def declare_security(self, text: str, by: str, at: datetime) -> LedgerEntry:
-        """Record a declared security vulnerability (an immediate-rollback criterion)."""
-        return self._append(LedgerEntryKind.SECURITY, text, by, at)
-
-    def report_bug(self, text: str, by: str, at: datetime) -> LedgerEntry:
-        """Record a functional error report."""
-        return self._append(LedgerEntryKind.BUG, text, by, at)
-
-    def entries(self) -> tuple[LedgerEntry, ...]:
-        """Every entry, oldest first."""
-        return self._read()
-
-    def security_declarations(self, since: datetime, until: datetime) -> tuple[LedgerEntry, ...]:
-        return self._between(LedgerEntryKind.SECURITY, since, until)
-
-    def bug_reports(self, since: datetime, until: datetime) -> tuple[LedgerEntry, ...]:
-        return self._between(LedgerEntryKind.BUG, since, until)
-
-    def _between(self, kind: LedgerEntryKind, since: datetime, until: datetime) -> tuple[LedgerEntry, ...]:
-        _require_aware(since, "since")
-        _require_aware(until, "until")
-        return tuple(e for e in self._read() if e.kind is kind and since <= e.at <= until)
-
-    def _append(self, kind: LedgerEntryKind, text: str, by: str, at: datetime) -> LedgerEntry:
-        _require_aware(at, "at")
-        if not text.strip() or not by.strip():
-            raise ValueError("text and by must not be empty")
-        at = at.astimezone(UTC)
-        digest = hashlib.sha256(
-            f"{kind}\0{text.strip()}\0{by.strip()}\0{at.isoformat()}".encode()
-        ).hexdigest()
-        entry = LedgerEntry(f"{kind.value}-{digest[:12]}", kind, text.strip(), by.strip(), at)
-        with self._locked():
-            current = self._read()
-            if any(e.id == entry.id for e in current):
-                return entry
-            self._write((*current, entry))
-        return entry
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            lock = (self.state_dir / f"{self.FILENAME}.lock").open("a")
-        except OSError as exc:
-            raise IncidentLedgerError(f"{self.path}: cannot lock: {exc}") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def _read(self) -> tuple[LedgerEntry, ...]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return ()
-        except OSError as exc:
-            raise IncidentLedgerError(f"{self.path}: cannot read: {exc}") from None
-        try:
-            data = json.loads(text)
-            if (
-                not isinstance(data, dict)
-                or data.get("version") != 1
-                or not isinstance(data.get("entries"), list)
-            ):
-                raise ValueError("expected {'version': 1, 'entries': [...]}")
-            out = []
-            for raw in data["entries"]:
-                at = datetime.fromisoformat(raw["at"])
-                _require_aware(at, "at")
-                out.append(LedgerEntry(raw["id"], LedgerEntryKind(raw["kind"]), raw["text"], raw["by"], at))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IncidentLedgerError(f"{self.path}: corrupt: {exc}") from None
-        return tuple(sorted(out, key=lambda e: (e.at, e.id)))
-
-    def _write(self, entries: Sequence[LedgerEntry]) -> None:
-        data = {
-            "version": 1,
-            "entries": [
-                {"id": e.id, "kind": e.kind.value, "text": e.text, "by": e.by, "at": e.at.isoformat()}
-                for e in entries
-            ],
-        }
-        try:
-            fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".incident_ledger.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(data, out, ensure_ascii=False, indent=2, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            Path(tmp).replace(self.path)
-        except OSError as exc:
-            raise IncidentLedgerError(f"{self.path}: cannot write: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------- results

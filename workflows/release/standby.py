@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, TextIO
 
 from workflows.clock import Clock
+from workflows.release.record import write_json
 from workflows.templates import (
     CheckpointReport,
     Probe,
@@ -44,7 +45,7 @@ from workflows.templates import (
     deploy_idempotency_key,
     final_status_comment,
 )
-from workflows.tracker import IssueTracker
+from workflows.tracker.protocol import IssueTracker
 
 __all__ = [
     "ProcessStandbyChecks",
@@ -221,11 +222,7 @@ def _save_state(options: StandbyOptions, reports: list[CheckpointReport]) -> Non
             for r in reports
         ],
     }
-    path = options.state_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)  # atomic: a crash leaves the previous state, never half a file
+    write_json(options.state_file, data)  # atomic: a crash leaves the previous state, never half a file
 
 
 def _load_state(options: StandbyOptions) -> dict[int, CheckpointReport]:

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from workflows.errors import WorkflowError
 
-class TrackerError(Exception):
+
+class TrackerError(WorkflowError):
     """A tracker call failed; ``retryable`` says whether the same call may succeed later."""
 
     def __init__(

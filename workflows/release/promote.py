@@ -5,11 +5,11 @@
 1. **Approval**: a ``Production`` promotion with ``release_require_approval`` needs
    ``approved_by``; it is recorded in ``promotion.json`` and the DEPLOY issue.
 2. **Verify** the artifact and the manifest against the expected full SHA-256 values and against
-   each other (:func:`workflows.artifacts.verify_release`). A mismatch stops here; nothing changed.
+   each other (:func:`workflows.release.artifacts.verify_release`). A mismatch stops here; nothing changed.
 3. **Deploy**: the configured ``deploy_command`` (``{artifact}`` ``{version}`` ``{manifest}``
    replaced by shell-quoted values); stdout and stderr are captured line by line with timestamps
    into ``deploy.log``.
-4. **T+0 checks** against the target over gRPC (:mod:`workflows.estimator_client`): health SERVING,
+4. **T+0 checks** against the target over gRPC (:mod:`workflows.release.estimator_client`): health SERVING,
    smoke 3/3, regression 40/40, RBAC (the viewer is refused an evidence bundle), the served
    ``catalog_version`` equals the manifest's, and the SLO gate — p95 ≤ 30 ms and error rate < 0.5 %
    from Prometheus when ``prometheus_url`` is set, else from the measured burst. The burst always
@@ -25,22 +25,27 @@ Evidence in ``release_dir/<version>/``: ``deploy.log``, ``checks.json``, ``metri
 ``latency-samples.json``, ``smoke-report.txt``, ``regression-report.txt``, ``rollback.log`` (on
 refusal) and ``promotion.json`` (state, attempts, approver, issue key).
 
-Idempotency: when ``promotion.json`` says the version is promoted from this very artifact and the
-target is SERVING with the manifest's catalog, a re-run reports "already promoted", does not
-deploy again and does not file a second issue (it files the DEPLOY issue only if an earlier run
-promoted but could not file it). A promoted version that is no longer healthy is deployed again.
-Runs on one ``release_dir`` are serialised with an flock.
+Which version serves is the target's word (``GetServerInfo``), never this directory's records:
+the T+0 ``version`` check requires the deployed version to serve, the gate reads only the series
+of processes that run it (joined with ``kis_build_info{version}``) from the release's own start,
+and after a rollback the issue names the version that serves then.
+
+Idempotency: when the target already serves the version (same commit), nothing is deployed. If
+``promotion.json`` says promoted, a re-run reports "already promoted" and files the DEPLOY issue
+only if an earlier run could not; without a record (an empty release directory, another operator)
+the T+0 checks run against what serves and the record and the DEPLOY issue (found, not duplicated,
+by the tracker) are made when they pass — a failure there rolls nothing back. A promoted version
+the target no longer serves is deployed again. Runs on one ``release_dir`` are serialised with an
+flock.
 
 Choices where the issue is silent: the SLO error rate of the burst counts every non-OK reply (each
-burst request is valid); Prometheus' rate is the 5xx share, as ``workflows/criteria.py`` defines
-it. The catalog check is the only identity signal the API offers (there is no version RPC), so two
-releases with the same catalog are told apart by their health and the deploy driver's log only.
+burst request is valid); Prometheus' rate is the 5xx share, as ``workflows/incident/criteria.py`` defines
+it. A target too old to answer ``GetServerInfo`` is always deployed to (it cannot say what it runs).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -58,25 +63,35 @@ from typing import IO, Any, Literal, Protocol, TextIO
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from workflows.artifacts import ReleaseManifest, VerifyReport, short_sha, verify_release
 from workflows.clock import Clock, SystemClock
 from workflows.clock import sleep as real_sleep
-from workflows.criteria import API_MATCHER, CLIENT_ERROR_CODES
-from workflows.estimator_client import (
+from workflows.prometheus.client import InstantResult, MetricsSource, PrometheusSource
+from workflows.prometheus.queries import release_queries
+from workflows.release.artifacts import ReleaseManifest, short_sha, verify_release
+from workflows.release.estimator_client import (
     BurstResult,
     CandidateAcceptanceRunner,
     EstimatorClient,
     GrpcEstimatorClient,
     HealthResult,
     ProbeResult,
+    ServerInfo,
     SuiteResult,
 )
-from workflows.file_tracker import FileIssueTracker
-from workflows.idempotency import atomic_write, file_lock
-from workflows.prometheus import InstantResult, MetricsSource, PrometheusSource
+from workflows.release.record import (
+    ReleaseRecord,
+    promoted_records,
+    read_json,
+    read_record,
+    write_json,
+    write_record,
+)
 from workflows.settings import WorkflowSettings
 from workflows.templates import DeployReport, Owners, deploy_idempotency_key, deploy_issue
-from workflows.tracker import IssueDraft, IssueRef, IssueTracker, TrackerError, TrackerOptions
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.idempotency import file_lock
+from workflows.tracker.outbox import PENDING_PREFIX
+from workflows.tracker.protocol import IssueDraft, IssueRef, IssueTracker, TrackerError, TrackerOptions
 
 __all__ = [
     "ERROR_RATE_LIMIT",
@@ -104,7 +119,8 @@ ERROR_RATE_LIMIT = 0.005  # seed notice: "오류율: < 0.5%" (a fraction here)
 DEPLOY_TIMEOUT_S = 600.0
 HEALTH_ATTEMPTS = 10  # × HEALTH_WAIT_S: how long a freshly deployed target may take to report SERVING
 HEALTH_WAIT_S = 1.0
-PROMETHEUS_WINDOW = "2m"  # covers the checks' own traffic; a scrape interval ≤ 15 s gives ≥ 8 points
+PROMETHEUS_MAX_WINDOW_S = 120  # the gate never reads further back than this
+PROMETHEUS_MIN_SCRAPES = 3  # scrapes of the new release in the window before the gate judges it
 PROMETHEUS_ATTEMPTS = 6  # × PROMETHEUS_WAIT_S: waiting for the first scrapes of the new process
 PROMETHEUS_WAIT_S = 10.0
 _SAFE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")  # also a directory name
@@ -134,7 +150,7 @@ class PromoteOptions:
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    name: str  # approval, verify, deploy, health, smoke, regression, rbac, catalog, slo
+    name: str  # approval, verify, deploy, health, version, smoke, regression, rbac, catalog, slo
     passed: bool
     summary: str
     details: tuple[str, ...] = ()
@@ -212,8 +228,9 @@ class RollbackOutcome:
     command: CommandOutcome | None  # None: no rollback_command configured
     health: HealthResult | None
     catalog_version: str  # what the target serves after the rollback ("" if unknown)
-    previous_version: str | None  # the last version promoted before this one, if known
-    previous_running: bool  # SERVING with the previous version's catalog
+    previous_version: str | None  # what serves after the rollback (the target's word), else the records'
+    previous_running: bool  # SERVING, and no longer the refused version
+    serving: ServerInfo | None = None  # GetServerInfo after the rollback
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +256,7 @@ class PromotionResult:
     deploy: CommandOutcome | None = None
     deployed_at: datetime | None = None  # when the deploy command finished
     rollback: RollbackOutcome | None = None
+    serving: ServerInfo | None = None  # what the target said it runs after the deploy
     issue: IssueRef | None = None
     issue_error: str = ""
     metrics_snapshot: Mapping[str, Any] = field(default_factory=dict)
@@ -381,23 +399,6 @@ def _substitute(template: str, values: Mapping[str, str]) -> str:
 # ------------------------------------------------------------------------------------ SLO from Prometheus
 
 
-def prometheus_queries(window: str = PROMETHEUS_WINDOW) -> dict[str, str]:
-    """p95 (ms) and the 5xx share of API calls over ``window``, from the raw exported series."""
-    not_5xx = "|".join(("OK", *CLIENT_ERROR_CODES))
-    handled_all = f"grpc_server_handled_total{{{API_MATCHER}}}"
-    handled_5xx = f'grpc_server_handled_total{{{API_MATCHER}, grpc_code!~"{not_5xx}"}}'
-    return {
-        "p95_ms": (
-            "1000 * histogram_quantile(0.95, sum by (le) "
-            f'(rate(grpc_server_handling_seconds_bucket{{{API_MATCHER}, grpc_type="unary"}}[{window}])))'
-        ),
-        "error_rate": (
-            f"(sum(increase({handled_5xx}[{window}])) or (0 * sum(increase({handled_all}[{window}]))))"
-            f" / sum(increase({handled_all}[{window}]))"
-        ),
-    }
-
-
 def _scalar(result: InstantResult) -> float | None:
     if not result.ok or not result.series or not result.series[0].samples:
         return None
@@ -406,18 +407,32 @@ def _scalar(result: InstantResult) -> float | None:
 
 
 def measure_prometheus_slo(
-    source: MetricsSource, clock: Clock, sleep: Callable[[float], None]
+    source: MetricsSource,
+    clock: Clock,
+    sleep: Callable[[float], None],
+    *,
+    version: str,
+    since: datetime,
 ) -> tuple[SloMeasurement, dict[str, Any]]:
-    """Query p95 and error rate; waits (bounded) for the new process's first scrapes."""
-    queries = prometheus_queries()
+    """Query p95 and error rate of ``version`` since ``since``; waits (bounded) for enough scrapes.
+
+    Fewer than :data:`PROMETHEUS_MIN_SCRAPES` scrapes of the release, or no answer, is NO DATA and
+    fails the gate (never a pass).
+    """
 
     def once() -> tuple[float | None, float | None, dict[str, Any]]:
         at = clock.now()
+        window_s = min(PROMETHEUS_MAX_WINDOW_S, math.ceil((at - since).total_seconds()))
+        queries = release_queries(version, window_s)
         answers = {name: source.query(expr, at) for name, expr in queries.items()}
-        raw = {
+        raw: dict[str, Any] = {
             name: {"expr": r.expr, "value": _scalar(r), "error": str(r.error) if r.error else None}
             for name, r in answers.items()
         }
+        raw["window_s"] = window_s
+        scrapes = _scalar(answers["scrapes"]) or 0.0
+        if scrapes < PROMETHEUS_MIN_SCRAPES:
+            return None, None, raw
         return _scalar(answers["p95_ms"]), _scalar(answers["error_rate"]), raw
 
     def no_data(outcome: tuple[float | None, float | None, dict[str, Any]]) -> bool:
@@ -436,46 +451,33 @@ def measure_prometheus_slo(
         sleep=sleep,
     )
     p95, rate, raw = retrying(once)
-    note = "" if p95 is not None and rate is not None else "NO DATA from Prometheus"
-    return SloMeasurement("prometheus", p95, rate, note=note), {"window": PROMETHEUS_WINDOW, "queries": raw}
+    note = ""
+    if p95 is None or rate is None:
+        note = (
+            f"NO DATA from Prometheus for {version} since {_iso(since)} "
+            f"(fewer than {PROMETHEUS_MIN_SCRAPES} scrapes of kis_build_info{{version={version!r}}}, "
+            "or no calls)"
+        )
+    window_s = raw.pop("window_s")
+    return SloMeasurement("prometheus", p95, rate, note=note), {
+        "version": version,
+        "since": _iso(since),
+        "window_s": window_s,
+        "queries": raw,
+    }
 
 
 # ------------------------------------------------------------------------------------ state
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable promotion state: {exc}") from None
-    return data if isinstance(data, dict) else None
+def _save_record(run: _Run, data: Mapping[str, Any]) -> None:
+    write_record(run.settings.release_dir, run.options.version, data)
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    atomic_write(
-        path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-    )
-
-
-def _previous_promoted(release_dir: Path, version: str) -> dict[str, Any] | None:
-    """The newest other version whose promotion.json says promoted."""
-    best: dict[str, Any] | None = None
-    for path in release_dir.glob("*/promotion.json"):
-        if path.parent.name == version:
-            continue
-        try:
-            state = _read_json(path)
-        except ValueError:
-            continue
-        if (
-            state
-            and state.get("status") == PromotionStatus.PROMOTED
-            and (best is None or str(state.get("promoted_at", "")) > str(best.get("promoted_at", "")))
-        ):
-            best = state
-    return best
+def _previous_promoted(release_dir: Path, version: str) -> ReleaseRecord | None:
+    """The newest other version whose record says promoted."""
+    others = [r for r in promoted_records(release_dir) if r.version != version]
+    return others[-1] if others else None
 
 
 # ------------------------------------------------------------------------------------ the pipeline
@@ -550,8 +552,8 @@ def promote(options: PromoteOptions, settings: WorkflowSettings, deps: PromoteDe
 
 def _promote_locked(run: _Run) -> PromotionResult:
     options, settings, deps = run.options, run.settings, run.deps
-    state_path = run.dir / "promotion.json"
-    state = _read_json(state_path) or {}
+    record = read_record(settings.release_dir, options.version)
+    state = dict(record.data) if record is not None else {}
 
     report = verify_release(
         options.artifact,
@@ -577,17 +579,16 @@ def _promote_locked(run: _Run) -> PromotionResult:
         return _rejected(
             run, "verify", f"{options.version} is promoted; this run's inputs fail: {verify_check.summary}"
         )
-    if state.get("status") == PromotionStatus.PROMOTED:
-        if state.get("artifact_sha256") != report.artifact_sha256:
-            return _rejected(
-                run,
-                "idempotency",
-                f"{options.version} was promoted from artifact {state.get('artifact_sha256')}, "
-                f"not {report.artifact_sha256}: build a new version",
-            )
-        again = _already_promoted(run, report, state)
-        if again is not None:
-            return again
+    if (
+        state.get("status") == PromotionStatus.PROMOTED
+        and state.get("artifact_sha256") != report.artifact_sha256
+    ):
+        return _rejected(
+            run,
+            "idempotency",
+            f"{options.version} was promoted from artifact {state.get('artifact_sha256')}, "
+            f"not {report.artifact_sha256}: build a new version",
+        )
 
     run.checks.append(verify_check)
     attempt = int(state.get("attempts", 0)) + 1
@@ -605,15 +606,19 @@ def _promote_locked(run: _Run) -> PromotionResult:
     }
     if not verify_check.passed:
         _write_checks(run)
-        _write_json(
-            state_path, {**base_state, "status": PromotionStatus.REFUSED, "message": verify_check.summary}
-        )
+        _save_record(run, {**base_state, "status": PromotionStatus.REFUSED, "message": verify_check.summary})
         return run.result(
             PromotionStatus.REFUSED,
             f"promotion of {options.version} refused before deploy: {verify_check.summary}",
         )
     assert report.manifest is not None
     manifest = report.manifest
+
+    # ---- what serves now is the target's word, not this directory's records
+    health = deps.estimator.health()
+    serving = deps.estimator.server_info() if health.serving else None
+    if serving is not None and serving.version == options.version:
+        return _already_serving(run, manifest, state, base_state, serving)
 
     # ---- deploy
     command = _substitute(
@@ -633,8 +638,8 @@ def _promote_locked(run: _Run) -> PromotionResult:
     _write_checks(run)
     failed = [c for c in run.checks if not c.passed]
     if not failed:
-        return _promoted(run, base_state, state_path)
-    return _refused(run, base_state, state_path, manifest, failed)
+        return _promoted(run, base_state)
+    return _refused(run, base_state, manifest, failed)
 
 
 def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
@@ -644,9 +649,17 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
         CheckResult("health", health.serving, f"health {health.status} {health.detail}".rstrip())
     )
     if not health.serving:
-        for name in ("smoke", "regression", "rbac", "catalog", "slo"):
+        for name in ("version", "smoke", "regression", "rbac", "catalog", "slo"):
             run.checks.append(CheckResult(name, False, f"{name} not run: target not SERVING"))
         return
+    info = deps.estimator.server_info()
+    version = run.options.version
+    served = info.describe() if info else "unknown (GetServerInfo failed)"
+    version_ok = info is not None and info.version == version
+    run.checks.append(CheckResult("version", version_ok, f"target serves {served}, expected {version}"))
+    run.values["serving"] = info
+    if info is not None and info.started_at is not None:
+        run.values["deployed_at"] = info.started_at  # the release's own start: the gate's window
     smoke = deps.estimator.smoke()
     regression = deps.estimator.regression()
     (run.dir / "smoke-report.txt").write_text(smoke.report or smoke.summary, encoding="utf-8")
@@ -676,7 +689,10 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
     prometheus: dict[str, Any] | None = None
     slo = burst_slo
     if deps.metrics is not None:
-        slo, prometheus = measure_prometheus_slo(deps.metrics, deps.clock, deps.sleep)
+        since = run.values.get("deployed_at") or run.started_at
+        slo, prometheus = measure_prometheus_slo(
+            deps.metrics, deps.clock, deps.sleep, version=run.options.version, since=since
+        )
         slo = SloMeasurement(slo.source, slo.p95_ms, slo.error_rate, burst.p50_ms, burst.requests, slo.note)
     run.checks.append(CheckResult("slo", slo.passed, slo.summary() + (f": {slo.note}" if slo.note else "")))
     snapshot = {
@@ -699,8 +715,8 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
         },
         "prometheus": prometheus,
     }
-    _write_json(run.dir / "metrics-snapshot.json", snapshot)
-    _write_json(
+    write_json(run.dir / "metrics-snapshot.json", snapshot)
+    write_json(
         run.dir / "latency-samples.json",
         {"rpc": burst.rpc, "columns": ["t_s", "latency_ms"], "samples": [list(s) for s in burst.samples]},
     )
@@ -710,7 +726,7 @@ def _t0_checks(run: _Run, manifest: ReleaseManifest) -> None:
 
 
 def _write_checks(run: _Run) -> None:
-    _write_json(
+    write_json(
         run.dir / "checks.json",
         {
             "version": run.options.version,
@@ -734,15 +750,15 @@ def _file_deploy_issue(run: _Run, result: PromotionResult) -> tuple[IssueRef | N
         return None, f"{exc} (retryable: {exc.retryable}); re-run promote to file it"
 
 
-def _promoted(run: _Run, base_state: dict[str, Any], state_path: Path) -> PromotionResult:
+def _promoted(run: _Run, base_state: dict[str, Any]) -> PromotionResult:
     version = run.options.version
     state = {**base_state, "status": PromotionStatus.PROMOTED, "promoted_at": _iso(run.deps.clock.now())}
-    _write_json(state_path, state)  # promoted before the issue: a tracker outage must not undo a deploy
+    _save_record(run, state)  # promoted before the issue: a tracker outage must not undo a deploy
     result = run.result(PromotionStatus.PROMOTED, f"promoted {version} to {run.settings.release_environment}")
     issue, error = _file_deploy_issue(run, result)
     if issue is not None:
         state.update(issue_key=issue.key, issue_url=issue.url)
-        _write_json(state_path, state)
+        _save_record(run, state)
     summary = ", ".join(c.summary for c in run.checks if c.name in ("smoke", "regression", "slo"))
     message = f"promoted {version} to {run.settings.release_environment}: {summary}"
     if error:
@@ -750,41 +766,95 @@ def _promoted(run: _Run, base_state: dict[str, Any], state_path: Path) -> Promot
     return run.result(PromotionStatus.PROMOTED, message, issue=issue, issue_error=error)
 
 
-def _already_promoted(run: _Run, report: VerifyReport, state: dict[str, Any]) -> PromotionResult | None:
-    """The re-run of a promoted version: healthy → report (and file a missing issue); else None."""
-    health = run.deps.estimator.health()
-    probe = run.deps.estimator.probe() if health.serving else None
-    catalog = report.manifest.catalog_version if report.manifest else ""
-    if not health.serving or probe is None or probe.catalog_version != catalog:
-        served = probe.catalog_version if probe else "unknown"
-        log.warning(
-            "%s was promoted but the target is %s with catalog %s: deploying again",
-            run.options.version,
-            health.status,
-            served,
+def _already_serving(
+    run: _Run,
+    manifest: ReleaseManifest,
+    state: dict[str, Any],
+    base_state: dict[str, Any],
+    serving: ServerInfo,
+) -> PromotionResult:
+    """The target already serves this version: nothing is deployed, only what is missing is made.
+
+    Promoted by a run recorded here: report it, and file the DEPLOY issue from the saved evidence if
+    that run could not. Serving without a record here (an empty release directory, another
+    operator, a manual ``kis-deploy``): the T+0 checks run against what serves (they leave no trace
+    in production), and the record and the DEPLOY issue (the tracker finds an existing one) are
+    made when they pass; when they fail nothing is deployed or rolled back — that is the incident
+    workflow's call (``watch`` / ``rollback``), not a promotion's.
+    """
+    version = run.options.version
+    known = {"", "unknown"}
+    if (
+        manifest.git_commit not in known
+        and serving.commit not in known
+        and serving.commit != manifest.git_commit
+    ):
+        return _rejected(
+            run,
+            "idempotency",
+            f"the target serves {version} built from commit {serving.commit[:12]}, this artifact is "
+            f"from {manifest.git_commit[:12]}: build a new version",
         )
-        return None
-    run.checks.append(CheckResult("verify", True, report.summary()))
-    run.checks.append(CheckResult("health", True, f"health {health.status}"))
-    run.checks.append(CheckResult("catalog", True, f"catalog served {short_sha(catalog)} (as promoted)"))
+    if state.get("status") == PromotionStatus.PROMOTED:
+        return _already_promoted(run, state, serving)
+    now = run.deps.clock.now()
+    note = f"not deployed: the target already serves {serving.describe()}"
+    (run.dir / "deploy.log").write_text(f"{_iso(now)} [runner] {note}\n", encoding="utf-8")
+    run.checks.append(CheckResult("deploy", True, note))
+    run.values.update(deployed_at=serving.started_at or now)
+    _t0_checks(run, manifest)
+    _write_checks(run)
+    failed = [c for c in run.checks if not c.passed]
+    if not failed:
+        return _promoted(run, {**base_state, "adopted": True})
+    reasons = "; ".join(c.summary for c in failed)
+    message = (
+        f"{version} already serves and fails its checks: {reasons}; nothing was deployed or rolled "
+        f"back (kis-release watch / rollback decide); evidence in {run.dir}"
+    )
+    _save_record(
+        run,
+        {
+            **base_state,
+            "status": PromotionStatus.REFUSED,
+            "refused_at": _iso(run.deps.clock.now()),
+            "failed_checks": [c.name for c in failed],
+            "rolled_back": False,
+            "message": message,
+        },
+    )
+    return run.result(PromotionStatus.REFUSED, message)
+
+
+def _already_promoted(run: _Run, state: dict[str, Any], serving: ServerInfo) -> PromotionResult:
+    """The re-run of a promoted version the target still serves: report, file a missing issue."""
+    run.checks.append(CheckResult("version", True, f"target serves {serving.describe()} (as promoted)"))
     version = run.options.version
     message = (
         f"{version} already promoted to {run.settings.release_environment} at {state.get('promoted_at')}"
     )
     if state.get("issue_key"):
         known = IssueRef(str(state["issue_key"]), str(state.get("issue_url", "")), created=False)
+        if known.key.startswith(PENDING_PREFIX):  # filed by an `outbox flush` since? then record its key
+            with contextlib.suppress(TrackerError):
+                found = run.deps.tracker.find(
+                    deploy_idempotency_key(version, run.settings.release_environment)
+                )
+                if found is not None and not found.pending:
+                    known = found
+                    _save_record(run, {**state, "issue_key": found.key, "issue_url": found.url})
         return run.result(
             PromotionStatus.ALREADY_PROMOTED, f"{message}; DEPLOY issue {known.key}", issue=known
         )
     # Promoted by an earlier run that could not file the issue: file it now from the saved evidence.
     run.values.update(
         deployed_at=datetime.fromisoformat(str(state["promoted_at"]).replace("Z", "+00:00")),
-        metrics_snapshot=_read_json(run.dir / "metrics-snapshot.json") or {},
+        metrics_snapshot=read_json(run.dir / "metrics-snapshot.json") or {},
         **_saved_suites(run.dir),
     )
     issue, error = _file_deploy_issue(run, run.result(PromotionStatus.ALREADY_PROMOTED, message))
     if issue is not None:
-        _write_json(run.dir / "promotion.json", {**state, "issue_key": issue.key, "issue_url": issue.url})
+        _save_record(run, {**state, "issue_key": issue.key, "issue_url": issue.url})
     return run.result(
         PromotionStatus.ALREADY_PROMOTED,
         f"{message}; DEPLOY issue {issue.key if issue else 'NOT filed'}",
@@ -795,7 +865,7 @@ def _already_promoted(run: _Run, report: VerifyReport, state: dict[str, Any]) ->
 
 def _saved_suites(directory: Path) -> dict[str, Any]:
     """SuiteResults rebuilt from checks.json and the saved reports (for a late DEPLOY issue)."""
-    checks = _read_json(directory / "checks.json") or {}
+    checks = read_json(directory / "checks.json") or {}
     out: dict[str, Any] = {}
     for name in ("smoke", "regression"):
         raw = checks.get(name)
@@ -819,9 +889,9 @@ def _saved_suites(directory: Path) -> dict[str, Any]:
             str(probe["viewer_download_code"]),
             str(probe.get("error", "")),
         )
-    samples = _read_json(directory / "latency-samples.json")
+    samples = read_json(directory / "latency-samples.json")
     if samples:
-        snapshot = _read_json(directory / "metrics-snapshot.json") or {}
+        snapshot = read_json(directory / "metrics-snapshot.json") or {}
         codes = (snapshot.get("burst") or {}).get("codes") or {}
         out["burst"] = BurstResult(
             samples=tuple((float(t), float(ms)) for t, ms in samples["samples"]),
@@ -842,13 +912,12 @@ def _saved_suites(directory: Path) -> dict[str, Any]:
 def _refused(
     run: _Run,
     base_state: dict[str, Any],
-    state_path: Path,
     manifest: ReleaseManifest,
     failed: Sequence[CheckResult],
 ) -> PromotionResult:
     settings, deps, version = run.settings, run.deps, run.options.version
     previous = _previous_promoted(settings.release_dir, version)
-    previous_version = str(previous["version"]) if previous else None
+    previous_version = previous.version if previous else None
     rollback_cmd: CommandOutcome | None = None
     if settings.rollback_command:
         command = _substitute(
@@ -863,12 +932,12 @@ def _refused(
         rollback_cmd = deps.run_command(command, timeout_s=settings.rollback_budget_s)
         (run.dir / "rollback.log").write_text(rollback_cmd.log_text(), encoding="utf-8")
     health = run.wait_serving() if rollback_cmd is not None else None
-    probe = deps.estimator.probe() if health is not None and health.serving else None
-    served = probe.catalog_version if probe else ""
-    previous_running = bool(
-        health and health.serving and previous and served and served == previous.get("catalog_version")
-    )
-    rollback = RollbackOutcome(rollback_cmd, health, served, previous_version, previous_running)
+    info = deps.estimator.server_info() if health is not None and health.serving else None
+    if info is not None:
+        previous_version = info.version  # what serves now is a fact; the records only a guess
+    previous_running = bool(health and health.serving and info is not None and info.version != version)
+    served = info.catalog_version if info else ""
+    rollback = RollbackOutcome(rollback_cmd, health, served, previous_version, previous_running, info)
     reasons = "; ".join(c.summary for c in failed)
     if rollback_cmd is None:
         after = "NO rollback_command configured: the target may still run the candidate"
@@ -877,10 +946,12 @@ def _refused(
             f"ROLLBACK FAILED ({'timed out' if rollback_cmd.returncode is None else rollback_cmd.returncode})"
         )
     else:
-        who = previous_version or "the previous release"
         state_text = "SERVING" if health and health.serving else f"{health.status if health else 'unknown'}"
-        after = f"rolled back to {who} ({state_text}"
-        after += ", catalog matches)" if previous_running else ")"
+        if info is not None and info.version == version:
+            after = f"ROLLBACK FAILED: the target still serves {info.describe()} ({state_text})"
+        else:
+            who = info.describe() if info else previous_version or "the previous release"
+            after = f"rolled back to {who} ({state_text})"
     message = f"promotion of {version} refused: {reasons}; {after}; evidence in {run.dir}"
     state = {
         **base_state,
@@ -891,7 +962,7 @@ def _refused(
         "previous_version": previous_version,
         "message": message,
     }
-    _write_json(state_path, state)
+    _save_record(run, state)
     result = run.result(PromotionStatus.REFUSED, message, rollback=rollback)
     if deps.on_refused is None:
         return run.result(
@@ -906,7 +977,7 @@ def _refused(
             PromotionStatus.REFUSED, f"{message}; ROLLBACK issue NOT filed: {exc}", rollback=rollback
         )
     if issue is not None:
-        _write_json(state_path, {**state, "rollback_issue_key": issue.key})
+        _save_record(run, {**state, "rollback_issue_key": issue.key})
     suffix = f"; ROLLBACK issue {issue.key}" if issue is not None else ""
     return run.result(PromotionStatus.REFUSED, message + suffix, rollback=rollback, issue=issue)
 
@@ -952,6 +1023,7 @@ def deploy_report(result: PromotionResult, settings: WorkflowSettings) -> Deploy
         hashes_verified=True,
         standby_minutes=max(settings.standby_checkpoints_min) if settings.standby_checkpoints_min else None,
         rollback_budget_s=settings.rollback_budget_s,
+        changes=result.manifest.changes if result.manifest is not None else (),
     )
 
 

@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 from workflows import clock as clock_module
 from workflows.clock import Clock, SystemClock
-from workflows.file_tracker import FileIssueTracker
-from workflows.jira_tracker import JiraConfig, JiraIssueTracker
 from workflows.notify import ChannelStatus, Notifier, NotifyOptions
-from workflows.outbox import OutboxTracker
 from workflows.settings import WorkflowSettings
-from workflows.tracker import IssueTracker, TrackerError, TrackerOptions
+from workflows.tracker.files import FileIssueTracker
+from workflows.tracker.jira import JiraConfig, JiraIssueTracker
+from workflows.tracker.outbox import OutboxTracker
+from workflows.tracker.protocol import IssueTracker, TrackerError, TrackerOptions
 
 __all__ = [
     "build_inner_tracker",
@@ -77,20 +77,34 @@ def build_inner_tracker(
     return JiraIssueTracker(config, options, sleep=sleep)
 
 
+def pager(
+    settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
+) -> Callable[[str, str], bool]:
+    """Page on-call: stderr always, and every configured channel; True when a channel delivered it."""
+
+    def page(subject: str, body: str) -> bool:
+        sys.stderr.write(f"PAGE: {subject}\n{body}\n")
+        report = Notifier(
+            NotifyOptions.from_settings(settings), sleep=sleep, clock=clock or SystemClock()
+        ).send(subject, body)
+        delivered = any(r.status is ChannelStatus.SENT for r in report.results)
+        if not delivered:
+            sys.stderr.write("PAGE: no notification channel delivered it (KIS_SLACK_* / KIS_SMTP_*)\n")
+        return delivered
+
+    return page
+
+
 def dead_letter_pager(
     settings: WorkflowSettings, *, sleep: Callable[[float], None], clock: Clock | None = None
 ) -> Callable[[str], None]:
-    """Page on-call about a ticket the tracker refused: every configured channel, and stderr always."""
+    """Page on-call about a ticket the tracker refused (see :func:`pager`)."""
+    page = pager(settings, sleep=sleep, clock=clock)
 
-    def page(message: str) -> None:
-        sys.stderr.write(f"PAGE: {message}\n")
-        report = Notifier(
-            NotifyOptions.from_settings(settings), sleep=sleep, clock=clock or SystemClock()
-        ).send("[KIS] ticket refused by the tracker (dead letter)", message)
-        if not any(r.status is ChannelStatus.SENT for r in report.results):
-            sys.stderr.write("PAGE: no notification channel delivered it (KIS_SLACK_* / KIS_SMTP_*)\n")
+    def dead_letter(message: str) -> None:
+        page("[KIS] ticket refused by the tracker (dead letter)", message)
 
-    return page
+    return dead_letter
 
 
 def build_tracker(

@@ -19,13 +19,15 @@ Reproducibility
   ``SOURCE_DATE_EPOCH`` is the commit time of ``HEAD``, so the wheel of one commit has the same
   bytes on every build (setuptools' wheel writer clamps entry times to it). The sdist is
   re-packed with sorted entries, fixed owner and that time, and a gzip header without a name or a
-  clock time, so it is reproducible too. The manifest's ``build_time`` is the only field that
-  changes between two builds of one commit.
+  clock time, so it is reproducible too. The manifest's ``build_time`` is that same source date
+  (``SOURCE_DATE_EPOCH`` when set, else the commit time), never the wall clock, so the manifest
+  of one commit — and its SHA-256 — can be rebuilt and re-verified byte for byte.
 
 catalog_version and rules_version
   ``workflows`` may not import ``server.engine`` (STYLE.md §2.1), so both are read from the *built
-  wheel*: the three catalog CSVs under ``server/data/catalog/`` hashed with the DOMAIN.md §5.4 formula
-  (reimplemented in :func:`catalog_version`; a unit test compares it with the engine's), and
+  wheel*: the three catalog CSVs under ``server/data/catalog/`` hashed with the formula of
+  docs/pricing-rules.md §5.4 (reimplemented in :func:`catalog_version`; a unit test compares it with the
+  engine's), and
   ``RULES_VERSION`` parsed (``ast``, never imported) from ``server/engine/model.py``. Reading the
   artifact rather than the checkout means the manifest states what ships, also when the catalog
   was replaced for the build.
@@ -51,12 +53,12 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from workflows.clock import Clock, SystemClock
+from workflows.errors import WorkflowError
 
 __all__ = [
     "CATALOG_FILES",
@@ -81,7 +83,7 @@ __all__ = [
 ]
 
 MANIFEST_SCHEMA = "kis-release-manifest/1"
-CATALOG_FILES = ("accessories.csv", "breakers.csv", "enclosures.csv")  # DOMAIN.md §5.4 order
+CATALOG_FILES = ("accessories.csv", "breakers.csv", "enclosures.csv")  # docs/pricing-rules.md §5.4 order
 CATALOG_IN_WHEEL = "server/data/catalog"
 RULES_MODULE_IN_WHEEL = "server/engine/model.py"
 STAGED_ITEMS = ("pyproject.toml", "README.md", "server", "workflows", "proto")
@@ -114,7 +116,7 @@ sys.exit(protoc.main(["protoc", f"-I{root}", f"-I{include}", "--include_imports"
 """
 
 
-class BuildError(Exception):
+class BuildError(WorkflowError):
     """The build could not produce an artifact; the message says which step and why."""
 
 
@@ -140,7 +142,7 @@ def is_full_sha256(text: str) -> bool:
 
 
 def catalog_version(files: Mapping[str, bytes]) -> str:
-    """DOMAIN.md §5.4: SHA-256 of ``<name>:<sha256 of bytes>\\n`` over the three files in order."""
+    """docs/pricing-rules.md §5.4: SHA-256 of ``<name>:<sha256 of bytes>\\n`` over the files in order."""
     text = "".join(f"{name}:{hashlib.sha256(files[name]).hexdigest()}\n" for name in CATALOG_FILES)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -194,6 +196,7 @@ class ReleaseManifest:
     catalog_version: str
     rules_version: str
     schema: str = MANIFEST_SCHEMA
+    changes: tuple[str, ...] = ()  # the release's change list (CHANGELOG.md, else commit subjects)
 
     def to_json(self) -> bytes:
         """Deterministic bytes: sorted keys, two-space indent, UTF-8, final newline."""
@@ -207,6 +210,7 @@ class ReleaseManifest:
             "descriptor_set": {"name": self.descriptor_set_name, "sha256": self.descriptor_set_sha256},
             "catalog_version": self.catalog_version,
             "rules_version": self.rules_version,
+            "changes": list(self.changes),
         }
         return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -235,6 +239,7 @@ class ReleaseManifest:
                 descriptor_set_sha256=str(raw["descriptor_set"]["sha256"]),
                 catalog_version=str(raw["catalog_version"]),
                 rules_version=str(raw["rules_version"]),
+                changes=tuple(str(c) for c in raw.get("changes") or ()),
             )
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not JSON: {exc}") from None
@@ -272,6 +277,7 @@ class BuildOptions:
     source_ref: str | None = None
     python: Path = Path(sys.executable)  # interpreter with setuptools (and grpcio-tools for protoc)
     timeout_s: float = BUILD_TIMEOUT_S
+    source_date_epoch: str | None = None  # SOURCE_DATE_EPOCH; None: the commit's time
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +328,45 @@ def _git(source: Path, *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+CHANGELOG = "CHANGELOG.md"
+MAX_CHANGES = 10
+_CHANGELOG_HEADING = re.compile(r"^##\s+\[?v?(?P<version>[0-9A-Za-z.+_-]+)\]?")
+
+
+def changelog_entries(text: str, version: str) -> tuple[str, ...]:
+    """The bullet lines of ``## <version>`` (``## [1.0.1] - 2025-09-23`` too) in a Keep-a-Changelog file."""
+    out: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        heading = _CHANGELOG_HEADING.match(line)
+        if heading or line.startswith("# "):
+            inside = bool(heading) and heading is not None and heading.group("version") == version
+            continue
+        item = line.strip()
+        if inside and item[:2] in ("- ", "* "):
+            out.append(item[2:].strip())
+    return tuple(out)
+
+
+def release_changes(source: Path, ref: str | None, version: str) -> tuple[str, ...]:
+    """What changed in ``version``: its CHANGELOG.md section at ``ref``, else the newest commit subjects.
+
+    The Korean deployment notice and the DEPLOY issue list these, so each release says its own.
+    """
+    if ref is not None:
+        text = _git(source, "show", f"{ref}:{CHANGELOG}") or ""
+    else:
+        try:
+            text = (source / CHANGELOG).read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+    entries = changelog_entries(text, version)
+    if entries:
+        return entries[:MAX_CHANGES]
+    subjects = _git(source, "log", "--no-merges", "--format=%s", "-n", str(MAX_CHANGES), ref or "HEAD") or ""
+    return tuple(line[:120] for line in subjects.splitlines() if line.strip())
 
 
 def _export_ref(source: Path, ref: str, into: Path, timeout_s: float) -> None:
@@ -417,17 +462,26 @@ def descriptor_set_sha256(proto_root: Path, out_file: Path, python: Path, timeou
     return sha256_file(out_file)
 
 
-def build_release(options: BuildOptions, *, clock: Clock | None = None) -> BuildResult:
+def source_date_epoch(explicit: str | None, commit_time: str | None) -> int:
+    """The reproducible build date: ``SOURCE_DATE_EPOCH`` if given, else the commit's time."""
+    for text in (explicit, commit_time):
+        if text and text.strip().isdigit():
+            return int(text.strip())
+    return 315532800  # 1980-01-01: zip's minimum, for a tree outside git
+
+
+def build_release(options: BuildOptions) -> BuildResult:
     """Build wheel + sdist + descriptor set into ``out_dir`` and write the manifest beside them."""
-    clock = clock or SystemClock()
     source = options.source_dir.resolve()
     ref = options.source_ref or "HEAD"
     commit = _git(source, "rev-parse", "--verify", f"{ref}^{{commit}}") or "unknown"
     if options.source_ref is not None and commit == "unknown":
         raise BuildError(f"{source}: {options.source_ref!r} is not a commit")
     dirty = options.source_ref is None and bool(_git(source, "status", "--porcelain", "--", *STAGED_ITEMS))
-    epoch_text = _git(source, "log", "-1", "--format=%ct", ref) or "315532800"  # 1980-01-01: zip's minimum
-    epoch = int(epoch_text)
+    epoch = source_date_epoch(options.source_date_epoch, _git(source, "log", "-1", "--format=%ct", ref))
+    # Absolute: the children (setuptools, protoc) run in the staged tree, where a relative
+    # --out such as "dist/" would name another directory.
+    options = replace(options, out_dir=options.out_dir.resolve())
     options.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kis-build-") as tmp:
         staged, built = Path(tmp) / "src", Path(tmp) / "dist"
@@ -454,7 +508,7 @@ def build_release(options: BuildOptions, *, clock: Clock | None = None) -> Build
         version=version,
         git_commit=commit,
         git_dirty=dirty,
-        build_time=clock.now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        build_time=datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         artifacts=tuple(
             ArtifactInfo(name=p.name, kind=kind, size_bytes=p.stat().st_size, sha256=sha256_file(p))
             for kind, p in (("wheel", wheel), ("sdist", sdist))
@@ -463,6 +517,7 @@ def build_release(options: BuildOptions, *, clock: Clock | None = None) -> Build
         descriptor_set_sha256=descriptor_sha,
         catalog_version=catalog,
         rules_version=rules,
+        changes=release_changes(source, options.source_ref, version),
     )
     manifest_path = options.out_dir / f"kis_estimator-{version}.manifest.json"
     data = manifest.to_json()
@@ -611,11 +666,12 @@ def run_build(
     source_ref: str | None = None,
     catalog_dir: Path | None = None,
     out: TextIO | None = None,
-    clock: Clock | None = None,
+    source_date_epoch: str | None = None,
 ) -> int:
     """``kis-release build``: 0 built (hashes printed), 1 build failed (reason printed).
 
     ``source_ref`` (e.g. ``HEAD`` or a tag) builds that commit's files; None builds the working tree.
+    ``source_date_epoch`` (``SOURCE_DATE_EPOCH``) overrides the commit time as the build date.
     """
     stream = out or sys.stdout
     options = BuildOptions(
@@ -624,9 +680,10 @@ def run_build(
         version_override=version_override,
         catalog_dir=catalog_dir,
         source_ref=source_ref,
+        source_date_epoch=source_date_epoch,
     )
     try:
-        result = build_release(options, clock=clock)
+        result = build_release(options)
     except (BuildError, OSError) as exc:
         _write(stream, [f"build failed: {exc}"])
         return 1

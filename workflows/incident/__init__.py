@@ -1,0 +1,1 @@
+"""The incident workflow: rollback criteria, the decision path (rollback, ROLLBACK issue), alerts."""

@@ -1,0 +1,1 @@
+"""Prometheus: the one HTTP client and every PromQL expression the workflows read."""

@@ -1,0 +1,1 @@
+"""The release workflow: build and verify artifacts, promote, hot standby, the release record."""
