@@ -7,10 +7,12 @@
 # libraries the generated code imports, which Go finds in GOPATH mode under /usr/share/gocode.
 # golang-github-golang-protobuf-1-5-dev replaces the 1.3 API that grpc's package pulls in: the
 # generated messages implement the v2 API, which the 1.3 codec cannot unmarshal.
+# golang-google-genproto-dev holds google.golang.org/genproto/googleapis/api/annotations, which the
+# generated code imports for the google.api.field_behavior options (grpc's package depends on it too).
 # Idempotent and quiet; never fails the caller (prints why when it cannot install).
 set -u
 
-packages="golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev"
+packages="golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from server.api.interceptors import ServiceInterceptor, current_services
 from server.api.metrics_interceptor import services_of
+from server.api.reflection import add_reflection
 from server.api.server_info import ServerInfoServicer
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
 from server.clock import Clock
@@ -162,10 +162,7 @@ def create_server(
     info_grpc.add_ServerInfoServiceServicer_to_server(info, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    add_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     bind = address or settings.grpc_address
     credentials = server_credentials(settings)
     port = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)

@@ -7,10 +7,11 @@ Codes added by this service where the rules are silent (transport-level hostile 
 docs/pricing-rules.md §4.3):
 ``MALFORMED_REQUEST`` (bytes that do not decode, unknown fields), ``TOO_MANY_ITEMS`` (a repeated
 field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_SIZE_INVALID``
-(ListEstimates), ``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT``
-(the acceptance sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open),
-``QUOTE_FORMAT_INVALID`` (GetQuoteDocument without XLSX or PDF) and ``QUOTE_UNAVAILABLE`` (the
-PDF needs a Hangul font the server does not have; the message says which).
+(listing RPCs; only a negative ``page_size``, since AIP-158 lowers one above the maximum),
+``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT`` (the acceptance
+sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open), ``QUOTE_FORMAT_INVALID``
+(GetQuoteDocument without XLSX or PDF) and ``QUOTE_UNAVAILABLE`` (the PDF needs a Hangul font the
+server does not have; the message says which).
 """
 
 from __future__ import annotations

@@ -221,8 +221,8 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "page_token이 잘못되었거나 만료되었습니다. page_token 없이 처음부터 다시 조회하세요.",
     ),
     _C.PAGE_SIZE_INVALID: (
-        "page_size must be between 1 and {max} (got {v}).",
-        "page_size는 1 이상 {max} 이하여야 합니다 (입력값 {v}).",
+        "page_size must not be negative (got {v}); 0 means the default, sizes above {max} serve {max}.",
+        "page_size는 음수일 수 없습니다 (입력값 {v}). 0은 기본값이며, {max}보다 크면 {max}건씩 조회됩니다.",
     ),
     _C.RATE_LIMITED: (
         "Request budget of this token is used up ({max} per hour); retry in {retry_after_ms} ms.",

@@ -1,5 +1,9 @@
 """Page sizes and opaque page tokens shared by every listing RPC.
 
+Page sizes follow AIP-158: 0 (unset) means :data:`DEFAULT_PAGE_SIZE`; a size above
+:data:`MAX_PAGE_SIZE` is lowered to it (a client asking for "everything" gets full pages and a
+``next_page_token``, not an error); a negative size is ``PAGE_SIZE_INVALID`` (INVALID_ARGUMENT).
+
 A token is URL-safe base64 of a small JSON object: the storage cursor plus the ``scope`` of the query
 (RPC and filters) it belongs to, so a token is refused when reused with other filters.
 """
@@ -21,12 +25,15 @@ MAX_PAGE_SIZE = 100
 
 
 def page_size_of(requested: int) -> int:
-    """0 means the default; otherwise 1 … MAX_PAGE_SIZE or PAGE_SIZE_INVALID."""
+    """The page size to serve (AIP-158): 0 → the default, above the maximum → the maximum.
+
+    Negative sizes are refused with ``PAGE_SIZE_INVALID`` at ``page_size``.
+    """
+    if requested < 0:
+        raise DomainError(violation(ErrorCode.PAGE_SIZE_INVALID, "page_size", v=requested, max=MAX_PAGE_SIZE))
     if requested == 0:
         return DEFAULT_PAGE_SIZE
-    if not 1 <= requested <= MAX_PAGE_SIZE:
-        raise DomainError(violation(ErrorCode.PAGE_SIZE_INVALID, "page_size", v=requested, max=MAX_PAGE_SIZE))
-    return requested
+    return min(requested, MAX_PAGE_SIZE)
 
 
 def encode_token(cursor: dict[str, Any], scope: str) -> str:

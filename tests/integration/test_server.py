@@ -330,7 +330,10 @@ def test_list_pages_newest_first_and_filters_by_status(fresh: Served) -> None:
     assert [e.estimate_id for e in only.estimates] == [review.estimate.estimate_id]
     bad_token, _ = call(fresh, "ListEstimates", pb.ListEstimatesRequest(page_token="garbage!"), role="VIEWER")
     assert bad_token.code == "INVALID_ARGUMENT" and bad_token.violations[0]["code"] == "PAGE_TOKEN_INVALID"
-    bad_size, _ = call(fresh, "ListEstimates", pb.ListEstimatesRequest(page_size=101), role="VIEWER")
+    # AIP-158: a size above the maximum is lowered, a negative one refused (more in test_paging.py)
+    _, big = call(fresh, "ListEstimates", pb.ListEstimatesRequest(page_size=101), role="VIEWER")
+    assert len(big.estimates) == len(seen) and not big.next_page_token
+    bad_size, _ = call(fresh, "ListEstimates", pb.ListEstimatesRequest(page_size=-1), role="VIEWER")
     assert bad_size.code == "INVALID_ARGUMENT" and bad_size.violations[0]["code"] == "PAGE_SIZE_INVALID"
 
 

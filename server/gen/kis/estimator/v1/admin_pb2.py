@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckis/estimator/v1/admin.proto\x12\x10kis.estimator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x1aGrantMixedExceptionRequest\x12\r\n\x05month\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"[\n\x1bGrantMixedExceptionResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12\r\n\x05quota\x18\x03 \x01(\x05\x12\x0c\n\x04used\x18\x04 \x01(\x05\"%\n\x14GetMixedQuotaRequest\x12\r\n\x05month\x18\x01 \x01(\t\"U\n\x15GetMixedQuotaResponse\x12\r\n\x05month\x18\x01 \x01(\t\x12\x0c\n\x04used\x18\x02 \x01(\x05\x12\r\n\x05quota\x18\x03 \x01(\x05\x12\x10\n\x08grant_id\x18\x04 \x01(\t\"\xba\x01\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x13\n\x0b\x65stimate_id\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.kis.estimator.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xeb\x01\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04role\x18\x06 \x01(\t\x12\x13\n\x0b\x65stimate_id\x18\x07 \x01(\t\x12\x10\n\x08revision\x18\x08 \x01(\x05\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x0c\n\x04peer\x18\n \x01(\t\x12\x11\n\tprev_hash\x18\x0b \x01(\t\x12\x0c\n\x04hash\x18\x0c \x01(\t2\xcc\x02\n\x0c\x41\x64minService\x12r\n\x13GrantMixedException\x12,.kis.estimator.v1.GrantMixedExceptionRequest\x1a-.kis.estimator.v1.GrantMixedExceptionResponse\x12`\n\rGetMixedQuota\x12&.kis.estimator.v1.GetMixedQuotaRequest\x1a\'.kis.estimator.v1.GetMixedQuotaResponse\x12\x66\n\x0fListAuditEvents\x12(.kis.estimator.v1.ListAuditEventsRequest\x1a).kis.estimator.v1.ListAuditEventsResponseB\x83\x01\n\x14\x63om.kis.estimator.v1B\nAdminProtoP\x01ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\xaa\x02\x10Kis.Estimator.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ckis/estimator/v1/admin.proto\x12\x10kis.estimator.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x1aGrantMixedExceptionRequest\x12\x13\n\x05month\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"[\n\x1bGrantMixedExceptionResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12\r\n\x05quota\x18\x03 \x01(\x05\x12\x0c\n\x04used\x18\x04 \x01(\x05\"+\n\x14GetMixedQuotaRequest\x12\x13\n\x05month\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x15GetMixedQuotaResponse\x12\r\n\x05month\x18\x01 \x01(\t\x12\x0c\n\x04used\x18\x02 \x01(\x05\x12\r\n\x05quota\x18\x03 \x01(\x05\x12\x10\n\x08grant_id\x18\x04 \x01(\t\"\xde\x01\n\x16ListAuditEventsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x61\x63tion\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65stimate_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12/\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.kis.estimator.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb3\x02\n\nAuditEvent\x12\x11\n\x03seq\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12,\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61\x63tion\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07outcome\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x61\x63tor\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04role\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65stimate_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64\x65tails_json\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04peer\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\tprev_hash\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04hash\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x32\xcc\x02\n\x0c\x41\x64minService\x12r\n\x13GrantMixedException\x12,.kis.estimator.v1.GrantMixedExceptionRequest\x1a-.kis.estimator.v1.GrantMixedExceptionResponse\x12`\n\rGetMixedQuota\x12&.kis.estimator.v1.GetMixedQuotaRequest\x1a\'.kis.estimator.v1.GetMixedQuotaResponse\x12\x66\n\x0fListAuditEvents\x12(.kis.estimator.v1.ListAuditEventsRequest\x1a).kis.estimator.v1.ListAuditEventsResponseB\x83\x01\n\x14\x63om.kis.estimator.v1B\nAdminProtoP\x01ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\xaa\x02\x10Kis.Estimator.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +34,62 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kis.estimator.v1.admin_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024com.kis.estimator.v1B\nAdminProtoP\001ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\252\002\020Kis.Estimator.V1'
-  _globals['_GRANTMIXEDEXCEPTIONREQUEST']._serialized_start=83
-  _globals['_GRANTMIXEDEXCEPTIONREQUEST']._serialized_end=142
-  _globals['_GRANTMIXEDEXCEPTIONRESPONSE']._serialized_start=144
-  _globals['_GRANTMIXEDEXCEPTIONRESPONSE']._serialized_end=235
-  _globals['_GETMIXEDQUOTAREQUEST']._serialized_start=237
-  _globals['_GETMIXEDQUOTAREQUEST']._serialized_end=274
-  _globals['_GETMIXEDQUOTARESPONSE']._serialized_start=276
-  _globals['_GETMIXEDQUOTARESPONSE']._serialized_end=361
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=364
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=550
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=552
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=648
-  _globals['_AUDITEVENT']._serialized_start=651
-  _globals['_AUDITEVENT']._serialized_end=886
-  _globals['_ADMINSERVICE']._serialized_start=889
-  _globals['_ADMINSERVICE']._serialized_end=1221
+  _globals['_GRANTMIXEDEXCEPTIONREQUEST'].fields_by_name['month']._loaded_options = None
+  _globals['_GRANTMIXEDEXCEPTIONREQUEST'].fields_by_name['month']._serialized_options = b'\342A\001\002'
+  _globals['_GRANTMIXEDEXCEPTIONREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_GRANTMIXEDEXCEPTIONREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
+  _globals['_GETMIXEDQUOTAREQUEST'].fields_by_name['month']._loaded_options = None
+  _globals['_GETMIXEDQUOTAREQUEST'].fields_by_name['month']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['action']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['action']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['estimate_id']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['estimate_id']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['since']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['since']._serialized_options = b'\342A\001\001'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['until']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['until']._serialized_options = b'\342A\001\001'
+  _globals['_AUDITEVENT'].fields_by_name['seq']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['seq']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['at']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['at']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['action']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['action']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['outcome']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['outcome']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['actor']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['actor']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['role']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['role']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['estimate_id']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['estimate_id']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['revision']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['revision']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['details_json']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['details_json']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['peer']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['peer']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['prev_hash']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['prev_hash']._serialized_options = b'\342A\001\003'
+  _globals['_AUDITEVENT'].fields_by_name['hash']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['hash']._serialized_options = b'\342A\001\003'
+  _globals['_GRANTMIXEDEXCEPTIONREQUEST']._serialized_start=116
+  _globals['_GRANTMIXEDEXCEPTIONREQUEST']._serialized_end=187
+  _globals['_GRANTMIXEDEXCEPTIONRESPONSE']._serialized_start=189
+  _globals['_GRANTMIXEDEXCEPTIONRESPONSE']._serialized_end=280
+  _globals['_GETMIXEDQUOTAREQUEST']._serialized_start=282
+  _globals['_GETMIXEDQUOTAREQUEST']._serialized_end=325
+  _globals['_GETMIXEDQUOTARESPONSE']._serialized_start=327
+  _globals['_GETMIXEDQUOTARESPONSE']._serialized_end=412
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=415
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=637
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=639
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=735
+  _globals['_AUDITEVENT']._serialized_start=738
+  _globals['_AUDITEVENT']._serialized_end=1045
+  _globals['_ADMINSERVICE']._serialized_start=1048
+  _globals['_ADMINSERVICE']._serialized_end=1380
 # @@protoc_insertion_point(module_scope)

@@ -28,9 +28,11 @@ class GrantMixedExceptionRequest(_message.Message):
     MONTH_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     month: _builtins.str
-    """KST month YYYY-MM."""
+    """KST month YYYY-MM (years 2000-2999). Empty or another form: FIELD_REQUIRED at `month`."""
     reason: _builtins.str
-    """Why the exception is granted (1-500 characters)."""
+    """Why the exception is granted, 1-500 characters after trimming: empty is FIELD_REQUIRED, longer
+    is TEXT_TOO_LONG.
+    """
     def __init__(
         self,
         *,
@@ -47,7 +49,7 @@ Global___GrantMixedExceptionRequest: _TypeAlias = GrantMixedExceptionRequest  # 
 
 @_typing.final
 class GrantMixedExceptionResponse(_message.Message):
-    """Reply of GrantMixedException."""
+    """Reply of GrantMixedException: the month's quota after the grant."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -56,9 +58,13 @@ class GrantMixedExceptionResponse(_message.Message):
     QUOTA_FIELD_NUMBER: _builtins.int
     USED_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
+    """Server-generated id of the grant (`grant_` and 12 hex digits)."""
     month: _builtins.str
+    """The month granted, YYYY-MM (KST)."""
     quota: _builtins.int
+    """MIXED estimates now allowed in the month (the configured quota + 1)."""
     used: _builtins.int
+    """MIXED estimates already accepted in the month."""
     def __init__(
         self,
         *,
@@ -83,7 +89,9 @@ class GetMixedQuotaRequest(_message.Message):
 
     MONTH_FIELD_NUMBER: _builtins.int
     month: _builtins.str
-    """KST month YYYY-MM; empty means the current month."""
+    """KST month YYYY-MM (years 2000-2999); empty means the current month. Another form:
+    FIELD_REQUIRED at `month`.
+    """
     def __init__(
         self,
         *,
@@ -108,10 +116,15 @@ class GetMixedQuotaResponse(_message.Message):
     QUOTA_FIELD_NUMBER: _builtins.int
     GRANT_ID_FIELD_NUMBER: _builtins.int
     month: _builtins.str
+    """The month reported, YYYY-MM (KST)."""
     used: _builtins.int
+    """MIXED estimates accepted in the month (by accepted_at, whatever their status now)."""
     quota: _builtins.int
+    """MIXED estimates allowed in the month (KIS_MIXED_MONTHLY_QUOTA, + 1 with a grant); a
+    CreateEstimate with brand MIXED once used = quota is RESOURCE_EXHAUSTED MIXED_QUOTA_EXCEEDED.
+    """
     grant_id: _builtins.str
-    """Id of the month's grant, empty when none."""
+    """Id of the month's grant; empty when none."""
     def __init__(
         self,
         *,
@@ -130,7 +143,7 @@ Global___GetMixedQuotaResponse: _TypeAlias = GetMixedQuotaResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditEventsRequest(_message.Message):
-    """Request of ListAuditEvents."""
+    """Request of ListAuditEvents. Filters combine with AND."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -141,17 +154,28 @@ class ListAuditEventsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """Events per page (AIP-158): 0 means 20; above 100 is served as 100; negative is
+    PAGE_SIZE_INVALID.
+    """
     page_token: _builtins.str
+    """The next_page_token of a previous reply with the same filters; empty for the first page. A
+    malformed token or one of other filters: PAGE_TOKEN_INVALID.
+    """
     action: _builtins.str
-    """Only this action (e.g. ESTIMATE_ACCEPTED, EVIDENCE_DOWNLOAD); empty means all."""
+    """Only this action (exact match): ESTIMATE_ACCEPTED, REQUEST_REJECTED, EVIDENCE_DOWNLOAD,
+    REVIEW_COMPLETED, ESTIMATE_REJECTED, MIXED_GRANT, TOKEN_CREATED, TOKEN_REVOKED, AUDIT_PRUNED,
+    SANDBOX_OPENED; empty means all.
+    """
     estimate_id: _builtins.str
-    """Only events about this estimate."""
+    """Only events about this estimate id (exact match); empty means all."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
-        """Only events at or after / before these instants."""
+        """Only events at or after this instant (inclusive)."""
 
     @_builtins.property
-    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only events before this instant (exclusive)."""
+
     def __init__(
         self,
         *,
@@ -179,8 +203,11 @@ class ListAuditEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """One page of events, newest (highest seq) first."""
+
     def __init__(
         self,
         *,
@@ -197,7 +224,9 @@ Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: 
 
 @_typing.final
 class AuditEvent(_message.Message):
-    """One audit record; `hash` chains it to the record before (`prev_hash`)."""
+    """One audit record. `hash` chains it to the record before it (`prev_hash`), so an edited, removed
+    or reordered record is detected by `kis-estimator audit verify`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -214,20 +243,37 @@ class AuditEvent(_message.Message):
     PREV_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
+    """Sequence number: 1, 2, 3, ... without gaps (pruning removes the oldest records only)."""
     action: _builtins.str
+    """What was done, e.g. ESTIMATE_ACCEPTED (see ListAuditEventsRequest.action)."""
     outcome: _builtins.str
-    """ALLOWED, DENIED, ACCEPTED, REJECTED, ..."""
+    """How it ended: ACCEPTED, REJECTED, ALLOWED, DENIED, UNAUTHENTICATED, NOT_FOUND, REVIEWED,
+    GRANTED, CREATED, REVOKED, PRUNED or OPENED.
+    """
     actor: _builtins.str
+    """Name of the caller's token; "cli:<user>" for command-line actions, "anonymous" for a call
+    without a valid token.
+    """
     role: _builtins.str
+    """The caller's role: ADMIN, ESTIMATOR or VIEWER; empty without a valid token."""
     estimate_id: _builtins.str
+    """The estimate the action was about; empty when none."""
     revision: _builtins.int
+    """The estimate revision the action was about; 0 when none."""
     details_json: _builtins.str
-    """JSON object with the action's facts (codes, sha256, month, reason, ...)."""
+    """JSON object with the action's facts (codes, sha256, month, reason, ...), keys sorted."""
     peer: _builtins.str
+    """The caller's network address as gRPC reports it (e.g. "ipv4:127.0.0.1:53412"); "local" for
+    command-line actions.
+    """
     prev_hash: _builtins.str
+    """`hash` of the record before (64 zeros before the first record)."""
     hash: _builtins.str
+    """Lowercase hex SHA-256 of this record's canonical JSON (every field but `hash`)."""
     @_builtins.property
-    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the action happened (server clock, microseconds)."""
+
     def __init__(
         self,
         *,

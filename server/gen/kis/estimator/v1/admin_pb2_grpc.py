@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService: the MIXED-brand quota (DOMAIN.md §12) and the audit log.
+    """AdminService: the MIXED-brand quota (docs/pricing-rules.md §12) and the audit log.
+    Authentication, roles and the error model are those of EstimatorService.
     """
 
     def __init__(self, channel):
@@ -53,25 +54,27 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """AdminService: the MIXED-brand quota (DOMAIN.md §12) and the audit log.
+    """AdminService: the MIXED-brand quota (docs/pricing-rules.md §12) and the audit log.
+    Authentication, roles and the error model are those of EstimatorService.
     """
 
     def GrantMixedException(self, request, context):
-        """Raises a month's MIXED quota by one; at most one grant per month. Roles: ADMIN.
+        """Raises a KST month's MIXED quota by one; at most one grant per month (ALREADY_EXISTS
+        MIXED_EXCEPTION_ALREADY_GRANTED). Audited with actor, month, reason and time. Roles: ADMIN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMixedQuota(self, request, context):
-        """Used and allowed MIXED estimates of a KST month. Roles: all.
+        """Used and allowed MIXED estimates of a KST month. Roles: ADMIN, ESTIMATOR, VIEWER.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAuditEvents(self, request, context):
-        """The append-only audit log, newest first. Roles: ADMIN.
+        """The append-only, hash-chained audit log, newest first; paged as AIP-158 says. Roles: ADMIN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,7 +107,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService: the MIXED-brand quota (DOMAIN.md §12) and the audit log.
+    """AdminService: the MIXED-brand quota (docs/pricing-rules.md §12) and the audit log.
+    Authentication, roles and the error model are those of EstimatorService.
     """
 
     @staticmethod

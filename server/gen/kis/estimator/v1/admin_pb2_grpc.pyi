@@ -27,33 +27,43 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService: the MIXED-brand quota (DOMAIN.md §12) and the audit log."""
+    """AdminService: the MIXED-brand quota (docs/pricing-rules.md §12) and the audit log.
+    Authentication, roles and the error model are those of EstimatorService.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     GrantMixedException: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GrantMixedExceptionRequest, _admin_pb2.GrantMixedExceptionResponse]
-    """Raises a month's MIXED quota by one; at most one grant per month. Roles: ADMIN."""
+    """Raises a KST month's MIXED quota by one; at most one grant per month (ALREADY_EXISTS
+    MIXED_EXCEPTION_ALREADY_GRANTED). Audited with actor, month, reason and time. Roles: ADMIN.
+    """
     GetMixedQuota: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetMixedQuotaRequest, _admin_pb2.GetMixedQuotaResponse]
-    """Used and allowed MIXED estimates of a KST month. Roles: all."""
+    """Used and allowed MIXED estimates of a KST month. Roles: ADMIN, ESTIMATOR, VIEWER."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
-    """The append-only audit log, newest first. Roles: ADMIN."""
+    """The append-only, hash-chained audit log, newest first; paged as AIP-158 says. Roles: ADMIN."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService: the MIXED-brand quota (DOMAIN.md §12) and the audit log."""
+    """AdminService: the MIXED-brand quota (docs/pricing-rules.md §12) and the audit log.
+    Authentication, roles and the error model are those of EstimatorService.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GrantMixedException: _aio.UnaryUnaryMultiCallable[_admin_pb2.GrantMixedExceptionRequest, _admin_pb2.GrantMixedExceptionResponse]  # type: ignore[assignment]
-    """Raises a month's MIXED quota by one; at most one grant per month. Roles: ADMIN."""
+    """Raises a KST month's MIXED quota by one; at most one grant per month (ALREADY_EXISTS
+    MIXED_EXCEPTION_ALREADY_GRANTED). Audited with actor, month, reason and time. Roles: ADMIN.
+    """
     GetMixedQuota: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetMixedQuotaRequest, _admin_pb2.GetMixedQuotaResponse]  # type: ignore[assignment]
-    """Used and allowed MIXED estimates of a KST month. Roles: all."""
+    """Used and allowed MIXED estimates of a KST month. Roles: ADMIN, ESTIMATOR, VIEWER."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
-    """The append-only audit log, newest first. Roles: ADMIN."""
+    """The append-only, hash-chained audit log, newest first; paged as AIP-158 says. Roles: ADMIN."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService: the MIXED-brand quota (DOMAIN.md §12) and the audit log."""
+    """AdminService: the MIXED-brand quota (docs/pricing-rules.md §12) and the audit log.
+    Authentication, roles and the error model are those of EstimatorService.
+    """
 
     @_abc_1.abstractmethod
     def GrantMixedException(
@@ -61,7 +71,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GrantMixedExceptionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GrantMixedExceptionResponse, _abc.Awaitable[_admin_pb2.GrantMixedExceptionResponse]]:
-        """Raises a month's MIXED quota by one; at most one grant per month. Roles: ADMIN."""
+        """Raises a KST month's MIXED quota by one; at most one grant per month (ALREADY_EXISTS
+        MIXED_EXCEPTION_ALREADY_GRANTED). Audited with actor, month, reason and time. Roles: ADMIN.
+        """
 
     @_abc_1.abstractmethod
     def GetMixedQuota(
@@ -69,7 +81,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetMixedQuotaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetMixedQuotaResponse, _abc.Awaitable[_admin_pb2.GetMixedQuotaResponse]]:
-        """Used and allowed MIXED estimates of a KST month. Roles: all."""
+        """Used and allowed MIXED estimates of a KST month. Roles: ADMIN, ESTIMATOR, VIEWER."""
 
     @_abc_1.abstractmethod
     def ListAuditEvents(
@@ -77,6 +89,6 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListAuditEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_pb2.ListAuditEventsResponse]]:
-        """The append-only audit log, newest first. Roles: ADMIN."""
+        """The append-only, hash-chained audit log, newest first; paged as AIP-158 says. Roles: ADMIN."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

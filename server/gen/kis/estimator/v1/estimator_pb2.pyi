@@ -27,19 +27,37 @@ class _EstimateStatus:
 class _EstimateStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EstimateStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ESTIMATE_STATUS_UNSPECIFIED: _EstimateStatus.ValueType  # 0
+    """No status: in a ListEstimates filter, all statuses."""
     ESTIMATE_STATUS_COMPLETED: _EstimateStatus.ValueType  # 1
+    """Accepted and priced automatically; final. Decision OK."""
     ESTIMATE_STATUS_NEEDS_REVIEW: _EstimateStatus.ValueType  # 2
+    """Accepted with at least one open review reason; awaits CompleteReview or RejectEstimate.
+    Decision ABSTAIN.
+    """
     ESTIMATE_STATUS_REVIEWED: _EstimateStatus.ValueType  # 3
+    """Completed by a reviewer (CompleteReview); final. Decision OK."""
     ESTIMATE_STATUS_REJECTED: _EstimateStatus.ValueType  # 4
+    """Closed by a reviewer (RejectEstimate); final. Decision REJECT. A request refused with an error
+    is never stored, so it never has this status.
+    """
 
 class EstimateStatus(_EstimateStatus, metaclass=_EstimateStatusEnumTypeWrapper):
-    """Lifecycle status of a stored estimate (DOMAIN.md §16.2)."""
+    """Lifecycle status of a stored estimate (docs/pricing-rules.md §16.2)."""
 
 ESTIMATE_STATUS_UNSPECIFIED: EstimateStatus.ValueType  # 0
+"""No status: in a ListEstimates filter, all statuses."""
 ESTIMATE_STATUS_COMPLETED: EstimateStatus.ValueType  # 1
+"""Accepted and priced automatically; final. Decision OK."""
 ESTIMATE_STATUS_NEEDS_REVIEW: EstimateStatus.ValueType  # 2
+"""Accepted with at least one open review reason; awaits CompleteReview or RejectEstimate.
+Decision ABSTAIN.
+"""
 ESTIMATE_STATUS_REVIEWED: EstimateStatus.ValueType  # 3
+"""Completed by a reviewer (CompleteReview); final. Decision OK."""
 ESTIMATE_STATUS_REJECTED: EstimateStatus.ValueType  # 4
+"""Closed by a reviewer (RejectEstimate); final. Decision REJECT. A request refused with an error
+is never stored, so it never has this status.
+"""
 Global___EstimateStatus: _TypeAlias = EstimateStatus  # noqa: Y015
 
 class _Decision:
@@ -49,17 +67,25 @@ class _Decision:
 class _DecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decision.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DECISION_UNSPECIFIED: _Decision.ValueType  # 0
+    """Never set on a stored estimate."""
     DECISION_OK: _Decision.ValueType  # 1
+    """The quote is complete and may be sent (COMPLETED, REVIEWED)."""
     DECISION_ABSTAIN: _Decision.ValueType  # 2
+    """The engine did not guess: a person must answer the review reasons (NEEDS_REVIEW)."""
     DECISION_REJECT: _Decision.ValueType  # 3
+    """A reviewer closed the estimate (REJECTED)."""
 
 class Decision(_Decision, metaclass=_DecisionEnumTypeWrapper):
-    """Decision attached to the status."""
+    """Decision attached to the status (docs/pricing-rules.md §16.2)."""
 
 DECISION_UNSPECIFIED: Decision.ValueType  # 0
+"""Never set on a stored estimate."""
 DECISION_OK: Decision.ValueType  # 1
+"""The quote is complete and may be sent (COMPLETED, REVIEWED)."""
 DECISION_ABSTAIN: Decision.ValueType  # 2
+"""The engine did not guess: a person must answer the review reasons (NEEDS_REVIEW)."""
 DECISION_REJECT: Decision.ValueType  # 3
+"""A reviewer closed the estimate (REJECTED)."""
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 class _QuoteFormat:
@@ -69,6 +95,7 @@ class _QuoteFormat:
 class _QuoteFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuoteFormat.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     QUOTE_FORMAT_UNSPECIFIED: _QuoteFormat.ValueType  # 0
+    """No format: refused with QUOTE_FORMAT_INVALID."""
     QUOTE_FORMAT_XLSX: _QuoteFormat.ValueType  # 1
     """Office Open XML spreadsheet: a cover sheet (표지) and the itemised sheet (내역)."""
     QUOTE_FORMAT_PDF: _QuoteFormat.ValueType  # 2
@@ -78,6 +105,7 @@ class QuoteFormat(_QuoteFormat, metaclass=_QuoteFormatEnumTypeWrapper):
     """The file formats of a quote document."""
 
 QUOTE_FORMAT_UNSPECIFIED: QuoteFormat.ValueType  # 0
+"""No format: refused with QUOTE_FORMAT_INVALID."""
 QUOTE_FORMAT_XLSX: QuoteFormat.ValueType  # 1
 """Office Open XML spreadsheet: a cover sheet (표지) and the itemised sheet (내역)."""
 QUOTE_FORMAT_PDF: QuoteFormat.ValueType  # 2
@@ -86,9 +114,11 @@ Global___QuoteFormat: _TypeAlias = QuoteFormat  # noqa: Y015
 
 @_typing.final
 class CreateEstimateRequest(_message.Message):
-    """The panel request of DOMAIN.md §2. Enumerated values travel as strings so that
-    unknown values are reported with their own code; strings are trimmed and an empty
-    string counts as absent.
+    """The panel request of docs/pricing-rules.md §2.
+
+    Enumerated values travel as strings so that an unknown value is reported with its own code.
+    Every string is trimmed and an empty string counts as absent; enumerations are case-sensitive
+    upper-case; lengths are counted in Unicode code points.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -106,35 +136,62 @@ class CreateEstimateRequest(_message.Message):
     ACCESSORIES_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency key (DOMAIN.md §13), 1-128 characters."""
+    """Idempotency key chosen by the client (docs/pricing-rules.md §13.2), at most 128 characters
+    (TEXT_TOO_LONG). The first accepted use is remembered without expiry: the same id with the
+    same request returns the stored reply byte for byte; with a different request it is
+    ALREADY_EXISTS IDEMPOTENCY_MISMATCH (extra key `existing_estimate_id`). Absent: no replay
+    protection.
+    """
     brand: _builtins.str
-    """SANGDO, LS or MIXED."""
+    """Brand of the estimate: SANGDO, LS or MIXED. Absent: FIELD_REQUIRED; another value:
+    BRAND_NOT_SUPPORTED. Auto-selected breakers are of this brand; SANGDO and LS refuse parts of
+    the other brand (BRAND_CONFLICT). MIXED lets each line name its brand, within a monthly quota
+    (docs/pricing-rules.md §12).
+    """
     mixed_reason: _builtins.str
-    """Required iff brand = MIXED, 1-500 characters."""
+    """Why brands are mixed, at most 500 characters (TEXT_TOO_LONG). Required when brand is MIXED
+    (FIELD_REQUIRED); under SANGDO or LS it is ignored with the warning MIXED_REASON_IGNORED.
+    """
     form: _builtins.str
-    """ECONOMIC (default) or STANDARD."""
+    """Panel form: ECONOMIC (default) or STANDARD (FORM_INVALID otherwise). Decides which catalog
+    grades auto-selection prefers (docs/pricing-rules.md §6.1).
+    """
     @_builtins.property
-    def customer(self) -> Global___Customer: ...
+    def customer(self) -> Global___Customer:
+        """Customer printed on the quote; stored with the request only."""
+
     @_builtins.property
-    def project(self) -> Global___Project: ...
+    def project(self) -> Global___Project:
+        """Project printed on the quote; stored with the request only."""
+
     @_builtins.property
-    def installation(self) -> Global___Installation: ...
+    def installation(self) -> Global___Installation:
+        """Where and how the panel is installed; its location and mount are required."""
+
     @_builtins.property
-    def enclosure(self) -> Global___EnclosureOptions: ...
+    def enclosure(self) -> Global___EnclosureOptions:
+        """Enclosure choices; every field has a default."""
+
     @_builtins.property
     def main(self) -> Global___BreakerSpec:
-        """Gate 1: the main breaker."""
+        """Gate 1: the main breaker. Absent: GATE_MISSING (gate 1) at `main`."""
 
     @_builtins.property
     def branches(self) -> _containers.RepeatedCompositeFieldContainer[Global___BranchBreakerSpec]:
-        """Gate 2: at least one branch breaker line."""
+        """Gate 2: the branch breaker lines, 1 to 100. None: NO_BRANCHES; more than 100: TOO_MANY_ITEMS
+        (extra key `max`).
+        """
 
     @_builtins.property
     def accessories(self) -> Global___Accessories:
-        """Gate 3: accessories, with `enabled` stated explicitly."""
+        """Gate 3: the accessories, with `enabled` stated explicitly. Absent: GATE_MISSING (gate 3) at
+        `accessories.enabled`.
+        """
 
     @_builtins.property
-    def meta(self) -> Global___RequestMeta: ...
+    def meta(self) -> Global___RequestMeta:
+        """Request metadata (the business duplicate key)."""
+
     def __init__(
         self,
         *,
@@ -161,14 +218,16 @@ Global___CreateEstimateRequest: _TypeAlias = CreateEstimateRequest  # noqa: Y015
 
 @_typing.final
 class Customer(_message.Message):
-    """Quote header: customer (printed only)."""
+    """Quote header: the customer. Printed only; never changes a price."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     CONTACT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Customer name, at most 200 characters (TEXT_TOO_LONG)."""
     contact: _builtins.str
+    """Contact person or phone number, at most 200 characters (TEXT_TOO_LONG)."""
     def __init__(
         self,
         *,
@@ -185,14 +244,16 @@ Global___Customer: _TypeAlias = Customer  # noqa: Y015
 
 @_typing.final
 class Project(_message.Message):
-    """Quote header: project (printed only)."""
+    """Quote header: the project. Printed only; never changes a price."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     LOCATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Project name, at most 200 characters (TEXT_TOO_LONG)."""
     location: _builtins.str
+    """Site of the project, at most 200 characters (TEXT_TOO_LONG)."""
     def __init__(
         self,
         *,
@@ -217,11 +278,15 @@ class Installation(_message.Message):
     MOUNT_FIELD_NUMBER: _builtins.int
     FLOOR_STANDING_FIELD_NUMBER: _builtins.int
     location: _builtins.str
-    """INDOOR or OUTDOOR."""
+    """INDOOR or OUTDOOR. Absent: FIELD_REQUIRED; another value: LOCATION_INVALID. Decides the stock
+    enclosure series (docs/pricing-rules.md §8.1).
+    """
     mount: _builtins.str
-    """FLUSH or SURFACE."""
+    """FLUSH (매입) or SURFACE (노출). Absent: FIELD_REQUIRED; another value: MOUNT_INVALID. Printed
+    in the enclosure line only.
+    """
     floor_standing: _builtins.bool
-    """Adds the BASE line."""
+    """Floor-standing panel: adds the base line [PRC-2]. Default false."""
     def __init__(
         self,
         *,
@@ -248,13 +313,20 @@ class EnclosureOptions(_message.Message):
     CUSTOM_PRICE_KRW_FIELD_NUMBER: _builtins.int
     STEEL_P_COVER_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """STOCK (default) or CUSTOM."""
+    """STOCK (default: the cheapest fitting catalog enclosure) or CUSTOM (made to the computed size);
+    another value: ENCLOSURE_KIND_INVALID.
+    """
     material: _builtins.str
-    """STEEL_1_0, STEEL_1_6 (default) or SUS201_1_2."""
+    """STEEL_1_0, STEEL_1_6 (default) or SUS201_1_2 (steel 1.0 mm, steel 1.6 mm, stainless 201
+    1.2 mm); another value: MATERIAL_INVALID.
+    """
     custom_price_krw: _builtins.int
-    """Unit price of a custom enclosure, 1 ... 100,000,000 KRW."""
+    """Unit price of a custom enclosure in KRW, 1 to 100,000,000 (CUSTOM_PRICE_INVALID otherwise).
+    Used only when the enclosure ends up custom; a custom enclosure without it is priced by a
+    reviewer (review reason CUSTOM_ENCLOSURE_PRICE).
+    """
     steel_p_cover: _builtins.bool
-    """P-COVER in steel instead of acrylic."""
+    """P-cover of steel instead of acrylic [PRC-25]. Default false."""
     def __init__(
         self,
         *,
@@ -275,7 +347,7 @@ Global___EnclosureOptions: _TypeAlias = EnclosureOptions  # noqa: Y015
 
 @_typing.final
 class BreakerSpec(_message.Message):
-    """The main breaker (quantity always 1)."""
+    """The main breaker (quantity always 1). Missing gate fields are GATE_MISSING (gate 1)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -287,19 +359,33 @@ class BreakerSpec(_message.Message):
     BRAND_FIELD_NUMBER: _builtins.int
     SENSITIVITY_MA_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """MCCB or ELB."""
+    """MCCB (moulded-case) or ELB (earth-leakage). Another value: DEVICE_TYPE_INVALID."""
     poles: _builtins.int
-    """2, 3 or 4."""
+    """Poles: 2, 3 or 4 (POLES_MISMATCH otherwise)."""
     trip_at: _builtins.int
-    """Trip current in amperes, 1 ... 800."""
+    """Trip current (AT) in amperes, 1 to 800: 0 or less is AT_NOT_POSITIVE, above 800
+    AT_OUT_OF_RANGE.
+    """
     frame_af: _builtins.int
-    """Frame filter for auto-selection."""
+    """Frame in AF, a filter for auto-selection: one of 30, 50, 60, 100, 125, 200, 250, 400, 600, 800
+    (FRAME_INVALID otherwise).
+    """
     model: _builtins.str
-    """Explicit catalog model (DOMAIN.md §6.2)."""
+    """Explicit catalog model (docs/pricing-rules.md §6.2), at most 40 characters (TEXT_TOO_LONG);
+    matched ignoring case, spaces and hyphens. A model contradicting the line is
+    DEVICE_TYPE_MISMATCH, BRAND_CONFLICT or INVALID_MODEL_COMBO; a model the catalog does not know
+    is a question for a reviewer, not an error.
+    """
     brand: _builtins.str
-    """Line brand: SANGDO or LS."""
+    """Line brand, SANGDO or LS (BRAND_NOT_SUPPORTED otherwise). Under an estimate brand SANGDO or LS
+    a different value is BRAND_CONFLICT; under MIXED it is required when `model` is absent
+    (FIELD_REQUIRED).
+    """
     sensitivity_ma: _builtins.int
-    """30 (default for ELB) or 15 (2P ELB of 30 A or less)."""
+    """Rated residual current of an ELB in mA: 30 (default for ELB) or 15 (2P ELB of 30 A or less
+    only, the high-sensitivity model). Any other value, or a value on an MCCB:
+    SENSITIVITY_INVALID.
+    """
     def __init__(
         self,
         *,
@@ -336,7 +422,11 @@ Global___BreakerSpec: _TypeAlias = BreakerSpec  # noqa: Y015
 
 @_typing.final
 class BranchBreakerSpec(_message.Message):
-    """One branch breaker line."""
+    """One branch breaker line: `qty` identical breakers. Missing gate fields are GATE_MISSING (gate 2).
+    A branch may not have more poles than the main allows (POLE_TOPOLOGY_MISMATCH: 2P main feeds 2P;
+    3P feeds 2P, 3P; 4P feeds 2P, 3P, 4P) nor a trip current above the main's
+    (BRANCH_AT_EXCEEDS_MAIN).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -350,16 +440,23 @@ class BranchBreakerSpec(_message.Message):
     SENSITIVITY_MA_FIELD_NUMBER: _builtins.int
     REMARK_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
+    """MCCB or ELB (DEVICE_TYPE_INVALID otherwise)."""
     poles: _builtins.int
+    """Poles: 2, 3 or 4 (POLES_MISMATCH otherwise)."""
     trip_at: _builtins.int
+    """Trip current (AT) in amperes, 1 to 800 (AT_NOT_POSITIVE, AT_OUT_OF_RANGE), at most the main's."""
     qty: _builtins.int
-    """Units of this line, 1 ... 100."""
+    """Breakers on this line, 1 to 100: below 1 INVALID_COUNT, above 100 BRANCH_QTY_EXCEEDED."""
     frame_af: _builtins.int
+    """Frame filter in AF, as BreakerSpec.frame_af."""
     model: _builtins.str
+    """Explicit catalog model, as BreakerSpec.model."""
     brand: _builtins.str
+    """Line brand, as BreakerSpec.brand."""
     sensitivity_ma: _builtins.int
+    """ELB sensitivity in mA, as BreakerSpec.sensitivity_ma."""
     remark: _builtins.str
-    """Stored in the snapshot only, up to 200 characters."""
+    """Free note, at most 200 characters (TEXT_TOO_LONG); stored with the request only."""
     def __init__(
         self,
         *,
@@ -402,16 +499,22 @@ Global___BranchBreakerSpec: _TypeAlias = BranchBreakerSpec  # noqa: Y015
 
 @_typing.final
 class Accessories(_message.Message):
-    """Requested accessories (부속자재)."""
+    """Requested accessories (부속자재), gate 3."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENABLED_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
-    """Must be stated explicitly (gate 3)."""
+    """Whether accessories are requested; must be stated, false included (GATE_MISSING, gate 3).
+    true without items or false with items is ACCESSORY_CONFLICT at `accessories.items`.
+    """
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessoryItem]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessoryItem]:
+        """The requested accessories, exactly when `enabled` is true; at most 20 (TOO_MANY_ITEMS). A
+        timer_24h or pbl_onoff needs a magnet_mc22 in the same list (ACCESSORY_DEPENDENCY).
+        """
+
     def __init__(
         self,
         *,
@@ -437,8 +540,15 @@ class AccessoryItem(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     QTY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """A requestable code of accessories.csv."""
+    """A requestable code of the catalog's accessories.csv (docs/pricing-rules.md §5.3): shunt_trip,
+    alarm_switch, ammeter, voltmeter, emergency_stop, indicator_lamp, spd_4p_40ka, magnet_mc22,
+    timer_24h, pbl_onoff. Absent: FIELD_REQUIRED; another code: ACCESSORY_INVALID; a code listed
+    twice: ACCESSORY_DUPLICATE.
+    """
     qty: _builtins.int
+    """Quantity, 1 to 100 (spd_4p_40ka: 1). Absent: FIELD_REQUIRED; below 1: INVALID_COUNT; above
+    the maximum: ACCESSORY_QTY_EXCEEDED (extra key `max`).
+    """
     def __init__(
         self,
         *,
@@ -463,7 +573,10 @@ class RequestMeta(_message.Message):
 
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
     dedup_key: _builtins.str
-    """Business duplicate key (DOMAIN.md §13), 1-128 characters."""
+    """Business duplicate key (docs/pricing-rules.md §13.1), at most 128 characters (TEXT_TOO_LONG);
+    kept forever. A key already on a stored estimate is ALREADY_EXISTS DUPLICATE_REQUEST (extra
+    key `existing_estimate_id`).
+    """
     def __init__(
         self,
         *,
@@ -480,14 +593,16 @@ Global___RequestMeta: _TypeAlias = RequestMeta  # noqa: Y015
 @_typing.final
 class CreateEstimateResponse(_message.Message):
     """Reply of CreateEstimate. A replay of a known request_id returns the stored reply byte for
-    byte; the server then sets the initial metadata header `kis-replayed: true`.
+    byte; the server then sets the initial metadata header `kis-replayed: true` (else "false").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def estimate(self) -> Global___Estimate: ...
+    def estimate(self) -> Global___Estimate:
+        """The stored estimate, revision 1."""
+
     def __init__(
         self,
         *,
@@ -509,7 +624,11 @@ class ValidateEstimateRequest(_message.Message):
 
     REQUEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def request(self) -> Global___CreateEstimateRequest: ...
+    def request(self) -> Global___CreateEstimateRequest:
+        """The request to check and price; validated exactly as by CreateEstimate (an absent request is
+        an empty one and reports every missing field).
+        """
+
     def __init__(
         self,
         *,
@@ -525,15 +644,17 @@ Global___ValidateEstimateRequest: _TypeAlias = ValidateEstimateRequest  # noqa: 
 
 @_typing.final
 class ValidateEstimateResponse(_message.Message):
-    """Reply of ValidateEstimate: the estimate as it would be priced now (estimate_id empty,
-    revision 0, nothing stored).
-    """
+    """Reply of ValidateEstimate."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def estimate(self) -> Global___Estimate: ...
+    def estimate(self) -> Global___Estimate:
+        """The estimate as it would be priced now: estimate_id empty, revision 0, no timestamps and no
+        evidence; nothing is stored.
+        """
+
     def __init__(
         self,
         *,
@@ -555,6 +676,9 @@ class GetEstimateRequest(_message.Message):
 
     ESTIMATE_ID_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """Id of the estimate (as returned by CreateEstimate). Empty or unknown: NOT_FOUND
+    ESTIMATE_NOT_FOUND.
+    """
     def __init__(
         self,
         *,
@@ -576,7 +700,9 @@ class GetEstimateResponse(_message.Message):
 
     ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def estimate(self) -> Global___Estimate: ...
+    def estimate(self) -> Global___Estimate:
+        """The estimate's current revision."""
+
     def __init__(
         self,
         *,
@@ -600,9 +726,13 @@ class ListEstimatesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1 ... 100; 0 means 20."""
+    """Estimates per page (AIP-158): 0 means 20; above 100 is served as 100; negative is
+    PAGE_SIZE_INVALID.
+    """
     page_token: _builtins.str
-    """From a previous reply's next_page_token."""
+    """The next_page_token of a previous reply with the same status filter; empty for the first
+    page. A token that is malformed or from another filter: PAGE_TOKEN_INVALID.
+    """
     status: Global___EstimateStatus.ValueType
     """Only estimates in this status; unspecified means all."""
     def __init__(
@@ -629,9 +759,11 @@ class ListEstimatesResponse(_message.Message):
     ESTIMATES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty on the last page."""
+    """Token of the next page; empty on the last page."""
     @_builtins.property
-    def estimates(self) -> _containers.RepeatedCompositeFieldContainer[Global___EstimateSummary]: ...
+    def estimates(self) -> _containers.RepeatedCompositeFieldContainer[Global___EstimateSummary]:
+        """One page of estimates, newest accepted first (ties by estimate_id)."""
+
     def __init__(
         self,
         *,
@@ -648,7 +780,7 @@ Global___ListEstimatesResponse: _TypeAlias = ListEstimatesResponse  # noqa: Y015
 
 @_typing.final
 class EstimateSummary(_message.Message):
-    """One row of ListEstimates."""
+    """One row of ListEstimates: the current revision of a stored estimate, without its lines."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -662,15 +794,27 @@ class EstimateSummary(_message.Message):
     PARTIAL_SUBTOTAL_KRW_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """Server-generated id of the estimate (`est_` and 20 hex digits)."""
     revision: _builtins.int
+    """Current revision, from 1; each review step adds one."""
     status: Global___EstimateStatus.ValueType
+    """Lifecycle status of the current revision."""
     decision: Global___Decision.ValueType
+    """Decision that goes with the status."""
     brand: _builtins.str
+    """Brand of the request: SANGDO, LS or MIXED."""
     total_krw: _builtins.int
+    """Total including VAT in KRW; absent while a price is unknown (NEEDS_REVIEW)."""
     partial_subtotal_krw: _builtins.int
+    """Sum of the known line amounts in KRW, excluding VAT (equals the subtotal once every price is
+    known).
+    """
     request_id: _builtins.str
+    """The request_id the estimate was created with; empty when none was given."""
     @_builtins.property
-    def accepted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def accepted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the request was accepted and stored."""
+
     def __init__(
         self,
         *,
@@ -696,7 +840,10 @@ Global___EstimateSummary: _TypeAlias = EstimateSummary  # noqa: Y015
 
 @_typing.final
 class Estimate(_message.Message):
-    """A priced panel (DOMAIN.md §16.1)."""
+    """A priced panel (docs/pricing-rules.md §16.1). Estimates are never accepted as input: the
+    fields the service computes are OUTPUT_ONLY; request, request_id and dedup_key echo what the
+    client sent.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -722,45 +869,78 @@ class Estimate(_message.Message):
     PHASE_BALANCE_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
-    """Server-generated, opaque; empty for ValidateEstimate."""
+    """Server-generated, opaque id (`est_` and 20 hex digits); empty for ValidateEstimate."""
     revision: _builtins.int
+    """Revision, from 1 (0 for ValidateEstimate); CompleteReview and RejectEstimate add one. Each
+    revision has its own evidence bundle.
+    """
     status: Global___EstimateStatus.ValueType
+    """Lifecycle status."""
     decision: Global___Decision.ValueType
+    """Decision that goes with the status."""
     catalog_version: _builtins.str
-    """SHA-256 over the catalog files (DOMAIN.md §5.4)."""
+    """Lowercase hex SHA-256 identifying the catalog the estimate was priced with
+    (docs/pricing-rules.md §5.4).
+    """
     rules_version: _builtins.str
-    """KIS-RULES-1.0."""
+    """Rule set the engine applied, e.g. "KIS-RULES-1.0"."""
     request_hash: _builtins.str
-    """SHA-256 of the canonical request (DOMAIN.md §13)."""
+    """Lowercase hex SHA-256 of the canonical request (docs/pricing-rules.md §13.3)."""
     request_id: _builtins.str
+    """The request_id as sent; empty when none was given."""
     dedup_key: _builtins.str
+    """The meta.dedup_key as sent; empty when none was given."""
     @_builtins.property
-    def accepted_at(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def request(self) -> Global___CreateEstimateRequest:
-        """The canonical request: defaults filled in, strings trimmed."""
+    def accepted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the request was accepted and stored; absent for ValidateEstimate."""
 
     @_builtins.property
-    def enclosure(self) -> Global___Enclosure: ...
+    def completed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the status became COMPLETED (at acceptance) or REVIEWED; absent otherwise."""
+
     @_builtins.property
-    def sizing(self) -> Global___Sizing: ...
+    def request(self) -> Global___CreateEstimateRequest:
+        """The canonical request: defaults filled in, strings trimmed, empty strings removed
+        (request_id kept).
+        """
+
     @_builtins.property
-    def selections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakerSelection]: ...
+    def enclosure(self) -> Global___Enclosure:
+        """The final enclosure (stock row or custom)."""
+
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Line]: ...
+    def sizing(self) -> Global___Sizing:
+        """The size computed from the breakers, before the stock choice."""
+
     @_builtins.property
-    def totals(self) -> Global___Totals: ...
+    def selections(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakerSelection]:
+        """The catalog row chosen for each breaker line, in the order main, spd_mccb, branches."""
+
     @_builtins.property
-    def review_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewReason]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Line]:
+        """The priced quote lines, numbered from 1."""
+
     @_builtins.property
-    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Warning]: ...
+    def totals(self) -> Global___Totals:
+        """Subtotal, VAT and total."""
+
     @_builtins.property
-    def phase_balance(self) -> Global___PhaseBalance: ...
+    def review_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewReason]:
+        """Knowledge gaps awaiting a reviewer (R1, R2, ...); empty when COMPLETED. Kept after review."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Warning]:
+        """Non-blocking warnings, in the order they were raised."""
+
+    @_builtins.property
+    def phase_balance(self) -> Global___PhaseBalance:
+        """Phase balance of the branch load (advisory)."""
+
     @_builtins.property
     def evidence(self) -> Global___EvidenceSummary:
-        """The evidence bundle of this revision (DOMAIN.md §15); bytes via EvidenceService."""
+        """The evidence bundle of this revision (docs/pricing-rules.md §15); its bytes via
+        EvidenceService. Absent for ValidateEstimate.
+        """
 
     def __init__(
         self,
@@ -804,7 +984,9 @@ class EvidenceSummary(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """Lowercase hex SHA-256 of the ZIP bytes."""
     size_bytes: _builtins.int
+    """Size of the ZIP in bytes."""
     def __init__(
         self,
         *,
@@ -821,7 +1003,9 @@ Global___EvidenceSummary: _TypeAlias = EvidenceSummary  # noqa: Y015
 
 @_typing.final
 class Enclosure(_message.Message):
-    """The final enclosure (DOMAIN.md §8)."""
+    """The final enclosure (docs/pricing-rules.md §8): the chosen stock row, or a custom box of the
+    computed size.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -840,16 +1024,21 @@ class Enclosure(_message.Message):
     series: _builtins.str
     """Stock series (HB, HS, HDS, SHDS, HT, SC); empty for custom."""
     model: _builtins.str
-    """Stock model; empty for custom."""
+    """Stock model, e.g. "HDS 70 150 20" (the size in cm); empty for custom."""
     material: _builtins.str
     """STEEL_1_0, STEEL_1_6 or SUS201_1_2."""
     location: _builtins.str
+    """INDOOR or OUTDOOR, from the request."""
     mount: _builtins.str
+    """FLUSH or SURFACE, from the request."""
     width_mm: _builtins.int
+    """Width in mm (the stock row's, or the computed one for custom)."""
     height_mm: _builtins.int
+    """Height in mm."""
     depth_mm: _builtins.int
+    """Depth in mm."""
     unit_price_krw: _builtins.int
-    """Absent while the price is unknown (custom without custom_price_krw)."""
+    """Unit price in KRW; absent while unknown (custom without custom_price_krw, until reviewed)."""
     def __init__(
         self,
         *,
@@ -876,7 +1065,9 @@ Global___Enclosure: _TypeAlias = Enclosure  # noqa: Y015
 
 @_typing.final
 class Sizing(_message.Message):
-    """The computed size (algorithm A, DOMAIN.md §7)."""
+    """The size computed by algorithm A (docs/pricing-rules.md §7), all in mm:
+    height = ceil100(a + b + c + d + e).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -890,14 +1081,23 @@ class Sizing(_message.Message):
     E_MM_FIELD_NUMBER: _builtins.int
     H_RAW_MM_FIELD_NUMBER: _builtins.int
     width_mm: _builtins.int
+    """Computed width (§7.4 [SIZ-W])."""
     height_mm: _builtins.int
+    """Computed height: h_raw_mm rounded up to a multiple of 100 ([SIZ-H])."""
     depth_mm: _builtins.int
+    """Computed depth ([SIZ-DEPTH])."""
     a_mm: _builtins.int
+    """A: space for the main ([SIZ-A])."""
     b_mm: _builtins.int
+    """B: gap below the main, 30 ([SIZ-B])."""
     c_mm: _builtins.int
+    """C: the branch rows ([SIZ-C], §7.3)."""
     d_mm: _builtins.int
+    """D: space at the bottom ([SIZ-D])."""
     e_mm: _builtins.int
+    """E: duct allowance ([SIZ-E])."""
     h_raw_mm: _builtins.int
+    """A + B + C + D + E before rounding."""
     def __init__(
         self,
         *,
@@ -921,7 +1121,7 @@ Global___Sizing: _TypeAlias = Sizing  # noqa: Y015
 
 @_typing.final
 class BreakerSelection(_message.Message):
-    """The catalog row chosen for one breaker line, or a knowledge gap."""
+    """The catalog row chosen for one breaker line (docs/pricing-rules.md §6), or a knowledge gap."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -939,22 +1139,31 @@ class BreakerSelection(_message.Message):
     EXPLICIT_MODEL_FIELD_NUMBER: _builtins.int
     REASON_ID_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """main, spd_mccb or branches[i]."""
+    """The line: "main", "spd_mccb" (the MCCB added for a requested SPD) or "branches[i]"."""
     brand: _builtins.str
+    """Effective brand of the line, SANGDO or LS; empty when unknown."""
     kind: _builtins.str
+    """MCCB or ELB."""
     poles: _builtins.int
+    """Poles: 2, 3 or 4."""
     trip_at: _builtins.int
+    """Trip current in A."""
     qty: _builtins.int
+    """Breakers on the line (1 for the main and the SPD MCCB)."""
     model: _builtins.str
-    """Empty when unresolved."""
+    """Catalog model as printed; empty when unresolved."""
     grade: _builtins.str
+    """Catalog grade of the row: ECO, STD or BOTH; empty when unresolved."""
     frame_af: _builtins.int
+    """Frame of the chosen row in AF; 0 when unresolved."""
     high_sensitivity: _builtins.bool
+    """True when the 15 mA (high-sensitivity) row was chosen."""
     unit_price_krw: _builtins.int
+    """Applicable catalog price in KRW ([SEL-5]); absent while unknown."""
     explicit_model: _builtins.bool
-    """True when the model was given in the request."""
+    """True when the model was given in the request rather than auto-selected."""
     reason_id: _builtins.str
-    """Id of the review reason when unresolved."""
+    """Id of the review reason (R1, ...) when the line is unresolved or unpriced; empty otherwise."""
     def __init__(
         self,
         *,
@@ -984,7 +1193,7 @@ Global___BreakerSelection: _TypeAlias = BreakerSelection  # noqa: Y015
 
 @_typing.final
 class Line(_message.Message):
-    """One priced line (DOMAIN.md §9)."""
+    """One priced quote line (docs/pricing-rules.md §9)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1001,26 +1210,31 @@ class Line(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     REASON_ID_FIELD_NUMBER: _builtins.int
     no: _builtins.int
+    """Line number, 1 to n in quote order."""
     section: _builtins.str
-    """ENCLOSURE, MAIN_BREAKER, BRANCH_BREAKERS, ACCESSORIES_REQUIRED,
-    ACCESSORIES_OPTIONAL, BUSBAR, SUPPORTS, COSTS.
+    """ENCLOSURE, MAIN_BREAKER, BRANCH_BREAKERS, ACCESSORIES_REQUIRED, ACCESSORIES_OPTIONAL, BUSBAR,
+    SUPPORTS or COSTS.
     """
     name: _builtins.str
+    """Item name as printed (Korean or catalog spelling), e.g. "외함", "MCCB"."""
     spec: _builtins.str
+    """Specification as printed, e.g. "4P 150A (SBS-204)"; may be empty."""
     unit: _builtins.str
-    """면, EA, 식, KG."""
+    """Unit as printed: 면 (face, enclosure), EA (each), 식 (lot) or KG (busbar)."""
     qty: _builtins.int
     """Integer quantity (every section but BUSBAR)."""
     qty_kg: _builtins.str
     """BUSBAR lines: kilograms with exactly two decimals, e.g. "7.35"."""
     unit_price_krw: _builtins.int
-    """Absent while the price is unknown."""
+    """Unit price in KRW (per kg on BUSBAR lines); absent while unknown."""
     amount_krw: _builtins.int
+    """Amount in KRW (quantity × unit price); absent while the price is unknown."""
     rule_id: _builtins.str
-    """PRC-1 ... PRC-28."""
+    """The pricing rule that produced the line: PRC-1 ... PRC-28."""
     notes: _builtins.str
+    """Extra note; the accessory code on ACCESSORIES_OPTIONAL lines, else usually empty."""
     reason_id: _builtins.str
-    """The review reason of an unknown price."""
+    """Id of the review reason (R1, ...) of an unknown price; empty otherwise."""
     def __init__(
         self,
         *,
@@ -1058,7 +1272,9 @@ Global___Line: _TypeAlias = Line  # noqa: Y015
 
 @_typing.final
 class Totals(_message.Message):
-    """Totals (DOMAIN.md §10); subtotal, VAT and total are absent while a price is unknown."""
+    """Totals in KRW (docs/pricing-rules.md §10); subtotal, VAT and total are absent while a price is
+    unknown.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1067,9 +1283,13 @@ class Totals(_message.Message):
     TOTAL_KRW_FIELD_NUMBER: _builtins.int
     PARTIAL_SUBTOTAL_KRW_FIELD_NUMBER: _builtins.int
     subtotal_krw: _builtins.int
+    """Sum of all line amounts, excluding VAT."""
     vat_krw: _builtins.int
+    """VAT: 10 % of the subtotal, rounded half-up to 1 KRW."""
     total_krw: _builtins.int
+    """Subtotal + VAT."""
     partial_subtotal_krw: _builtins.int
+    """Sum of the known line amounts, excluding VAT; equals subtotal_krw when every price is known."""
     def __init__(
         self,
         *,
@@ -1099,7 +1319,7 @@ Global___Totals: _TypeAlias = Totals  # noqa: Y015
 
 @_typing.final
 class ReviewReason(_message.Message):
-    """A knowledge gap awaiting a human answer (DOMAIN.md §11)."""
+    """A knowledge gap awaiting a human answer (docs/pricing-rules.md §11.1)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1109,12 +1329,19 @@ class ReviewReason(_message.Message):
     QUESTION_EN_FIELD_NUMBER: _builtins.int
     QUESTION_KO_FIELD_NUMBER: _builtins.int
     reason_id: _builtins.str
-    """R1, R2, ..."""
+    """Id within the estimate: R1, R2, ... in raise order; CompleteReview answers it by this id."""
     code: _builtins.str
-    """NEED_KNOWLEDGE_UPDATE or CUSTOM_ENCLOSURE_PRICE."""
+    """NEED_KNOWLEDGE_UPDATE (a breaker model or a catalog price is missing) or
+    CUSTOM_ENCLOSURE_PRICE (a custom enclosure has no price).
+    """
     path: _builtins.str
+    """What the question is about: a line path ("main", "branches[2]", "branches[2].model"),
+    "spd_mccb", "enclosure", "accessories.items[j]" or a catalog code.
+    """
     question_en: _builtins.str
+    """The question in English."""
     question_ko: _builtins.str
+    """The question in Korean."""
     def __init__(
         self,
         *,
@@ -1134,7 +1361,7 @@ Global___ReviewReason: _TypeAlias = ReviewReason  # noqa: Y015
 
 @_typing.final
 class Warning(_message.Message):
-    """A non-blocking warning."""
+    """A non-blocking warning (docs/pricing-rules.md §4.4)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1143,9 +1370,13 @@ class Warning(_message.Message):
     MESSAGE_EN_FIELD_NUMBER: _builtins.int
     MESSAGE_KO_FIELD_NUMBER: _builtins.int
     code: _builtins.str
+    """MIXED_REASON_IGNORED, MODEL_GRADE_DIFFERS_FROM_FORM or PHASE_IMBALANCE."""
     path: _builtins.str
+    """Request path or result part the warning is about, e.g. "mixed_reason", "phase_balance"."""
     message_en: _builtins.str
+    """The warning in English."""
     message_ko: _builtins.str
+    """The warning in Korean."""
     def __init__(
         self,
         *,
@@ -1164,7 +1395,10 @@ Global___Warning: _TypeAlias = Warning  # noqa: Y015
 
 @_typing.final
 class PhaseBalance(_message.Message):
-    """Phase balance (DOMAIN.md §14); currents and percentage as decimal strings."""
+    """Phase balance of the branch load (docs/pricing-rules.md §14): currents in A and the
+    imbalance in %, as decimal strings with two decimals (rounded half-up); empty when not
+    applicable.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1174,10 +1408,15 @@ class PhaseBalance(_message.Message):
     T_A_FIELD_NUMBER: _builtins.int
     IMBALANCE_PCT_FIELD_NUMBER: _builtins.int
     applicable: _builtins.bool
+    """False with a 2P main (single phase): the other fields are then empty."""
     r_a: _builtins.str
+    """Current on phase R in A, e.g. "176.67"."""
     s_a: _builtins.str
+    """Current on phase S in A."""
     t_a: _builtins.str
+    """Current on phase T in A."""
     imbalance_pct: _builtins.str
+    """(max - min) / mean × 100; above 4.0 adds the warning PHASE_IMBALANCE."""
     def __init__(
         self,
         *,
@@ -1197,7 +1436,7 @@ Global___PhaseBalance: _TypeAlias = PhaseBalance  # noqa: Y015
 
 @_typing.final
 class GetQuoteDocumentRequest(_message.Message):
-    """Which quote document to build."""
+    """Request of GetQuoteDocument: which quote document to build."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1205,13 +1444,16 @@ class GetQuoteDocumentRequest(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
-    """The estimate (est_…). Unknown: NOT_FOUND ESTIMATE_NOT_FOUND."""
+    """Id of the estimate (`est_` and 20 hex digits). Empty or unknown: NOT_FOUND ESTIMATE_NOT_FOUND."""
     revision: _builtins.int
-    """0 (or the current revision): the current revision; documents of older revisions are not
-    served (their figures stay in their evidence bundles): NOT_FOUND ESTIMATE_NOT_FOUND.
+    """0 (or the current revision): the current revision. Documents of older revisions are not
+    served (their figures stay in their evidence bundles): NOT_FOUND ESTIMATE_NOT_FOUND at
+    `revision`.
     """
     format: Global___QuoteFormat.ValueType
-    """Required: XLSX or PDF (unspecified: INVALID_ARGUMENT QUOTE_FORMAT_INVALID)."""
+    """XLSX or PDF. Unspecified (or an unknown value): INVALID_ARGUMENT QUOTE_FORMAT_INVALID. A PDF on
+    a server without a Hangul font: FAILED_PRECONDITION QUOTE_UNAVAILABLE.
+    """
     def __init__(
         self,
         *,
@@ -1229,7 +1471,9 @@ Global___GetQuoteDocumentRequest: _TypeAlias = GetQuoteDocumentRequest  # noqa: 
 
 @_typing.final
 class GetQuoteDocumentResponse(_message.Message):
-    """One chunk of a quote document, in order."""
+    """One chunk of a quote document, in order. Concatenating `chunk` gives the file; its SHA-256 must
+    equal the first message's `sha256`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1241,16 +1485,19 @@ class GetQuoteDocumentResponse(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
-    """Byte offset of this chunk in the file."""
+    """Byte offset of this chunk in the file (0, 65536, ...)."""
     chunk: _builtins.bytes
     """The chunk's bytes (at most 64 KiB)."""
     filename: _builtins.str
     """First chunk only: suggested file name (견적서_<estimate id>_R<revision>.xlsx|pdf)."""
     content_type: _builtins.str
-    """First chunk only: the media type of the file."""
+    """First chunk only: the media type of the file ("application/pdf" or
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet").
+    """
     size_bytes: _builtins.int
-    """First chunk only: the whole file's size and lowercase hex SHA-256."""
+    """First chunk only: the whole file's size in bytes."""
     sha256: _builtins.str
+    """First chunk only: lowercase hex SHA-256 of the whole file."""
     revision: _builtins.int
     """First chunk only: the revision the document shows."""
     def __init__(

@@ -28,10 +28,22 @@ if _version_not_supported:
 class EstimatorServiceStub:
     """EstimatorService prices low-voltage distribution panels (분전반 견적).
 
-    Rules: DOMAIN.md (spec KIS-RULES-1.0). Every rejection is a gRPC status carrying
-    google.rpc.BadRequest (one FieldViolation per violation: field = request path,
-    reason = stable code, description = English, localized_message = Korean) and
-    google.rpc.ErrorInfo (reason = first code, domain = "kis.estimator.v1").
+    Rules: docs/pricing-rules.md (rule set KIS-RULES-1.0). Money is always an integer amount of
+    Korean won (KRW, no decimals); lengths are millimetres (mm), currents amperes (A), frames
+    ampere-frames (AF).
+
+    Every call needs the metadata `authorization: Bearer <token>`: no token or an unknown or revoked
+    one is UNAUTHENTICATED (code UNAUTHENTICATED); a role that may not call the RPC is
+    PERMISSION_DENIED (code PERMISSION_DENIED); a token over its hourly budget is RESOURCE_EXHAUSTED
+    (code RATE_LIMITED, with google.rpc.RetryInfo); request bytes that do not decode, carry a field
+    this server does not know, or a string with a NUL character are INVALID_ARGUMENT (code
+    MALFORMED_REQUEST).
+
+    Every rejection is a gRPC status carrying google.rpc.BadRequest (one FieldViolation per
+    violation: field = request path such as `branches[2].poles`, reason = stable code,
+    description = English, localized_message = Korean) and google.rpc.ErrorInfo (reason = first
+    code, domain = "kis.estimator.v1"). Codes are listed in docs/pricing-rules.md §4; a field's
+    comment below names the codes it can raise (INVALID_ARGUMENT unless another status is named).
     """
 
     def __init__(self, channel):
@@ -70,22 +82,41 @@ class EstimatorServiceStub:
 class EstimatorServiceServicer:
     """EstimatorService prices low-voltage distribution panels (분전반 견적).
 
-    Rules: DOMAIN.md (spec KIS-RULES-1.0). Every rejection is a gRPC status carrying
-    google.rpc.BadRequest (one FieldViolation per violation: field = request path,
-    reason = stable code, description = English, localized_message = Korean) and
-    google.rpc.ErrorInfo (reason = first code, domain = "kis.estimator.v1").
+    Rules: docs/pricing-rules.md (rule set KIS-RULES-1.0). Money is always an integer amount of
+    Korean won (KRW, no decimals); lengths are millimetres (mm), currents amperes (A), frames
+    ampere-frames (AF).
+
+    Every call needs the metadata `authorization: Bearer <token>`: no token or an unknown or revoked
+    one is UNAUTHENTICATED (code UNAUTHENTICATED); a role that may not call the RPC is
+    PERMISSION_DENIED (code PERMISSION_DENIED); a token over its hourly budget is RESOURCE_EXHAUSTED
+    (code RATE_LIMITED, with google.rpc.RetryInfo); request bytes that do not decode, carry a field
+    this server does not know, or a string with a NUL character are INVALID_ARGUMENT (code
+    MALFORMED_REQUEST).
+
+    Every rejection is a gRPC status carrying google.rpc.BadRequest (one FieldViolation per
+    violation: field = request path such as `branches[2].poles`, reason = stable code,
+    description = English, localized_message = Korean) and google.rpc.ErrorInfo (reason = first
+    code, domain = "kis.estimator.v1"). Codes are listed in docs/pricing-rules.md §4; a field's
+    comment below names the codes it can raise (INVALID_ARGUMENT unless another status is named).
     """
 
     def CreateEstimate(self, request, context):
-        """Validates, prices and stores one estimate. Roles: ADMIN, ESTIMATOR.
-        A request the engine cannot price automatically is stored as NEEDS_REVIEW (gRPC OK).
+        """Validates, prices and stores one estimate (stages P1-P6 of docs/pricing-rules.md §3.2).
+        Roles: ADMIN, ESTIMATOR.
+
+        Every violation of the request is reported at once (INVALID_ARGUMENT). A request the engine
+        cannot price automatically is still stored, as NEEDS_REVIEW with questions (gRPC OK,
+        docs/pricing-rules.md §11). Other refusals: ALREADY_EXISTS (IDEMPOTENCY_MISMATCH,
+        DUPLICATE_REQUEST), RESOURCE_EXHAUSTED (MIXED_QUOTA_EXCEEDED). The reply is sent only after the
+        estimate, its evidence bundle and its audit record are committed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ValidateEstimate(self, request, context):
-        """Dry run of CreateEstimate: same validation and pricing, nothing stored, no quota used.
+        """Dry run of CreateEstimate: the same validation, duplicate check (meta.dedup_key) and pricing;
+        nothing is stored, no MIXED quota is used and no idempotency record is written.
         Roles: ADMIN, ESTIMATOR.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -93,15 +124,15 @@ class EstimatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEstimate(self, request, context):
-        """Returns one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER.
+        """Returns the current revision of one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEstimates(self, request, context):
-        """Lists stored estimates, newest first, optionally filtered by status.
-        Roles: ADMIN, ESTIMATOR, VIEWER.
+        """Lists stored estimates, newest accepted first, optionally filtered by status; paged as AIP-158
+        says. Roles: ADMIN, ESTIMATOR, VIEWER.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,10 +187,22 @@ def add_EstimatorServiceServicer_to_server(servicer, server):
 class EstimatorService:
     """EstimatorService prices low-voltage distribution panels (분전반 견적).
 
-    Rules: DOMAIN.md (spec KIS-RULES-1.0). Every rejection is a gRPC status carrying
-    google.rpc.BadRequest (one FieldViolation per violation: field = request path,
-    reason = stable code, description = English, localized_message = Korean) and
-    google.rpc.ErrorInfo (reason = first code, domain = "kis.estimator.v1").
+    Rules: docs/pricing-rules.md (rule set KIS-RULES-1.0). Money is always an integer amount of
+    Korean won (KRW, no decimals); lengths are millimetres (mm), currents amperes (A), frames
+    ampere-frames (AF).
+
+    Every call needs the metadata `authorization: Bearer <token>`: no token or an unknown or revoked
+    one is UNAUTHENTICATED (code UNAUTHENTICATED); a role that may not call the RPC is
+    PERMISSION_DENIED (code PERMISSION_DENIED); a token over its hourly budget is RESOURCE_EXHAUSTED
+    (code RATE_LIMITED, with google.rpc.RetryInfo); request bytes that do not decode, carry a field
+    this server does not know, or a string with a NUL character are INVALID_ARGUMENT (code
+    MALFORMED_REQUEST).
+
+    Every rejection is a gRPC status carrying google.rpc.BadRequest (one FieldViolation per
+    violation: field = request path such as `branches[2].poles`, reason = stable code,
+    description = English, localized_message = Korean) and google.rpc.ErrorInfo (reason = first
+    code, domain = "kis.estimator.v1"). Codes are listed in docs/pricing-rules.md §4; a field's
+    comment below names the codes it can raise (INVALID_ARGUMENT unless another status is named).
     """
 
     @staticmethod

@@ -29,10 +29,22 @@ GRPC_VERSION: str
 class EstimatorServiceStub:
     """EstimatorService prices low-voltage distribution panels (분전반 견적).
 
-    Rules: DOMAIN.md (spec KIS-RULES-1.0). Every rejection is a gRPC status carrying
-    google.rpc.BadRequest (one FieldViolation per violation: field = request path,
-    reason = stable code, description = English, localized_message = Korean) and
-    google.rpc.ErrorInfo (reason = first code, domain = "kis.estimator.v1").
+    Rules: docs/pricing-rules.md (rule set KIS-RULES-1.0). Money is always an integer amount of
+    Korean won (KRW, no decimals); lengths are millimetres (mm), currents amperes (A), frames
+    ampere-frames (AF).
+
+    Every call needs the metadata `authorization: Bearer <token>`: no token or an unknown or revoked
+    one is UNAUTHENTICATED (code UNAUTHENTICATED); a role that may not call the RPC is
+    PERMISSION_DENIED (code PERMISSION_DENIED); a token over its hourly budget is RESOURCE_EXHAUSTED
+    (code RATE_LIMITED, with google.rpc.RetryInfo); request bytes that do not decode, carry a field
+    this server does not know, or a string with a NUL character are INVALID_ARGUMENT (code
+    MALFORMED_REQUEST).
+
+    Every rejection is a gRPC status carrying google.rpc.BadRequest (one FieldViolation per
+    violation: field = request path such as `branches[2].poles`, reason = stable code,
+    description = English, localized_message = Korean) and google.rpc.ErrorInfo (reason = first
+    code, domain = "kis.estimator.v1"). Codes are listed in docs/pricing-rules.md §4; a field's
+    comment below names the codes it can raise (INVALID_ARGUMENT unless another status is named).
     """
 
     @_typing.overload
@@ -40,18 +52,25 @@ class EstimatorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EstimatorServiceAsyncStub: ...
     CreateEstimate: _grpc.UnaryUnaryMultiCallable[_estimator_pb2.CreateEstimateRequest, _estimator_pb2.CreateEstimateResponse]
-    """Validates, prices and stores one estimate. Roles: ADMIN, ESTIMATOR.
-    A request the engine cannot price automatically is stored as NEEDS_REVIEW (gRPC OK).
+    """Validates, prices and stores one estimate (stages P1-P6 of docs/pricing-rules.md §3.2).
+    Roles: ADMIN, ESTIMATOR.
+
+    Every violation of the request is reported at once (INVALID_ARGUMENT). A request the engine
+    cannot price automatically is still stored, as NEEDS_REVIEW with questions (gRPC OK,
+    docs/pricing-rules.md §11). Other refusals: ALREADY_EXISTS (IDEMPOTENCY_MISMATCH,
+    DUPLICATE_REQUEST), RESOURCE_EXHAUSTED (MIXED_QUOTA_EXCEEDED). The reply is sent only after the
+    estimate, its evidence bundle and its audit record are committed.
     """
     ValidateEstimate: _grpc.UnaryUnaryMultiCallable[_estimator_pb2.ValidateEstimateRequest, _estimator_pb2.ValidateEstimateResponse]
-    """Dry run of CreateEstimate: same validation and pricing, nothing stored, no quota used.
+    """Dry run of CreateEstimate: the same validation, duplicate check (meta.dedup_key) and pricing;
+    nothing is stored, no MIXED quota is used and no idempotency record is written.
     Roles: ADMIN, ESTIMATOR.
     """
     GetEstimate: _grpc.UnaryUnaryMultiCallable[_estimator_pb2.GetEstimateRequest, _estimator_pb2.GetEstimateResponse]
-    """Returns one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER."""
+    """Returns the current revision of one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER."""
     ListEstimates: _grpc.UnaryUnaryMultiCallable[_estimator_pb2.ListEstimatesRequest, _estimator_pb2.ListEstimatesResponse]
-    """Lists stored estimates, newest first, optionally filtered by status.
-    Roles: ADMIN, ESTIMATOR, VIEWER.
+    """Lists stored estimates, newest accepted first, optionally filtered by status; paged as AIP-158
+    says. Roles: ADMIN, ESTIMATOR, VIEWER.
     """
     GetQuoteDocument: _grpc.UnaryStreamMultiCallable[_estimator_pb2.GetQuoteDocumentRequest, _estimator_pb2.GetQuoteDocumentResponse]
     """The quote document (견적서) of an estimate as XLSX or PDF, streamed in chunks like an evidence
@@ -64,26 +83,45 @@ class EstimatorServiceStub:
 class EstimatorServiceAsyncStub(EstimatorServiceStub):
     """EstimatorService prices low-voltage distribution panels (분전반 견적).
 
-    Rules: DOMAIN.md (spec KIS-RULES-1.0). Every rejection is a gRPC status carrying
-    google.rpc.BadRequest (one FieldViolation per violation: field = request path,
-    reason = stable code, description = English, localized_message = Korean) and
-    google.rpc.ErrorInfo (reason = first code, domain = "kis.estimator.v1").
+    Rules: docs/pricing-rules.md (rule set KIS-RULES-1.0). Money is always an integer amount of
+    Korean won (KRW, no decimals); lengths are millimetres (mm), currents amperes (A), frames
+    ampere-frames (AF).
+
+    Every call needs the metadata `authorization: Bearer <token>`: no token or an unknown or revoked
+    one is UNAUTHENTICATED (code UNAUTHENTICATED); a role that may not call the RPC is
+    PERMISSION_DENIED (code PERMISSION_DENIED); a token over its hourly budget is RESOURCE_EXHAUSTED
+    (code RATE_LIMITED, with google.rpc.RetryInfo); request bytes that do not decode, carry a field
+    this server does not know, or a string with a NUL character are INVALID_ARGUMENT (code
+    MALFORMED_REQUEST).
+
+    Every rejection is a gRPC status carrying google.rpc.BadRequest (one FieldViolation per
+    violation: field = request path such as `branches[2].poles`, reason = stable code,
+    description = English, localized_message = Korean) and google.rpc.ErrorInfo (reason = first
+    code, domain = "kis.estimator.v1"). Codes are listed in docs/pricing-rules.md §4; a field's
+    comment below names the codes it can raise (INVALID_ARGUMENT unless another status is named).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateEstimate: _aio.UnaryUnaryMultiCallable[_estimator_pb2.CreateEstimateRequest, _estimator_pb2.CreateEstimateResponse]  # type: ignore[assignment]
-    """Validates, prices and stores one estimate. Roles: ADMIN, ESTIMATOR.
-    A request the engine cannot price automatically is stored as NEEDS_REVIEW (gRPC OK).
+    """Validates, prices and stores one estimate (stages P1-P6 of docs/pricing-rules.md §3.2).
+    Roles: ADMIN, ESTIMATOR.
+
+    Every violation of the request is reported at once (INVALID_ARGUMENT). A request the engine
+    cannot price automatically is still stored, as NEEDS_REVIEW with questions (gRPC OK,
+    docs/pricing-rules.md §11). Other refusals: ALREADY_EXISTS (IDEMPOTENCY_MISMATCH,
+    DUPLICATE_REQUEST), RESOURCE_EXHAUSTED (MIXED_QUOTA_EXCEEDED). The reply is sent only after the
+    estimate, its evidence bundle and its audit record are committed.
     """
     ValidateEstimate: _aio.UnaryUnaryMultiCallable[_estimator_pb2.ValidateEstimateRequest, _estimator_pb2.ValidateEstimateResponse]  # type: ignore[assignment]
-    """Dry run of CreateEstimate: same validation and pricing, nothing stored, no quota used.
+    """Dry run of CreateEstimate: the same validation, duplicate check (meta.dedup_key) and pricing;
+    nothing is stored, no MIXED quota is used and no idempotency record is written.
     Roles: ADMIN, ESTIMATOR.
     """
     GetEstimate: _aio.UnaryUnaryMultiCallable[_estimator_pb2.GetEstimateRequest, _estimator_pb2.GetEstimateResponse]  # type: ignore[assignment]
-    """Returns one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER."""
+    """Returns the current revision of one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER."""
     ListEstimates: _aio.UnaryUnaryMultiCallable[_estimator_pb2.ListEstimatesRequest, _estimator_pb2.ListEstimatesResponse]  # type: ignore[assignment]
-    """Lists stored estimates, newest first, optionally filtered by status.
-    Roles: ADMIN, ESTIMATOR, VIEWER.
+    """Lists stored estimates, newest accepted first, optionally filtered by status; paged as AIP-158
+    says. Roles: ADMIN, ESTIMATOR, VIEWER.
     """
     GetQuoteDocument: _aio.UnaryStreamMultiCallable[_estimator_pb2.GetQuoteDocumentRequest, _estimator_pb2.GetQuoteDocumentResponse]  # type: ignore[assignment]
     """The quote document (견적서) of an estimate as XLSX or PDF, streamed in chunks like an evidence
@@ -95,10 +133,22 @@ class EstimatorServiceAsyncStub(EstimatorServiceStub):
 class EstimatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """EstimatorService prices low-voltage distribution panels (분전반 견적).
 
-    Rules: DOMAIN.md (spec KIS-RULES-1.0). Every rejection is a gRPC status carrying
-    google.rpc.BadRequest (one FieldViolation per violation: field = request path,
-    reason = stable code, description = English, localized_message = Korean) and
-    google.rpc.ErrorInfo (reason = first code, domain = "kis.estimator.v1").
+    Rules: docs/pricing-rules.md (rule set KIS-RULES-1.0). Money is always an integer amount of
+    Korean won (KRW, no decimals); lengths are millimetres (mm), currents amperes (A), frames
+    ampere-frames (AF).
+
+    Every call needs the metadata `authorization: Bearer <token>`: no token or an unknown or revoked
+    one is UNAUTHENTICATED (code UNAUTHENTICATED); a role that may not call the RPC is
+    PERMISSION_DENIED (code PERMISSION_DENIED); a token over its hourly budget is RESOURCE_EXHAUSTED
+    (code RATE_LIMITED, with google.rpc.RetryInfo); request bytes that do not decode, carry a field
+    this server does not know, or a string with a NUL character are INVALID_ARGUMENT (code
+    MALFORMED_REQUEST).
+
+    Every rejection is a gRPC status carrying google.rpc.BadRequest (one FieldViolation per
+    violation: field = request path such as `branches[2].poles`, reason = stable code,
+    description = English, localized_message = Korean) and google.rpc.ErrorInfo (reason = first
+    code, domain = "kis.estimator.v1"). Codes are listed in docs/pricing-rules.md §4; a field's
+    comment below names the codes it can raise (INVALID_ARGUMENT unless another status is named).
     """
 
     @_abc_1.abstractmethod
@@ -107,8 +157,14 @@ class EstimatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _estimator_pb2.CreateEstimateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_estimator_pb2.CreateEstimateResponse, _abc.Awaitable[_estimator_pb2.CreateEstimateResponse]]:
-        """Validates, prices and stores one estimate. Roles: ADMIN, ESTIMATOR.
-        A request the engine cannot price automatically is stored as NEEDS_REVIEW (gRPC OK).
+        """Validates, prices and stores one estimate (stages P1-P6 of docs/pricing-rules.md §3.2).
+        Roles: ADMIN, ESTIMATOR.
+
+        Every violation of the request is reported at once (INVALID_ARGUMENT). A request the engine
+        cannot price automatically is still stored, as NEEDS_REVIEW with questions (gRPC OK,
+        docs/pricing-rules.md §11). Other refusals: ALREADY_EXISTS (IDEMPOTENCY_MISMATCH,
+        DUPLICATE_REQUEST), RESOURCE_EXHAUSTED (MIXED_QUOTA_EXCEEDED). The reply is sent only after the
+        estimate, its evidence bundle and its audit record are committed.
         """
 
     @_abc_1.abstractmethod
@@ -117,7 +173,8 @@ class EstimatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _estimator_pb2.ValidateEstimateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_estimator_pb2.ValidateEstimateResponse, _abc.Awaitable[_estimator_pb2.ValidateEstimateResponse]]:
-        """Dry run of CreateEstimate: same validation and pricing, nothing stored, no quota used.
+        """Dry run of CreateEstimate: the same validation, duplicate check (meta.dedup_key) and pricing;
+        nothing is stored, no MIXED quota is used and no idempotency record is written.
         Roles: ADMIN, ESTIMATOR.
         """
 
@@ -127,7 +184,7 @@ class EstimatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _estimator_pb2.GetEstimateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_estimator_pb2.GetEstimateResponse, _abc.Awaitable[_estimator_pb2.GetEstimateResponse]]:
-        """Returns one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER."""
+        """Returns the current revision of one stored estimate. Roles: ADMIN, ESTIMATOR, VIEWER."""
 
     @_abc_1.abstractmethod
     def ListEstimates(
@@ -135,8 +192,8 @@ class EstimatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _estimator_pb2.ListEstimatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_estimator_pb2.ListEstimatesResponse, _abc.Awaitable[_estimator_pb2.ListEstimatesResponse]]:
-        """Lists stored estimates, newest first, optionally filtered by status.
-        Roles: ADMIN, ESTIMATOR, VIEWER.
+        """Lists stored estimates, newest accepted first, optionally filtered by status; paged as AIP-158
+        says. Roles: ADMIN, ESTIMATOR, VIEWER.
         """
 
     @_abc_1.abstractmethod

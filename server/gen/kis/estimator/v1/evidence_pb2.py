@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkis/estimator/v1/evidence.proto\x12\x10kis.estimator.v1\"?\n\x16GetEvidenceInfoRequest\x12\x13\n\x0b\x65stimate_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x05\"\xe9\x01\n\x17GetEvidenceInfoResponse\x12\x13\n\x0b\x65stimate_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x34\n\x08manifest\x18\x05 \x01(\x0b\x32\".kis.estimator.v1.EvidenceManifest\x12\x15\n\rmanifest_json\x18\x06 \x01(\x0c\x12\x36\n\tsignature\x18\x07 \x01(\x0b\x32#.kis.estimator.v1.ManifestSignature\"\xaf\x01\n\x10\x45videnceManifest\x12\x15\n\rbundle_format\x18\x01 \x01(\t\x12\x13\n\x0b\x65stimate_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\t\x12\x15\n\rrules_version\x18\x05 \x01(\t\x12-\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x1e.kis.estimator.v1.EvidenceFile\"@\n\x0c\x45videnceFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"I\n\x11ManifestSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"A\n\x18GetEvidenceBundleRequest\x12\x13\n\x0b\x65stimate_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x05\"p\n\x19GetEvidenceBundleResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x10\n\x08revision\x18\x05 \x01(\x05\x32\xe9\x01\n\x0f\x45videnceService\x12\x66\n\x0fGetEvidenceInfo\x12(.kis.estimator.v1.GetEvidenceInfoRequest\x1a).kis.estimator.v1.GetEvidenceInfoResponse\x12n\n\x11GetEvidenceBundle\x12*.kis.estimator.v1.GetEvidenceBundleRequest\x1a+.kis.estimator.v1.GetEvidenceBundleResponse0\x01\x42\x86\x01\n\x14\x63om.kis.estimator.v1B\rEvidenceProtoP\x01ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\xaa\x02\x10Kis.Estimator.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkis/estimator/v1/evidence.proto\x12\x10kis.estimator.v1\x1a\x1fgoogle/api/field_behavior.proto\"K\n\x16GetEvidenceInfoRequest\x12\x19\n\x0b\x65stimate_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08revision\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\xe9\x01\n\x17GetEvidenceInfoResponse\x12\x13\n\x0b\x65stimate_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x34\n\x08manifest\x18\x05 \x01(\x0b\x32\".kis.estimator.v1.EvidenceManifest\x12\x15\n\rmanifest_json\x18\x06 \x01(\x0c\x12\x36\n\tsignature\x18\x07 \x01(\x0b\x32#.kis.estimator.v1.ManifestSignature\"\xaf\x01\n\x10\x45videnceManifest\x12\x15\n\rbundle_format\x18\x01 \x01(\t\x12\x13\n\x0b\x65stimate_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x05\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\t\x12\x15\n\rrules_version\x18\x05 \x01(\t\x12-\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x1e.kis.estimator.v1.EvidenceFile\"@\n\x0c\x45videnceFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"I\n\x11ManifestSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"M\n\x18GetEvidenceBundleRequest\x12\x19\n\x0b\x65stimate_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08revision\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"p\n\x19GetEvidenceBundleResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x10\n\x08revision\x18\x05 \x01(\x05\x32\xe9\x01\n\x0f\x45videnceService\x12\x66\n\x0fGetEvidenceInfo\x12(.kis.estimator.v1.GetEvidenceInfoRequest\x1a).kis.estimator.v1.GetEvidenceInfoResponse\x12n\n\x11GetEvidenceBundle\x12*.kis.estimator.v1.GetEvidenceBundleRequest\x1a+.kis.estimator.v1.GetEvidenceBundleResponse0\x01\x42\x86\x01\n\x14\x63om.kis.estimator.v1B\rEvidenceProtoP\x01ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\xaa\x02\x10Kis.Estimator.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,20 +33,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kis.estimator.v1.evidence_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024com.kis.estimator.v1B\rEvidenceProtoP\001ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\252\002\020Kis.Estimator.V1'
-  _globals['_GETEVIDENCEINFOREQUEST']._serialized_start=53
-  _globals['_GETEVIDENCEINFOREQUEST']._serialized_end=116
-  _globals['_GETEVIDENCEINFORESPONSE']._serialized_start=119
-  _globals['_GETEVIDENCEINFORESPONSE']._serialized_end=352
-  _globals['_EVIDENCEMANIFEST']._serialized_start=355
-  _globals['_EVIDENCEMANIFEST']._serialized_end=530
-  _globals['_EVIDENCEFILE']._serialized_start=532
-  _globals['_EVIDENCEFILE']._serialized_end=596
-  _globals['_MANIFESTSIGNATURE']._serialized_start=598
-  _globals['_MANIFESTSIGNATURE']._serialized_end=671
-  _globals['_GETEVIDENCEBUNDLEREQUEST']._serialized_start=673
-  _globals['_GETEVIDENCEBUNDLEREQUEST']._serialized_end=738
-  _globals['_GETEVIDENCEBUNDLERESPONSE']._serialized_start=740
-  _globals['_GETEVIDENCEBUNDLERESPONSE']._serialized_end=852
-  _globals['_EVIDENCESERVICE']._serialized_start=855
-  _globals['_EVIDENCESERVICE']._serialized_end=1088
+  _globals['_GETEVIDENCEINFOREQUEST'].fields_by_name['estimate_id']._loaded_options = None
+  _globals['_GETEVIDENCEINFOREQUEST'].fields_by_name['estimate_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETEVIDENCEINFOREQUEST'].fields_by_name['revision']._loaded_options = None
+  _globals['_GETEVIDENCEINFOREQUEST'].fields_by_name['revision']._serialized_options = b'\342A\001\001'
+  _globals['_GETEVIDENCEBUNDLEREQUEST'].fields_by_name['estimate_id']._loaded_options = None
+  _globals['_GETEVIDENCEBUNDLEREQUEST'].fields_by_name['estimate_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETEVIDENCEBUNDLEREQUEST'].fields_by_name['revision']._loaded_options = None
+  _globals['_GETEVIDENCEBUNDLEREQUEST'].fields_by_name['revision']._serialized_options = b'\342A\001\001'
+  _globals['_GETEVIDENCEINFOREQUEST']._serialized_start=86
+  _globals['_GETEVIDENCEINFOREQUEST']._serialized_end=161
+  _globals['_GETEVIDENCEINFORESPONSE']._serialized_start=164
+  _globals['_GETEVIDENCEINFORESPONSE']._serialized_end=397
+  _globals['_EVIDENCEMANIFEST']._serialized_start=400
+  _globals['_EVIDENCEMANIFEST']._serialized_end=575
+  _globals['_EVIDENCEFILE']._serialized_start=577
+  _globals['_EVIDENCEFILE']._serialized_end=641
+  _globals['_MANIFESTSIGNATURE']._serialized_start=643
+  _globals['_MANIFESTSIGNATURE']._serialized_end=716
+  _globals['_GETEVIDENCEBUNDLEREQUEST']._serialized_start=718
+  _globals['_GETEVIDENCEBUNDLEREQUEST']._serialized_end=795
+  _globals['_GETEVIDENCEBUNDLERESPONSE']._serialized_start=797
+  _globals['_GETEVIDENCEBUNDLERESPONSE']._serialized_end=909
+  _globals['_EVIDENCESERVICE']._serialized_start=912
+  _globals['_EVIDENCESERVICE']._serialized_end=1145
 # @@protoc_insertion_point(module_scope)

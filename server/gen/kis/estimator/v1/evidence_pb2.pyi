@@ -27,8 +27,11 @@ class GetEvidenceInfoRequest(_message.Message):
     ESTIMATE_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """Id of the estimate. Empty or unknown: NOT_FOUND ESTIMATE_NOT_FOUND."""
     revision: _builtins.int
-    """0 means the current revision."""
+    """Revision, from 1; 0 means the current revision. A revision the estimate does not have:
+    NOT_FOUND ESTIMATE_NOT_FOUND.
+    """
     def __init__(
         self,
         *,
@@ -57,16 +60,23 @@ class GetEvidenceInfoResponse(_message.Message):
     MANIFEST_JSON_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """Id of the estimate."""
     revision: _builtins.int
+    """The revision described (the current one when 0 was asked)."""
     sha256: _builtins.str
     """Lowercase hex SHA-256 of the ZIP bytes."""
     size_bytes: _builtins.int
+    """Size of the ZIP in bytes."""
     manifest_json: _builtins.bytes
-    """manifest.json exactly as stored in the bundle."""
+    """manifest.json exactly as stored in the bundle (UTF-8 JSON); the signature covers these bytes."""
     @_builtins.property
-    def manifest(self) -> Global___EvidenceManifest: ...
+    def manifest(self) -> Global___EvidenceManifest:
+        """The parsed manifest.json of the bundle."""
+
     @_builtins.property
-    def signature(self) -> Global___ManifestSignature: ...
+    def signature(self) -> Global___ManifestSignature:
+        """The bundle's manifest.sig; absent when the bundle was built without a signing key."""
+
     def __init__(
         self,
         *,
@@ -88,7 +98,7 @@ Global___GetEvidenceInfoResponse: _TypeAlias = GetEvidenceInfoResponse  # noqa: 
 
 @_typing.final
 class EvidenceManifest(_message.Message):
-    """manifest.json of a bundle."""
+    """manifest.json of a bundle (docs/pricing-rules.md §15.1)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -99,13 +109,19 @@ class EvidenceManifest(_message.Message):
     RULES_VERSION_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     bundle_format: _builtins.str
-    """"kis-evidence/1"."""
+    """Format of the bundle: "kis-evidence/1"."""
     estimate_id: _builtins.str
+    """Id of the estimate."""
     revision: _builtins.int
+    """Revision of the estimate the bundle proves."""
     catalog_version: _builtins.str
+    """Catalog the revision was priced with (lowercase hex SHA-256)."""
     rules_version: _builtins.str
+    """Rule set applied, e.g. "KIS-RULES-1.0"."""
     @_builtins.property
-    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidenceFile]: ...
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidenceFile]:
+        """Every content entry of the ZIP except manifest.json and manifest.sig, sorted by path."""
+
     def __init__(
         self,
         *,
@@ -134,8 +150,11 @@ class EvidenceFile(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     path: _builtins.str
+    """Path of the entry in the ZIP, e.g. "result.json", "tables/pricing.json"."""
     sha256: _builtins.str
+    """Lowercase hex SHA-256 of the entry's bytes."""
     size_bytes: _builtins.int
+    """Size of the entry in bytes."""
     def __init__(
         self,
         *,
@@ -153,7 +172,9 @@ Global___EvidenceFile: _TypeAlias = EvidenceFile  # noqa: Y015
 
 @_typing.final
 class ManifestSignature(_message.Message):
-    """HMAC-SHA256 of manifest.json under a server key (stored in the bundle as manifest.sig)."""
+    """HMAC-SHA256 of manifest.json under a server key, stored in the bundle as manifest.sig
+    (docs/pricing-rules.md §15.4).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -161,10 +182,11 @@ class ManifestSignature(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
+    """Id of the server key that signed (KIS_EVIDENCE_KEYS), so a verifier picks the right key."""
     algorithm: _builtins.str
-    """"hmac-sha256"."""
+    """Always "hmac-sha256"."""
     signature: _builtins.str
-    """Lowercase hex."""
+    """Lowercase hex HMAC-SHA256 of the manifest.json bytes."""
     def __init__(
         self,
         *,
@@ -189,8 +211,11 @@ class GetEvidenceBundleRequest(_message.Message):
     ESTIMATE_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """Id of the estimate. Empty or unknown: NOT_FOUND ESTIMATE_NOT_FOUND (audited as NOT_FOUND)."""
     revision: _builtins.int
-    """0 means the current revision."""
+    """Revision, from 1; 0 means the current revision. A revision the estimate does not have:
+    NOT_FOUND ESTIMATE_NOT_FOUND.
+    """
     def __init__(
         self,
         *,
@@ -207,7 +232,9 @@ Global___GetEvidenceBundleRequest: _TypeAlias = GetEvidenceBundleRequest  # noqa
 
 @_typing.final
 class GetEvidenceBundleResponse(_message.Message):
-    """One chunk of the bundle."""
+    """One chunk of the bundle. Concatenating `chunk` in order gives the ZIP; its SHA-256 must equal
+    the first message's `sha256`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -217,12 +244,15 @@ class GetEvidenceBundleResponse(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
-    """Offset of this chunk in the bundle."""
+    """Offset of this chunk in the bundle, in bytes (0, 65536, ...)."""
     chunk: _builtins.bytes
+    """The bytes of this chunk, at most 64 KiB."""
     sha256: _builtins.str
-    """Set on the first message only."""
+    """Lowercase hex SHA-256 of the whole ZIP; set on the first message only."""
     size_bytes: _builtins.int
+    """Size of the whole ZIP in bytes; set on the first message only."""
     revision: _builtins.int
+    """The revision served (the current one when 0 was asked); set on the first message only."""
     def __init__(
         self,
         *,

@@ -26,8 +26,11 @@ if _version_not_supported:
 
 
 class EvidenceServiceStub:
-    """EvidenceService serves the reproducible evidence bundle of every estimate revision
-    (DOMAIN.md §15). The bundle bytes are ADMIN-only and every request for them is audited.
+    """EvidenceService serves the reproducible evidence bundle (a ZIP) of every estimate revision
+    (docs/pricing-rules.md §15). A revision's bundle is built once, when the revision is accepted,
+    so the same revision always has the same bytes and SHA-256. The bundle bytes are ADMIN-only and
+    every request for them is audited. Authentication, roles and the error model are those of
+    EstimatorService.
     """
 
     def __init__(self, channel):
@@ -49,20 +52,24 @@ class EvidenceServiceStub:
 
 
 class EvidenceServiceServicer:
-    """EvidenceService serves the reproducible evidence bundle of every estimate revision
-    (DOMAIN.md §15). The bundle bytes are ADMIN-only and every request for them is audited.
+    """EvidenceService serves the reproducible evidence bundle (a ZIP) of every estimate revision
+    (docs/pricing-rules.md §15). A revision's bundle is built once, when the revision is accepted,
+    so the same revision always has the same bytes and SHA-256. The bundle bytes are ADMIN-only and
+    every request for them is audited. Authentication, roles and the error model are those of
+    EstimatorService.
     """
 
     def GetEvidenceInfo(self, request, context):
-        """Manifest, bundle SHA-256 and size. Roles: ADMIN, ESTIMATOR, VIEWER.
+        """Manifest, bundle SHA-256, size and signature of one revision. Roles: ADMIN, ESTIMATOR, VIEWER.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetEvidenceBundle(self, request, context):
-        """The ZIP bytes in chunks; the first message carries the bundle's SHA-256 and size.
-        Roles: ADMIN. Allowed and denied requests are both audited.
+        """The ZIP bytes, streamed in chunks of at most 64 KiB; the first message carries the bundle's
+        SHA-256, size and revision. Roles: ADMIN. Every request is written to the audit log
+        (EVIDENCE_DOWNLOAD): allowed, not found, and denied (no token, or another role) alike.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,8 +97,11 @@ def add_EvidenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EvidenceService:
-    """EvidenceService serves the reproducible evidence bundle of every estimate revision
-    (DOMAIN.md §15). The bundle bytes are ADMIN-only and every request for them is audited.
+    """EvidenceService serves the reproducible evidence bundle (a ZIP) of every estimate revision
+    (docs/pricing-rules.md §15). A revision's bundle is built once, when the revision is accepted,
+    so the same revision always has the same bytes and SHA-256. The bundle bytes are ADMIN-only and
+    every request for them is audited. Authentication, roles and the error model are those of
+    EstimatorService.
     """
 
     @staticmethod

@@ -27,8 +27,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class EvidenceServiceStub:
-    """EvidenceService serves the reproducible evidence bundle of every estimate revision
-    (DOMAIN.md §15). The bundle bytes are ADMIN-only and every request for them is audited.
+    """EvidenceService serves the reproducible evidence bundle (a ZIP) of every estimate revision
+    (docs/pricing-rules.md §15). A revision's bundle is built once, when the revision is accepted,
+    so the same revision always has the same bytes and SHA-256. The bundle bytes are ADMIN-only and
+    every request for them is audited. Authentication, roles and the error model are those of
+    EstimatorService.
     """
 
     @_typing.overload
@@ -36,29 +39,37 @@ class EvidenceServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EvidenceServiceAsyncStub: ...
     GetEvidenceInfo: _grpc.UnaryUnaryMultiCallable[_evidence_pb2.GetEvidenceInfoRequest, _evidence_pb2.GetEvidenceInfoResponse]
-    """Manifest, bundle SHA-256 and size. Roles: ADMIN, ESTIMATOR, VIEWER."""
+    """Manifest, bundle SHA-256, size and signature of one revision. Roles: ADMIN, ESTIMATOR, VIEWER."""
     GetEvidenceBundle: _grpc.UnaryStreamMultiCallable[_evidence_pb2.GetEvidenceBundleRequest, _evidence_pb2.GetEvidenceBundleResponse]
-    """The ZIP bytes in chunks; the first message carries the bundle's SHA-256 and size.
-    Roles: ADMIN. Allowed and denied requests are both audited.
+    """The ZIP bytes, streamed in chunks of at most 64 KiB; the first message carries the bundle's
+    SHA-256, size and revision. Roles: ADMIN. Every request is written to the audit log
+    (EVIDENCE_DOWNLOAD): allowed, not found, and denied (no token, or another role) alike.
     """
 
 @_typing.type_check_only
 class EvidenceServiceAsyncStub(EvidenceServiceStub):
-    """EvidenceService serves the reproducible evidence bundle of every estimate revision
-    (DOMAIN.md §15). The bundle bytes are ADMIN-only and every request for them is audited.
+    """EvidenceService serves the reproducible evidence bundle (a ZIP) of every estimate revision
+    (docs/pricing-rules.md §15). A revision's bundle is built once, when the revision is accepted,
+    so the same revision always has the same bytes and SHA-256. The bundle bytes are ADMIN-only and
+    every request for them is audited. Authentication, roles and the error model are those of
+    EstimatorService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetEvidenceInfo: _aio.UnaryUnaryMultiCallable[_evidence_pb2.GetEvidenceInfoRequest, _evidence_pb2.GetEvidenceInfoResponse]  # type: ignore[assignment]
-    """Manifest, bundle SHA-256 and size. Roles: ADMIN, ESTIMATOR, VIEWER."""
+    """Manifest, bundle SHA-256, size and signature of one revision. Roles: ADMIN, ESTIMATOR, VIEWER."""
     GetEvidenceBundle: _aio.UnaryStreamMultiCallable[_evidence_pb2.GetEvidenceBundleRequest, _evidence_pb2.GetEvidenceBundleResponse]  # type: ignore[assignment]
-    """The ZIP bytes in chunks; the first message carries the bundle's SHA-256 and size.
-    Roles: ADMIN. Allowed and denied requests are both audited.
+    """The ZIP bytes, streamed in chunks of at most 64 KiB; the first message carries the bundle's
+    SHA-256, size and revision. Roles: ADMIN. Every request is written to the audit log
+    (EVIDENCE_DOWNLOAD): allowed, not found, and denied (no token, or another role) alike.
     """
 
 class EvidenceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """EvidenceService serves the reproducible evidence bundle of every estimate revision
-    (DOMAIN.md §15). The bundle bytes are ADMIN-only and every request for them is audited.
+    """EvidenceService serves the reproducible evidence bundle (a ZIP) of every estimate revision
+    (docs/pricing-rules.md §15). A revision's bundle is built once, when the revision is accepted,
+    so the same revision always has the same bytes and SHA-256. The bundle bytes are ADMIN-only and
+    every request for them is audited. Authentication, roles and the error model are those of
+    EstimatorService.
     """
 
     @_abc_1.abstractmethod
@@ -67,7 +78,7 @@ class EvidenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evidence_pb2.GetEvidenceInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_evidence_pb2.GetEvidenceInfoResponse, _abc.Awaitable[_evidence_pb2.GetEvidenceInfoResponse]]:
-        """Manifest, bundle SHA-256 and size. Roles: ADMIN, ESTIMATOR, VIEWER."""
+        """Manifest, bundle SHA-256, size and signature of one revision. Roles: ADMIN, ESTIMATOR, VIEWER."""
 
     @_abc_1.abstractmethod
     def GetEvidenceBundle(
@@ -75,8 +86,9 @@ class EvidenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _evidence_pb2.GetEvidenceBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_evidence_pb2.GetEvidenceBundleResponse], _abc.AsyncIterator[_evidence_pb2.GetEvidenceBundleResponse]]:
-        """The ZIP bytes in chunks; the first message carries the bundle's SHA-256 and size.
-        Roles: ADMIN. Allowed and denied requests are both audited.
+        """The ZIP bytes, streamed in chunks of at most 64 KiB; the first message carries the bundle's
+        SHA-256, size and revision. Roles: ADMIN. Every request is written to the audit log
+        (EVIDENCE_DOWNLOAD): allowed, not found, and denied (no token, or another role) alike.
         """
 
 def add_EvidenceServiceServicer_to_server(servicer: EvidenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from server.gen.kis.estimator.v1 import estimator_pb2 as kis_dot_estimator_dot_v1_dot_estimator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkis/estimator/v1/review.proto\x12\x10kis.estimator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kis/estimator/v1/estimator.proto\"?\n\x16ListReviewQueueRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListReviewQueueResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.kis.estimator.v1.ReviewItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xde\x01\n\nReviewItem\x12\x13\n\x0b\x65stimate_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x05\x12\r\n\x05\x62rand\x18\x03 \x01(\t\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61ge_seconds\x18\x05 \x01(\x03\x12\x1c\n\x14partial_subtotal_krw\x18\x06 \x01(\x03\x12\x36\n\x0ereview_reasons\x18\x07 \x03(\x0b\x32\x1e.kis.estimator.v1.ReviewReason\"d\n\x10ReviewResolution\x12\x11\n\treason_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1b\n\x0eunit_price_krw\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_unit_price_krw\"v\n\x15\x43ompleteReviewRequest\x12\x13\n\x0b\x65stimate_id\x18\x01 \x01(\t\x12\x37\n\x0bresolutions\x18\x02 \x03(\x0b\x32\".kis.estimator.v1.ReviewResolution\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"F\n\x16\x43ompleteReviewResponse\x12,\n\x08\x65stimate\x18\x01 \x01(\x0b\x32\x1a.kis.estimator.v1.Estimate\"<\n\x15RejectEstimateRequest\x12\x13\n\x0b\x65stimate_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x16RejectEstimateResponse\x12,\n\x08\x65stimate\x18\x01 \x01(\x0b\x32\x1a.kis.estimator.v1.Estimate\"\"\n\x11GetMetricsRequest\x12\r\n\x05month\x18\x01 \x01(\t\"\x88\x03\n\x12GetMetricsResponse\x12\r\n\x05month\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x14\n\x0cneeds_review\x18\x04 \x01(\x03\x12\x10\n\x08reviewed\x18\x05 \x01(\x03\x12\x10\n\x08rejected\x18\x06 \x01(\x03\x12 \n\x18\x61uto_processing_rate_pct\x18\x07 \x01(\t\x12\x1a\n\rtat_median_ms\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\ntat_p90_ms\x18\t \x01(\x03H\x01\x88\x01\x01\x12+\n\x1eoldest_open_review_age_seconds\x18\n \x01(\x03H\x02\x88\x01\x01\x12\x13\n\x0btat_samples\x18\x0b \x01(\x03\x12\x12\n\nmixed_used\x18\x0c \x01(\x05\x12\x13\n\x0bmixed_quota\x18\r \x01(\x05\x42\x10\n\x0e_tat_median_msB\r\n\x0b_tat_p90_msB!\n\x1f_oldest_open_review_age_seconds2\x9a\x03\n\rReviewService\x12\x66\n\x0fListReviewQueue\x12(.kis.estimator.v1.ListReviewQueueRequest\x1a).kis.estimator.v1.ListReviewQueueResponse\x12\x63\n\x0e\x43ompleteReview\x12\'.kis.estimator.v1.CompleteReviewRequest\x1a(.kis.estimator.v1.CompleteReviewResponse\x12\x63\n\x0eRejectEstimate\x12\'.kis.estimator.v1.RejectEstimateRequest\x1a(.kis.estimator.v1.RejectEstimateResponse\x12W\n\nGetMetrics\x12#.kis.estimator.v1.GetMetricsRequest\x1a$.kis.estimator.v1.GetMetricsResponseB\x84\x01\n\x14\x63om.kis.estimator.v1B\x0bReviewProtoP\x01ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\xaa\x02\x10Kis.Estimator.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkis/estimator/v1/review.proto\x12\x10kis.estimator.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a kis/estimator/v1/estimator.proto\"K\n\x16ListReviewQueueRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"_\n\x17ListReviewQueueResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.kis.estimator.v1.ReviewItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x02\n\nReviewItem\x12\x19\n\x0b\x65stimate_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05\x62rand\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x61ge_seconds\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\"\n\x14partial_subtotal_krw\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12<\n\x0ereview_reasons\x18\x07 \x03(\x0b\x32\x1e.kis.estimator.v1.ReviewReasonB\x04\xe2\x41\x01\x03\"v\n\x10ReviewResolution\x12\x17\n\treason_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12!\n\x0eunit_price_krw\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02H\x00\x88\x01\x01\x42\x11\n\x0f_unit_price_krw\"\x88\x01\n\x15\x43ompleteReviewRequest\x12\x19\n\x0b\x65stimate_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12=\n\x0bresolutions\x18\x02 \x03(\x0b\x32\".kis.estimator.v1.ReviewResolutionB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63omment\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"F\n\x16\x43ompleteReviewResponse\x12,\n\x08\x65stimate\x18\x01 \x01(\x0b\x32\x1a.kis.estimator.v1.Estimate\"H\n\x15RejectEstimateRequest\x12\x19\n\x0b\x65stimate_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"F\n\x16RejectEstimateResponse\x12,\n\x08\x65stimate\x18\x01 \x01(\x0b\x32\x1a.kis.estimator.v1.Estimate\"(\n\x11GetMetricsRequest\x12\x13\n\x05month\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\"\x88\x03\n\x12GetMetricsResponse\x12\r\n\x05month\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x14\n\x0cneeds_review\x18\x04 \x01(\x03\x12\x10\n\x08reviewed\x18\x05 \x01(\x03\x12\x10\n\x08rejected\x18\x06 \x01(\x03\x12 \n\x18\x61uto_processing_rate_pct\x18\x07 \x01(\t\x12\x1a\n\rtat_median_ms\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\ntat_p90_ms\x18\t \x01(\x03H\x01\x88\x01\x01\x12+\n\x1eoldest_open_review_age_seconds\x18\n \x01(\x03H\x02\x88\x01\x01\x12\x13\n\x0btat_samples\x18\x0b \x01(\x03\x12\x12\n\nmixed_used\x18\x0c \x01(\x05\x12\x13\n\x0bmixed_quota\x18\r \x01(\x05\x42\x10\n\x0e_tat_median_msB\r\n\x0b_tat_p90_msB!\n\x1f_oldest_open_review_age_seconds2\x9a\x03\n\rReviewService\x12\x66\n\x0fListReviewQueue\x12(.kis.estimator.v1.ListReviewQueueRequest\x1a).kis.estimator.v1.ListReviewQueueResponse\x12\x63\n\x0e\x43ompleteReview\x12\'.kis.estimator.v1.CompleteReviewRequest\x1a(.kis.estimator.v1.CompleteReviewResponse\x12\x63\n\x0eRejectEstimate\x12\'.kis.estimator.v1.RejectEstimateRequest\x1a(.kis.estimator.v1.RejectEstimateResponse\x12W\n\nGetMetrics\x12#.kis.estimator.v1.GetMetricsRequest\x1a$.kis.estimator.v1.GetMetricsResponseB\x84\x01\n\x14\x63om.kis.estimator.v1B\x0bReviewProtoP\x01ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\xaa\x02\x10Kis.Estimator.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +35,62 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kis.estimator.v1.review_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024com.kis.estimator.v1B\013ReviewProtoP\001ZJgithub.com/kis-estimator/kis-estimator/gen/go/kis/estimator/v1;estimatorv1\252\002\020Kis.Estimator.V1'
-  _globals['_LISTREVIEWQUEUEREQUEST']._serialized_start=118
-  _globals['_LISTREVIEWQUEUEREQUEST']._serialized_end=181
-  _globals['_LISTREVIEWQUEUERESPONSE']._serialized_start=183
-  _globals['_LISTREVIEWQUEUERESPONSE']._serialized_end=278
-  _globals['_REVIEWITEM']._serialized_start=281
-  _globals['_REVIEWITEM']._serialized_end=503
-  _globals['_REVIEWRESOLUTION']._serialized_start=505
-  _globals['_REVIEWRESOLUTION']._serialized_end=605
-  _globals['_COMPLETEREVIEWREQUEST']._serialized_start=607
-  _globals['_COMPLETEREVIEWREQUEST']._serialized_end=725
-  _globals['_COMPLETEREVIEWRESPONSE']._serialized_start=727
-  _globals['_COMPLETEREVIEWRESPONSE']._serialized_end=797
-  _globals['_REJECTESTIMATEREQUEST']._serialized_start=799
-  _globals['_REJECTESTIMATEREQUEST']._serialized_end=859
-  _globals['_REJECTESTIMATERESPONSE']._serialized_start=861
-  _globals['_REJECTESTIMATERESPONSE']._serialized_end=931
-  _globals['_GETMETRICSREQUEST']._serialized_start=933
-  _globals['_GETMETRICSREQUEST']._serialized_end=967
-  _globals['_GETMETRICSRESPONSE']._serialized_start=970
-  _globals['_GETMETRICSRESPONSE']._serialized_end=1362
-  _globals['_REVIEWSERVICE']._serialized_start=1365
-  _globals['_REVIEWSERVICE']._serialized_end=1775
+  _globals['_LISTREVIEWQUEUEREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTREVIEWQUEUEREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTREVIEWQUEUEREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTREVIEWQUEUEREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_REVIEWITEM'].fields_by_name['estimate_id']._loaded_options = None
+  _globals['_REVIEWITEM'].fields_by_name['estimate_id']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEWITEM'].fields_by_name['revision']._loaded_options = None
+  _globals['_REVIEWITEM'].fields_by_name['revision']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEWITEM'].fields_by_name['brand']._loaded_options = None
+  _globals['_REVIEWITEM'].fields_by_name['brand']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEWITEM'].fields_by_name['accepted_at']._loaded_options = None
+  _globals['_REVIEWITEM'].fields_by_name['accepted_at']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEWITEM'].fields_by_name['age_seconds']._loaded_options = None
+  _globals['_REVIEWITEM'].fields_by_name['age_seconds']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEWITEM'].fields_by_name['partial_subtotal_krw']._loaded_options = None
+  _globals['_REVIEWITEM'].fields_by_name['partial_subtotal_krw']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEWITEM'].fields_by_name['review_reasons']._loaded_options = None
+  _globals['_REVIEWITEM'].fields_by_name['review_reasons']._serialized_options = b'\342A\001\003'
+  _globals['_REVIEWRESOLUTION'].fields_by_name['reason_id']._loaded_options = None
+  _globals['_REVIEWRESOLUTION'].fields_by_name['reason_id']._serialized_options = b'\342A\001\002'
+  _globals['_REVIEWRESOLUTION'].fields_by_name['model']._loaded_options = None
+  _globals['_REVIEWRESOLUTION'].fields_by_name['model']._serialized_options = b'\342A\001\001'
+  _globals['_REVIEWRESOLUTION'].fields_by_name['unit_price_krw']._loaded_options = None
+  _globals['_REVIEWRESOLUTION'].fields_by_name['unit_price_krw']._serialized_options = b'\342A\001\002'
+  _globals['_COMPLETEREVIEWREQUEST'].fields_by_name['estimate_id']._loaded_options = None
+  _globals['_COMPLETEREVIEWREQUEST'].fields_by_name['estimate_id']._serialized_options = b'\342A\001\002'
+  _globals['_COMPLETEREVIEWREQUEST'].fields_by_name['resolutions']._loaded_options = None
+  _globals['_COMPLETEREVIEWREQUEST'].fields_by_name['resolutions']._serialized_options = b'\342A\001\002'
+  _globals['_COMPLETEREVIEWREQUEST'].fields_by_name['comment']._loaded_options = None
+  _globals['_COMPLETEREVIEWREQUEST'].fields_by_name['comment']._serialized_options = b'\342A\001\001'
+  _globals['_REJECTESTIMATEREQUEST'].fields_by_name['estimate_id']._loaded_options = None
+  _globals['_REJECTESTIMATEREQUEST'].fields_by_name['estimate_id']._serialized_options = b'\342A\001\002'
+  _globals['_REJECTESTIMATEREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_REJECTESTIMATEREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
+  _globals['_GETMETRICSREQUEST'].fields_by_name['month']._loaded_options = None
+  _globals['_GETMETRICSREQUEST'].fields_by_name['month']._serialized_options = b'\342A\001\001'
+  _globals['_LISTREVIEWQUEUEREQUEST']._serialized_start=151
+  _globals['_LISTREVIEWQUEUEREQUEST']._serialized_end=226
+  _globals['_LISTREVIEWQUEUERESPONSE']._serialized_start=228
+  _globals['_LISTREVIEWQUEUERESPONSE']._serialized_end=323
+  _globals['_REVIEWITEM']._serialized_start=326
+  _globals['_REVIEWITEM']._serialized_end=590
+  _globals['_REVIEWRESOLUTION']._serialized_start=592
+  _globals['_REVIEWRESOLUTION']._serialized_end=710
+  _globals['_COMPLETEREVIEWREQUEST']._serialized_start=713
+  _globals['_COMPLETEREVIEWREQUEST']._serialized_end=849
+  _globals['_COMPLETEREVIEWRESPONSE']._serialized_start=851
+  _globals['_COMPLETEREVIEWRESPONSE']._serialized_end=921
+  _globals['_REJECTESTIMATEREQUEST']._serialized_start=923
+  _globals['_REJECTESTIMATEREQUEST']._serialized_end=995
+  _globals['_REJECTESTIMATERESPONSE']._serialized_start=997
+  _globals['_REJECTESTIMATERESPONSE']._serialized_end=1067
+  _globals['_GETMETRICSREQUEST']._serialized_start=1069
+  _globals['_GETMETRICSREQUEST']._serialized_end=1109
+  _globals['_GETMETRICSRESPONSE']._serialized_start=1112
+  _globals['_GETMETRICSRESPONSE']._serialized_end=1504
+  _globals['_REVIEWSERVICE']._serialized_start=1507
+  _globals['_REVIEWSERVICE']._serialized_end=1917
 # @@protoc_insertion_point(module_scope)

@@ -29,8 +29,13 @@ class ListReviewQueueRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1 ... 100; 0 means 20."""
+    """Items per page (AIP-158): 0 means 20; above 100 is served as 100; negative is
+    PAGE_SIZE_INVALID.
+    """
     page_token: _builtins.str
+    """The next_page_token of a previous reply; empty for the first page. A malformed token or one
+    of another listing: PAGE_TOKEN_INVALID.
+    """
     def __init__(
         self,
         *,
@@ -54,8 +59,11 @@ class ListReviewQueueResponse(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewItem]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewItem]:
+        """One page of estimates waiting for review, oldest accepted first."""
+
     def __init__(
         self,
         *,
@@ -84,15 +92,23 @@ class ReviewItem(_message.Message):
     PARTIAL_SUBTOTAL_KRW_FIELD_NUMBER: _builtins.int
     REVIEW_REASONS_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """Id of the estimate."""
     revision: _builtins.int
+    """Its current revision."""
     brand: _builtins.str
+    """Brand of the request: SANGDO, LS or MIXED."""
     age_seconds: _builtins.int
-    """Seconds since acceptance, at the time of the reply."""
+    """Whole seconds since acceptance, at the time of the reply."""
     partial_subtotal_krw: _builtins.int
+    """Sum of the known line amounts in KRW, excluding VAT."""
     @_builtins.property
-    def accepted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def accepted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the request was accepted."""
+
     @_builtins.property
-    def review_reasons(self) -> _containers.RepeatedCompositeFieldContainer[_estimator_pb2.ReviewReason]: ...
+    def review_reasons(self) -> _containers.RepeatedCompositeFieldContainer[_estimator_pb2.ReviewReason]:
+        """The questions to answer, R1 first."""
+
     def __init__(
         self,
         *,
@@ -114,7 +130,9 @@ Global___ReviewItem: _TypeAlias = ReviewItem  # noqa: Y015
 
 @_typing.final
 class ReviewResolution(_message.Message):
-    """A reviewer's answer to one review reason (DOMAIN.md §11 "resolution")."""
+    """A reviewer's answer to one review reason (docs/pricing-rules.md §11.2). Every problem with an
+    answer is INVALID_ARGUMENT REVIEW_INCOMPLETE at the offending field, all reported at once.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -122,11 +140,18 @@ class ReviewResolution(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     UNIT_PRICE_KRW_FIELD_NUMBER: _builtins.int
     reason_id: _builtins.str
-    """R1, R2, ..."""
+    """Id of an open review reason of the estimate (R1, R2, ...), answered once: an unknown, closed
+    or repeated id is REVIEW_INCOMPLETE at `resolutions[k].reason_id`.
+    """
     model: _builtins.str
-    """Required for NEED_KNOWLEDGE_UPDATE reasons about a breaker model."""
+    """Catalog model to print, 1-40 characters. Required (REVIEW_INCOMPLETE) for a
+    NEED_KNOWLEDGE_UPDATE reason whose line has no catalog row (no model found, or a model the
+    catalog does not know); ignored for every other reason.
+    """
     unit_price_krw: _builtins.int
-    """Quote price in KRW, > 0."""
+    """Quote price in KRW, 1 to 1,000,000,000 (REVIEW_INCOMPLETE when absent or outside): the unit
+    price of the item the reason is about.
+    """
     def __init__(
         self,
         *,
@@ -154,10 +179,20 @@ class CompleteReviewRequest(_message.Message):
     RESOLUTIONS_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """The estimate to complete. Empty or unknown: NOT_FOUND ESTIMATE_NOT_FOUND. Not NEEDS_REVIEW,
+    priced with another catalog than the one running (PRICED_ON_OLD_CATALOG) or changed
+    concurrently (CHANGED_CONCURRENTLY): FAILED_PRECONDITION ESTIMATE_NOT_REVIEWABLE.
+    """
     comment: _builtins.str
-    """Free text recorded with the review (up to 500 characters)."""
+    """Free text recorded in the evidence with the review; trimmed, and cut to 500 characters
+    (longer text is not refused).
+    """
     @_builtins.property
-    def resolutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewResolution]: ...
+    def resolutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewResolution]:
+        """Exactly one resolution per open review reason; a reason left unanswered is REVIEW_INCOMPLETE
+        at `resolutions`.
+        """
+
     def __init__(
         self,
         *,
@@ -181,7 +216,9 @@ class CompleteReviewResponse(_message.Message):
 
     ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def estimate(self) -> _estimator_pb2.Estimate: ...
+    def estimate(self) -> _estimator_pb2.Estimate:
+        """The estimate's new revision: REVIEWED / OK, every price known."""
+
     def __init__(
         self,
         *,
@@ -204,8 +241,13 @@ class RejectEstimateRequest(_message.Message):
     ESTIMATE_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     estimate_id: _builtins.str
+    """The estimate to close. Empty or unknown: NOT_FOUND ESTIMATE_NOT_FOUND; not NEEDS_REVIEW (or
+    changed concurrently): FAILED_PRECONDITION ESTIMATE_NOT_REVIEWABLE.
+    """
     reason: _builtins.str
-    """Why the estimate is closed (1-500 characters)."""
+    """Why the estimate is closed, 1-500 characters after trimming: empty is FIELD_REQUIRED, longer
+    is TEXT_TOO_LONG. Recorded in the evidence and the audit log.
+    """
     def __init__(
         self,
         *,
@@ -228,7 +270,9 @@ class RejectEstimateResponse(_message.Message):
 
     ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def estimate(self) -> _estimator_pb2.Estimate: ...
+    def estimate(self) -> _estimator_pb2.Estimate:
+        """The estimate's new revision: REJECTED / REJECT."""
+
     def __init__(
         self,
         *,
@@ -250,7 +294,9 @@ class GetMetricsRequest(_message.Message):
 
     MONTH_FIELD_NUMBER: _builtins.int
     month: _builtins.str
-    """KST calendar month YYYY-MM; empty means the current month."""
+    """KST calendar month YYYY-MM (years 2000-2999); empty means the current month. Another form:
+    FIELD_REQUIRED at `month`.
+    """
     def __init__(
         self,
         *,
@@ -266,7 +312,9 @@ Global___GetMetricsRequest: _TypeAlias = GetMetricsRequest  # noqa: Y015
 
 @_typing.final
 class GetMetricsResponse(_message.Message):
-    """Reply of GetMetrics (DOMAIN.md §16.3); absent values have an empty denominator."""
+    """Reply of GetMetrics (docs/pricing-rules.md §16.3). Optional values are absent when there is
+    nothing to measure.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -284,22 +332,37 @@ class GetMetricsResponse(_message.Message):
     MIXED_USED_FIELD_NUMBER: _builtins.int
     MIXED_QUOTA_FIELD_NUMBER: _builtins.int
     month: _builtins.str
+    """The month reported, YYYY-MM (KST)."""
     accepted: _builtins.int
-    """Estimates accepted in the month, by status at report time."""
+    """Estimates accepted in the month (every status); the four counts below add up to it."""
     completed: _builtins.int
+    """Of those, COMPLETED at report time."""
     needs_review: _builtins.int
+    """Of those, NEEDS_REVIEW at report time."""
     reviewed: _builtins.int
+    """Of those, REVIEWED at report time."""
     rejected: _builtins.int
+    """Of those, REJECTED at report time."""
     auto_processing_rate_pct: _builtins.str
-    """COMPLETED / (COMPLETED + NEEDS_REVIEW + REVIEWED) in percent, two decimals ("85.71")."""
+    """COMPLETED / (COMPLETED + NEEDS_REVIEW + REVIEWED) in percent, two decimals rounded half-up
+    ("85.71"); empty when the denominator is 0.
+    """
     tat_median_ms: _builtins.int
-    """TAT over estimates completed in the month, in milliseconds."""
+    """Median TAT (completed_at - accepted_at) in milliseconds over the estimates completed in the
+    month (nearest rank; lower middle of an even count).
+    """
     tat_p90_ms: _builtins.int
+    """90th percentile TAT in milliseconds (nearest rank)."""
     oldest_open_review_age_seconds: _builtins.int
-    """Age of the oldest open review now, in seconds."""
+    """Age in seconds of the oldest estimate now waiting for review (whatever its month)."""
     tat_samples: _builtins.int
+    """Number of estimates completed in the month (COMPLETED or REVIEWED): the TAT sample size."""
     mixed_used: _builtins.int
+    """MIXED-brand estimates accepted in the month."""
     mixed_quota: _builtins.int
+    """MIXED-brand estimates allowed in the month (the configured quota, + 1 with a granted
+    exception).
+    """
     def __init__(
         self,
         *,

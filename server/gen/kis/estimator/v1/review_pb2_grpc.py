@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ReviewServiceStub:
-    """ReviewService is the human review queue of DOMAIN.md §11 and the reporting of §16.3.
+    """ReviewService is the human review queue of docs/pricing-rules.md §11 and the reporting of
+    §16.3. Authentication, roles and the error model are those of EstimatorService.
     """
 
     def __init__(self, channel):
@@ -58,33 +59,38 @@ class ReviewServiceStub:
 
 
 class ReviewServiceServicer:
-    """ReviewService is the human review queue of DOMAIN.md §11 and the reporting of §16.3.
+    """ReviewService is the human review queue of docs/pricing-rules.md §11 and the reporting of
+    §16.3. Authentication, roles and the error model are those of EstimatorService.
     """
 
     def ListReviewQueue(self, request, context):
-        """NEEDS_REVIEW estimates, oldest first, with their questions. Roles: ADMIN, ESTIMATOR.
+        """NEEDS_REVIEW estimates, oldest accepted first, with their questions; paged as AIP-158 says.
+        Roles: ADMIN, ESTIMATOR.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompleteReview(self, request, context):
-        """Answers every open review reason; the estimate is re-priced and becomes REVIEWED
-        (revision + 1, new evidence revision). Roles: ADMIN, ESTIMATOR.
+        """Answers every open review reason of a NEEDS_REVIEW estimate; the estimate is re-priced with
+        the answers and becomes REVIEWED / OK (revision + 1, a new evidence revision,
+        docs/pricing-rules.md §11.2). Answers never change the catalog. Roles: ADMIN, ESTIMATOR.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RejectEstimate(self, request, context):
-        """Closes a NEEDS_REVIEW estimate as REJECTED (revision + 1). Roles: ADMIN, ESTIMATOR.
+        """Closes a NEEDS_REVIEW estimate as REJECTED / REJECT (revision + 1, a new evidence revision).
+        Roles: ADMIN, ESTIMATOR.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMetrics(self, request, context):
-        """TAT, auto-processing rate and queue figures for a KST month. Roles: all.
+        """Counts, TAT, auto-processing rate and MIXED usage of a KST calendar month
+        (docs/pricing-rules.md §16.3). Roles: ADMIN, ESTIMATOR, VIEWER.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +128,8 @@ def add_ReviewServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ReviewService:
-    """ReviewService is the human review queue of DOMAIN.md §11 and the reporting of §16.3.
+    """ReviewService is the human review queue of docs/pricing-rules.md §11 and the reporting of
+    §16.3. Authentication, roles and the error model are those of EstimatorService.
     """
 
     @staticmethod

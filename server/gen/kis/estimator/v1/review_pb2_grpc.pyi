@@ -27,41 +27,61 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ReviewServiceStub:
-    """ReviewService is the human review queue of DOMAIN.md §11 and the reporting of §16.3."""
+    """ReviewService is the human review queue of docs/pricing-rules.md §11 and the reporting of
+    §16.3. Authentication, roles and the error model are those of EstimatorService.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ReviewServiceAsyncStub: ...
     ListReviewQueue: _grpc.UnaryUnaryMultiCallable[_review_pb2.ListReviewQueueRequest, _review_pb2.ListReviewQueueResponse]
-    """NEEDS_REVIEW estimates, oldest first, with their questions. Roles: ADMIN, ESTIMATOR."""
+    """NEEDS_REVIEW estimates, oldest accepted first, with their questions; paged as AIP-158 says.
+    Roles: ADMIN, ESTIMATOR.
+    """
     CompleteReview: _grpc.UnaryUnaryMultiCallable[_review_pb2.CompleteReviewRequest, _review_pb2.CompleteReviewResponse]
-    """Answers every open review reason; the estimate is re-priced and becomes REVIEWED
-    (revision + 1, new evidence revision). Roles: ADMIN, ESTIMATOR.
+    """Answers every open review reason of a NEEDS_REVIEW estimate; the estimate is re-priced with
+    the answers and becomes REVIEWED / OK (revision + 1, a new evidence revision,
+    docs/pricing-rules.md §11.2). Answers never change the catalog. Roles: ADMIN, ESTIMATOR.
     """
     RejectEstimate: _grpc.UnaryUnaryMultiCallable[_review_pb2.RejectEstimateRequest, _review_pb2.RejectEstimateResponse]
-    """Closes a NEEDS_REVIEW estimate as REJECTED (revision + 1). Roles: ADMIN, ESTIMATOR."""
+    """Closes a NEEDS_REVIEW estimate as REJECTED / REJECT (revision + 1, a new evidence revision).
+    Roles: ADMIN, ESTIMATOR.
+    """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_review_pb2.GetMetricsRequest, _review_pb2.GetMetricsResponse]
-    """TAT, auto-processing rate and queue figures for a KST month. Roles: all."""
+    """Counts, TAT, auto-processing rate and MIXED usage of a KST calendar month
+    (docs/pricing-rules.md §16.3). Roles: ADMIN, ESTIMATOR, VIEWER.
+    """
 
 @_typing.type_check_only
 class ReviewServiceAsyncStub(ReviewServiceStub):
-    """ReviewService is the human review queue of DOMAIN.md §11 and the reporting of §16.3."""
+    """ReviewService is the human review queue of docs/pricing-rules.md §11 and the reporting of
+    §16.3. Authentication, roles and the error model are those of EstimatorService.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListReviewQueue: _aio.UnaryUnaryMultiCallable[_review_pb2.ListReviewQueueRequest, _review_pb2.ListReviewQueueResponse]  # type: ignore[assignment]
-    """NEEDS_REVIEW estimates, oldest first, with their questions. Roles: ADMIN, ESTIMATOR."""
+    """NEEDS_REVIEW estimates, oldest accepted first, with their questions; paged as AIP-158 says.
+    Roles: ADMIN, ESTIMATOR.
+    """
     CompleteReview: _aio.UnaryUnaryMultiCallable[_review_pb2.CompleteReviewRequest, _review_pb2.CompleteReviewResponse]  # type: ignore[assignment]
-    """Answers every open review reason; the estimate is re-priced and becomes REVIEWED
-    (revision + 1, new evidence revision). Roles: ADMIN, ESTIMATOR.
+    """Answers every open review reason of a NEEDS_REVIEW estimate; the estimate is re-priced with
+    the answers and becomes REVIEWED / OK (revision + 1, a new evidence revision,
+    docs/pricing-rules.md §11.2). Answers never change the catalog. Roles: ADMIN, ESTIMATOR.
     """
     RejectEstimate: _aio.UnaryUnaryMultiCallable[_review_pb2.RejectEstimateRequest, _review_pb2.RejectEstimateResponse]  # type: ignore[assignment]
-    """Closes a NEEDS_REVIEW estimate as REJECTED (revision + 1). Roles: ADMIN, ESTIMATOR."""
+    """Closes a NEEDS_REVIEW estimate as REJECTED / REJECT (revision + 1, a new evidence revision).
+    Roles: ADMIN, ESTIMATOR.
+    """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_review_pb2.GetMetricsRequest, _review_pb2.GetMetricsResponse]  # type: ignore[assignment]
-    """TAT, auto-processing rate and queue figures for a KST month. Roles: all."""
+    """Counts, TAT, auto-processing rate and MIXED usage of a KST calendar month
+    (docs/pricing-rules.md §16.3). Roles: ADMIN, ESTIMATOR, VIEWER.
+    """
 
 class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ReviewService is the human review queue of DOMAIN.md §11 and the reporting of §16.3."""
+    """ReviewService is the human review queue of docs/pricing-rules.md §11 and the reporting of
+    §16.3. Authentication, roles and the error model are those of EstimatorService.
+    """
 
     @_abc_1.abstractmethod
     def ListReviewQueue(
@@ -69,7 +89,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _review_pb2.ListReviewQueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_review_pb2.ListReviewQueueResponse, _abc.Awaitable[_review_pb2.ListReviewQueueResponse]]:
-        """NEEDS_REVIEW estimates, oldest first, with their questions. Roles: ADMIN, ESTIMATOR."""
+        """NEEDS_REVIEW estimates, oldest accepted first, with their questions; paged as AIP-158 says.
+        Roles: ADMIN, ESTIMATOR.
+        """
 
     @_abc_1.abstractmethod
     def CompleteReview(
@@ -77,8 +99,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _review_pb2.CompleteReviewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_review_pb2.CompleteReviewResponse, _abc.Awaitable[_review_pb2.CompleteReviewResponse]]:
-        """Answers every open review reason; the estimate is re-priced and becomes REVIEWED
-        (revision + 1, new evidence revision). Roles: ADMIN, ESTIMATOR.
+        """Answers every open review reason of a NEEDS_REVIEW estimate; the estimate is re-priced with
+        the answers and becomes REVIEWED / OK (revision + 1, a new evidence revision,
+        docs/pricing-rules.md §11.2). Answers never change the catalog. Roles: ADMIN, ESTIMATOR.
         """
 
     @_abc_1.abstractmethod
@@ -87,7 +110,9 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _review_pb2.RejectEstimateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_review_pb2.RejectEstimateResponse, _abc.Awaitable[_review_pb2.RejectEstimateResponse]]:
-        """Closes a NEEDS_REVIEW estimate as REJECTED (revision + 1). Roles: ADMIN, ESTIMATOR."""
+        """Closes a NEEDS_REVIEW estimate as REJECTED / REJECT (revision + 1, a new evidence revision).
+        Roles: ADMIN, ESTIMATOR.
+        """
 
     @_abc_1.abstractmethod
     def GetMetrics(
@@ -95,6 +120,8 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _review_pb2.GetMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_review_pb2.GetMetricsResponse, _abc.Awaitable[_review_pb2.GetMetricsResponse]]:
-        """TAT, auto-processing rate and queue figures for a KST month. Roles: all."""
+        """Counts, TAT, auto-processing rate and MIXED usage of a KST calendar month
+        (docs/pricing-rules.md §16.3). Roles: ADMIN, ESTIMATOR, VIEWER.
+        """
 
 def add_ReviewServiceServicer_to_server(servicer: ReviewServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
