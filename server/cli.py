@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import json_format
 
 from server.acceptance import runner
-from server.client_view import LocalError, check_request_json, format_estimate, format_list
+from server.cli_view import LocalError, check_request_json, format_estimate, format_list
 from server.clock import SystemClock
 from server.engine.roles import Principal, Role
 from server.evidence.verify import verify_bundle

@@ -164,7 +164,7 @@ class Settings:
     # after how many idle seconds one is closed and deleted.
     sandbox_max_open: int = 4
     sandbox_idle_s: float = 600.0
-    # The quote document (견적서, server/quote/): validity printed on it, the supplier block, and the
+    # The quote document (견적서, server/api/quote/): validity printed on it, the supplier block, and the
     # TrueType font the PDF embeds (default: Debian's NanumGothic).
     quote_validity_days: int = 30
     quote_supplier_company: str = "KIS"

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.api.interceptors import ServiceInterceptor, current_services
 from server.api.metrics_interceptor import services_of
+from server.api.quote.service import QuoteDocuments
 from server.api.reflection import add_reflection
 from server.api.server_info import ServerInfoServicer
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
@@ -24,7 +25,6 @@ from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
-from server.quote.service import QuoteDocuments
 from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.estimates import EstimateService

@@ -11,6 +11,7 @@ import grpc
 
 from server.api import convert
 from server.api.interceptors import current_principal
+from server.api.quote.service import QuoteDocuments
 from server.clock import Clock
 from server.engine.records import EstimateRecord
 from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
@@ -21,7 +22,6 @@ from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from server.gen.kis.estimator.v1 import review_pb2 as review_pb
 from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
-from server.quote.service import QuoteDocuments
 from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.estimates import EstimateService

@@ -23,10 +23,10 @@ import openpyxl
 import pytest
 from google.protobuf import json_format
 
+from server.api.quote.pdf import FontMissing, find_font
+from server.api.quote.words import amount_in_words
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.quote.pdf import FontMissing, find_font
-from server.quote.words import amount_in_words
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]

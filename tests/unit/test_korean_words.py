@@ -1,4 +1,4 @@
-"""Korean amounts in words (server/quote/words.py), against worked values and an independent spelling."""
+"""Korean amounts in words (server/api/quote/words.py), against worked values and an independent spelling."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.quote.words import MAX_AMOUNT, amount_in_words, quote_amount_text
+from server.api.quote.words import MAX_AMOUNT, amount_in_words, quote_amount_text
 
 
 @pytest.mark.parametrize(

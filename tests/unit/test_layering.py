@@ -65,7 +65,8 @@ def test_storage_never_reaches_the_api_or_grpc(package: str) -> None:
 
 
 def test_only_the_api_touches_generated_code_and_grpc_status() -> None:
-    allowed_dirs = ("server/api", "server/gen", "server/acceptance", "server/cli.py")
+    # the CLI and its view (cli_view.py) talk to the service through the generated client
+    allowed_dirs = ("server/api", "server/gen", "server/acceptance", "server/cli.py", "server/cli_view.py")
     bad = []
     for path in _modules("server"):
         rel = path.relative_to(ROOT).as_posix()

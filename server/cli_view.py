@@ -16,9 +16,9 @@ from typing import Any, Literal
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from server.acceptance import runner
+from server.api.quote.document import SECTION_NAMES
 from server.engine.months import KST
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.quote.document import SECTION_NAMES
 
 __all__ = [
     "Lang",
