@@ -421,9 +421,10 @@ class PostgresTokenRepository:
         if not inserted:
             raise StorageError(f"token {token_id}: its id or hash is already stored")
 
-    def find_by_hash(self, token_sha256: str) -> TokenRecord | None:
+    def find_by_hash(self, token_sha256: str, *, include_revoked: bool = False) -> TokenRecord | None:
+        live = "" if include_revoked else " AND revoked_at IS NULL"  # a fixed fragment; values are bound
         row = self._tx.one(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = %s AND revoked_at IS NULL",
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = %s{live}",
             (token_sha256,),
         )
         return None if row is None else _token(row)
