@@ -34,9 +34,10 @@ BUNDLE = "/kis.estimator.v1.EvidenceService/GetEvidenceBundle"
 T0 = datetime(2025, 10, 1, 3, 0, tzinfo=UTC)
 
 
-def bundle(
-    served: Served, metadata: tuple[tuple[str, str], ...] = (), estimate_id: str = "est_x", **fields: Any
-) -> Outcome:
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def bundle(served: Served, metadata: Metadata = (), estimate_id: str = "est_x", **fields: Any) -> Outcome:
     stub = evidence_grpc.EvidenceServiceStub(grpc.insecure_channel(served.address))
     request = evidence_pb.GetEvidenceBundleRequest(estimate_id=estimate_id, **fields)
     try:
@@ -56,7 +57,7 @@ def downloads(served: Served) -> list[AuditEvent]:
     return list(reversed(events))
 
 
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
+def bearer(token: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
 
 
@@ -64,7 +65,9 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def test_undecodable_bundle_request_is_audited(fresh: Served) -> None:
-    fn = grpc.insecure_channel(fresh.address).unary_stream(BUNDLE)
+    fn = grpc.insecure_channel(fresh.address).unary_stream(
+        BUNDLE, request_serializer=None, response_deserializer=None
+    )
     with pytest.raises(grpc.RpcError) as info:
         list(fn(b"\xff\xff\xff", metadata=fresh.metadata("ADMIN"), timeout=TIMEOUT_S))
     assert outcome_of_error(info.value).error_info["reason"] == "MALFORMED_REQUEST"
@@ -123,7 +126,7 @@ def test_two_authorization_headers_are_refused(fresh: Served, order: str) -> Non
         "valid-twice": [valid, valid],
         "basic-then-valid": ["Basic YWRtaW46YWRtaW4=", valid],
     }[order]
-    metadata = tuple(("authorization", h) for h in headers)
+    metadata: Metadata = tuple(("authorization", h) for h in headers)
     stub = pb_grpc.EstimatorServiceStub(grpc.insecure_channel(fresh.address))
     with pytest.raises(grpc.RpcError) as info:
         stub.ListEstimates(pb.ListEstimatesRequest(), metadata=metadata, timeout=TIMEOUT_S)
