@@ -164,7 +164,7 @@ def store_gauges(store: Store, clock: Clock, quota: int) -> Callable[[], StoreGa
             depth = uow.estimates.count_by_status(EPOCH, FAR_FUTURE).get(Status.NEEDS_REVIEW, 0)
             oldest = uow.estimates.oldest_accepted_at(Status.NEEDS_REVIEW)
         age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
-        return StoreGauges(mixed.used, mixed.quota, depth, age)
+        return StoreGauges(mixed.used, mixed.quota, depth, age, store.size_bytes())
 
     return read
 

@@ -927,6 +927,21 @@ class PostgresStore:
     def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
         return PostgresUnitOfWork(self, read_only=read_only)
 
+    def size_bytes(self) -> int:
+        """``pg_database_size`` of the store's database (tables, indexes, TOAST; not the WAL)."""
+        conn, _ = self.acquire()
+        healthy = True
+        try:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        except psycopg.Error as exc:
+            healthy = False
+            raise translate(exc, "cannot read the database size") from exc
+        finally:
+            self.release(conn, healthy=healthy)
+        if row is None or not isinstance(row[0], int):
+            raise StorageError(f"pg_database_size returned {row!r}")
+        return row[0]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

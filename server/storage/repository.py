@@ -352,6 +352,10 @@ class Store(Protocol):
     def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork:
         """A new unit of work. Write units are serialised; read-only units refuse writes."""
 
+    def size_bytes(self) -> int:
+        """Bytes the store occupies on disk now (SQLite: database, WAL and shared-memory files;
+        PostgreSQL: ``pg_database_size`` of its database). For the ``kis_store_size_bytes`` gauge."""
+
     def close(self) -> None:
         """Release the store's connections; units already open may still finish."""
 
