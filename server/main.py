@@ -28,9 +28,11 @@ from server.metrics import Metrics, StoreGauges, StoreGaugesCollector
 from server.metrics_http import MetricsHttpServer, start_metrics_http
 from server.service.admin import AdminService
 from server.service.caller import Caller
+from server.service.denials import DenialAudit
 from server.service.estimates import EstimateService
 from server.service.evidence import EvidenceArchive, EvidenceService
 from server.service.mixed_quota import mixed_usage
+from server.service.paging import PAGE_TOKEN_KEY_PURPOSE, PageTokens
 from server.service.rate_limit import RateLimiter
 from server.service.reviews import ReviewService
 from server.service.sandbox import Sandboxes, SandboxFactory, ServiceSet
@@ -56,8 +58,11 @@ class App:
     metrics: Metrics
     keyring: KeyRing
     metrics_address: str
+    denials: DenialAudit
     _http: list[MetricsHttpServer] = field(default_factory=list)
     _serving: threading.Event = field(default_factory=threading.Event)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _flusher: list[threading.Thread] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -74,6 +79,7 @@ class App:
             start_metrics_http(self.metrics_address, self.metrics.registry, self._serving.is_set)
         )
         self.running.server.start()
+        self._start_denial_flusher()
         self.running.set_serving(True)
         self._serving.set()
         log.info(
@@ -84,6 +90,18 @@ class App:
                 "database": self.settings.database_url,
             },
         )
+
+    def _start_denial_flusher(self) -> None:
+        """Write aggregated refusal counts when their window has passed (server/service/denials.py)."""
+        interval_s = min(5.0, self.denials.window_s)
+
+        def loop() -> None:
+            while not self._stopping.wait(interval_s):
+                self.denials.flush_due()
+
+        thread = threading.Thread(target=loop, name="denial-audit", daemon=True)
+        thread.start()
+        self._flusher.append(thread)
 
     def set_serving(self, serving: bool) -> None:
         """Flip gRPC health and /healthz together (e.g. to drain a replica before stopping it)."""
@@ -98,6 +116,11 @@ class App:
         self._serving.clear()
         self.running.set_serving(False)
         self.running.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s).wait()
+        self._stopping.set()
+        for thread in self._flusher:
+            thread.join()
+        self._flusher.clear()
+        self.denials.flush_all()  # counts not yet written: the store is still open
         if self.deps.sandboxes is not None:
             self.deps.sandboxes.close()
         for http in self._http:
@@ -153,24 +176,42 @@ def store_gauges(store: Store, clock: Clock, quota: int) -> Callable[[], StoreGa
             depth = uow.estimates.count_by_status(EPOCH, FAR_FUTURE).get(Status.NEEDS_REVIEW, 0)
             oldest = uow.estimates.oldest_accepted_at(Status.NEEDS_REVIEW)
         age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
-        return StoreGauges(mixed.used, mixed.quota, depth, age)
+        return StoreGauges(mixed.used, mixed.quota, depth, age, store.size_bytes())
 
     return read
 
 
 def domain_services(
-    store: Store, catalog: Catalog, keyring: KeyRing, clock: Clock, metrics: Metrics, settings: Settings
+    store: Store,
+    catalog: Catalog,
+    keyring: KeyRing,
+    clock: Clock,
+    metrics: Metrics,
+    settings: Settings,
+    denials: DenialAudit | None = None,
 ) -> ServiceSet:
     """The use cases over one store: production's, or an acceptance sandbox's."""
     archive = EvidenceArchive(catalog, keyring, clock, metrics)
     quota = settings.mixed_monthly_quota
+    pages = PageTokens(keyring.derived_key(PAGE_TOKEN_KEY_PURPOSE))
     return ServiceSet(
         estimates=EstimateService(
-            store, catalog, clock, archive=archive, metrics=metrics, mixed_monthly_quota=quota
+            store,
+            catalog,
+            clock,
+            archive=archive,
+            metrics=metrics,
+            mixed_monthly_quota=quota,
+            page_tokens=pages,
         ),
-        reviews=ReviewService(store, catalog, clock, archive, metrics, quota),
-        evidence=EvidenceService(store, clock, metrics),
-        admin=AdminService(store, clock, quota, settings.audit_retention_days),
+        reviews=ReviewService(store, catalog, clock, archive, metrics, quota, pages),
+        evidence=EvidenceService(
+            store,
+            clock,
+            metrics,
+            denials or DenialAudit(store, clock, window_s=settings.denial_audit_window_s),
+        ),
+        admin=AdminService(store, clock, quota, settings.audit_retention_days, pages),
     )
 
 
@@ -211,7 +252,8 @@ def build_app(
     clock = clock or SystemClock()
     metrics = Metrics(registry or CollectorRegistry())
     metrics.registry.register(StoreGaugesCollector(store_gauges(store, clock, settings.mixed_monthly_quota)))
-    production = domain_services(store, catalog, keyring, clock, metrics, settings)
+    denials = DenialAudit(store, clock, window_s=settings.denial_audit_window_s)
+    production = domain_services(store, catalog, keyring, clock, metrics, settings, denials)
     deps = ServiceDeps(
         estimates=production.estimates,
         reviews=production.reviews,
@@ -220,6 +262,9 @@ def build_app(
         tokens=TokenService(store, clock),
         clock=clock,
         rate_limiter=RateLimiter(settings.rate_limit_per_hour, 3600.0, monotonic_s),
+        unauthenticated_limiter=RateLimiter(
+            settings.unauthenticated_rate_limit_per_hour, 3600.0, monotonic_s
+        ),
         info=ServerInfoServicer(
             catalog_version=catalog.version,
             started_at=clock.now(),
@@ -249,6 +294,7 @@ def build_app(
         metrics=metrics,
         keyring=keyring,
         metrics_address=metrics_address or settings.metrics_address,
+        denials=denials,
     )
 
 

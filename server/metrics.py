@@ -213,6 +213,7 @@ class StoreGauges:
     mixed_quota_current_month: int
     review_queue_depth: int  # estimates waiting for review
     review_oldest_age_seconds: float  # age of the oldest one; 0 when the queue is empty
+    store_size_bytes: int  # bytes the store occupies on disk (Store.size_bytes)
 
 
 class StoreGaugesCollector:
@@ -267,6 +268,14 @@ def _store_families() -> list[tuple[GaugeMetricFamily, Callable[[StoreGauges], f
                 "kis_review_oldest_age_seconds", "Age of the oldest estimate waiting for review (0 if none)."
             ),
             lambda g: g.review_oldest_age_seconds,
+        ),
+        (
+            GaugeMetricFamily(
+                "kis_store_size_bytes",
+                "Bytes the store occupies on disk (SQLite: database + WAL + shm files; "
+                "PostgreSQL: pg_database_size), read at scrape time.",
+            ),
+            lambda g: g.store_size_bytes,
         ),
     ]
 

@@ -153,6 +153,13 @@ class Settings:
     mixed_monthly_quota: int = 2
     metrics_address: str = "127.0.0.1:8788"
     rate_limit_per_hour: int = 1000
+    # Calls that fail authentication, per client address (IPv4 address, IPv6 /64), per replica: no
+    # such call can succeed, so the budget only bounds the work (token look-ups, audit rows) that
+    # a caller without a valid token can cause; over it → RATE_LIMITED instead of UNAUTHENTICATED.
+    unauthenticated_rate_limit_per_hour: int = 300
+    # Identical refused evidence-bundle attempts (same caller, address, id, outcome) within this
+    # window are audited as one record plus one record counting the repeats (server/service/denials.py).
+    denial_audit_window_s: float = 60.0
     # "kid:hexkey,kid:hexkey" (first = active unless KIS_EVIDENCE_ACTIVE_KEY); unset: a key file
     # `evidence-keys` is created beside the SQLite database on first start (mode 0600).
     evidence_keys: str | None = field(default=None, repr=False)
@@ -276,6 +283,8 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "mixed_monthly_quota": _int_in(0, 1000),
     "metrics_address": _parse_address,
     "rate_limit_per_hour": _int_in(1, 10_000_000),
+    "unauthenticated_rate_limit_per_hour": _int_in(1, 10_000_000),
+    "denial_audit_window_s": _float_in(1.0, 3600.0),
     "evidence_keys": lambda name, value: value,
     "evidence_active_key": lambda name, value: value,
     "audit_retention_days": _int_in(1, 36500),

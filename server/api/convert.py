@@ -11,6 +11,8 @@ from typing import Any
 from google.protobuf import json_format, timestamp_pb2
 
 from server.engine.audit import AuditEvent
+from server.engine.errors import DomainError, ErrorCode
+from server.engine.messages import violation
 from server.engine.model import (
     AccessoryLine,
     BreakerLine,
@@ -339,7 +341,20 @@ def audit_event_to_proto(event: AuditEvent) -> admin_pb.AuditEvent:
 
 
 def optional_time(msg: Any, name: str) -> datetime | None:
-    return getattr(msg, name).ToDatetime(tzinfo=UTC) if msg.HasField(name) else None
+    """The aware UTC time of Timestamp field ``name``, None when unset.
+
+    A Timestamp outside its documented range (0001-01-01 … 9999-12-31 UTC, nanos 0 … 999,999,999)
+    is MALFORMED_REQUEST at that field, not a conversion error.
+    """
+    if not msg.HasField(name):
+        return None
+    try:
+        value: datetime = getattr(msg, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise DomainError(
+            violation(ErrorCode.MALFORMED_REQUEST, name, v=f"{name} is outside 0001-01-01 … 9999-12-31 UTC")
+        ) from None
+    return value
 
 
 def summary_to_proto(record: EstimateRecord) -> pb.EstimateSummary:

@@ -42,9 +42,9 @@ from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
 from server.engine.roles import Principal, may_call
 from server.service import sandbox
-from server.service.caller import Caller
+from server.service.caller import Caller, RejectedToken
 from server.service.estimates import CallAbandoned
-from server.service.rate_limit import RateLimiter
+from server.service.rate_limit import RateLimiter, peer_key
 from server.service.sandbox import Sandboxes, ServiceSet
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ PUBLIC_SERVICES = frozenset(
     }
 )
 REQUEST_ID_HEADER = "x-request-id"
+AUTHORIZATION_FIELD = "metadata.authorization"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
@@ -65,10 +66,14 @@ _services: contextvars.ContextVar[ServiceSet | None] = contextvars.ContextVar("s
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Authenticator = Callable[[str], Principal | None]
-# (operation, request, principal or None, peer, outcome) of a refused call, for operations whose
-# refusals must be audited (GetEvidenceBundle: "allowed AND denied").
-DenialRecorder = Callable[[str, Any, Principal | None, str, str], None]
+# The stored token behind a refused one (revoked), so its refusal is audited under its id.
+RejectedTokenLookup = Callable[[str], RejectedToken | None]
+# (operation, request, caller, outcome) of a call refused here, for operations whose refusals must
+# be audited (GetEvidenceBundle: every attempt, whatever stops it). ``outcome`` is UNAUTHENTICATED,
+# DENIED (role) or the refusal's error code (RATE_LIMITED, MALFORMED_REQUEST, …).
+DenialRecorder = Callable[[str, Any, Caller, str], None]
 AUDITED_DENIALS = frozenset({"GetEvidenceBundle"})
+_OUTCOME_OF_CODE = {ErrorCode.PERMISSION_DENIED: "DENIED"}  # else the code itself (UNAUTHENTICATED, …)
 
 
 def current_principal() -> Principal:
@@ -128,11 +133,19 @@ def _malformed_field(msg: pb_message.Message, prefix: str = "") -> tuple[str, st
 
 
 def _bearer_token(metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
-    for key, value in metadata:
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+    """The token of the one ``authorization: Bearer <token>`` header, None without a usable one.
+
+    More than one ``authorization`` header is refused (AUTHORIZATION_AMBIGUOUS): which of them a
+    proxy or a server reads is not defined, and "the first valid one" let a wrong one pass unseen.
+    """
+    values = [value for key, value in metadata if key == "authorization"]
+    if len(values) > 1:
+        raise DomainError(violation(ErrorCode.AUTHORIZATION_AMBIGUOUS, AUTHORIZATION_FIELD, n=len(values)))
+    if not values or not isinstance(values[0], str):
+        return None
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
     return None
 
 
@@ -151,12 +164,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         authenticate: Authenticator,
         *,
         rate_limiter: RateLimiter | None = None,
+        unauthenticated_limiter: RateLimiter | None = None,
         record_denial: DenialRecorder | None = None,
+        rejected_token: RejectedTokenLookup | None = None,
         sandboxes: Sandboxes | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._limiter = rate_limiter
+        self._unauthenticated_limiter = unauthenticated_limiter
         self._record_denial = record_denial
+        self._rejected_token = rejected_token
         self._sandboxes = sandboxes
 
     def intercept_service(
@@ -189,29 +206,68 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
     def _admit(
         self, request: Any, context: grpc.ServicerContext, operation: str, public: bool
     ) -> Principal | None:
-        """P1 and the input guards; raises DomainError to refuse the call."""
+        """P1 and the input guards; raises DomainError to refuse the call (audited where required)."""
         metadata = tuple(context.invocation_metadata() or ())
+        peer = context.peer() or ""
+        token: str | None = None
         principal: Principal | None = None
-        if not public:
-            token = _bearer_token(metadata)
-            principal = self._authenticate(token) if token else None
-            if principal is None:
-                self._deny(operation, request, None, context, "UNAUTHENTICATED")
-                raise DomainError(violation(ErrorCode.UNAUTHENTICATED, ""))
-            if not may_call(principal.role, operation):
-                self._deny(operation, request, principal, context, "DENIED")
-                raise DomainError(
-                    violation(ErrorCode.PERMISSION_DENIED, "", role=principal.role.value, operation=operation)
-                )
-            if self._limiter is not None:
-                decision = self._limiter.check(principal.token_id)
-                if not decision.allowed:
-                    retry_ms = max(1, math.ceil(decision.retry_after_s * 1000))
+        try:
+            if not public:
+                token = _bearer_token(metadata)
+                principal = self._authenticate(token) if token else None
+                if principal is None:
+                    self._spend_unauthenticated(peer)
+                    raise DomainError(violation(ErrorCode.UNAUTHENTICATED, ""))
+                if not may_call(principal.role, operation):
                     raise DomainError(
                         violation(
-                            ErrorCode.RATE_LIMITED, "", max=self._limiter.budget, retry_after_ms=retry_ms
+                            ErrorCode.PERMISSION_DENIED, "", role=principal.role.value, operation=operation
                         )
                     )
+                self._spend(principal.token_id)
+            self._check_request(request)
+            run_id = None if public else _metadata_value(metadata, sandbox.HEADER)
+            if run_id is not None:
+                self._enter_sandbox(context, metadata, sandbox.parse_run_id(run_id), Caller(principal, peer))
+        except DomainError as refused:
+            if self._record_denial is not None and operation in AUDITED_DENIALS:
+                outcome = _OUTCOME_OF_CODE.get(refused.code, refused.code.value)
+                self._record_denial(operation, request, self._refused_caller(principal, peer, token), outcome)
+            raise
+        return principal
+
+    def _refused_caller(self, principal: Principal | None, peer: str, token: str | None) -> Caller:
+        """Who was refused: the principal, else the stored token behind a refused token (revoked)."""
+        rejected = None
+        if principal is None and token and self._rejected_token is not None:
+            rejected = self._rejected_token(token)
+        return Caller(principal, peer, rejected)
+
+    def _spend(self, token_id: str) -> None:
+        """One request of the token's budget, or RATE_LIMITED."""
+        if self._limiter is None:
+            return
+        decision = self._limiter.check(token_id)
+        if not decision.allowed:
+            retry_ms = max(1, math.ceil(decision.retry_after_s * 1000))
+            raise DomainError(
+                violation(ErrorCode.RATE_LIMITED, "", max=self._limiter.budget, retry_after_ms=retry_ms)
+            )
+
+    def _spend_unauthenticated(self, peer: str) -> None:
+        """One call of the address's budget for calls without a valid token, or refused."""
+        if self._unauthenticated_limiter is None:
+            return
+        decision = self._unauthenticated_limiter.check(peer_key(peer))
+        if not decision.allowed:
+            retry_ms = max(1, math.ceil(decision.retry_after_s * 1000))
+            budget = self._unauthenticated_limiter.budget
+            raise DomainError(
+                violation(ErrorCode.UNAUTHENTICATED_RATE_LIMITED, "", max=budget, retry_after_ms=retry_ms)
+            )
+
+    @staticmethod
+    def _check_request(request: Any) -> None:
         if isinstance(request, MalformedRequest):
             raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, "", v=request.error))
         if isinstance(request, pb_message.Message):
@@ -219,30 +275,22 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             if malformed is not None:
                 path, what = malformed
                 raise DomainError(violation(ErrorCode.MALFORMED_REQUEST, path, v=what))
-        run_id = None if public else _metadata_value(metadata, sandbox.HEADER)
-        if run_id is not None:
-            run_id = sandbox.parse_run_id(run_id)
-            if self._sandboxes is None or self._sandboxes.max_open == 0:
-                raise DomainError(violation(ErrorCode.SANDBOX_LIMIT, sandbox.FIELD, max=0))
-            sandboxes = self._sandboxes
-            _services.set(sandboxes.services(run_id, Caller(principal, context.peer() or "")))
-            if _metadata_value(metadata, sandbox.END_HEADER) == "1":
-                ended = run_id
-                context.add_callback(lambda: sandboxes.end(ended))  # when this last call is over
-            # echoed on every successful sandbox call: a client can tell it was not served by production
-            context.set_trailing_metadata(((sandbox.HEADER, run_id),))
-        return principal
 
-    def _deny(
+    def _enter_sandbox(
         self,
-        operation: str,
-        request: Any,
-        principal: Principal | None,
         context: grpc.ServicerContext,
-        outcome: str,
+        metadata: tuple[tuple[str, str | bytes], ...],
+        run_id: str,
+        caller: Caller,
     ) -> None:
-        if self._record_denial is not None and operation in AUDITED_DENIALS:
-            self._record_denial(operation, request, principal, context.peer() or "", outcome)
+        if self._sandboxes is None or self._sandboxes.max_open == 0:
+            raise DomainError(violation(ErrorCode.SANDBOX_LIMIT, sandbox.FIELD, max=0))
+        sandboxes = self._sandboxes
+        _services.set(sandboxes.services(run_id, caller))
+        if _metadata_value(metadata, sandbox.END_HEADER) == "1":
+            context.add_callback(lambda: sandboxes.end(run_id))  # when this last call is over
+        # echoed on every successful sandbox call: a client can tell it was not served by production
+        context.set_trailing_metadata(((sandbox.HEADER, run_id),))
 
     def _enter(self, context: grpc.ServicerContext) -> str:
         metadata = tuple(context.invocation_metadata() or ())

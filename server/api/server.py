@@ -9,16 +9,16 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.api.interceptors import ServiceInterceptor, current_services
+from server.api.health import HealthServicer
+from server.api.interceptors import DenialRecorder, ServiceInterceptor, current_services
 from server.api.metrics_interceptor import services_of
 from server.api.quote.service import QuoteDocuments
 from server.api.reflection import add_reflection
 from server.api.server_info import ServerInfoServicer
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
 from server.clock import Clock
-from server.engine.roles import Principal
 from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2, server_info_pb2
 from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
@@ -54,6 +54,7 @@ class ServiceDeps:
     tokens: TokenService
     clock: Clock
     rate_limiter: RateLimiter | None = None
+    unauthenticated_limiter: RateLimiter | None = None  # per client address, calls without a valid token
     info: ServerInfoServicer | None = None  # None: version and commit only (catalog, backend unknown)
     sandboxes: Sandboxes | None = None  # None: calls with a kis-sandbox header are refused
 
@@ -66,7 +67,7 @@ class ServiceDeps:
 class RunningServer:
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    health: HealthServicer
 
     def set_serving(self, serving: bool) -> None:
         """Flip the health status of the whole server and of each service."""
@@ -113,11 +114,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def _denial_recorder(evidence: EvidenceService) -> Any:
-    def record(operation: str, request: Any, principal: Principal | None, peer: str, outcome: str) -> None:
-        estimate_id = getattr(request, "estimate_id", "") if not isinstance(request, bytes) else ""
-        revision = getattr(request, "revision", 0) if not isinstance(request, bytes) else 0
-        evidence.record_denied(str(estimate_id).strip(), int(revision), Caller(principal, peer), outcome)
+def _denial_recorder(evidence: EvidenceService) -> DenialRecorder:
+    def record(operation: str, request: Any, caller: Caller, outcome: str) -> None:
+        # a MalformedRequest (bytes that did not decode) has neither field
+        estimate_id = getattr(request, "estimate_id", "")
+        revision = getattr(request, "revision", 0)
+        evidence.record_denied(
+            estimate_id.strip() if isinstance(estimate_id, str) else "",
+            revision if isinstance(revision, int) else 0,
+            caller,
+            outcome,
+        )
 
     return record
 
@@ -136,7 +143,9 @@ def create_server(
     interceptor = ServiceInterceptor(
         deps.tokens.authenticate,
         rate_limiter=deps.rate_limiter,
+        unauthenticated_limiter=deps.unauthenticated_limiter,
         record_denial=_denial_recorder(deps.evidence),
+        rejected_token=deps.tokens.identify_rejected,
         sandboxes=deps.sandboxes,
     )
     production = deps.production
@@ -160,7 +169,7 @@ def create_server(
         catalog_version="", started_at=deps.clock.now(), database_backend=""
     )
     info_grpc.add_ServerInfoServiceServicer_to_server(info, server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     bind = address or settings.grpc_address

@@ -11,7 +11,10 @@ field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_
 ``RATE_LIMITED`` (per-token budget), ``SANDBOX_INVALID`` and ``SANDBOX_LIMIT`` (the acceptance
 sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open), ``QUOTE_FORMAT_INVALID``
 (GetQuoteDocument without XLSX or PDF) and ``QUOTE_UNAVAILABLE`` (the PDF needs a Hangul font the
-server does not have; the message says which).
+server does not have; the message says which), ``REVISION_INVALID`` (an evidence revision below 0
+or above 2**31 - 1; extra key ``max``), ``UNAUTHENTICATED_RATE_LIMITED`` (calls without a valid
+token over the per-address budget; extra keys ``max``, ``retry_after_ms``) and
+``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header).
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class ErrorCode(StrEnum):
     SANDBOX_LIMIT = "SANDBOX_LIMIT"
     QUOTE_FORMAT_INVALID = "QUOTE_FORMAT_INVALID"
     QUOTE_UNAVAILABLE = "QUOTE_UNAVAILABLE"
+    REVISION_INVALID = "REVISION_INVALID"
+    UNAUTHENTICATED_RATE_LIMITED = "UNAUTHENTICATED_RATE_LIMITED"
+    AUTHORIZATION_AMBIGUOUS = "AUTHORIZATION_AMBIGUOUS"
 
 
 _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
@@ -91,6 +97,8 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
     ErrorCode.MIXED_QUOTA_EXCEEDED: ErrorKind.QUOTA,
     ErrorCode.RATE_LIMITED: ErrorKind.QUOTA,
     ErrorCode.SANDBOX_LIMIT: ErrorKind.QUOTA,
+    ErrorCode.UNAUTHENTICATED_RATE_LIMITED: ErrorKind.QUOTA,
+    ErrorCode.AUTHORIZATION_AMBIGUOUS: ErrorKind.UNAUTHENTICATED,
     ErrorCode.ESTIMATE_NOT_FOUND: ErrorKind.NOT_FOUND,
     ErrorCode.ESTIMATE_NOT_REVIEWABLE: ErrorKind.PRECONDITION,
     ErrorCode.QUOTE_UNAVAILABLE: ErrorKind.PRECONDITION,

@@ -14,7 +14,8 @@ large to print (Python refuses above 4,300 digits; such a value is shown as ``�
 Templates of the service-added codes (``errors.py``) are this module's own wording:
 ``MALFORMED_REQUEST`` ``{v}`` (what could not be decoded), ``TOO_MANY_ITEMS`` ``{max}``,
 ``PAGE_TOKEN_INVALID`` (none), ``PAGE_SIZE_INVALID`` ``{v}`` ``{max}``, ``RATE_LIMITED`` ``{max}``
-``{retry_after_ms}``.
+``{retry_after_ms}``, ``REVISION_INVALID`` ``{v}`` ``{max}``, ``UNAUTHENTICATED_RATE_LIMITED`` ``{max}``
+``{retry_after_ms}``, ``AUTHORIZATION_AMBIGUOUS`` ``{n}``.
 """
 
 from __future__ import annotations
@@ -243,6 +244,20 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
     _C.QUOTE_UNAVAILABLE: (
         "The quote document cannot be built here: {reason}.",
         "견적서를 만들 수 없습니다: {reason}.",
+    ),
+    _C.UNAUTHENTICATED_RATE_LIMITED: (
+        "Too many calls without a valid token from this address ({max} per hour); "
+        "retry in {retry_after_ms} ms.",
+        "이 주소에서 유효한 토큰 없이 보낸 호출이 너무 많습니다(시간당 {max}건). "
+        "{retry_after_ms}ms 후 다시 시도하세요.",
+    ),
+    _C.AUTHORIZATION_AMBIGUOUS: (
+        "{n} authorization headers were sent; send exactly one 'authorization: Bearer <token>'.",
+        "authorization 헤더가 {n}개 전송되었습니다. 'authorization: Bearer <토큰>' 헤더를 하나만 보내세요.",
+    ),
+    _C.REVISION_INVALID: (
+        "revision must be 0 (the current revision) or 1 … {max} (got {v}).",
+        "revision은 0(현재 리비전) 또는 1 … {max} 사이여야 합니다 (입력값 {v}).",
     ),
 }
 TEMPLATES: Mapping[ErrorCode, tuple[str, str]] = MappingProxyType(_TEMPLATES)

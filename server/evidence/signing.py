@@ -104,6 +104,15 @@ class KeyRing:
         digest = hmac.new(self._keys[self._active], data, hashlib.sha256).hexdigest()
         return Signature(key_id=self._active, algorithm=ALGORITHM, signature=digest)
 
+    def derived_key(self, purpose: bytes) -> bytes:
+        """A 32-byte key for another use, HMAC-SHA256(active key, ``purpose``): never the key itself.
+
+        Used for page tokens (server/service/paging.py); it changes when the active key rotates.
+        """
+        if not purpose:
+            raise ValueError("a derived key needs a purpose")
+        return hmac.new(self._keys[self._active], purpose, hashlib.sha256).digest()
+
     def verify(self, data: bytes, signature: Signature) -> SignatureStatus:
         """VALID, INVALID (wrong algorithm or digest) or UNKNOWN_KEY (id not in this ring)."""
         key = self._keys.get(signature.key_id)

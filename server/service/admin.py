@@ -19,7 +19,7 @@ from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
 from server.service.caller import Caller
 from server.service.mixed_quota import mixed_usage, month_of_request, required_text
-from server.service.paging import decode_token, encode_token, page_size_of
+from server.service.paging import PageTokens, page_size_of
 from server.storage.repository import AuditFilter, GrantExistsError, MixedGrant, Store
 
 MAX_REASON = 500
@@ -40,7 +40,15 @@ class AuditPage:
 
 
 class AdminService:
-    def __init__(self, store: Store, clock: Clock, mixed_monthly_quota: int, retention_days: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        mixed_monthly_quota: int,
+        retention_days: int,
+        page_tokens: PageTokens | None = None,
+    ) -> None:
+        self._pages = page_tokens or PageTokens.random()
         self._store = store
         self._clock = clock
         self._mixed_quota = mixed_monthly_quota
@@ -101,15 +109,11 @@ class AdminService:
         size = page_size_of(page_size)
         bounds = [b.isoformat() if b else "" for b in (since, until)]
         scope = ":".join(["audit", action or "", estimate_id or "", *bounds])
-        cursor = decode_token(page_token, scope)
-        before = cursor.get("b") if cursor else None
-        if cursor is not None and not isinstance(before, int):
-            raise DomainError(violation(ErrorCode.PAGE_TOKEN_INVALID, "page_token", v=page_token[:64]))
+        before = self._pages.seq_cursor(page_token, scope)
         flt = AuditFilter(action=action, estimate_id=estimate_id, since=since, until=until)
         with self._store.unit_of_work(read_only=True) as uow:
             events, next_before = uow.audit.list(flt, size, before)
-        token = encode_token({"b": next_before}, scope) if next_before is not None else ""
-        return AuditPage(tuple(events), token)
+        return AuditPage(tuple(events), self._pages.seq_token(next_before, scope))
 
     def verify_audit(self) -> tuple[int, ChainBreak | None]:
         """Walk the whole chain from its anchor: (records checked, first break or None)."""

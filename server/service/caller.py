@@ -13,13 +13,27 @@ ANONYMOUS = "anonymous"
 
 
 @dataclass(frozen=True, slots=True)
+class RejectedToken:
+    """A stored token that was presented but not accepted (revoked): who tried, for the audit log."""
+
+    token_id: str
+    name: str
+    state: str  # "REVOKED"
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
+    """``principal`` when authenticated; otherwise ``rejected`` names a known token that was refused."""
+
     principal: Principal | None
     peer: str = ""
+    rejected: RejectedToken | None = None
 
     @property
     def actor(self) -> str:
-        return self.principal.name if self.principal else ANONYMOUS
+        if self.principal:
+            return self.principal.name
+        return self.rejected.name if self.rejected else ANONYMOUS
 
     @property
     def role(self) -> str:
@@ -35,7 +49,13 @@ class Caller:
         revision: int | None = None,
         **details: Any,
     ) -> AuditDraft:
-        """An audit draft of this caller's action (docs/pricing-rules.md §15): actor, time, outcome, facts."""
+        """An audit draft of this caller's action (docs/pricing-rules.md §15): actor, time, outcome, facts.
+
+        A refused token adds ``token_id`` and ``token_state`` to the details (its role is not granted,
+        so ``role`` stays empty).
+        """
+        if self.rejected is not None:
+            details = {**details, "token_id": self.rejected.token_id, "token_state": self.rejected.state}
         return AuditDraft(
             at=at,
             action=action,

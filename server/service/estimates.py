@@ -41,7 +41,7 @@ from server.metrics import Metrics
 from server.service.caller import Caller
 from server.service.evidence import EvidenceArchive, EvidenceSummary, summary_of
 from server.service.mixed_quota import MIXED_BRAND, mixed_usage
-from server.service.paging import estimate_cursor_of, estimate_cursor_token, page_size_of
+from server.service.paging import PageTokens, page_size_of
 from server.storage.repository import (
     DuplicateKeyError,
     IdempotencyRecord,
@@ -108,7 +108,9 @@ class EstimateService:
         metrics: Metrics,
         mixed_monthly_quota: int = 2,
         id_factory: Callable[[], str] = new_estimate_id,
+        page_tokens: PageTokens | None = None,
     ) -> None:
+        self._pages = page_tokens or PageTokens.random()
         self._metrics = metrics
         self._archive = archive
         self._mixed_quota = mixed_monthly_quota
@@ -297,10 +299,10 @@ class EstimateService:
         """ListEstimates: newest first, keyset-paged; ``page_size`` 0 means the default."""
         size = page_size_of(page_size)
         scope = f"estimates:{status.value if status else ''}"
-        cursor = estimate_cursor_of(page_token, scope)
+        cursor = self._pages.estimate_cursor(page_token, scope)
         with self._store.unit_of_work(read_only=True) as uow:
             records, next_cursor = uow.estimates.list(status, size, cursor)
-        return Page(records=tuple(records), next_page_token=estimate_cursor_token(next_cursor, scope))
+        return Page(records=tuple(records), next_page_token=self._pages.estimate_token(next_cursor, scope))
 
 
 def _duplicate(dedup_key: str, existing_id: str) -> DomainError:

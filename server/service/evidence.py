@@ -12,15 +12,17 @@ from dataclasses import dataclass
 
 from server.clock import Clock
 from server.engine import audit as actions
+from server.engine.audit import AuditDraft
 from server.engine.catalog import Catalog
 from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
+from server.engine.messages import echo, violation
 from server.engine.model import RuleApplication
 from server.engine.records import EstimateRecord
 from server.evidence.bundle import build_bundle
 from server.evidence.signing import ManifestSigner
 from server.metrics import Metrics
 from server.service.caller import Caller
+from server.service.denials import DenialAudit
 from server.storage.repository import EvidenceRecord, Store, UnitOfWork
 
 
@@ -64,13 +66,17 @@ def summary_of(evidence: EvidenceRecord | None) -> EvidenceSummary | None:
 class EvidenceService:
     """GetEvidenceInfo (any role) and GetEvidenceBundle (ADMIN; every request audited)."""
 
-    def __init__(self, store: Store, clock: Clock, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, metrics: Metrics, denials: DenialAudit | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
         self._metrics = metrics
+        self._denials = denials or DenialAudit(store, clock)
 
     def info(self, estimate_id: str, revision: int) -> EvidenceRecord:
         """Manifest, SHA-256 and size of a revision (0 = current); the blob is not loaded."""
+        _check_revision(revision)
         with self._store.unit_of_work(read_only=True) as uow:
             found = uow.evidence.get_info(estimate_id, revision or None) if estimate_id else None
         if found is None:
@@ -78,7 +84,15 @@ class EvidenceService:
         return found
 
     def bundle(self, estimate_id: str, revision: int, caller: Caller) -> EvidenceRecord:
-        """The bundle bytes, after the download is audited (same transaction as the read)."""
+        """The bundle bytes, after the download is audited (same transaction as the read).
+
+        A revision outside 0 … MAX_REVISION is refused (REVISION_INVALID) and audited as such.
+        """
+        try:
+            _check_revision(revision)
+        except DomainError as refused:
+            self.record_denied(estimate_id, revision, caller, refused.code.value)
+            raise
         with self._store.unit_of_work() as uow:
             found = uow.evidence.get(estimate_id, revision or None) if estimate_id else None
             outcome = "ALLOWED" if found is not None else "NOT_FOUND"
@@ -90,11 +104,29 @@ class EvidenceService:
         return found
 
     def record_denied(self, estimate_id: str, revision: int, caller: Caller, outcome: str) -> None:
-        """Audit a refused bundle request (no token, or a role other than ADMIN)."""
-        with self._store.unit_of_work() as uow:
-            _audit_download(uow, caller, self._clock, estimate_id[:128], revision, outcome, None)
-            uow.commit()
+        """Audit a refused bundle request, whatever refused it (``outcome``: UNAUTHENTICATED, DENIED
+        or the error code); identical repeats are aggregated (server/service/denials.py)."""
+        self._denials.record(_download_draft(caller, self._clock, estimate_id, revision, outcome, None))
         self._metrics.evidence_download("denied")
+
+
+MAX_REVISION = 2**31 - 1  # the stores keep revisions as 32-bit integers
+MAX_AUDITED_ID_CHARS = 128
+
+
+def _check_revision(revision: int) -> None:
+    if not 0 <= revision <= MAX_REVISION:
+        raise DomainError(violation(ErrorCode.REVISION_INVALID, "revision", v=revision, max=MAX_REVISION))
+
+
+def audited_text(value: str, max_chars: int = MAX_AUDITED_ID_CHARS) -> str:
+    """``value`` as every store can keep it: cut to ``max_chars``, NUL and lone surrogates replaced.
+
+    Refused requests are audited with what the caller sent, and PostgreSQL rejects NUL in text (so
+    an audit write of a NUL-bearing id failed and the refusal became INTERNAL).
+    """
+    cut = value[:max_chars].replace("\x00", "\ufffd")
+    return cut.encode("utf-8", "replace").decode("utf-8") if not cut.isascii() else cut
 
 
 def _audit_download(
@@ -106,16 +138,28 @@ def _audit_download(
     outcome: str,
     found: EvidenceRecord | None,
 ) -> None:
-    uow.audit.append(
-        caller.audit(
-            clock.now(),
-            actions.EVIDENCE_DOWNLOAD,
-            outcome,
-            estimate_id=estimate_id or None,
-            revision=found.revision if found else (revision or None),
-            sha256=found.sha256 if found else None,
-            size_bytes=found.size_bytes if found else None,
-        )
+    uow.audit.append(_download_draft(caller, clock, estimate_id, revision, outcome, found))
+
+
+def _download_draft(
+    caller: Caller,
+    clock: Clock,
+    estimate_id: str,
+    revision: int,
+    outcome: str,
+    found: EvidenceRecord | None,
+) -> AuditDraft:
+    valid_revision = 1 <= revision <= MAX_REVISION
+    return caller.audit(
+        clock.now(),
+        actions.EVIDENCE_DOWNLOAD,
+        outcome,
+        estimate_id=audited_text(estimate_id) or None,
+        revision=found.revision if found else (revision if valid_revision else None),
+        sha256=found.sha256 if found else None,
+        size_bytes=found.size_bytes if found else None,
+        # a revision no store column can hold is kept as text, bounded like any echoed value
+        requested_revision=None if valid_revision or revision == 0 else echo(revision),
     )
 
 

@@ -38,7 +38,7 @@ from server.service.caller import Caller
 from server.service.estimates import Stored
 from server.service.evidence import EvidenceArchive, summary_of
 from server.service.mixed_quota import mixed_usage, month_of_request, required_text
-from server.service.paging import estimate_cursor_of, estimate_cursor_token, page_size_of
+from server.service.paging import PageTokens, page_size_of
 from server.storage.repository import StaleRevisionError, Store
 
 MAX_TEXT = 500
@@ -94,7 +94,9 @@ class ReviewService:
         archive: EvidenceArchive,
         metrics: Metrics,
         mixed_monthly_quota: int,
+        page_tokens: PageTokens | None = None,
     ) -> None:
+        self._pages = page_tokens or PageTokens.random()
         self._store = store
         self._catalog = catalog
         self._clock = clock
@@ -105,10 +107,10 @@ class ReviewService:
     def queue(self, page_size: int, page_token: str) -> QueuePage:
         """NEEDS_REVIEW estimates, oldest first."""
         size = page_size_of(page_size)
-        cursor = estimate_cursor_of(page_token, "review-queue")
+        cursor = self._pages.estimate_cursor(page_token, "review-queue")
         with self._store.unit_of_work(read_only=True) as uow:
             records, next_cursor = uow.estimates.list_oldest(REVIEWABLE, size, cursor)
-        return QueuePage(tuple(records), estimate_cursor_token(next_cursor, "review-queue"))
+        return QueuePage(tuple(records), self._pages.estimate_token(next_cursor, "review-queue"))
 
     def _load_reviewable(self, estimate_id: str) -> EstimateRecord:
         with self._store.unit_of_work(read_only=True) as uow:

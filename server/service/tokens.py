@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from server.clock import Clock
 from server.engine import audit as actions
 from server.engine.roles import Principal, Role
-from server.service.caller import Caller
+from server.service.caller import Caller, RejectedToken
 from server.storage.repository import Store, TokenRecord
 
 TOKEN_PREFIX = "kis_"
@@ -84,3 +84,19 @@ class TokenService:
         if record is None or not hmac.compare_digest(record.token_sha256, digest):
             return None
         return Principal(token_id=record.token_id, name=record.name, role=Role(record.role))
+
+    def identify_rejected(self, token: str) -> RejectedToken | None:
+        """The stored token behind a token :meth:`authenticate` refused (revoked), for the audit log.
+
+        None for a string that was never issued here. Called only to audit a refused call.
+        """
+        if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+            return None
+        digest = token_digest(token)
+        with self._store.unit_of_work(read_only=True) as uow:
+            record = uow.tokens.find_by_hash(digest, include_revoked=True)
+        if record is None or record.revoked_at is None:
+            return None
+        if not hmac.compare_digest(record.token_sha256, digest):
+            return None
+        return RejectedToken(token_id=record.token_id, name=record.name, state="REVOKED")

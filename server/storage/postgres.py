@@ -421,9 +421,10 @@ class PostgresTokenRepository:
         if not inserted:
             raise StorageError(f"token {token_id}: its id or hash is already stored")
 
-    def find_by_hash(self, token_sha256: str) -> TokenRecord | None:
+    def find_by_hash(self, token_sha256: str, *, include_revoked: bool = False) -> TokenRecord | None:
+        live = "" if include_revoked else " AND revoked_at IS NULL"  # a fixed fragment; values are bound
         row = self._tx.one(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = %s AND revoked_at IS NULL",
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = %s{live}",
             (token_sha256,),
         )
         return None if row is None else _token(row)
@@ -925,6 +926,21 @@ class PostgresStore:
 
     def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
         return PostgresUnitOfWork(self, read_only=read_only)
+
+    def size_bytes(self) -> int:
+        """``pg_database_size`` of the store's database (tables, indexes, TOAST; not the WAL)."""
+        conn, _ = self.acquire()
+        healthy = True
+        try:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        except psycopg.Error as exc:
+            healthy = False
+            raise translate(exc, "cannot read the database size") from exc
+        finally:
+            self.release(conn, healthy=healthy)
+        if row is None or not isinstance(row[0], int):
+            raise StorageError(f"pg_database_size returned {row!r}")
+        return row[0]
 
     def close(self) -> None:
         with self._lock:

@@ -241,8 +241,8 @@ class TokenRepository(Protocol):
     def add(self, token_id: str, name: str, role: str, token_sha256: str, created_at: datetime) -> None:
         """Store a new token; raises :class:`StorageError` if its id or hash is already stored."""
 
-    def find_by_hash(self, token_sha256: str) -> TokenRecord | None:
-        """The unrevoked token with this hash, or None."""
+    def find_by_hash(self, token_sha256: str, *, include_revoked: bool = False) -> TokenRecord | None:
+        """The unrevoked token with this hash (revoked ones too with ``include_revoked``), or None."""
 
     def list(self) -> Sequence[TokenRecord]:
         """All tokens, revoked ones included, oldest first."""
@@ -351,6 +351,10 @@ class UnitOfWork(Protocol):
 class Store(Protocol):
     def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork:
         """A new unit of work. Write units are serialised; read-only units refuse writes."""
+
+    def size_bytes(self) -> int:
+        """Bytes the store occupies on disk now (SQLite: database, WAL and shared-memory files;
+        PostgreSQL: ``pg_database_size`` of its database). For the ``kis_store_size_bytes`` gauge."""
 
     def close(self) -> None:
         """Release the store's connections; units already open may still finish."""

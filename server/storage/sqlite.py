@@ -25,6 +25,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +67,7 @@ from server.storage.rows import text as _text
 logger = logging.getLogger(__name__)
 
 MIN_SQLITE_VERSION = (3, 37, 0)
+FILE_MODE = 0o600  # the database and its -wal/-shm files: owner only
 _RETRYABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _UNIQUE = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
 
@@ -393,9 +395,10 @@ class SqliteTokenRepository:
         if not inserted:
             raise StorageError(f"token {token_id}: its id or hash is already stored")
 
-    def find_by_hash(self, token_sha256: str) -> TokenRecord | None:
+    def find_by_hash(self, token_sha256: str, *, include_revoked: bool = False) -> TokenRecord | None:
+        live = "" if include_revoked else " AND revoked_at IS NULL"  # a fixed fragment; values are bound
         row = self._tx.one(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = ? AND revoked_at IS NULL",
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = ?{live}",
             (token_sha256,),
         )
         return None if row is None else _token(row)
@@ -753,6 +756,7 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the directory of {self.path}: {exc}") from exc
+        self._restrict_permissions()
         conn = self._connect()
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -772,6 +776,25 @@ class SqliteStore:
             raise
         self._idle.append(conn)
         self.start_checkpointer()
+
+    def _restrict_permissions(self) -> None:
+        """Create the database file 0600 (owner only), like the evidence key file, and tighten an
+        existing one (and its WAL and shared-memory files) that group or others may read.
+
+        SQLite creates ``-wal`` and ``-shm`` with the permissions of the database file, so a 0600
+        database keeps them 0600 too. The store holds every customer's request and the token hashes.
+        """
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        except OSError as exc:
+            raise StorageError(f"cannot create or open {self.path}: {exc}") from exc
+        for path in self.files():
+            try:
+                if path.exists() and path.stat().st_mode & 0o077:
+                    path.chmod(FILE_MODE)
+                    logger.warning("restricted %s to mode 0600 (group or others could read it)", path)
+            except OSError as exc:  # not the owner: serve anyway, and say so
+                logger.warning("cannot restrict %s to mode 0600: %s", path, exc)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -843,6 +866,22 @@ class SqliteStore:
             logger.exception("final WAL checkpoint failed")
         finally:
             conn.close()
+
+    def files(self) -> tuple[Path, Path, Path]:
+        """The database file and its WAL and shared-memory companions."""
+        return self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+
+    def size_bytes(self) -> int:
+        """Bytes of the database, WAL and shared-memory files (a missing companion counts 0)."""
+        total = 0
+        for path in self.files():
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot stat {path}: {exc}") from exc
+        return total
 
     def close(self) -> None:
         with self._lock:

@@ -558,6 +558,9 @@ def test_tokens_add_find_list_and_revoke(store: Store) -> None:
         uow.commit()
     with store.unit_of_work(read_only=True) as uow:
         assert uow.tokens.find_by_hash("a" * 64) is None
+        revoked = TokenRecord("t1", "ci", "ESTIMATOR", "a" * 64, T0, T0 + timedelta(hours=1))
+        assert uow.tokens.find_by_hash("a" * 64, include_revoked=True) == revoked
+        assert uow.tokens.find_by_hash("c" * 64, include_revoked=True) is None
         assert list(uow.tokens.list()) == [
             TokenRecord("t1", "ci", "ESTIMATOR", "a" * 64, T0, T0 + timedelta(hours=1)),
             TokenRecord("t2", "ops", "ADMIN", "b" * 64, T0 + timedelta(seconds=1), None),

@@ -55,7 +55,7 @@ def known_series() -> set[str]:
     """What the service exports (with each type's sample suffixes) and what the recording rules record."""
     registry = CollectorRegistry()
     Metrics(registry)
-    registry.register(StoreGaugesCollector(lambda: StoreGauges(0, 2, 0, 0.0)))
+    registry.register(StoreGaugesCollector(lambda: StoreGauges(0, 2, 0, 0.0, 0)))
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names: set[str] = set()
     for family in registry.collect():

@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 
 from server.acceptance.cases import build_request, load_cases
+from server.api.status import status_code_of
 from server.engine.catalog import Catalog, load_catalog
+from server.engine.errors import ErrorCode, kind_of
 from server.engine.estimate import price_estimate
+from server.engine.messages import TEMPLATES
 from server.engine.model import Quote, Resolution
 from server.engine.request import request_from_dict
 from server.engine.validation import validate_request
@@ -310,3 +313,26 @@ def test_every_recorded_rule_id_has_a_heading(recorded_rule_ids: set[str]) -> No
 
 def test_every_rule_id_heading_is_one_the_code_records(recorded_rule_ids: set[str]) -> None:
     assert sorted(_heading_rule_ids() - recorded_rule_ids) == []
+
+
+# --------------------------------------------------------------------------- the error tables of §4
+
+ERROR_ROW = re.compile(r"^\| `([A-Z_]+)` \| ([A-Z_]+) \| (.*) \| `([^`]*)`.*\|$", re.MULTILINE)
+
+
+def _section(text: str, number: str) -> str:
+    start = re.search(rf"^#+ {re.escape(number)}\.? ", text, re.MULTILINE)
+    assert start is not None, f"no section {number}"
+    end = re.search(r"^#{2,3} \d", text[start.end() :], re.MULTILINE)
+    return text[start.start() : start.end() + (end.start() if end else len(text))]
+
+
+def test_every_error_code_is_in_the_tables_of_section_4_with_its_status_and_message(
+    texts: dict[str, str],
+) -> None:
+    text = texts[RULES_DOC_NAME]
+    rows = {m[1]: (m[2], m[4]) for m in ERROR_ROW.finditer(_section(text, "4.2") + _section(text, "4.3"))}
+    assert sorted(rows) == sorted(code.value for code in ErrorCode)
+    for code in ErrorCode:
+        status, message = rows[code.value]
+        assert (status, message) == (status_code_of(kind_of(code)).name, TEMPLATES[code][0]), code

@@ -137,7 +137,7 @@ def _exposed(registry: CollectorRegistry) -> dict[str, float]:
 
 
 def test_store_gauges_are_read_at_scrape_time(metrics: Metrics) -> None:
-    reads = iter([StoreGauges(1, 2, 3, 40.5), StoreGauges(2, 2, 0, 0.0)])
+    reads = iter([StoreGauges(1, 2, 3, 40.5, 123_456), StoreGauges(2, 2, 0, 0.0, 123_457)])
     metrics.registry.register(StoreGaugesCollector(lambda: next(reads)))
     first, second = _exposed(metrics.registry), _exposed(metrics.registry)
     assert {k: first[k] for k in _STORE_KEYS} == {
@@ -145,10 +145,12 @@ def test_store_gauges_are_read_at_scrape_time(metrics: Metrics) -> None:
         "kis_mixed_quota_monthly": 2,
         "kis_review_queue_depth": 3,
         "kis_review_oldest_age_seconds": 40.5,
+        "kis_store_size_bytes": 123_456,
         "kis_store_gauges_up": 1,
     }
     assert second["mixed_exceptions_used_monthly"] == 2
     assert second["kis_review_queue_depth"] == 0
+    assert second["kis_store_size_bytes"] == 123_457
 
 
 _STORE_KEYS = (
@@ -156,6 +158,7 @@ _STORE_KEYS = (
     "kis_mixed_quota_monthly",
     "kis_review_queue_depth",
     "kis_review_oldest_age_seconds",
+    "kis_store_size_bytes",
     "kis_store_gauges_up",
 )
 
