@@ -40,6 +40,7 @@ from server.service.tokens import TokenService
 from server.settings import Settings
 from server.storage.repository import Store
 from server.storage.sqlite import SqliteStore
+from server.store_watch import StoreWatch
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -59,6 +60,7 @@ class App:
     keyring: KeyRing
     metrics_address: str
     denials: DenialAudit
+    store_watch: StoreWatch
     _http: list[MetricsHttpServer] = field(default_factory=list)
     _serving: threading.Event = field(default_factory=threading.Event)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -82,6 +84,7 @@ class App:
         self._start_denial_flusher()
         self.running.set_serving(True)
         self._serving.set()
+        self.store_watch.start(self.set_serving)
         log.info(
             "serving",
             extra={
@@ -113,6 +116,7 @@ class App:
 
     def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting calls, let in-flight calls finish (up to the grace period), close the store."""
+        self.store_watch.stop()
         self._serving.clear()
         self.running.set_serving(False)
         self.running.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s).wait()
@@ -254,6 +258,7 @@ def build_app(
     metrics.registry.register(StoreGaugesCollector(store_gauges(store, clock, settings.mixed_monthly_quota)))
     denials = DenialAudit(store, clock, window_s=settings.denial_audit_window_s)
     production = domain_services(store, catalog, keyring, clock, metrics, settings, denials)
+    watch = StoreWatch(store)
     deps = ServiceDeps(
         estimates=production.estimates,
         reviews=production.reviews,
@@ -277,6 +282,7 @@ def build_app(
             monotonic=monotonic_s,
             opened=record_sandbox_opened(store, clock),
         ),
+        on_store_unavailable=watch.notify,
     )
     try:
         running = create_server(
@@ -295,6 +301,7 @@ def build_app(
         keyring=keyring,
         metrics_address=metrics_address or settings.metrics_address,
         denials=denials,
+        store_watch=watch,
     )
 
 

@@ -46,6 +46,7 @@ from server.service.caller import Caller, RejectedToken
 from server.service.estimates import CallAbandoned
 from server.service.rate_limit import RateLimiter, peer_key
 from server.service.sandbox import Sandboxes, ServiceSet
+from server.storage.repository import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         record_denial: DenialRecorder | None = None,
         rejected_token: RejectedTokenLookup | None = None,
         sandboxes: Sandboxes | None = None,
+        on_store_unavailable: Callable[[], None] | None = None,
     ) -> None:
         self._authenticate = authenticate
+        self._on_store_unavailable = on_store_unavailable
         self._limiter = rate_limiter
         self._unauthenticated_limiter = unauthenticated_limiter
         self._record_denial = record_denial
@@ -327,6 +330,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             # abort on a call the client left sends nothing; it records the code for the metrics and
             # keeps grpcio from logging the exception (an RpcError of send_initial_metadata included)
             context.abort(code, "the client ended the call")
+        if isinstance(exc, StorageError) and exc.retryable:
+            # The database is down or restarting: the caller may retry, health turns NOT_SERVING
+            # until the store answers again (server/main.py StoreWatch). Not a bug: no traceback.
+            log.warning("store unavailable", extra={"method": method, "error": str(exc)})
+            if self._on_store_unavailable is not None:
+                self._on_store_unavailable()
+            exc = DomainError(violation(ErrorCode.STORE_UNAVAILABLE, ""))
         if isinstance(exc, DomainError):
             self._log(method, status_code_of(exc.kind).name, started, principal, exc.code.value)
         else:

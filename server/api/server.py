@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +57,7 @@ class ServiceDeps:
     unauthenticated_limiter: RateLimiter | None = None  # per client address, calls without a valid token
     info: ServerInfoServicer | None = None  # None: version and commit only (catalog, backend unknown)
     sandboxes: Sandboxes | None = None  # None: calls with a kis-sandbox header are refused
+    on_store_unavailable: Callable[[], None] | None = None  # a call met a database outage
 
     @property
     def production(self) -> ServiceSet:
@@ -147,6 +148,7 @@ def create_server(
         record_denial=_denial_recorder(deps.evidence),
         rejected_token=deps.tokens.identify_rejected,
         sandboxes=deps.sandboxes,
+        on_store_unavailable=deps.on_store_unavailable,
     )
     production = deps.production
 

@@ -35,6 +35,7 @@ _STATUS_OF_KIND: Mapping[ErrorKind, grpc.StatusCode] = {
     ErrorKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

@@ -14,7 +14,8 @@ sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open), ``QUOTE_F
 server does not have; the message says which), ``REVISION_INVALID`` (an evidence revision below 0
 or above 2**31 - 1; extra key ``max``), ``UNAUTHENTICATED_RATE_LIMITED`` (calls without a valid
 token over the per-address budget; extra keys ``max``, ``retry_after_ms``) and
-``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header).
+``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header), ``STORE_UNAVAILABLE``
+(UNAVAILABLE: the database cannot be reached right now; nothing was stored, retry).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ErrorKind(StrEnum):
     PRECONDITION = "PRECONDITION"  # FAILED_PRECONDITION
     DENIED = "DENIED"  # PERMISSION_DENIED
     UNAUTHENTICATED = "UNAUTHENTICATED"  # UNAUTHENTICATED
+    UNAVAILABLE = "UNAVAILABLE"  # UNAVAILABLE: the store cannot be reached; retry later
     INTERNAL = "INTERNAL"  # INTERNAL: a bug, never a knowledge gap
 
 
@@ -85,6 +87,7 @@ class ErrorCode(StrEnum):
     SANDBOX_LIMIT = "SANDBOX_LIMIT"
     QUOTE_FORMAT_INVALID = "QUOTE_FORMAT_INVALID"
     QUOTE_UNAVAILABLE = "QUOTE_UNAVAILABLE"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     REVISION_INVALID = "REVISION_INVALID"
     UNAUTHENTICATED_RATE_LIMITED = "UNAUTHENTICATED_RATE_LIMITED"
     AUTHORIZATION_AMBIGUOUS = "AUTHORIZATION_AMBIGUOUS"
@@ -102,6 +105,7 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
     ErrorCode.ESTIMATE_NOT_FOUND: ErrorKind.NOT_FOUND,
     ErrorCode.ESTIMATE_NOT_REVIEWABLE: ErrorKind.PRECONDITION,
     ErrorCode.QUOTE_UNAVAILABLE: ErrorKind.PRECONDITION,
+    ErrorCode.STORE_UNAVAILABLE: ErrorKind.UNAVAILABLE,
     ErrorCode.PERMISSION_DENIED: ErrorKind.DENIED,
     ErrorCode.UNAUTHENTICATED: ErrorKind.UNAUTHENTICATED,
     ErrorCode.INTERNAL_ERROR: ErrorKind.INTERNAL,

@@ -241,6 +241,10 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "format must be QUOTE_FORMAT_XLSX or QUOTE_FORMAT_PDF (got {v}).",
         "format은 QUOTE_FORMAT_XLSX 또는 QUOTE_FORMAT_PDF여야 합니다 (입력값 {v}).",
     ),
+    _C.STORE_UNAVAILABLE: (
+        "The estimate store cannot be reached right now; nothing was stored. Retry shortly.",
+        "견적 저장소에 지금 연결할 수 없습니다. 저장된 것은 없습니다. 잠시 후 다시 시도하세요.",
+    ),
     _C.QUOTE_UNAVAILABLE: (
         "The quote document cannot be built here: {reason}.",
         "견적서를 만들 수 없습니다: {reason}.",

@@ -1,0 +1,151 @@
+"""A database outage: UNAVAILABLE with a clear code, health NOT_SERVING, recovery by itself.
+
+The replica talks to PostgreSQL through a TCP relay the test can cut: while it is down every
+connection is refused and open ones are dropped — what a PostgreSQL restart looks like from the
+service. Nothing acknowledged before the outage is lost, and nothing is half-stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.acceptance.runner import outcome_of_error
+from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from tests.integration.conftest import TIMEOUT_S, Served
+from tests.integration.test_postgres_service import start_on_postgres
+from tests.integration.test_storage_contract import pg_database
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = json.loads((ROOT / "examples" / "example1.json").read_text(encoding="utf-8"))
+
+
+class Relay:
+    """127.0.0.1:<port> → the database, byte for byte; ``down()`` refuses and drops, ``up()`` resumes."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close alone may not
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def relayed() -> Iterator[tuple[Served, Relay]]:
+    with pg_database() as url:
+        parts = urlsplit(url)
+        relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
+        relay.up()
+        netloc = f"{parts.username}@127.0.0.1:{relay.port}" if parts.username else f"127.0.0.1:{relay.port}"
+        served = start_on_postgres(urlunsplit(parts._replace(netloc=netloc)))
+        try:
+            yield served, relay
+        finally:
+            served.app.stop(0)
+            relay.down()
+
+
+def _health(channel: grpc.Channel) -> int:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+    return int(reply.status)
+
+
+def _wait_health(channel: grpc.Channel, status: int, within_s: float = 20.0) -> None:
+    deadline = time.monotonic() + within_s
+    while _health(channel) != status:
+        assert time.monotonic() < deadline, f"health did not turn {status}"
+        time.sleep(0.2)
+
+
+def test_an_outage_is_unavailable_not_internal_and_the_service_recovers_by_itself(
+    relayed: tuple[Served, Relay],
+) -> None:
+    served, relay = relayed
+    md = served.metadata("ESTIMATOR")
+    request = json_format.ParseDict(EXAMPLE, pb.CreateEstimateRequest())
+    with grpc.insecure_channel(served.address) as channel:
+        stub = pb_grpc.EstimatorServiceStub(channel)
+        before = stub.CreateEstimate(request, metadata=md, timeout=TIMEOUT_S).estimate
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+
+        relay.down()  # PostgreSQL "restarts"
+        during = pb.CreateEstimateRequest()
+        during.CopyFrom(request)
+        during.request_id = "during-the-outage"
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.CreateEstimate(during, metadata=md, timeout=TIMEOUT_S)
+        outcome = outcome_of_error(failed.value)
+        assert (outcome.code, outcome.violations[0]["code"]) == ("UNAVAILABLE", "STORE_UNAVAILABLE")
+        _wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        relay.up()
+        _wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        again = stub.GetEstimate(
+            pb.GetEstimateRequest(estimate_id=before.estimate_id), metadata=md, timeout=TIMEOUT_S
+        )
+        assert again.estimate.totals.total_krw == before.totals.total_krw  # acknowledged before: kept
+        retried = stub.CreateEstimate(
+            during, metadata=md, timeout=TIMEOUT_S
+        ).estimate  # the retry succeeds once
+        assert (
+            retried.request_id == "during-the-outage" and retried.totals.total_krw == before.totals.total_krw
+        )
