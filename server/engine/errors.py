@@ -13,7 +13,8 @@ field above its hard cap; extra key ``max``), ``PAGE_TOKEN_INVALID`` and ``PAGE_
 PDF needs a Hangul font the server does not have; the message says which), ``REVISION_INVALID``
 (an evidence revision below 0 or above 2**31 - 1; extra key ``max``), ``UNAUTHENTICATED_RATE_LIMITED``
 (calls without a valid token over the per-address budget; extra keys ``max``, ``retry_after_ms``) and
-``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header).
+``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header) and ``ESTIMATE_TOO_LARGE`` (an
+estimate whose stored bytes would exceed ``KIS_MAX_STORED_BYTES_PER_ESTIMATE``; extra key ``max``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class ErrorCode(StrEnum):
     REVISION_INVALID = "REVISION_INVALID"
     UNAUTHENTICATED_RATE_LIMITED = "UNAUTHENTICATED_RATE_LIMITED"
     AUTHORIZATION_AMBIGUOUS = "AUTHORIZATION_AMBIGUOUS"
+    ESTIMATE_TOO_LARGE = "ESTIMATE_TOO_LARGE"
 
 
 _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
