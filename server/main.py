@@ -207,6 +207,7 @@ def domain_services(
             metrics=metrics,
             mixed_monthly_quota=quota,
             page_tokens=pages,
+            max_stored_bytes=settings.max_stored_bytes_per_estimate,
         ),
         reviews=ReviewService(store, catalog, clock, archive, metrics, quota, pages),
         evidence=EvidenceService(

@@ -160,6 +160,10 @@ class Settings:
     # Identical refused evidence-bundle attempts (same caller, address, id, outcome) within this
     # window are audited as one record plus one record counting the repeats (server/service/denials.py).
     denial_audit_window_s: float = 60.0
+    # What one accepted estimate may add to the store: evidence ZIP + JSON document + stored reply.
+    # The largest request the validation accepts takes ~524 KiB (bench/store_size.py), a typical one
+    # ~44 KiB; above the bound CreateEstimate is refused ESTIMATE_TOO_LARGE and nothing is stored.
+    max_stored_bytes_per_estimate: int = 1024 * 1024
     # "kid:hexkey,kid:hexkey" (first = active unless KIS_EVIDENCE_ACTIVE_KEY); unset: a key file
     # `evidence-keys` is created beside the SQLite database on first start (mode 0600).
     evidence_keys: str | None = field(default=None, repr=False)
@@ -285,6 +289,7 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "rate_limit_per_hour": _int_in(1, 10_000_000),
     "unauthenticated_rate_limit_per_hour": _int_in(1, 10_000_000),
     "denial_audit_window_s": _float_in(1.0, 3600.0),
+    "max_stored_bytes_per_estimate": _int_in(64 * 1024, 64 * 1024 * 1024),
     "evidence_keys": lambda name, value: value,
     "evidence_active_key": lambda name, value: value,
     "audit_retention_days": _int_in(1, 36500),

@@ -4,9 +4,12 @@ It rewraps every method handler so that all of this runs in the worker thread th
 call (``intercept_service`` itself runs before a worker is chosen):
 
 1. request id: the client's ``x-request-id`` (if sane) or a new one; every log line carries it;
-2. P1 of docs/pricing-rules.md §3: ``authorization: Bearer <token>`` → :class:`Principal`; no or unknown
-   token → UNAUTHENTICATED, a role the §16.4 table does not allow → PERMISSION_DENIED. Health checks and
-   reflection are public;
+2. P1 of docs/pricing-rules.md §3: exactly one ``authorization: Bearer <token>`` header → :class:`Principal`
+   (two or more → AUTHORIZATION_AMBIGUOUS); no, unknown or revoked token → UNAUTHENTICATED, after a
+   per-address budget for such calls (over it → UNAUTHENTICATED_RATE_LIMITED); a role the §16.4 table
+   does not allow → PERMISSION_DENIED; then the per-token budget (RATE_LIMITED). Health checks and
+   reflection are public. Every refusal here of an operation in :data:`AUDITED_DENIALS` is handed
+   to the denial recorder, whatever refused it (server/service/denials.py aggregates repeats);
 3. request bytes that do not decode, carry fields this server does not know, or strings with a NUL
    character, are answered INVALID_ARGUMENT ``MALFORMED_REQUEST`` (grpcio would otherwise answer
    INTERNAL). Unknown fields

@@ -14,8 +14,10 @@ sandbox: a malformed ``kis-sandbox`` run id, too many sandboxes open), ``QUOTE_F
 server does not have; the message says which), ``REVISION_INVALID`` (an evidence revision below 0
 or above 2**31 - 1; extra key ``max``), ``UNAUTHENTICATED_RATE_LIMITED`` (calls without a valid
 token over the per-address budget; extra keys ``max``, ``retry_after_ms``) and
-``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header), ``STORE_UNAVAILABLE``
-(UNAVAILABLE: the database cannot be reached right now; nothing was stored, retry).
+``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header), ``ESTIMATE_TOO_LARGE`` (an
+estimate whose stored bytes would exceed ``KIS_MAX_STORED_BYTES_PER_ESTIMATE``; extra key ``max``)
+and ``STORE_UNAVAILABLE`` (UNAVAILABLE: the database cannot be reached right now; nothing was
+stored, retry).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class ErrorCode(StrEnum):
     REVISION_INVALID = "REVISION_INVALID"
     UNAUTHENTICATED_RATE_LIMITED = "UNAUTHENTICATED_RATE_LIMITED"
     AUTHORIZATION_AMBIGUOUS = "AUTHORIZATION_AMBIGUOUS"
+    ESTIMATE_TOO_LARGE = "ESTIMATE_TOO_LARGE"
 
 
 _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {

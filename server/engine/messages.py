@@ -15,7 +15,7 @@ Templates of the service-added codes (``errors.py``) are this module's own wordi
 ``MALFORMED_REQUEST`` ``{v}`` (what could not be decoded), ``TOO_MANY_ITEMS`` ``{max}``,
 ``PAGE_TOKEN_INVALID`` (none), ``PAGE_SIZE_INVALID`` ``{v}`` ``{max}``, ``RATE_LIMITED`` ``{max}``
 ``{retry_after_ms}``, ``REVISION_INVALID`` ``{v}`` ``{max}``, ``UNAUTHENTICATED_RATE_LIMITED`` ``{max}``
-``{retry_after_ms}``, ``AUTHORIZATION_AMBIGUOUS`` ``{n}``.
+``{retry_after_ms}``, ``AUTHORIZATION_AMBIGUOUS`` ``{n}``, ``ESTIMATE_TOO_LARGE`` ``{v}`` ``{max}``.
 """
 
 from __future__ import annotations
@@ -258,6 +258,12 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
     _C.AUTHORIZATION_AMBIGUOUS: (
         "{n} authorization headers were sent; send exactly one 'authorization: Bearer <token>'.",
         "authorization 헤더가 {n}개 전송되었습니다. 'authorization: Bearer <토큰>' 헤더를 하나만 보내세요.",
+    ),
+    _C.ESTIMATE_TOO_LARGE: (
+        "The estimate would take {v} bytes in the store, more than the {max} allowed per estimate; "
+        "split the request.",
+        "이 견적은 저장 공간을 {v}바이트 차지하여 견적당 허용치 {max}바이트를 넘습니다. "
+        "요청을 나누어 보내세요.",
     ),
     _C.REVISION_INVALID: (
         "revision must be 0 (the current revision) or 1 … {max} (got {v}).",

@@ -49,6 +49,7 @@ from server.storage.repository import (
     Store,
     UnitOfWork,
 )
+from server.storage.rows import document_text
 
 ResponseEncoder = Callable[[EstimateRecord, EvidenceSummary | None], bytes]
 log = logging.getLogger(__name__)
@@ -109,8 +110,10 @@ class EstimateService:
         mixed_monthly_quota: int = 2,
         id_factory: Callable[[], str] = new_estimate_id,
         page_tokens: PageTokens | None = None,
+        max_stored_bytes: int = 1024 * 1024,
     ) -> None:
         self._pages = page_tokens or PageTokens.random()
+        self._max_stored_bytes = max_stored_bytes
         self._metrics = metrics
         self._archive = archive
         self._mixed_quota = mixed_monthly_quota
@@ -229,6 +232,7 @@ class EstimateService:
                     evidence = self._archive.build(record, self._take_mixed_quota(uow, req, accepted_at))
                 assert evidence is not None
                 response = encode(record, summary_of(evidence))
+                self._check_stored_size(record, evidence.size_bytes, len(response))
                 if not still_wanted():
                     raise CallAbandoned
                 uow.estimates.add(record)
@@ -261,6 +265,18 @@ class EstimateService:
         if record.completed_at is not None:
             self._metrics.estimate_completed(0.0)
         return Created(response=response, replayed=False, estimate_id=record.estimate_id)
+
+    def _check_stored_size(self, record: EstimateRecord, bundle_bytes: int, response_bytes: int) -> None:
+        """ESTIMATE_TOO_LARGE when the estimate would add more than the bound to the store.
+
+        Counted: the evidence ZIP, the JSON document (UTF-8) and the stored reply — over 99 % of
+        what an estimate occupies (bench/store_size.py; the index and audit entries are < 1 KiB).
+        """
+        stored = bundle_bytes + response_bytes + len(document_text(record).encode("utf-8"))
+        if stored > self._max_stored_bytes:
+            raise DomainError(
+                violation(ErrorCode.ESTIMATE_TOO_LARGE, "", v=stored, max=self._max_stored_bytes)
+            )
 
     def _take_mixed_quota(
         self, uow: UnitOfWork, req: EstimateRequest, accepted_at: datetime

@@ -12,11 +12,17 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.acceptance.runner import outcome_of_error
+from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from server.storage.repository import AuditFilter
 from server.storage.sqlite import SqliteStore
-from tests.integration.conftest import Served, start_app
+from tests.integration.conftest import TIMEOUT_S, Served, start_app
 from tests.integration.test_evidence_api import _s01, create
 from tests.integration.test_postgres_service import start_on_postgres
 from tests.integration.test_storage_contract import pg_database
@@ -95,3 +101,41 @@ def test_every_sqlite_store_is_owner_only(tmp_path: Path, name: str) -> None:
         assert mode(tmp_path / name) == 0o600
     finally:
         store.close()
+
+
+def largest_request(run: str) -> dict[str, object]:
+    """The largest request validation accepts: 100 branch lines with 200-character remarks."""
+    data = _s01(run)
+    data["main"] = {"kind": "MCCB", "poles": 4, "trip_at": 800}
+    data["branches"] = [{"kind": "MCCB", "poles": 2, "trip_at": 20, "qty": 100, "remark": "x" * 200}] * 100
+    return data
+
+
+def test_an_estimate_above_the_stored_size_bound_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    served = start_app(tmp_path, max_stored_bytes_per_estimate=128 * 1024)
+    try:
+        create(served, _s01("small-"))  # ~44 KiB: under the bound
+        stub = pb_grpc.EstimatorServiceStub(grpc.insecure_channel(served.address))
+        request = json_format.ParseDict(largest_request("big-"), pb.CreateEstimateRequest())
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CreateEstimate(request, metadata=served.metadata("ESTIMATOR"), timeout=TIMEOUT_S)
+        refused = outcome_of_error(info.value)
+        assert refused.code == "INVALID_ARGUMENT" and refused.error_info["reason"] == "ESTIMATE_TOO_LARGE"
+        assert refused.error_info["max"] == str(128 * 1024)
+        stored = int(refused.message.split(" would take ")[1].split(" bytes")[0])
+        assert 400 * 1024 < stored < 700 * 1024  # evidence ZIP + document + reply of the largest request
+        listed = stub.ListEstimates(
+            pb.ListEstimatesRequest(), metadata=served.metadata("VIEWER"), timeout=TIMEOUT_S
+        )
+        assert len(listed.estimates) == 1
+        with served.app.store.unit_of_work(read_only=True) as uow:
+            assert uow.idempotency.get(request.request_id) is None
+            rejected, _ = uow.audit.list(AuditFilter("REQUEST_REJECTED", None, None, None), 10, None)
+        assert [e.details["first_code"] for e in rejected] == ["ESTIMATE_TOO_LARGE"]
+    finally:
+        served.app.stop(0)
+
+
+def test_the_largest_valid_request_fits_the_default_bound(fresh: Served) -> None:
+    est = create(fresh, largest_request("default-"))
+    assert est.evidence.size_bytes > 256 * 1024
