@@ -29,24 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from workflows.prometheus import queries
+
 DEFAULT_WINDOW = "1d"
 QUERY_TIMEOUT_S = 10.0
 _DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
 
-API = 'grpc_service=~"kis[.]estimator[.].+"'
-CLIENT_ERROR_CODES = (
-    "INVALID_ARGUMENT",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "UNAUTHENTICATED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "OUT_OF_RANGE",
-    "CANCELLED",
-    "DEADLINE_EXCEEDED",  # the client stopped waiting: not a server error (recording.rules.yml)
-)
-_NOT_5XX = "|".join(("OK", *CLIENT_ERROR_CODES))
+# Every PromQL expression lives in workflows/prometheus/queries.py (one place for the criteria,
+# the promotion gate and this report).
 
 
 class SloError(Exception):
@@ -106,22 +96,7 @@ def validate_window(window: str) -> str:
 
 def slo_queries(window: str) -> dict[str, str]:
     """One PromQL expression per target key, each giving a single sample over ``window``."""
-    w = validate_window(window)
-    return {
-        "p95_latency_ms": (
-            "1000 * histogram_quantile(0.95, sum by (le) ("
-            f'rate(grpc_server_handling_seconds_bucket{{{API}, grpc_type="unary"}}[{w}])))'
-        ),
-        "error_ratio": (
-            f'sum(increase(grpc_server_handled_total{{{API}, grpc_code!~"{_NOT_5XX}"}}[{w}]))'
-            f" / sum(increase(grpc_server_handled_total{{{API}}}[{w}]))"
-        ),
-        "tat_median_s": f"histogram_quantile(0.5, sum by (le) (rate(kis_estimate_tat_seconds_bucket[{w}])))",
-        "auto_processing_ratio": (
-            f'sum(increase(kis_estimates_accepted_total{{status="COMPLETED"}}[{w}]))'
-            f' / sum(increase(kis_estimates_accepted_total{{status=~"COMPLETED|NEEDS_REVIEW"}}[{w}]))'
-        ),
-    }
+    return queries.slo_queries(validate_window(window))
 
 
 def evaluate(values: Mapping[str, float | None], notes: Mapping[str, str] | None = None) -> list[SloResult]:

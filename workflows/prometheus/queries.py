@@ -1,7 +1,8 @@
 """Every PromQL expression the workflows read, in one place.
 
-The rollback criteria (``workflows.incident.criteria``) and the promotion's SLO gate
-(``workflows.release.promote``) build their queries here, from the same definitions as
+The rollback criteria (``workflows.incident.criteria``), the promotion's SLO gate
+(``workflows.release.promote``) and the SLO report (``kis-estimator slo``, ``server/slo.py``) build
+their queries here, from the same definitions as
 ``deploy/prometheus/recording.rules.yml``: API calls are the ``kis.estimator.*`` services; a
 "5xx" is every gRPC code except ``OK`` and the client-error class :data:`CLIENT_ERROR_CODES`
 (written "not OK and not 4xx", so a code added later counts as a server error); latency is that of
@@ -21,6 +22,7 @@ __all__ = [
     "release_queries",
     "rss_of_api_processes",
     "service_down",
+    "slo_queries",
 ]
 
 # The 4xx class (the caller's doing); every other non-OK code is 5xx. Same set as recording.rules.yml.
@@ -86,6 +88,24 @@ def service_down(matchers: list[str]) -> str:
     """
     scope = ", ".join(matchers) if matchers else f'job="{DEFAULT_JOB}"'
     return f"(1 - max(up{{{scope}}})) or on() vector(1)"
+
+
+def slo_queries(window: str) -> dict[str, str]:
+    """The SLO report's four targets (``kis-estimator slo``), one sample each over ``window``.
+
+    p95 of unary API calls; the 5xx share of API calls; the TAT median; the auto-processing rate
+    (COMPLETED ÷ COMPLETED + NEEDS_REVIEW at acceptance). ``window`` is a checked PromQL duration.
+    """
+    w = window
+    return {
+        "p95_latency_ms": f"1000 * histogram_quantile(0.95, sum by (le) (rate({_buckets()}[{w}])))",
+        "error_ratio": f"sum(increase({_handled_5xx()}[{w}])) / sum(increase({_handled()}[{w}]))",
+        "tat_median_s": f"histogram_quantile(0.5, sum by (le) (rate(kis_estimate_tat_seconds_bucket[{w}])))",
+        "auto_processing_ratio": (
+            f'sum(increase(kis_estimates_accepted_total{{status="COMPLETED"}}[{w}]))'
+            f' / sum(increase(kis_estimates_accepted_total{{status=~"COMPLETED|NEEDS_REVIEW"}}[{w}]))'
+        ),
+    }
 
 
 def _promql_string(text: str) -> str:
