@@ -10,7 +10,9 @@ a fresh SQLite file, then runs twice for ``--seconds`` each, over real gRPC:
    (each refused call used to write one audit row under the store's write lock).
 
 It prints creates per second in both runs and their ratio, refused calls per second, and the audit
-rows the flood wrote per second (read from the store afterwards). ``--unauthenticated-limit`` sets
+rows the flood wrote per second (read from the store afterwards). A flood flat out is as fast as the
+server answers refusals, so compare builds with ``--flood-rate`` (the same refused calls per second).
+``--unauthenticated-limit`` sets
 ``KIS_UNAUTHENTICATED_RATE_LIMIT_PER_HOUR`` (default: the service default; a huge value shows what
 the aggregation of audit rows alone does).
 """
@@ -51,10 +53,18 @@ def free_port() -> int:
 
 
 def closed_loop(
-    call: object, threads: int, stop: threading.Event, counts: list[int]
+    call: object, threads: int, stop: threading.Event, counts: list[int], rate: float | None = None
 ) -> list[threading.Thread]:
+    """``threads`` callers until ``stop``: back to back, or paced to ``rate`` calls/s in total."""
+    interval = None if rate is None else threads / rate
+
     def run(i: int) -> None:
+        due = time.perf_counter()
         while not stop.is_set():
+            if interval is not None:
+                due += interval
+                if stop.wait(max(0.0, due - time.perf_counter())):
+                    return
             with contextlib.suppress(grpc.RpcError):  # refusals are what the flood is made of
                 call()  # type: ignore[operator]
             counts[i] += 1
@@ -79,6 +89,12 @@ def main() -> int:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--flooders", type=int, default=2)
     parser.add_argument("--unauthenticated-limit", type=int, default=None)
+    parser.add_argument(
+        "--flood-rate",
+        type=float,
+        default=None,
+        help="pace the flood to this many calls/s (default: flat out)",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="kis-flood-"))
@@ -137,7 +153,7 @@ def main() -> int:
             rows_before = download_rows(db)
             threads = closed_loop(create, args.writers, stop, creates)
             if flooding:
-                threads += closed_loop(flood, args.flooders, stop, floods)
+                threads += closed_loop(flood, args.flooders, stop, floods, args.flood_rate)
             started = time.perf_counter()
             stop.wait(args.seconds)
             stop.set()
