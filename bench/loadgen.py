@@ -11,7 +11,9 @@ as the previous one ends. Two kinds:
 
 * timed: from ``start_at`` for ``warmup_s + duration_s``; only calls that *complete* inside the
   measuring window ``[start_at + warmup_s, start_at + warmup_s + duration_s]`` count, and QPS is
-  their number over the window's length (calls in flight at either edge are dropped);
+  their number over the window's length (calls in flight at either edge are dropped). With
+  ``min_calls``, a window in which fewer calls completed stays open until that many did (the smoke
+  run's windows are shorter than one slow call under load); ``window_s`` is then the longer one;
 * counted (``calls`` given): exactly that many calls, all counted (the leak check).
 
 Requests are raw bytes (no message objects on the client): the body, plus, when ``id_field`` is set,
@@ -96,8 +98,13 @@ async def run_timed(channel: grpc.aio.Channel, spec: dict[str, Any], process: in
     start_at = float(spec["start_at"])
     measure_from = start_at + float(spec["warmup_s"])
     measure_to = measure_from + float(spec["duration_s"])
+    min_calls = int(spec.get("min_calls", 0))
     tally = Tally()
     cpu: dict[str, float] = {}
+    closed_at: list[float] = []  # when the window closed, if min_calls held it open past measure_to
+
+    def window_open(now: float) -> bool:
+        return now < measure_to or (len(tally.latencies_ms) < min_calls and not closed_at)
 
     async def sample_cpu(at: float, key: str) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
@@ -105,20 +112,24 @@ async def run_timed(channel: grpc.aio.Channel, spec: dict[str, Any], process: in
 
     async def worker(w: int) -> None:
         n = 0
-        while time.monotonic() < measure_to:
+        while window_open(time.monotonic()):
             body = body_of(w, n)
             n += 1
             t0 = time.perf_counter()
             try:
                 size = await call(body)
             except grpc.aio.AioRpcError as exc:
-                if measure_from <= time.monotonic() <= measure_to:
+                if measure_from <= time.monotonic() and window_open(time.monotonic()):
                     tally.errors[exc.code().name] += 1
                 continue
             t1 = time.perf_counter()
-            if measure_from <= time.monotonic() <= measure_to:
+            now = time.monotonic()
+            if measure_from <= now and window_open(now):
                 tally.latencies_ms.append((t1 - t0) * 1000.0)
                 tally.response_bytes = size
+                if now >= measure_to and len(tally.latencies_ms) >= min_calls:
+                    closed_at.append(now)
+                    cpu.setdefault("closed", _cpu_s())
 
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     await asyncio.gather(
@@ -126,11 +137,13 @@ async def run_timed(channel: grpc.aio.Channel, spec: dict[str, Any], process: in
         sample_cpu(measure_to, "to"),
         *(worker(w) for w in range(int(spec["concurrency"]))),
     )
+    end = closed_at[0] if closed_at else measure_to
     return {
         "latencies_ms": tally.latencies_ms,
         "errors": dict(tally.errors),
-        "window_s": measure_to - measure_from,
-        "cpu_s": cpu["to"] - cpu["from"],
+        "window_s": end - measure_from,
+        "window_extended": bool(closed_at),
+        "cpu_s": cpu.get("closed", cpu["to"]) - cpu["from"],
         "response_bytes": tally.response_bytes,
     }
 
