@@ -58,8 +58,8 @@ from bench import payloads
 from bench.ceiling_server import METHOD as CEILING_METHOD
 from bench.engine_bench import engine_figures
 from bench.h2load_run import find_h2load, run_h2load
-from bench.profiling import find_py_spy, start_py_spy, summarise
-from bench.stats import cpu_seconds, latency_summary, load_average, rss_mib
+from bench.profiling import find_py_spy, key_shares, start_py_spy, summarise
+from bench.stats import cpu_seconds, cpu_times, latency_summary, load_average, rss_mib
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
@@ -136,9 +136,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile-seconds", type=float, help="seconds per profiled phase (default 20; smoke 2)"
-    )
-    parser.add_argument(
-        "--profile-gil", action="store_true", help="py-spy --gil: only the GIL holder's stacks"
     )
     parser.add_argument("--log-level", default="INFO", help="the estimator's KIS_LOG_LEVEL (default INFO)")
     parser.add_argument(
@@ -335,7 +332,7 @@ def timed_phase(
     args: argparse.Namespace,
     metadata: list[list[str]],
     run_id: str,
-    py_spy: tuple[str, Path] | None = None,
+    py_spy: tuple[str, Path, bool] | None = None,
 ) -> dict[str, Any]:
     """One phase at one concurrency level; server CPU is read at the edges of the measuring window."""
     start_at = time.monotonic() + 0.1  # time for the specs to reach every load generator
@@ -350,14 +347,12 @@ def timed_phase(
     rss_before = rss_mib(server.pid)
     busy = gens.send(spec, level)
     time.sleep(max(0.0, measure_from - time.monotonic()))
-    cpu_from = cpu_seconds(server.pid)
+    cpu_from = cpu_times(server.pid)
     profiler = None
     if py_spy is not None:
-        profiler = start_py_spy(
-            py_spy[0], server.pid, py_spy[1], duration_s=args.duration, gil=args.profile_gil
-        )
+        profiler = start_py_spy(py_spy[0], server.pid, py_spy[1], duration_s=args.duration, gil=py_spy[2])
     time.sleep(max(0.0, measure_to - time.monotonic()))
-    cpu_to = cpu_seconds(server.pid)
+    cpu_to = cpu_times(server.pid)
     answers = gens.collect(busy)
     if profiler is not None:
         _, err = profiler.communicate(timeout=args.duration + 60)
@@ -366,11 +361,12 @@ def timed_phase(
     latencies, errors, window, client_cpu, response_bytes = merge(answers)
     extended = any(a.get("window_extended") for a in answers)
     if extended:  # a smoke window held open for min_calls: server CPU up to now (an approximation)
-        cpu_to, server_window = cpu_seconds(server.pid), time.monotonic() - measure_from
+        cpu_to, server_window = cpu_times(server.pid), time.monotonic() - measure_from
     else:
         server_window = window
     calls = len(latencies)
-    server_cpu = cpu_to - cpu_from
+    server_user, server_sys = cpu_to[0] - cpu_from[0], cpu_to[1] - cpu_from[1]
+    server_cpu = server_user + server_sys
     return {
         "name": phase.name,
         "server": phase.server,
@@ -388,6 +384,7 @@ def timed_phase(
         "window_extended": extended,
         "server_cpu_pct": 100.0 * server_cpu / server_window,
         "server_cpu_us_per_call": 1e6 * server_cpu / calls if calls else None,
+        "server_sys_cpu_share": server_sys / server_cpu if server_cpu else None,
         "client_cpu_pct": 100.0 * client_cpu / window,
         "server_rss_mib_before": rss_before,
         "server_rss_mib_after": rss_mib(server.pid),
@@ -549,6 +546,52 @@ def h2load_section(
     return {"h2load": h2load, "runs": runs}
 
 
+# Functions whose inclusive share the profile reports for each profiled RPC, whatever their rank
+# (README "what the profile showed"): the stages of the call, by layer.
+KEY_FUNCTIONS = {
+    "create_small": (
+        "EstimatorServicer.CreateEstimate",
+        "TokenService.authenticate",
+        "_malformed_field",
+        "request_from_proto",
+        "request_hash",
+        "EstimateService._replay_or_mismatch",
+        "EstimateService._validate",
+        "EstimateService._check_dedup",
+        "price_estimate",
+        "stored_request",
+        "build_bundle",
+        "document_bytes",
+        "write_zip",
+        "encode_create_response",
+        "SqliteUnitOfWork.__enter__",
+        "SqliteEstimateRepository.add",
+        "document_text",
+        "SqliteEvidenceRepository.add",
+        "SqliteIdempotencyRepository.add",
+        "SqliteAuditRepository.append",
+        "SqliteUnitOfWork.commit",
+        "SqliteUnitOfWork.__exit__",
+        "ServiceInterceptor._log",
+        "_Context.send_initial_metadata",
+    ),
+    "get_estimate": (
+        "EstimatorServicer.GetEstimate",
+        "TokenService.authenticate",
+        "_malformed_field",
+        "EstimateService.get",
+        "SqliteEstimateRepository.get",
+        "JSONDecoder.decode",
+        "record_from_document",
+        "SqliteEvidenceRepository.get_info",
+        "stored_to_proto",
+        "canonical_request_to_proto",
+        "quote_to_proto",
+        "ServiceInterceptor._log",
+    ),
+}
+
+
 def profile_section(
     args: argparse.Namespace,
     gens: LoadGenerators,
@@ -557,6 +600,8 @@ def profile_section(
     run_id: str,
     out_dir: Path,
 ) -> dict[str, Any]:
+    """CreateEstimate small and GetEstimate at c16 under py-spy, once over every runnable thread
+    ("threads") and once over the GIL holder only ("gil")."""
     py_spy, reason = find_py_spy()
     if py_spy is None:
         print(f"profile skipped: {reason}")
@@ -565,23 +610,29 @@ def profile_section(
     profiled: dict[str, Any] = {}
     long_args = argparse.Namespace(**(vars(args) | {"duration": args.profile_seconds}))
     for name in ("create_small", "get_estimate"):
-        raw = out_dir / f"{name}-c16.txt"
-        try:
-            row = timed_phase(
-                gens,
-                estimator,
-                fixture.phases[name],
-                16,
-                long_args,
-                fixture.metadata,
-                f"{run_id}p",
-                (py_spy, raw),
-            )
-        except PySpyFailed as exc:  # e.g. no ptrace permission in a container: the figures still count
-            print(f"profile skipped: {exc}")
-            return {"skipped": str(exc)}
-        summary = summarise(raw.read_text())
-        profiled[name] = {"phase": row, "collapsed_stacks": str(raw), **summary}
+        for mode, gil in (("threads", False), ("gil", True)):
+            raw = out_dir / f"{name}-c16-{mode}.txt"
+            try:
+                row = timed_phase(
+                    gens,
+                    estimator,
+                    fixture.phases[name],
+                    16,
+                    long_args,
+                    fixture.metadata,
+                    f"{run_id}p{mode}",
+                    (py_spy, raw, gil),
+                )
+            except PySpyFailed as exc:  # e.g. no ptrace permission in a container: the figures still count
+                print(f"profile skipped: {exc}")
+                return {"skipped": str(exc)}
+            collapsed = raw.read_text()
+            profiled[f"{name}/{mode}"] = {
+                "phase": row,
+                "collapsed_stacks": str(raw),
+                **summarise(collapsed),
+                "key_functions": key_shares(collapsed, KEY_FUNCTIONS[name]),
+            }
     return profiled
 
 
@@ -700,9 +751,12 @@ def print_profile(profile: dict[str, Any]) -> None:
     for name, p in profile.items():
         if not isinstance(p, dict) or "self" not in p:
             continue
-        print(f"\nprofile {name} c16 ({p['samples']} samples): top self / inclusive")
-        for s, i in zip(p["self"][:12], p["inclusive"][:12], strict=False):
-            print(f"  {s['pct']:>5.1f}% {s['function'][:60]:<60} {i['pct']:>5.1f}% {i['function'][:60]}")
+        print(f"\nprofile {name}, c16, {p['samples']} samples: top self | inclusive share of key functions")
+        keys = list(p["key_functions"].items())
+        for i in range(max(12, len(keys))):
+            left = f"{p['self'][i]['pct']:>5.1f}% {p['self'][i]['function'][:58]:<58}" if i < 12 else " " * 65
+            right = f"{keys[i][1]:>5.1f}% {keys[i][0]}" if i < len(keys) else ""
+            print(f"  {left} {right}")
 
 
 # --------------------------------------------------------------------------- main

@@ -67,19 +67,35 @@ def _function(frame: str) -> str:
     )
 
 
-def summarise(collapsed: str, top: int = 25) -> dict[str, Any]:
-    """Top functions by self and by inclusive share of the samples in py-spy's raw output."""
-    self_counts: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
+def _stacks(collapsed: str) -> list[tuple[list[str], int]]:
+    out = []
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
-        count = int(count_text)
         frames = [_function(f) for f in stack.split(";") if f.strip()]
-        if not frames:
-            continue
+        if frames:
+            out.append((frames, int(count_text)))
+    return out
+
+
+def key_shares(collapsed: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Inclusive share (%) of each named function (``Class.method`` or ``function``, any module)."""
+    stacks = _stacks(collapsed)
+    total = sum(count for _, count in stacks) or 1
+    out = {}
+    for name in names:
+        hits = sum(count for frames, count in stacks if any(f.split(" (", 1)[0] == name for f in frames))
+        out[name] = round(100.0 * hits / total, 1)
+    return out
+
+
+def summarise(collapsed: str, top: int = 40) -> dict[str, Any]:
+    """Top functions by self and by inclusive share of the samples in py-spy's raw output."""
+    self_counts: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for frames, count in _stacks(collapsed):
         total += count
         self_counts[frames[-1]] += count
         for name in set(frames):

@@ -30,11 +30,16 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, Any]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads, from /proc/<pid>/stat."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads, from /proc/<pid>/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    return sum(cpu_times(pid))
 
 
 def rss_mib(pid: int) -> float:

@@ -118,10 +118,12 @@ def test_profile_names_the_servers_functions(results: dict[str, Any]) -> None:
         assert "py-spy" in profile["skipped"]
         return
     for name, servicer in (("create_small", "CreateEstimate"), ("get_estimate", "GetEstimate")):
-        p = profile[name]
-        assert p["samples"] > 0
-        assert any(servicer in f["function"] for f in p["inclusive"]), p["inclusive"][:10]
-        assert Path(p["collapsed_stacks"]).exists()
+        for mode in ("threads", "gil"):
+            p = profile[f"{name}/{mode}"]
+            assert p["samples"] > 0
+            assert any(servicer in f["function"] for f in p["inclusive"]), p["inclusive"][:10]
+            assert p["key_functions"][f"EstimatorServicer.{servicer}"] > 0
+            assert Path(p["collapsed_stacks"]).exists()
 
 
 @pytest.mark.slow
