@@ -16,11 +16,13 @@ setup: $(STAMP) $(BUF) tools
 # Go and its protoc plugins (Debian) for the generated-client test;
 # the Hangul font (fonts-nanum) the 견적서 PDF embeds, and poppler-utils the document tests read it with;
 # nginx, the TLS front of the scale-out test (deploy/nginx/).
+# h2load (Debian `nghttp2-client`) for the benchmark's headline ceiling.
 tools:
 	@bash tools/ensure_debian.sh ensure_quote_tools "fonts-nanum poppler-utils" \
 	  /usr/share/fonts/truetype/nanum/NanumGothic.ttf pdftotext pdftoppm
 	@bash tools/ensure_debian.sh ensure_nginx nginx-light /usr/sbin/nginx
 	@bash tools/ensure_prometheus.sh
+	@bash tools/ensure_h2load.sh
 	@bash tools/ensure_alertmanager.sh
 	@bash tools/ensure_go.sh
 
@@ -74,9 +76,12 @@ run: $(STAMP) gen
 test: setup check-gen proto-check lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# Latency/memory figures of a real server process (prints ratios to a same-run baseline; not a test).
+# Throughput/latency/CPU/memory figures of a real server process against a same-run ceiling
+# (bench/README.md; not a test). ARGS="--smoke" runs every figure at tiny sizes, ARGS="--profile"
+# adds py-spy profiles; results land in bench/results/.
 bench: $(STAMP)
-	$(PY) bench/bench.py
+	@bash tools/ensure_h2load.sh
+	$(PY) bench/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules var .pytest_cache .mypy_cache .ruff_cache .hypothesis

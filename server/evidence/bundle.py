@@ -56,6 +56,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from json.encoder import encode_basestring as _quote  # the C function json.dumps uses for str
 
 from server.engine.catalog import ACCESSORIES_FILE, BREAKERS_FILE, CATALOG_FILES, ENCLOSURES_FILE, Catalog
 from server.engine.codec import (
@@ -153,10 +154,90 @@ def _check_json(value: object, path: str) -> None:
     raise EvidenceError(f"{path}: {type(value).__name__} is not a JSON value of the evidence bundle")
 
 
+class _NotPlain(Exception):
+    """A value the fast writer leaves to ``json.dumps``: not of an exact JSON type, or refused."""
+
+
+def _write_indented(value: object, out: list[str], newline: str) -> None:
+    """Append ``value`` as ``json.dumps(..., ensure_ascii=False, sort_keys=True, indent=2)`` writes it.
+
+    ``newline`` is ``"\\n"`` plus the indentation of the enclosing level. Only the exact types str,
+    int, None, True, False, dict (str keys), list and tuple are written; anything else, subclasses
+    included (StrEnum, IntEnum, a Mapping that is no dict), raises :class:`_NotPlain`.
+
+    Why not ``json.dumps``: with ``indent`` CPython (< 3.14) uses its pure-Python encoder, whose
+    nested generators re-yield every chunk once per level; this writer appends each chunk once and
+    writes scalar members inline. The bytes are the same (tests/unit/test_evidence.py compares them
+    over generated documents and every acceptance case's bundle).
+    """
+    kind = type(value)
+    if kind is dict:
+        if not value:
+            out.append("{}")
+            return
+        inner = newline + "  "
+        separator = "{" + inner
+        for key, item in sorted(value.items()):  # type: ignore[attr-defined]  # kind is dict
+            if type(key) is not str:
+                raise _NotPlain
+            item_kind = type(item)
+            if item_kind is str:
+                out.append(separator + _quote(key) + ": " + _quote(item))
+            elif item_kind is int:
+                out.append(separator + _quote(key) + ": " + int.__repr__(item))
+            elif item is None:
+                out.append(separator + _quote(key) + ": null")
+            elif item is True:
+                out.append(separator + _quote(key) + ": true")
+            elif item is False:
+                out.append(separator + _quote(key) + ": false")
+            else:
+                out.append(separator + _quote(key) + ": ")
+                _write_indented(item, out, inner)
+            separator = "," + inner
+        out.append(newline + "}")
+    elif kind is list or kind is tuple:
+        if not value:
+            out.append("[]")
+            return
+        inner = newline + "  "
+        separator = "[" + inner
+        for item in value:  # type: ignore[attr-defined]  # kind is list or tuple
+            item_kind = type(item)
+            if item_kind is str:
+                out.append(separator + _quote(item))
+            elif item_kind is int:
+                out.append(separator + int.__repr__(item))
+            else:
+                out.append(separator)
+                _write_indented(item, out, inner)
+            separator = "," + inner
+        out.append(newline + "]")
+    elif kind is str:
+        out.append(_quote(value))  # type: ignore[arg-type]  # kind is str
+    elif kind is int:
+        out.append(int.__repr__(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    else:
+        raise _NotPlain
+
+
 def document_bytes(obj: Mapping[str, object], name: str = "document") -> bytes:
     """UTF-8 of ``json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2) + "\\n"`` (§15)."""
-    _check_json(obj, name)
-    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    out: list[str] = []
+    try:
+        _write_indented(obj, out, "\n")
+        text = "".join(out) + "\n"
+    except _NotPlain:
+        # Subclasses of the JSON types, or a value §15 refuses: the reference path, whose check
+        # names the offending value.
+        _check_json(obj, name)
+        text = json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2, allow_nan=False) + "\n"
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate in some string

@@ -14,6 +14,8 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from server.evidence.bundle import (
     EvidenceBundle,
     EvidenceError,
     build_bundle,
+    document_bytes,
     evidence_timestamp,
     write_zip,
 )
@@ -258,6 +261,56 @@ def test_json_entries_are_written_exactly_as_section_15_says(case_id: str, catal
         assert text == expected, path
         assert "\\u" not in text, path  # non-ASCII written as itself
         assert not text.endswith("\n\n"), path
+
+
+class _Colour(StrEnum):
+    RED = "red"
+
+
+class _Level(IntEnum):
+    HIGH = 3
+
+
+_JSON_TEXT = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from('"\\\n\t\x00\x1f\u2028한'))
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | _JSON_TEXT
+    | st.sampled_from([_Colour.RED, _Level.HIGH])  # subclasses take json.dumps's own path
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(_JSON_TEXT, inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_JSON_TEXT, _JSON_VALUES, max_size=5))
+def test_document_bytes_equal_the_reference_json_dumps(document: dict[str, object]) -> None:
+    # document_bytes writes indented JSON itself (speed); it must stay byte for byte §15's json.dumps
+    expected = json.dumps(document, ensure_ascii=False, sort_keys=True, indent=2) + "\n"
+    assert document_bytes(document) == expected.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"a": [1, {"b": 1.5}]}, r"doc.a\[1\].b: float"),
+        ({"a": {"b": Decimal("1.5")}}, r"doc.a.b: Decimal"),
+        ({"a": {1: "x"}}, r"doc.a: key 1 is not a string"),
+        ({"a": ["\ud800"]}, r"doc: not encodable as UTF-8"),
+    ],
+    ids=["float", "decimal", "int_key", "lone_surrogate"],
+)
+def test_document_bytes_refuse_what_section_15_cannot_hold(document: dict[str, object], message: str) -> None:
+    with pytest.raises(EvidenceError, match=message):
+        document_bytes(document, "doc")
 
 
 def test_korean_text_is_written_unescaped(catalog: Catalog) -> None:
