@@ -456,7 +456,11 @@ def test_a_bundle_stream_abandoned_after_its_first_chunk_is_cancelled(
     stub = pb_grpc.EstimatorServiceStub(grpc.insecure_channel(served.address))
     estimate = stub.CreateEstimate(big, metadata=meta, timeout=WAIT_S).estimate
     method = "/kis.estimator.v1.EvidenceService/GetEvidenceBundle"
-    with grpc.insecure_channel(served.address) as channel:
+    # A small receive window and no BDP probing: the server can run at most ~16 KiB ahead of what
+    # the client has read, so the stream is still going when the client cancels (with the default
+    # window a fast server may have sent the whole bundle first, and the call ends OK).
+    options = [("grpc.http2.lookahead_bytes", 16 * 1024), ("grpc.http2.bdp_probe", 0)]
+    with grpc.insecure_channel(served.address, options=options) as channel:
         stream: Any = evidence_grpc.EvidenceServiceStub(channel).GetEvidenceBundle(
             evidence_pb.GetEvidenceBundleRequest(estimate_id=estimate.estimate_id),
             metadata=served.metadata("ADMIN"),
