@@ -94,6 +94,8 @@ class Catalog:
     accessories: Mapping[str, AccessoryRow]
     _by_model: Mapping[tuple[str, bool], BreakerRow] = field(repr=False, default_factory=dict)
     _models: frozenset[str] = field(repr=False, default=frozenset())
+    # file name -> line -> raw cells, built once at parse time (evidence looks rows up per estimate)
+    _raw_by_line: Mapping[str, Mapping[int, Mapping[str, str]]] = field(repr=False, default_factory=dict)
 
     @property
     def requestable_codes(self) -> frozenset[str]:
@@ -109,6 +111,10 @@ class Catalog:
 
     def accessory(self, code: str) -> AccessoryRow:
         return self.accessories[code]
+
+    def raw_row(self, file: str, line: int) -> Mapping[str, str] | None:
+        """The raw cells of ``file``'s row at 1-based ``line`` (header = 1), or None."""
+        return self._raw_by_line.get(file, {}).get(line)
 
 
 def _int_cell(value: str, where: str) -> int:
@@ -211,6 +217,11 @@ def parse_catalog(files: Mapping[str, bytes]) -> Catalog:
         accessories=accessories,
         _by_model=by_model,
         _models=frozenset(k for k, _ in by_model),
+        _raw_by_line={
+            BREAKERS_FILE: {row.line: row.raw for row in breakers},
+            ENCLOSURES_FILE: {row.line: row.raw for row in enclosures},
+            ACCESSORIES_FILE: {row.line: row.raw for row in accessories.values()},
+        },
     )
 
 
