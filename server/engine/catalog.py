@@ -94,8 +94,15 @@ class Catalog:
     accessories: Mapping[str, AccessoryRow]
     _by_model: Mapping[tuple[str, bool], BreakerRow] = field(repr=False, default_factory=dict)
     _models: frozenset[str] = field(repr=False, default=frozenset())
-    # file name -> line -> raw cells, built once at parse time (evidence looks rows up per estimate)
+    # Indexes built once at parse time, each list in catalog order: every estimate looks rows up.
+    # file name -> line -> raw cells (evidence)
     _raw_by_line: Mapping[str, Mapping[int, Mapping[str, str]]] = field(repr=False, default_factory=dict)
+    # (brand, kind, poles, high_sensitivity) -> breaker rows (§6.1 auto-selection)
+    _breakers_by_key: Mapping[tuple[str, str, int, bool], tuple[BreakerRow, ...]] = field(
+        repr=False, default_factory=dict
+    )
+    # series -> enclosure rows (§8 stock search)
+    _enclosures_by_series: Mapping[str, tuple[EnclosureRow, ...]] = field(repr=False, default_factory=dict)
 
     @property
     def requestable_codes(self) -> frozenset[str]:
@@ -111,6 +118,16 @@ class Catalog:
 
     def accessory(self, code: str) -> AccessoryRow:
         return self.accessories[code]
+
+    def breakers_for(
+        self, brand: str, kind: str, poles: int, high_sensitivity: bool
+    ) -> tuple[BreakerRow, ...]:
+        """Breaker rows of exactly this brand, kind, poles and hs variant, in catalog order."""
+        return self._breakers_by_key.get((brand, kind, poles, high_sensitivity), ())
+
+    def enclosures_of(self, series: str) -> tuple[EnclosureRow, ...]:
+        """Stock enclosure rows of one series, in catalog order."""
+        return self._enclosures_by_series.get(series, ())
 
     def raw_row(self, file: str, line: int) -> Mapping[str, str] | None:
         """The raw cells of ``file``'s row at 1-based ``line`` (header = 1), or None."""
@@ -210,6 +227,12 @@ def parse_catalog(files: Mapping[str, bytes]) -> Catalog:
         if key in by_model:
             raise CatalogError(f"{BREAKERS_FILE}:{row.line}: duplicate (model, high_sensitivity) {key}")
         by_model[key] = row
+    breakers_by_key: dict[tuple[str, str, int, bool], list[BreakerRow]] = {}
+    for row in breakers:
+        breakers_by_key.setdefault((row.brand, row.kind, row.poles, row.high_sensitivity), []).append(row)
+    enclosures_by_series: dict[str, list[EnclosureRow]] = {}
+    for enclosure in enclosures:
+        enclosures_by_series.setdefault(enclosure.series, []).append(enclosure)
     return Catalog(
         version=catalog_version(files),
         breakers=tuple(breakers),
@@ -222,6 +245,8 @@ def parse_catalog(files: Mapping[str, bytes]) -> Catalog:
             ENCLOSURES_FILE: {row.line: row.raw for row in enclosures},
             ACCESSORIES_FILE: {row.line: row.raw for row in accessories.values()},
         },
+        _breakers_by_key={key: tuple(rows) for key, rows in breakers_by_key.items()},
+        _enclosures_by_series={key: tuple(rows) for key, rows in enclosures_by_series.items()},
     )
 
 
