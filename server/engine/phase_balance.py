@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 IMBALANCE_LIMIT_PCT = Fraction(4)
+_LIMIT_NUMERATOR, _LIMIT_DENOMINATOR = IMBALANCE_LIMIT_PCT.as_integer_ratio()
 _PAIRS = ((0, 1), (1, 2), (2, 0))  # R-S, S-T, T-R: also the tie order (§14)
 _PAIR_NAMES = ("R-S", "S-T", "T-R")
 _CENTS = Decimal("0.01")
@@ -92,7 +93,7 @@ def phase_balance(main_poles: int, branches: Sequence[tuple[int, int, int]]) -> 
     total = sum(sixths)
     spread = 300 * (max(sixths) - min(sixths))
     pct = Fraction(0) if total == 0 else Fraction(spread, total)
-    exceeds = pct > IMBALANCE_LIMIT_PCT
+    exceeds = spread * _LIMIT_DENOMINATOR > _LIMIT_NUMERATOR * total  # pct > limit, in integers
     balance = PhaseBalance(
         applicable=True,
         r_a=_half_up_2_of_ratio(sixths[0], 6),
