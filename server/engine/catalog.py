@@ -94,6 +94,15 @@ class Catalog:
     accessories: Mapping[str, AccessoryRow]
     _by_model: Mapping[tuple[str, bool], BreakerRow] = field(repr=False, default_factory=dict)
     _models: frozenset[str] = field(repr=False, default=frozenset())
+    # Indexes built once at parse time, each list in catalog order: every estimate looks rows up.
+    # file name -> line -> raw cells (evidence)
+    _raw_by_line: Mapping[str, Mapping[int, Mapping[str, str]]] = field(repr=False, default_factory=dict)
+    # (brand, kind, poles, high_sensitivity) -> breaker rows (§6.1 auto-selection)
+    _breakers_by_key: Mapping[tuple[str, str, int, bool], tuple[BreakerRow, ...]] = field(
+        repr=False, default_factory=dict
+    )
+    # series -> enclosure rows (§8 stock search)
+    _enclosures_by_series: Mapping[str, tuple[EnclosureRow, ...]] = field(repr=False, default_factory=dict)
 
     @property
     def requestable_codes(self) -> frozenset[str]:
@@ -109,6 +118,20 @@ class Catalog:
 
     def accessory(self, code: str) -> AccessoryRow:
         return self.accessories[code]
+
+    def breakers_for(
+        self, brand: str, kind: str, poles: int, high_sensitivity: bool
+    ) -> tuple[BreakerRow, ...]:
+        """Breaker rows of exactly this brand, kind, poles and hs variant, in catalog order."""
+        return self._breakers_by_key.get((brand, kind, poles, high_sensitivity), ())
+
+    def enclosures_of(self, series: str) -> tuple[EnclosureRow, ...]:
+        """Stock enclosure rows of one series, in catalog order."""
+        return self._enclosures_by_series.get(series, ())
+
+    def raw_row(self, file: str, line: int) -> Mapping[str, str] | None:
+        """The raw cells of ``file``'s row at 1-based ``line`` (header = 1), or None."""
+        return self._raw_by_line.get(file, {}).get(line)
 
 
 def _int_cell(value: str, where: str) -> int:
@@ -204,6 +227,12 @@ def parse_catalog(files: Mapping[str, bytes]) -> Catalog:
         if key in by_model:
             raise CatalogError(f"{BREAKERS_FILE}:{row.line}: duplicate (model, high_sensitivity) {key}")
         by_model[key] = row
+    breakers_by_key: dict[tuple[str, str, int, bool], list[BreakerRow]] = {}
+    for row in breakers:
+        breakers_by_key.setdefault((row.brand, row.kind, row.poles, row.high_sensitivity), []).append(row)
+    enclosures_by_series: dict[str, list[EnclosureRow]] = {}
+    for enclosure in enclosures:
+        enclosures_by_series.setdefault(enclosure.series, []).append(enclosure)
     return Catalog(
         version=catalog_version(files),
         breakers=tuple(breakers),
@@ -211,6 +240,13 @@ def parse_catalog(files: Mapping[str, bytes]) -> Catalog:
         accessories=accessories,
         _by_model=by_model,
         _models=frozenset(k for k, _ in by_model),
+        _raw_by_line={
+            BREAKERS_FILE: {row.line: row.raw for row in breakers},
+            ENCLOSURES_FILE: {row.line: row.raw for row in enclosures},
+            ACCESSORIES_FILE: {row.line: row.raw for row in accessories.values()},
+        },
+        _breakers_by_key={key: tuple(rows) for key, rows in breakers_by_key.items()},
+        _enclosures_by_series={key: tuple(rows) for key, rows in enclosures_by_series.items()},
     )
 
 

@@ -87,13 +87,17 @@ def _opt_datetime(value: datetime | None) -> str | None:
     return None if value is None else datetime_to_text(value)
 
 
+_MISSING = object()
+
+
 class _Reader:
     """Typed access to one JSON object; errors name the path of the offending value."""
 
     __slots__ = ("_obj", "_path")
 
     def __init__(self, obj: object, path: str) -> None:
-        if not isinstance(obj, Mapping):
+        # ``type(obj) is dict`` first: json.loads gives dicts, and the ABC check is slow
+        if type(obj) is not dict and not isinstance(obj, Mapping):
             raise DocumentError(f"{path or 'document'}: expected an object")
         self._obj: Mapping[str, object] = obj
         self._path = path
@@ -102,9 +106,10 @@ class _Reader:
         return f"{self._path}.{key}" if self._path else key
 
     def _get(self, key: str) -> object:
-        if key not in self._obj:
+        value = self._obj.get(key, _MISSING)
+        if value is _MISSING:
             raise DocumentError(f"{self._where(key)}: missing")
-        return self._obj[key]
+        return value
 
     def _fail(self, key: str, expected: str) -> DocumentError:
         return DocumentError(f"{self._where(key)}: expected {expected}")
@@ -432,12 +437,22 @@ def _quote(r: _Reader) -> Quote:
     )
 
 
-def _copy_json(value: dict[str, Any]) -> dict[str, Any]:
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _copy_json(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy with dicts for mappings and lists for sequences (a trace holds JSON values)."""
+
     def copy(v: object) -> object:
-        if isinstance(v, Mapping):
-            return {str(k): copy(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [copy(x) for x in v]
+        kind = type(v)
+        # exact types first: scalars and dicts are nearly all of a trace, and the Mapping ABC
+        # check is the slow one
+        if kind in _JSON_SCALARS:
+            return v
+        if kind is dict or isinstance(v, Mapping):
+            return {str(k): copy(x) for k, x in v.items()}  # type: ignore[attr-defined]  # a Mapping
+        if kind is list or kind is tuple or isinstance(v, list | tuple):
+            return [copy(x) for x in v]  # type: ignore[attr-defined]  # a list or tuple
         return v
 
     return {str(k): copy(v) for k, v in value.items()}

@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 IMBALANCE_LIMIT_PCT = Fraction(4)
+_LIMIT_NUMERATOR, _LIMIT_DENOMINATOR = IMBALANCE_LIMIT_PCT.as_integer_ratio()
 _PAIRS = ((0, 1), (1, 2), (2, 0))  # R-S, S-T, T-R: also the tie order (§14)
 _PAIR_NAMES = ("R-S", "S-T", "T-R")
 _CENTS = Decimal("0.01")
@@ -34,6 +35,16 @@ def half_up_2(value: Fraction) -> Decimal:
     magnitude = abs(scaled)
     cents = (magnitude.numerator * 2 + magnitude.denominator) // (2 * magnitude.denominator)
     return (Decimal(sign * cents) / 100).quantize(_CENTS, rounding=ROUND_HALF_UP)
+
+
+def _half_up_2_of_ratio(numerator: int, denominator: int) -> Decimal:
+    """``half_up_2(Fraction(numerator, denominator))`` for numerator ≥ 0 < denominator, in integers.
+
+    floor(n/d × 100 + ½) does not depend on how n/d is written, so the result is the same without
+    building (and normalising) Fractions: phase balance runs on every estimate.
+    """
+    cents = (numerator * 200 + denominator) // (2 * denominator)
+    return (Decimal(cents) / 100).quantize(_CENTS, rounding=ROUND_HALF_UP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +88,18 @@ def phase_balance(main_poles: int, branches: Sequence[tuple[int, int, int]]) -> 
             sixths[a] += add
             sixths[b] += add
             counts[best] += 1
-    phases = [Fraction(v, 6) for v in sixths]
-    mean = sum(phases, Fraction(0)) / 3
-    pct = Fraction(0) if mean == 0 else (max(phases) - min(phases)) / mean * 100
-    exceeds = pct > IMBALANCE_LIMIT_PCT
+    # In sixths of an ampere: phase k carries sixths[k] / 6 A; the mean is total / 18 A, so the
+    # imbalance (max − min) / mean × 100 is 300 × (max − min) / total %.
+    total = sum(sixths)
+    spread = 300 * (max(sixths) - min(sixths))
+    pct = Fraction(0) if total == 0 else Fraction(spread, total)
+    exceeds = spread * _LIMIT_DENOMINATOR > _LIMIT_NUMERATOR * total  # pct > limit, in integers
     balance = PhaseBalance(
         applicable=True,
-        r_a=half_up_2(phases[0]),
-        s_a=half_up_2(phases[1]),
-        t_a=half_up_2(phases[2]),
-        imbalance_pct=half_up_2(pct),
+        r_a=_half_up_2_of_ratio(sixths[0], 6),
+        s_a=_half_up_2_of_ratio(sixths[1], 6),
+        t_a=_half_up_2_of_ratio(sixths[2], 6),
+        imbalance_pct=_half_up_2_of_ratio(spread, total) if total else half_up_2(pct),
     )
     trace = {
         "step": "phase_balance",

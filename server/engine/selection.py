@@ -101,15 +101,11 @@ def _sort_price(row: BreakerRow, trip_at: int) -> tuple[int, int, str]:
 def _auto_select(line: LineRequest, form: str, catalog: Catalog) -> LineChoice:
     """§6.1 auto-selection ``[SEL-1]``–``[SEL-3]`` and the price rule ``[SEL-5]``."""
     path, a = line.path, line.trip_at
+    brand = line.brand or ""  # no row has an empty brand: a line without one matches none
     base = [
         row
-        for row in catalog.breakers
-        if row.brand == line.brand
-        and row.kind == line.kind
-        and row.poles == line.poles
-        and a in row.trip_ratings
-        and row.high_sensitivity == line.high_sensitivity
-        and (line.frame_af is None or row.frame_af == line.frame_af)
+        for row in catalog.breakers_for(brand, line.kind, line.poles, line.high_sensitivity)
+        if a in row.trip_ratings and (line.frame_af is None or row.frame_af == line.frame_af)
     ]
     candidates = [row for row in base if not row.compact or line.poles == 2]
     rules = [

@@ -75,8 +75,8 @@ def choose_enclosure(
         for series in series_order:
             fits = [
                 row
-                for row in catalog.enclosures
-                if row.series == series and row.width_mm >= w and row.height_mm >= h and row.depth_mm >= d
+                for row in catalog.enclosures_of(series)
+                if row.width_mm >= w and row.height_mm >= h and row.depth_mm >= d
             ]
             tried.append({"series": series, "fits": len(fits)})
             if fits:

@@ -43,22 +43,24 @@ Choices where §15 is silent (STYLE.md §2.10):
 * every document is checked to hold only str/int/bool/None/list/dict with string keys: a float or a
   Decimal in the trace raises :class:`EvidenceError` rather than being written lossy or unstable.
 
-Byte-reproducibility assumes the stdlib ``zipfile`` writer; it is used exactly as §15 prescribes.
+Byte-reproducibility: the ZIP records are packed by :func:`write_zip` itself, in exactly the layout
+the stdlib ``zipfile`` writer produces with §15's settings (pinned by a test against both a
+hand-built APPNOTE archive and ``zipfile``), so they do not depend on the Python version.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import zipfile
+import struct
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from json.encoder import encode_basestring as _quote  # the C function json.dumps uses for str
 
-from server.engine.catalog import ACCESSORIES_FILE, BREAKERS_FILE, CATALOG_FILES, ENCLOSURES_FILE, Catalog
+from server.engine.catalog import CATALOG_FILES, Catalog
 from server.engine.codec import (
     datetime_to_text,
     decimal_to_text,
@@ -249,17 +251,68 @@ def evidence_timestamp(value: datetime) -> str:
     return datetime_to_text(value).partition(".")[0] + "Z"
 
 
+# PKWARE APPNOTE 6.3.x records, as the stdlib zipfile writer produces them for STORED entries with
+# ASCII names and no extras (tests/unit/test_evidence.py pins the layout and compares with zipfile):
+# local file header (4.3.7), central directory header (4.3.12), end of central directory (4.3.16).
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL_HEADER = struct.Struct("<IHHHHHHIIIHHHHHII")
+_END_RECORD = struct.Struct("<IHHHHIIH")
+_ZIP_VERSION = 20  # 2.0: what zipfile writes as "made by" and "needed" for STORED entries
+_ZIP_DOS_TIME = 0  # 00:00:00
+_ZIP_DOS_DATE = (ZIP_DATE_TIME[0] - 1980) << 9 | ZIP_DATE_TIME[1] << 5 | ZIP_DATE_TIME[2]
+_ZIP_MAX = 0xFFFF_FFFE  # beyond this zipfile switches to ZIP64 records; bundles are kilobytes
+
+
 def write_zip(entries: Mapping[str, bytes]) -> bytes:
-    """A ZIP of ``entries`` by the §15 rules: path order, STORED, 1980-01-01, Unix 0644, no extras."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for path in sorted(entries):
-            info = zipfile.ZipInfo(path, date_time=ZIP_DATE_TIME)
-            info.compress_type = zipfile.ZIP_STORED
-            info.create_system = ZIP_UNIX_SYSTEM
-            info.external_attr = ZIP_EXTERNAL_ATTR
-            archive.writestr(info, entries[path])
-    return buffer.getvalue()
+    """A ZIP of ``entries`` by the §15 rules: path order, STORED, 1980-01-01, Unix 0644, no extras.
+
+    The records are packed directly (the bytes of ``zipfile.ZipFile.writestr`` with those settings,
+    at a fifth of its cost); entry names must be ASCII, as every bundle path is.
+    """
+    local: list[bytes] = []
+    central: list[bytes] = []
+    offset = 0
+    for path in sorted(entries):
+        data = entries[path]
+        try:
+            name = path.encode("ascii")
+        except UnicodeEncodeError:
+            raise EvidenceError(f"ZIP entry name {path!r} is not ASCII") from None
+        crc, size = zlib.crc32(data), len(data)
+        if size > _ZIP_MAX or offset > _ZIP_MAX:
+            raise EvidenceError(f"ZIP entry {path} does not fit a ZIP without ZIP64 records")
+        header = _LOCAL_HEADER.pack(
+            0x04034B50, _ZIP_VERSION, 0, 0, _ZIP_DOS_TIME, _ZIP_DOS_DATE, crc, size, size, len(name), 0
+        )
+        central.append(
+            _CENTRAL_HEADER.pack(
+                0x02014B50,
+                ZIP_UNIX_SYSTEM << 8 | _ZIP_VERSION,
+                _ZIP_VERSION,
+                0,  # flags: no data descriptor, no encryption, no UTF-8 names
+                0,  # STORED
+                _ZIP_DOS_TIME,
+                _ZIP_DOS_DATE,
+                crc,
+                size,
+                size,
+                len(name),
+                0,  # extra field length
+                0,  # comment length
+                0,  # disk number
+                0,  # internal attributes
+                ZIP_EXTERNAL_ATTR,
+                offset,
+            )
+            + name
+        )
+        local += (header, name, data)
+        offset += len(header) + len(name) + size
+    directory = b"".join(central)
+    if len(entries) > 0xFFFE or offset > _ZIP_MAX:
+        raise EvidenceError("the bundle does not fit a ZIP without ZIP64 records")
+    end = _END_RECORD.pack(0x06054B50, 0, 0, len(entries), len(entries), len(directory), offset, 0)
+    return b"".join(local) + directory + end
 
 
 # --------------------------------------------------------------------------- documents
@@ -304,23 +357,19 @@ def pricing_document(quote: Quote, catalog: Catalog) -> dict[str, object]:
             f"estimate was priced with catalog {quote.catalog_version} but the catalog given is "
             f"{catalog.version}; evidence needs the rows of the estimate's own catalog"
         )
-    raw_by_line: dict[str, dict[int, Mapping[str, str]]] = {
-        BREAKERS_FILE: {row.line: row.raw for row in catalog.breakers},
-        ENCLOSURES_FILE: {row.line: row.raw for row in catalog.enclosures},
-        ACCESSORIES_FILE: {row.line: row.raw for row in catalog.accessories.values()},
-    }
-    used: dict[str, set[int]] = {name: set() for name in CATALOG_FILES}
+    used: dict[str, dict[int, Mapping[str, str]]] = {name: {} for name in CATALOG_FILES}
     for ref in quote.catalog_rows:
         if ref.file not in used:
             raise EvidenceError(f"catalog row reference to unknown file {ref.file!r}")
-        if ref.line not in raw_by_line[ref.file]:
+        raw = catalog.raw_row(ref.file, ref.line)
+        if raw is None:
             raise EvidenceError(f"catalog {catalog.version[:8]} has no row at {ref.file}:{ref.line}")
-        used[ref.file].add(ref.line)
+        used[ref.file][ref.line] = raw
     return {
         "catalog_version": catalog.version,
         "rows": {
-            name: [{"line": line, "values": dict(raw_by_line[name][line])} for line in sorted(used[name])]
-            for name in CATALOG_FILES
+            name: [{"line": line, "values": dict(rows[line])} for line in sorted(rows)]
+            for name, rows in used.items()
         },
     }
 

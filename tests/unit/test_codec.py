@@ -6,6 +6,7 @@ import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -175,6 +176,17 @@ def sample_record(**changes: object) -> EstimateRecord:
 @pytest.mark.parametrize("quote", [review_quote(), completed_quote()], ids=["needs_review", "completed"])
 def test_quote_round_trips_through_json(quote: Quote) -> None:
     assert quote_from_document(_via_json(quote_to_document(quote))) == quote
+
+
+def test_quote_document_owns_a_plain_json_copy_of_the_trace() -> None:
+    inner = {"b": [1, None]}
+    trace = {"steps": ({"x": MappingProxyType(inner), "y": ("a", True)},), "n": 3}
+    quote = dataclasses.replace(completed_quote(), trace=trace)
+    document = quote_to_document(quote)
+    assert document["trace"] == {"steps": [{"x": {"b": [1, None]}, "y": ["a", True]}], "n": 3}
+    assert type(document["trace"]["steps"][0]["x"]) is dict
+    inner["b"].append(2)  # the document does not share the quote's containers
+    assert document["trace"]["steps"][0]["x"] == {"b": [1, None]}
 
 
 def test_quote_document_writes_decimals_as_fixed_strings_and_unknown_prices_as_null() -> None:

@@ -198,6 +198,32 @@ def test_write_zip_is_the_appnote_layout_of_section_15() -> None:
     assert write_zip(files) == _appnote_zip(files)
 
 
+def _stdlib_zip(files: dict[str, bytes]) -> bytes:
+    """The §15 ZIP as the stdlib zipfile writer builds it (what write_zip used to call)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path in sorted(files):
+            info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = 0o100644 << 16
+            archive.writestr(info, files[path])
+    return buffer.getvalue()
+
+
+_ZIP_NAMES = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_ZIP_NAMES, st.binary(max_size=3000), max_size=8))
+def test_write_zip_equals_the_stdlib_zipfile_writer(files: dict[str, bytes]) -> None:
+    assert write_zip(files) == _stdlib_zip(files)
+
+
+def test_write_zip_refuses_names_a_bundle_never_has() -> None:
+    with pytest.raises(EvidenceError, match="not ASCII"):
+        write_zip({"결과.json": b"{}"})
+
+
 # --------------------------------------------------------------------------- ZIP layout (§15)
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.engine.catalog import Catalog, load_catalog
 from server.engine.estimate import price_estimate
@@ -24,6 +27,7 @@ from server.engine.model import (
     Status,
     Totals,
 )
+from server.engine.phase_balance import _half_up_2_of_ratio, half_up_2, phase_balance
 from server.engine.pricing import busbar_kg, half_up_100, steps, vat_krw
 from server.engine.request import request_from_dict
 
@@ -518,3 +522,28 @@ def test_busbar_kg_is_half_up_to_two_decimals() -> None:
 
 def test_steps_counts_started_hundreds_above_the_base() -> None:
     assert [steps(x, 700) for x in (0, 700, 701, 800, 801, 1500)] == [0, 0, 1, 1, 2, 8]
+
+
+@given(st.integers(min_value=0, max_value=10**9), st.integers(min_value=1, max_value=10**9))
+def test_phase_rounding_in_integers_equals_the_exact_rounding(numerator: int, denominator: int) -> None:
+    assert _half_up_2_of_ratio(numerator, denominator) == half_up_2(Fraction(numerator, denominator))
+    assert str(_half_up_2_of_ratio(numerator, denominator)) == str(
+        half_up_2(Fraction(numerator, denominator))
+    )
+
+
+@given(
+    st.sampled_from([3, 4]),
+    st.lists(
+        st.tuples(st.sampled_from([2, 3, 4]), st.integers(min_value=1, max_value=800), st.integers(1, 100)),
+        max_size=12,
+    ),
+)
+def test_phase_balance_reports_its_exact_imbalance_rounded_half_up(
+    main_poles: int, branches: list[tuple[int, int, int]]
+) -> None:
+    result = phase_balance(main_poles, branches)
+    assert result.exact_pct is not None
+    assert result.balance.imbalance_pct == half_up_2(result.exact_pct)
+    assert result.exceeds_limit == (result.exact_pct > 4)
+    assert result.trace["imbalance_pct"] == str(result.balance.imbalance_pct)

@@ -176,3 +176,23 @@ def test_repeated_lines_share_one_selection_but_keep_their_paths(catalog: Catalo
     assert [c.line.qty for c in choices] == [1, 2, 3]
     assert {r.applied_to for c in choices for r in c.rules} == {"branches[0]", "branches[1]", "branches[2]"}
     assert all(c.row is not None and c.row.model == "SBE-103" for c in choices)
+
+
+def test_catalog_indexes_hold_exactly_the_rows_of_a_full_scan_in_catalog_order(catalog: Catalog) -> None:
+    keys = {(r.brand, r.kind, r.poles, r.high_sensitivity) for r in catalog.breakers}
+    for brand, kind, poles, hs in keys | {("LS", "MCCB", 5, False), ("", "ELB", 2, True)}:
+        scanned = tuple(
+            r
+            for r in catalog.breakers
+            if r.brand == brand and r.kind == kind and r.poles == poles and r.high_sensitivity == hs
+        )
+        assert catalog.breakers_for(brand, kind, poles, hs) == scanned
+    for series in {e.series for e in catalog.enclosures} | {"NONE"}:
+        assert catalog.enclosures_of(series) == tuple(e for e in catalog.enclosures if e.series == series)
+    for file, rows in (
+        ("breakers.csv", catalog.breakers),
+        ("enclosures.csv", catalog.enclosures),
+        ("accessories.csv", tuple(catalog.accessories.values())),
+    ):
+        assert all(catalog.raw_row(file, r.line) is r.raw for r in rows)
+        assert catalog.raw_row(file, 1) is None  # the header line holds no row
