@@ -236,6 +236,12 @@ def test_errors_are_clear(stub: pb_grpc.EstimatorServiceStub, served: Served) ->
             ),
             "NOT_FOUND",
         ),
+        (
+            pb.GetQuoteDocumentRequest(
+                estimate_id=estimate.estimate_id, revision=-1, format=pb.QUOTE_FORMAT_XLSX
+            ),
+            "INVALID_ARGUMENT",
+        ),
     ]
     for request, code in cases:
         with pytest.raises(grpc.RpcError) as err:

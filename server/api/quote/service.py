@@ -14,6 +14,7 @@ from server.api.quote.xlsx import build_xlsx
 from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from server.service.evidence import MAX_REVISION
 from server.settings import Settings
 
 __all__ = ["QuoteDocuments", "QuoteFile"]
@@ -47,13 +48,15 @@ class QuoteDocuments:
     def build(self, estimate: pb.Estimate, revision: int, fmt: pb.QuoteFormat.ValueType) -> QuoteFile:
         """The document of ``estimate`` (its current revision); ``revision`` 0 means that one.
 
-        Older revisions are not served: ESTIMATE_NOT_FOUND at ``revision`` (their figures stay in
-        their evidence bundles). An unspecified format is QUOTE_FORMAT_INVALID; a PDF without a
-        Hangul font is QUOTE_UNAVAILABLE (FAILED_PRECONDITION).
+        A negative revision is REVISION_INVALID; older revisions are not served: ESTIMATE_NOT_FOUND
+        at ``revision`` (their figures stay in their evidence bundles). An unspecified format is
+        QUOTE_FORMAT_INVALID; a PDF without a Hangul font is QUOTE_UNAVAILABLE (FAILED_PRECONDITION).
         """
         if fmt not in (pb.QUOTE_FORMAT_XLSX, pb.QUOTE_FORMAT_PDF):
             name = pb.QuoteFormat.Name(fmt) if fmt in pb.QuoteFormat.values() else str(fmt)
             raise DomainError(violation(ErrorCode.QUOTE_FORMAT_INVALID, "format", v=name))
+        if revision < 0:
+            raise DomainError(violation(ErrorCode.REVISION_INVALID, "revision", v=revision, max=MAX_REVISION))
         if revision not in (0, estimate.revision):
             raise DomainError(
                 violation(ErrorCode.ESTIMATE_NOT_FOUND, "revision", v=f"{estimate.estimate_id} R{revision}")
