@@ -1448,7 +1448,7 @@ class GetQuoteDocumentRequest(_message.Message):
     revision: _builtins.int
     """0 (or the current revision): the current revision. Documents of older revisions are not
     served (their figures stay in their evidence bundles): NOT_FOUND ESTIMATE_NOT_FOUND at
-    `revision`.
+    `revision`. Negative: INVALID_ARGUMENT REVISION_INVALID.
     """
     format: Global___QuoteFormat.ValueType
     """XLSX or PDF. Unspecified (or an unknown value): INVALID_ARGUMENT QUOTE_FORMAT_INVALID. A PDF on
