@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from server.api.metrics_interceptor import MetricsInterceptor
 from server.api.server import RunningServer, ServiceDeps, api_services, create_server
 from server.api.server_info import ServerInfoServicer
+from server.api.streams import StreamsCollector
 from server.clock import Clock, SystemClock, monotonic_s
 from server.engine.audit import SANDBOX_OPENED
 from server.engine.catalog import DEFAULT_CATALOG_DIR, Catalog, load_catalog
@@ -45,6 +46,7 @@ from server.store_watch import StoreWatch
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+HEALTHZ_POOL_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +79,7 @@ class App:
 
     def start(self) -> None:
         """Start the metrics endpoint, then the gRPC server; health turns SERVING last."""
-        self._http.append(
-            start_metrics_http(self.metrics_address, self.metrics.registry, self._serving.is_set)
-        )
+        self._http.append(start_metrics_http(self.metrics_address, self.metrics.registry, self.healthy))
         self.running.server.start()
         self._start_denial_flusher()
         self.running.set_serving(True)
@@ -93,6 +93,14 @@ class App:
                 "database": self.settings.database_url,
             },
         )
+
+    def healthy(self) -> bool:
+        """What /healthz answers: serving, and an RPC thread free to take a call within a second.
+
+        The gRPC health status alone can read SERVING while every RPC thread is stuck; a load
+        balancer probing /healthz must then see 503 and route elsewhere.
+        """
+        return self._serving.is_set() and self.running.answers(HEALTHZ_POOL_TIMEOUT_S)
 
     def _start_denial_flusher(self) -> None:
         """Write aggregated refusal counts when their window has passed (server/service/denials.py)."""
@@ -292,6 +300,7 @@ def build_app(
     except Exception:
         store.close()
         raise
+    metrics.registry.register(StreamsCollector({"rpc": running.streams, "health_watch": running.watchers}))
     return App(
         settings=settings,
         catalog=catalog,

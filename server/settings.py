@@ -148,6 +148,12 @@ class Settings:
     catalog_dir: Path | None = None  # None: the catalog packaged with the service
     max_message_bytes: int = 1024 * 1024
     max_workers: int = 16
+    # Streaming calls that hold an RPC thread (reflection, evidence-bundle downloads): at most this
+    # many at once (never more than half of max_workers), this many per client address, and each is
+    # cancelled after this many seconds without progress (server/api/streams.py).
+    max_streams: int = 8
+    max_streams_per_peer: int = 4
+    stream_idle_s: float = 30.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     mixed_monthly_quota: int = 2
@@ -282,6 +288,9 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "catalog_dir": _path,
     "max_message_bytes": _int_in(4096, 64 * 1024 * 1024),
     "max_workers": _int_in(1, 256),
+    "max_streams": _int_in(1, 256),
+    "max_streams_per_peer": _int_in(1, 256),
+    "stream_idle_s": _float_in(0.5, 3600.0),
     "shutdown_grace_s": _float_in(0.0, 300.0),
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
     "mixed_monthly_quota": _int_in(0, 1000),

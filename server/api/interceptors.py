@@ -41,6 +41,7 @@ from google.protobuf import unknown_fields
 
 from server.api.calls import client_gone
 from server.api.status import status_code_of, to_grpc_status
+from server.api.streams import Stream, StreamGuard, carry_serving_mode, health_pool
 from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
 from server.engine.roles import Principal, may_call
@@ -53,9 +54,11 @@ from server.storage.repository import StorageError
 
 log = logging.getLogger(__name__)
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
+HEALTH_WATCH = f"/{HEALTH_SERVICE}/Watch"
 PUBLIC_SERVICES = frozenset(
     {
-        "grpc.health.v1.Health",
+        HEALTH_SERVICE,
         "grpc.reflection.v1alpha.ServerReflection",
         "grpc.reflection.v1.ServerReflection",
         "kis.estimator.v1.ServerInfoService",
@@ -173,8 +176,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         rejected_token: RejectedTokenLookup | None = None,
         sandboxes: Sandboxes | None = None,
         on_store_unavailable: Callable[[], None] | None = None,
+        streams: StreamGuard | None = None,
+        watchers: StreamGuard | None = None,
     ) -> None:
         self._authenticate = authenticate
+        self._streams = streams
+        self._watchers = watchers
         self._on_store_unavailable = on_store_unavailable
         self._limiter = rate_limiter
         self._unauthenticated_limiter = unauthenticated_limiter
@@ -193,17 +200,32 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         method: str = handler_call_details.method
         service, _, operation = method.lstrip("/").rpartition("/")
         public = service in PUBLIC_SERVICES
+        if handler.stream_stream is not None:
+            # reflection, public: no client-streaming or bidirectional RPCs of ours
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_bidi(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.request_streaming:
-            return handler  # no client-streaming RPCs of ours; reflection is public and streams
+            return handler
         if handler.unary_unary is not None:
+            wrapped = self._wrap_unary(handler.unary_unary, method, operation, public)
+            if service == HEALTH_SERVICE:
+                wrapped.experimental_thread_pool = health_pool()  # type: ignore[attr-defined]
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, operation, public),
+                wrapped,
                 request_deserializer=_safe_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            behavior = (
+                self._wrap_watch(handler.unary_stream)
+                if method == HEALTH_WATCH
+                else self._wrap_stream(handler.unary_stream, method, operation, public)
+            )
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, operation, public),
+                behavior,
                 request_deserializer=_safe_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -384,6 +406,25 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
 
         return wrapped
 
+    def _open_stream(
+        self, request: Any, context: grpc.ServicerContext, operation: str, principal: Principal | None
+    ) -> Stream | None:
+        """A slot of the stream guard (server/api/streams.py), or DomainError STREAMS_EXHAUSTED
+        (audited like every other refusal of an audited operation)."""
+        if self._streams is None:
+            return None
+        peer = context.peer() or ""
+        try:
+            return self._streams.open(peer, context)
+        except DomainError as refused:
+            if self._record_denial is not None and operation in AUDITED_DENIALS:
+                self._record_denial(operation, request, Caller(principal, peer), refused.code.value)
+            raise
+
+    def _close_stream(self, stream: Stream | None) -> None:
+        if stream is not None and self._streams is not None:
+            self._streams.close(stream)
+
     def _wrap_stream(
         self,
         behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
@@ -391,22 +432,56 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         operation: str,
         public: bool,
     ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        def admit(request: Any, context: grpc.ServicerContext) -> tuple[Any, Principal | None, Stream | None]:
+            principal = self._admit(request, context, operation, public)
+            _principal.set(principal)
+            return request, principal, self._open_stream(request, context, operation, principal)
+
+        return self._streaming(behavior, method, admit)
+
+    def _wrap_bidi(
+        self, behavior: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], method: str
+    ) -> Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]]:
+        """Reflection: public, no request checks of ours; the guard counts each request as progress."""
+
+        def admit(
+            requests: Iterator[Any], context: grpc.ServicerContext
+        ) -> tuple[Iterator[Any], Principal | None, Stream | None]:
+            stream = self._open_stream(None, context, "", None)
+            return (requests if stream is None else stream.requests(requests)), None, stream
+
+        return self._streaming(behavior, method, admit)
+
+    def _streaming(
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+        method: str,
+        admit: Callable[[Any, grpc.ServicerContext], tuple[Any, Principal | None, Stream | None]],
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        """A response-streaming behavior behind ``admit`` (which refuses by raising DomainError);
+        each reply chunk the client took counts as progress against the idle deadline."""
+
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             self._enter(context)
-            principal = None
+            principal: Principal | None = None
+            stream: Stream | None = None
             try:
-                principal = self._admit(request, context, operation, public)
-                _principal.set(principal)
-                yield from behavior(request, context)
+                request, principal, stream = admit(request, context)
+                for chunk in behavior(request, context):
+                    yield chunk
+                    if stream is not None:
+                        stream.progress()
             except GeneratorExit:
-                # grpcio stopped pulling chunks: the client went away mid-stream.
+                # grpcio stopped pulling chunks: the client went away mid-stream (or idled out).
                 self._log(
                     method, (client_gone(context) or grpc.StatusCode.CANCELLED).name, started, principal
                 )
                 raise
             except Exception as exc:  # noqa: BLE001 - the boundary of STYLE.md §2.7: log, convert, never swallow
                 self._end_with_error(context, exc, method, started, principal)
+            finally:
+                self._close_stream(stream)
             gone = client_gone(context)
             if gone is not None:
                 self._log(method, gone.name, started, principal)
@@ -415,3 +490,27 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             self._log(method, "OK", started, principal)
 
         return wrapped
+
+    def _wrap_watch(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        """Health Watch, served non-blocking (a watcher holds a callback, not a thread), bounded."""
+        watchers = self._watchers
+
+        def wrapped(
+            request: Any,
+            context: grpc.ServicerContext,
+            send_response_callback: Callable[[Any], None] | None = None,
+        ) -> Any:
+            try:
+                self._check_request(request)
+                watcher = watchers.open(context.peer() or "", None) if watchers is not None else None
+            except DomainError as refused:
+                context.abort_with_status(to_grpc_status(refused))
+            if (
+                watcher is not None
+                and watchers is not None
+                and not context.add_callback(lambda: watchers.close(watcher))
+            ):
+                watchers.close(watcher)  # the call already ended
+            return behavior(request, context, send_response_callback=send_response_callback)
+
+        return carry_serving_mode(behavior, wrapped)

@@ -32,6 +32,7 @@ from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, Service
 from prometheus_client import Counter, Histogram
 
 from server.api.calls import client_gone
+from server.api.streams import carry_serving_mode, is_non_blocking
 from server.metrics import Metrics
 
 Clock = Callable[[], float]
@@ -155,11 +156,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             self._done(series, started, _final_code(context, raised=False))
             return response
 
-        return wrapped
+        return carry_serving_mode(behavior, wrapped)
 
     def _wrap_stream(
         self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], series: _MethodSeries
-    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    ) -> Callable[..., Any]:
+        if is_non_blocking(behavior):
+            return self._wrap_non_blocking(behavior, series)
+
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             series.started.inc()
             started = self._clock()
@@ -174,6 +178,26 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             self._done(series, started, _final_code(context, raised=False))
 
         return wrapped
+
+    def _wrap_non_blocking(self, behavior: Callable[..., Any], series: _MethodSeries) -> Callable[..., Any]:
+        """A non-blocking stream (health Watch) returns at once; it is handled when the call ends."""
+
+        def wrapped(
+            request: Any,
+            context: grpc.ServicerContext,
+            send_response_callback: Callable[[Any], None] | None = None,
+        ) -> Any:
+            series.started.inc()
+            started = self._clock()
+
+            def ended() -> None:
+                self._done(series, started, client_gone(context) or _final_code(context, raised=False))
+
+            if not context.add_callback(ended):
+                ended()
+            return behavior(request, context, send_response_callback=send_response_callback)
+
+        return carry_serving_mode(behavior, wrapped)
 
 
 __all__ = ["MetricsInterceptor", "services_of"]

@@ -18,6 +18,7 @@ from server.api.quote.service import QuoteDocuments
 from server.api.reflection import add_reflection
 from server.api.server_info import ServerInfoServicer
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
+from server.api.streams import StreamGuard
 from server.clock import Clock
 from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2, server_info_pb2
 from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
@@ -43,6 +44,10 @@ SERVICE_NAMES = (
     server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
 )
 ESTIMATOR_SERVICE = SERVICE_NAMES[0]
+MAX_STREAMS_PER_CONNECTION = 100  # the HTTP/2 value servers commonly advertise
+# Health watchers hold a callback each, no thread: bounded only so that nobody can pile them up.
+MAX_HEALTH_WATCHERS = 256
+MAX_HEALTH_WATCHERS_PER_PEER = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,17 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: HealthServicer
+    pool: futures.ThreadPoolExecutor  # the RPC threads (health Check has its own: server/api/streams.py)
+    streams: StreamGuard
+    watchers: StreamGuard
+
+    def answers(self, timeout_s: float = 1.0) -> bool:
+        """True when an RPC thread takes new work within ``timeout_s`` (the pool is not starved)."""
+        try:
+            self.pool.submit(lambda: None).result(timeout=timeout_s)
+        except (futures.TimeoutError, RuntimeError):  # RuntimeError: the pool was shut down
+            return False
+        return True
 
     def set_serving(self, serving: bool) -> None:
         """Flip the health status of the whole server and of each service."""
@@ -97,8 +113,20 @@ def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tupl
         # A second server must fail on a busy port, not share it — except the workers of one
         # `serve --workers N`, which share it on purpose (server/workers.py).
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.max_concurrent_streams", 256),
+        # Per HTTP/2 connection; more calls on one connection wait in the client for a free stream.
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ]
+
+
+def stream_guards(settings: Settings) -> tuple[StreamGuard, StreamGuard]:
+    """The guard of thread-holding streams and the guard of health watchers (server/api/streams.py).
+
+    At most half of the RPC threads may hold a stream, so unary calls always have the other half.
+    """
+    total = max(1, min(settings.max_streams, settings.max_workers // 2))
+    streams = StreamGuard(total, settings.max_streams_per_peer, settings.stream_idle_s, kind="rpc")
+    watchers = StreamGuard(MAX_HEALTH_WATCHERS, MAX_HEALTH_WATCHERS_PER_PEER, None, kind="health_watch")
+    return streams, watchers
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -141,8 +169,11 @@ def create_server(
 
     ``outer_interceptors`` run before the service interceptor (metrics: they see its final status).
     """
+    streams, watchers = stream_guards(settings)
     interceptor = ServiceInterceptor(
         deps.tokens.authenticate,
+        streams=streams,
+        watchers=watchers,
         rate_limiter=deps.rate_limiter,
         unauthenticated_limiter=deps.unauthenticated_limiter,
         record_denial=_denial_recorder(deps.evidence),
@@ -155,10 +186,12 @@ def create_server(
     def services() -> ServiceSet:
         return current_services() or production
 
+    pool = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        pool,
         interceptors=[*outer_interceptors, interceptor],
         options=server_options(settings, reuse_port=settings.workers != 1),
+        # calls in flight, queued ones included: beyond it grpcio answers RESOURCE_EXHAUSTED at once
         maximum_concurrent_rpcs=settings.max_workers * 8,
     )
     pb_grpc.add_EstimatorServiceServicer_to_server(
@@ -179,6 +212,8 @@ def create_server(
     port = server.add_secure_port(bind, credentials) if credentials else server.add_insecure_port(bind)
     if port == 0:
         raise OSError(f"cannot bind {bind}")
-    running = RunningServer(server=server, port=port, health=health_servicer)
+    running = RunningServer(
+        server=server, port=port, health=health_servicer, pool=pool, streams=streams, watchers=watchers
+    )
     running.set_serving(False)
     return running

@@ -15,9 +15,10 @@ server does not have; the message says which), ``REVISION_INVALID`` (an evidence
 or above 2**31 - 1; extra key ``max``), ``UNAUTHENTICATED_RATE_LIMITED`` (calls without a valid
 token over the per-address budget; extra keys ``max``, ``retry_after_ms``) and
 ``AUTHORIZATION_AMBIGUOUS`` (more than one ``authorization`` header), ``ESTIMATE_TOO_LARGE`` (an
-estimate whose stored bytes would exceed ``KIS_MAX_STORED_BYTES_PER_ESTIMATE``; extra key ``max``)
-and ``STORE_UNAVAILABLE`` (UNAVAILABLE: the database cannot be reached right now; nothing was
-stored, retry).
+estimate whose stored bytes would exceed ``KIS_MAX_STORED_BYTES_PER_ESTIMATE``; extra key ``max``),
+``STREAMS_EXHAUSTED`` (RESOURCE_EXHAUSTED: too many streaming calls open, per address or in total;
+extra key ``max``; server/api/streams.py) and ``STORE_UNAVAILABLE`` (UNAVAILABLE: the database
+cannot be reached right now; nothing was stored, retry).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED_RATE_LIMITED = "UNAUTHENTICATED_RATE_LIMITED"
     AUTHORIZATION_AMBIGUOUS = "AUTHORIZATION_AMBIGUOUS"
     ESTIMATE_TOO_LARGE = "ESTIMATE_TOO_LARGE"
+    STREAMS_EXHAUSTED = "STREAMS_EXHAUSTED"
 
 
 _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
@@ -104,6 +106,7 @@ _KIND_OVERRIDES: Mapping[ErrorCode, ErrorKind] = {
     ErrorCode.RATE_LIMITED: ErrorKind.QUOTA,
     ErrorCode.SANDBOX_LIMIT: ErrorKind.QUOTA,
     ErrorCode.UNAUTHENTICATED_RATE_LIMITED: ErrorKind.QUOTA,
+    ErrorCode.STREAMS_EXHAUSTED: ErrorKind.QUOTA,
     ErrorCode.AUTHORIZATION_AMBIGUOUS: ErrorKind.UNAUTHENTICATED,
     ErrorCode.ESTIMATE_NOT_FOUND: ErrorKind.NOT_FOUND,
     ErrorCode.ESTIMATE_NOT_REVIEWABLE: ErrorKind.PRECONDITION,

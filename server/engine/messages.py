@@ -15,7 +15,8 @@ Templates of the service-added codes (``errors.py``) are this module's own wordi
 ``MALFORMED_REQUEST`` ``{v}`` (what could not be decoded), ``TOO_MANY_ITEMS`` ``{max}``,
 ``PAGE_TOKEN_INVALID`` (none), ``PAGE_SIZE_INVALID`` ``{v}`` ``{max}``, ``RATE_LIMITED`` ``{max}``
 ``{retry_after_ms}``, ``REVISION_INVALID`` ``{v}`` ``{max}``, ``UNAUTHENTICATED_RATE_LIMITED`` ``{max}``
-``{retry_after_ms}``, ``AUTHORIZATION_AMBIGUOUS`` ``{n}``, ``ESTIMATE_TOO_LARGE`` ``{v}`` ``{max}``.
+``{retry_after_ms}``, ``AUTHORIZATION_AMBIGUOUS`` ``{n}``, ``ESTIMATE_TOO_LARGE`` ``{v}`` ``{max}``,
+``STREAMS_EXHAUSTED`` ``{max}``.
 """
 
 from __future__ import annotations
@@ -264,6 +265,12 @@ _TEMPLATES: dict[ErrorCode, tuple[str, str]] = {
         "split the request.",
         "이 견적은 저장 공간을 {v}바이트 차지하여 견적당 허용치 {max}바이트를 넘습니다. "
         "요청을 나누어 보내세요.",
+    ),
+    _C.STREAMS_EXHAUSTED: (
+        "Too many streaming calls are open (at most {max} from this address or on this server); "
+        "retry when one has ended.",
+        "열려 있는 스트리밍 호출이 너무 많습니다(이 주소 또는 이 서버에서 최대 {max}개). "
+        "진행 중인 호출이 끝난 뒤 다시 시도하세요.",
     ),
     _C.REVISION_INVALID: (
         "revision must be 0 (the current revision) or 1 … {max} (got {v}).",
