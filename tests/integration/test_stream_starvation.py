@@ -105,13 +105,13 @@ def end_code(call: Any) -> grpc.StatusCode:
         for _ in call:
             pass
     except grpc.RpcError as err:
-        return err.code()  # type: ignore[no-any-return]
+        return err.code()
     return grpc.StatusCode.OK
 
 
 def first_status(watch: Any) -> str:
     try:
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status))
     except grpc.RpcError as err:
         return str(err.code().name)
 
