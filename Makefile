@@ -7,7 +7,7 @@ BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
 
-.PHONY: run test bench setup tools gen check-gen lint typecheck proto-check clients unit integration clean
+.PHONY: run test fuzz bench setup tools gen check-gen lint typecheck proto-check clients unit integration clean
 
 setup: $(STAMP) $(BUF) tools
 
@@ -75,6 +75,13 @@ run: $(STAMP) gen
 
 test: setup check-gen proto-check lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# A long random fuzz of every RPC on SQLite and PostgreSQL (tests/integration/test_fuzz_every_rpc.py;
+# make test runs a short fixed one). FUZZ_EXAMPLES calls per backend.
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	KIS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
+	  tests/integration/test_fuzz_every_rpc.py tests/integration/test_fuzz.py
 
 # Throughput/latency/CPU/memory figures of a real server process against a same-run ceiling
 # (bench/README.md; not a test). ARGS="--smoke" runs every figure at tiny sizes, ARGS="--profile"
