@@ -34,9 +34,10 @@ from server.service.estimates import EstimateService
 from server.service.evidence import EvidenceArchive, EvidenceService
 from server.service.mixed_quota import mixed_usage
 from server.service.paging import PAGE_TOKEN_KEY_PURPOSE, PageTokens
-from server.service.rate_limit import RateLimiter
+from server.service.rate_limit import Limiter, RateLimiter
 from server.service.reviews import ReviewService
 from server.service.sandbox import Sandboxes, SandboxFactory, ServiceSet
+from server.service.shared_rate_limit import SharedRateLimiter
 from server.service.tokens import TokenService
 from server.settings import Settings
 from server.storage.repository import Store
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 HEALTHZ_POOL_TIMEOUT_S = 1.0
+RATE_WINDOW_S = 3600.0  # the budgets are per hour
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +252,18 @@ def record_sandbox_opened(store: Store, clock: Clock) -> Callable[[str, Caller],
     return record
 
 
+def token_limiter(store: Store, settings: Settings) -> Limiter:
+    """The per-token budget: in memory on one host (SQLite), shared by replicas on PostgreSQL."""
+    local = RateLimiter(settings.rate_limit_per_hour, RATE_WINDOW_S, monotonic_s)
+    if not settings.database_url.startswith("postgresql://"):
+        return local
+    from server.storage.postgres import PostgresStore  # as in open_store: psycopg only when used
+
+    if not isinstance(store, PostgresStore):
+        return local
+    return SharedRateLimiter(store.spend_budget, settings.rate_limit_per_hour, RATE_WINDOW_S, local)
+
+
 def build_app(
     settings: Settings,
     *,
@@ -275,9 +289,9 @@ def build_app(
         admin=production.admin,
         tokens=TokenService(store, clock),
         clock=clock,
-        rate_limiter=RateLimiter(settings.rate_limit_per_hour, 3600.0, monotonic_s),
+        rate_limiter=token_limiter(store, settings),
         unauthenticated_limiter=RateLimiter(
-            settings.unauthenticated_rate_limit_per_hour, 3600.0, monotonic_s
+            settings.unauthenticated_rate_limit_per_hour, RATE_WINDOW_S, monotonic_s
         ),
         info=ServerInfoServicer(
             catalog_version=catalog.version,

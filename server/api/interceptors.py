@@ -48,7 +48,7 @@ from server.engine.roles import Principal, may_call
 from server.service import sandbox
 from server.service.caller import Caller, RejectedToken
 from server.service.estimates import CallAbandoned
-from server.service.rate_limit import RateLimiter, peer_key
+from server.service.rate_limit import Limiter, RateLimiter, peer_key
 from server.service.sandbox import Sandboxes, ServiceSet
 from server.storage.repository import StorageError
 
@@ -170,7 +170,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         self,
         authenticate: Authenticator,
         *,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: Limiter | None = None,
         unauthenticated_limiter: RateLimiter | None = None,
         record_denial: DenialRecorder | None = None,
         rejected_token: RejectedTokenLookup | None = None,

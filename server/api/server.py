@@ -30,7 +30,7 @@ from server.service.admin import AdminService
 from server.service.caller import Caller
 from server.service.estimates import EstimateService
 from server.service.evidence import EvidenceService
-from server.service.rate_limit import RateLimiter
+from server.service.rate_limit import Limiter, RateLimiter
 from server.service.reviews import ReviewService
 from server.service.sandbox import Sandboxes, ServiceSet
 from server.service.tokens import TokenService
@@ -58,7 +58,7 @@ class ServiceDeps:
     admin: AdminService
     tokens: TokenService
     clock: Clock
-    rate_limiter: RateLimiter | None = None
+    rate_limiter: Limiter | None = None
     unauthenticated_limiter: RateLimiter | None = None  # per client address, calls without a valid token
     info: ServerInfoServicer | None = None  # None: version and commit only (catalog, backend unknown)
     sandboxes: Sandboxes | None = None  # None: calls with a kis-sandbox header are refused

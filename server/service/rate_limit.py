@@ -4,9 +4,10 @@ Two budgets use it: per API token (the GA manifest sets 1,000 requests per hour)
 address for calls that fail authentication (``unauthenticated_rate_limit_per_hour``; the key is
 :func:`peer_key`). The bucket holds ``budget`` requests and refills continuously at
 ``budget / window`` per second, so a client that spends its budget may send again after
-``window / budget`` seconds rather than waiting for an hour boundary. Budgets are **per replica**:
-buckets live in process memory (a shared budget needs a shared store such as Redis; with N replicas
-behind a balancer the effective limit is up to N × budget). Health checks and the metrics endpoint
+``window / budget`` seconds rather than waiting for an hour boundary. These buckets live in process
+memory: one host (SQLite) keeps them here; replicas on PostgreSQL share the per-token budget through
+the database (server/service/shared_rate_limit.py), and fall back to these buckets while it is
+unreachable. Health checks and the metrics endpoint
 never pass through here.
 
 Memory is bounded: at most ``max_keys`` buckets are kept. A full bucket is the same as no bucket, so
@@ -22,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Protocol
 
 DEFAULT_MAX_KEYS = 100_000
 OVERFLOW_KEY = "\x00overflow"  # never a token id or a peer key (both are printable)
@@ -38,6 +40,16 @@ class _Bucket:
 class Decision:
     allowed: bool
     retry_after_s: float = 0.0
+
+
+class Limiter(Protocol):
+    """What the interceptor spends budgets with: this module's in-memory buckets, or the table
+    shared by replicas on PostgreSQL (server/service/shared_rate_limit.py)."""
+
+    @property
+    def budget(self) -> int: ...
+
+    def check(self, key: str) -> Decision: ...
 
 
 def peer_key(peer: str) -> str:

@@ -827,6 +827,22 @@ def migrate_postgres(
     return applied_now
 
 
+# The refilled level of the key's bucket, from its stored level and the time since its last use.
+_REFILLED = (
+    "LEAST(%(budget)s, b.tokens + GREATEST(0, EXTRACT(EPOCH FROM EXCLUDED.updated_at - b.updated_at)"
+    "::double precision) * %(rate)s)"
+)
+_SPEND_BUDGET = f"""
+INSERT INTO rate_buckets AS b (bucket_key, tokens, last_allowed, updated_at)
+VALUES (%(key)s, %(budget)s - 1, true, clock_timestamp())
+ON CONFLICT (bucket_key) DO UPDATE SET
+    last_allowed = {_REFILLED} >= 1,
+    tokens = {_REFILLED} - CASE WHEN {_REFILLED} >= 1 THEN 1 ELSE 0 END,
+    updated_at = EXCLUDED.updated_at
+RETURNING tokens, last_allowed
+"""
+
+
 class PostgresStore:
     """The PostgreSQL store at ``url`` (a libpq URL or conninfo; schema migrated on open).
 
@@ -926,6 +942,29 @@ class PostgresStore:
 
     def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
         return PostgresUnitOfWork(self, read_only=read_only)
+
+    def spend_budget(self, key: str, budget: int, window_s: float) -> tuple[bool, float]:
+        """Spend one request of ``key``'s token bucket (``budget`` per ``window_s``, refilled
+        continuously) in the table every replica shares: (allowed, seconds until one is back).
+
+        One statement in autocommit: the upsert locks the key's row only, so replicas spending
+        different keys never wait for each other, and two spending the same key are serialised by
+        that row lock (never both given the last request). The database clock stamps the bucket.
+        """
+        rate = budget / window_s
+        conn, _ = self.acquire()
+        healthy = True
+        try:
+            row = conn.execute(_SPEND_BUDGET, {"key": key, "budget": float(budget), "rate": rate}).fetchone()
+        except psycopg.Error as exc:
+            healthy = not conn.closed and not _in_transaction(conn)
+            raise translate(exc, "cannot spend the request budget") from exc
+        finally:
+            self.release(conn, healthy=healthy)
+        if row is None:
+            raise StorageError("the request budget upsert returned no row")
+        tokens, allowed = float(row[0]), bool(row[1])
+        return allowed, 0.0 if allowed else max(0.0, (1.0 - tokens) / rate)
 
     def size_bytes(self) -> int:
         """``pg_database_size`` of the store's database (tables, indexes, TOAST; not the WAL)."""

@@ -1,0 +1,127 @@
+"""The per-token request budget is one budget across replicas on PostgreSQL, exact under concurrency.
+
+Two real servers on one PostgreSQL database (each with its own in-memory fallback), a token's budget
+of 20 requests an hour: the 21st call is RATE_LIMITED on whichever replica receives it, also when 40
+calls race on both. While the database cannot be reached, each replica falls back to its own
+in-memory budget instead of refusing everyone or letting everything through.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from server.acceptance.runner import outcome_of_error
+from server.engine.roles import Role
+from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from server.main import build_app
+from server.service.rate_limit import RateLimiter
+from server.service.shared_rate_limit import SharedRateLimiter
+from server.settings import Settings
+from server.storage.postgres import PostgresStore
+from server.storage.repository import StorageError
+from tests.integration.conftest import TIMEOUT_S, Served
+from tests.integration.test_postgres_service import EVIDENCE_KEYS
+from tests.integration.test_storage_contract import pg_database
+
+BUDGET = 20
+
+
+def replica(url: str, tokens: dict[str, str] | None = None) -> Served:
+    settings = Settings(
+        database_url=url, shutdown_grace_s=1.0, evidence_keys=EVIDENCE_KEYS, rate_limit_per_hour=BUDGET
+    )
+    app = build_app(settings, address="127.0.0.1:0", metrics_address="127.0.0.1:0")
+    app.start()
+    if tokens is None:  # the first replica issues the tokens; they live in the shared database
+        tokens = {
+            role.value: app.deps.tokens.create(role, f"shared-{role.value.lower()}").token for role in Role
+        }
+    return Served(app=app, address=f"127.0.0.1:{app.port}", tokens=tokens)
+
+
+@pytest.fixture
+def two_replicas() -> Iterator[tuple[Served, Served]]:
+    with pg_database() as url:
+        first = replica(url)
+        second = replica(url, first.tokens)
+        try:
+            yield first, second
+        finally:
+            second.app.stop(0)
+            first.app.stop(0)
+
+
+def quota_call(served: Served, role: str = "VIEWER") -> str:
+    """One cheap authenticated call: OK or the refusal's reason."""
+    stub = admin_grpc.AdminServiceStub(grpc.insecure_channel(served.address))
+    try:
+        stub.GetMixedQuota(admin_pb.GetMixedQuotaRequest(), metadata=served.metadata(role), timeout=TIMEOUT_S)
+    except grpc.RpcError as err:
+        return outcome_of_error(err).error_info.get("reason", err.code().name)
+    return "OK"
+
+
+def test_the_twenty_first_call_anywhere_is_rate_limited(two_replicas: tuple[Served, Served]) -> None:
+    first, second = two_replicas
+    assert [quota_call(first if i % 2 else second) for i in range(BUDGET)] == ["OK"] * BUDGET
+    assert quota_call(first) == "RATE_LIMITED"
+    assert quota_call(second) == "RATE_LIMITED"
+    # another token's budget is its own
+    assert quota_call(second, "ADMIN") == "OK"
+
+
+def test_racing_calls_on_both_replicas_get_exactly_the_budget(two_replicas: tuple[Served, Served]) -> None:
+    first, second = two_replicas
+    start = threading.Barrier(8)
+
+    def call(i: int) -> str:
+        if i < 8:
+            start.wait()
+        return quota_call(first if i % 2 else second, "ESTIMATOR")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(2 * BUDGET)))
+    assert results.count("OK") == BUDGET, results
+    assert results.count("RATE_LIMITED") == BUDGET, results
+
+
+def test_a_database_outage_falls_back_to_the_replicas_own_budget() -> None:
+    calls: list[str] = []
+    down = threading.Event()
+
+    def spend(key: str, budget: int, window_s: float) -> tuple[bool, float]:
+        calls.append(key)
+        if down.is_set():
+            raise StorageError("connection refused", retryable=True)
+        return True, 0.0
+
+    limiter = SharedRateLimiter(spend, 3, 3600.0, RateLimiter(3, 3600.0, lambda: 0.0))
+    assert [limiter.check("tok").allowed for _ in range(5)] == [True] * 5  # the shared table decides
+    down.set()
+    assert [limiter.check("tok").allowed for _ in range(4)] == [True, True, True, False]  # local 3/hour
+    assert calls[0] == "token:tok"
+
+
+def test_the_shared_bucket_refills_from_the_database_clock() -> None:
+    with pg_database() as url:
+        store = PostgresStore(url)
+        try:
+            assert store.spend_budget("k", 2, 3600.0) == (True, 0.0)
+            assert store.spend_budget("k", 2, 3600.0) == (True, 0.0)
+            allowed, retry_after_s = store.spend_budget("k", 2, 3600.0)
+            assert not allowed
+            assert 1790 < retry_after_s <= 1800  # one request back every 1800 s
+            assert store.spend_budget("other", 2, 3600.0) == (True, 0.0)
+            # a fast refill: 10 per second → one request is back 0.1 s after the bucket was empty
+            assert store.spend_budget("fast", 1, 0.1)[0]
+            time.sleep(0.15)
+            assert store.spend_budget("fast", 1, 0.1)[0]
+        finally:
+            store.close()
