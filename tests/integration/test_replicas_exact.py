@@ -10,7 +10,9 @@ replicas (a new connection per call, so the kernel also spreads them over each r
 * kill -9 of one replica mid-load → every call that got OK is stored with its evidence, the audit
   chain verifies, and the other replicas keep serving;
 * a token's budget of 20 an hour → 20 calls succeed across the six processes, the 21st anywhere is
-  RATE_LIMITED (the bucket row in PostgreSQL, server/service/shared_rate_limit.py).
+  RATE_LIMITED (the bucket row in PostgreSQL, server/service/shared_rate_limit.py);
+* PostgreSQL "restarted" mid-load (a TCP relay cut for 4 s) → calls fail UNAVAILABLE
+  STORE_UNAVAILABLE during the outage only, every acknowledged estimate is stored, the chain verifies.
 
 What each rests on (deploy/README.md): the MIXED count and the dedup/request-id look-ups happen in
 one write transaction per create, serialised across processes by PostgreSQL (advisory lock), with
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import pytest
@@ -52,6 +55,7 @@ from tests.integration.conftest import TIMEOUT_S
 from tests.integration.test_postgres_service import EVIDENCE_KEYS
 from tests.integration.test_prometheus import free_port
 from tests.integration.test_storage_contract import pg_database
+from tests.integration.test_store_outage import Relay
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "server.cli"]
@@ -127,10 +131,16 @@ def wait_ready(replica: Replica) -> None:
 
 
 @contextmanager
-def running_fleet(tmp_path: Path, **settings: str) -> Iterator[Fleet]:
-    """Three replicas, each ``serve --workers 2``, on a new PostgreSQL database; ``settings``: more
-    ``KIS_*`` variables."""
+def running_fleet(tmp_path: Path, relay: Relay | None = None, **settings: str) -> Iterator[Fleet]:
+    """Three replicas, each ``serve --workers 2``, on a new PostgreSQL database (through ``relay``
+    when given: a TCP relay the test can cut); ``settings``: more ``KIS_*`` variables."""
     with pg_database() as url:
+        if relay is not None:
+            parts = urlsplit(url)
+            relay.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+            relay.up()
+            host = f"127.0.0.1:{relay.port}"
+            url = urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))
         env = {
             "PATH": os.environ["PATH"],
             "HOME": str(tmp_path),
@@ -155,6 +165,8 @@ def running_fleet(tmp_path: Path, **settings: str) -> Iterator[Fleet]:
                 if replica.process.poll() is None:
                     os.killpg(replica.process.pid, signal.SIGKILL)
                     replica.process.wait(timeout=30)
+            if relay is not None:
+                relay.down()
 
 
 @pytest.fixture
@@ -312,3 +324,51 @@ def test_a_tokens_rate_limit_holds_across_replica_processes(tmp_path: Path) -> N
             reasons = Counter(pool.map(call, range(30)))
         assert reasons == {"OK": 20, "RATE_LIMITED": 10}, reasons
         assert call(0) == call(1) == call(2) == "RATE_LIMITED"  # the 21st call anywhere
+
+
+def test_a_database_restart_mid_load_fails_calls_only_during_the_outage(tmp_path: Path) -> None:
+    relay = Relay(("127.0.0.1", 5432))  # the target is set by running_fleet
+    with running_fleet(tmp_path, relay) as fleet:
+        results: list[tuple[float, str, str]] = []  # (monotonic time, reason, estimate id)
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def client(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                reason, reply = create_call(
+                    fleet, fleet.replicas[(n + i) % 3], request(example(), request_id=f"r-{n}-{i}")
+                )
+                estimate_id = (
+                    pb.CreateEstimateResponse.FromString(reply).estimate.estimate_id if reply else ""
+                )
+                with lock:
+                    results.append((time.monotonic(), reason, estimate_id))
+                if reason != "OK":
+                    time.sleep(0.2)  # a client backing off while the service says UNAVAILABLE
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        down_at = time.monotonic()
+        relay.down()  # PostgreSQL "restarts": connections refused, open ones dropped
+        time.sleep(4)
+        relay.up()
+        up_at = time.monotonic()
+        time.sleep(8)
+        stop.set()
+        for t in threads:
+            t.join(timeout=90)
+
+        failures = [(at, reason) for at, reason, _ in results if reason != "OK"]
+        assert {reason for _, reason in failures} <= {"STORE_UNAVAILABLE"}, Counter(r for _, r in failures)
+        assert failures, "the outage was not noticed"
+        # calls fail only during the outage (plus the few seconds a replica needs to reconnect)
+        assert all(down_at - 1 <= at <= up_at + 5 for at, _ in failures), (down_at, up_at, failures[-5:])
+        assert any(reason == "OK" and at > up_at + 5 for at, reason, _ in results)  # recovered
+        acknowledged = {estimate_id for _, reason, estimate_id in results if reason == "OK"}
+        assert acknowledged <= set(estimates_stored(fleet))
+        verify = fleet.cli("audit", "verify")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
