@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +59,7 @@ from bench.ceiling_server import METHOD as CEILING_METHOD
 from bench.engine_bench import engine_figures
 from bench.h2load_run import find_h2load, run_h2load
 from bench.profiling import find_py_spy, key_shares, start_py_spy, summarise
+from bench.scaling import DEFAULT_PG_URL, SCALING_CLIENTS, SCALING_CONCURRENCY, print_scaling, scaling_section
 from bench.stats import cpu_seconds, cpu_times, latency_summary, load_average, rss_mib
 from server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
@@ -78,6 +79,7 @@ TARGET_ENGINE_SMALL_US = 100.0
 TARGET_ENGINE_LARGE_US = 1000.0
 TARGET_EVIDENCE_SMALL_US = 1000.0
 TARGET_LEAK_MB_PER_100K = 10.0
+TARGET_WORKERS_SCALING = 1.6  # CreateEstimate QPS with --workers 2 / with one worker (scale-out issue)
 
 
 class PySpyFailed(RuntimeError):
@@ -128,8 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engine-repeat", type=int, help="timeit samples per figure (default 30; smoke 3)")
     parser.add_argument(
         "--only",
-        default="ceiling,rpc,engine,leak,h2load",
-        help="sections to run (ceiling, rpc, engine, leak, h2load); ratios need ceiling",
+        default="ceiling,rpc,engine,leak,h2load,scaling",
+        help="sections to run (ceiling, rpc, engine, leak, h2load, scaling); ratios need ceiling",
     )
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the server (CreateEstimate small, GetEstimate)"
@@ -190,14 +192,20 @@ def server_env(data_dir: Path, log_level: str, metrics_port: int) -> dict[str, s
         "KIS_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         "KIS_RATE_LIMIT_PER_HOUR": "10000000",  # the benchmark's one token makes far more calls than 1,000/h
         "KIS_LOG_LEVEL": log_level,
+        # the benchmark measures throughput from one address, not the abuse bounds of streams
+        "KIS_MAX_STREAMS": "64",
+        "KIS_MAX_STREAMS_PER_PEER": "64",
     }
     return env
 
 
-def start_estimator(env: dict[str, str], log: IO[bytes]) -> Server:
+def start_estimator(env: dict[str, str], log: IO[bytes], workers: int = 1) -> Server:
     kis = str(Path(sys.executable).parent / "kis-estimator")
     port = free_port()
-    process = subprocess.Popen([kis, "serve", "--listen", f"127.0.0.1:{port}"], env=env, stderr=log)
+    command = [kis, "serve", "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+    process = subprocess.Popen(command, env=env, stderr=log)
+    if workers > 1:  # every worker's /healthz (metrics port + i) before any connection is made
+        wait_workers_healthy(process, env["KIS_METRICS_ADDRESS"], workers)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + 60
@@ -226,6 +234,24 @@ def start_ceiling(env: dict[str, str], reply_file: Path) -> Server:
     if not line:
         raise RuntimeError("the ceiling server did not start")
     return Server(process, int(json.loads(line)["port"]), "ceiling")
+
+
+def wait_workers_healthy(process: subprocess.Popen[bytes], metrics_address: str, workers: int) -> None:
+    import urllib.request
+
+    host, _, port = metrics_address.rpartition(":")
+    deadline = time.monotonic() + 60
+    for i in range(workers):
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{int(port) + i}/healthz", timeout=1) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the estimator's workers did not start; see its log")
+            time.sleep(0.1)
 
 
 class LoadGenerators:
@@ -730,6 +756,10 @@ def targets_of(results: dict[str, Any]) -> list[dict[str, Any]]:
             engine["small"]["evidence"]["median_us"],
             TARGET_EVIDENCE_SMALL_US,
         )
+    for store, result in results.get("scaling", {}).get("stores", {}).items():
+        if "skipped" in result:
+            continue
+        add(f"CreateEstimate --workers 2 / 1 QPS, {store}", result.get("ratio"), TARGET_WORKERS_SCALING, True)
     leak = results.get("leak")
     if leak:
         add(
@@ -757,6 +787,36 @@ def print_profile(profile: dict[str, Any]) -> None:
             left = f"{p['self'][i]['pct']:>5.1f}% {p['self'][i]['function'][:58]:<58}" if i < 12 else " " * 65
             right = f"{keys[i][1]:>5.1f}% {keys[i][0]}" if i < len(keys) else ""
             print(f"  {left} {right}")
+
+
+def pg_server_url() -> str:
+    return os.environ.get("KIS_BENCH_PG_URL", DEFAULT_PG_URL)
+
+
+def scaling_phase(
+    args: argparse.Namespace,
+) -> Callable[[dict[str, str], int, IO[bytes], str], dict[str, Any]]:
+    """Start an estimator with ``workers`` processes, run create_small at the scaling level, stop it."""
+
+    def run(env: dict[str, str], workers: int, log: IO[bytes], run_id: str) -> dict[str, Any]:
+        token = make_token(env)
+        server = start_estimator(env, log, workers)
+        try:
+            fixture = prepare(server, token, run_id)
+            with load_generators(server, SCALING_CLIENTS) as gens:
+                return timed_phase(
+                    gens,
+                    server,
+                    fixture.phases["create_small"],
+                    SCALING_CONCURRENCY,
+                    args,
+                    fixture.metadata,
+                    run_id,
+                )
+        finally:
+            server.stop()
+
+    return run
 
 
 # --------------------------------------------------------------------------- main
@@ -858,6 +918,14 @@ def main(argv: list[str] | None = None) -> int:
             if "h2load" in args.sections:
                 progress("h2load")
                 results["h2load"] = h2load_section(args, ceiling, estimator, fixture, metrics_port)
+            if "scaling" in args.sections:
+                results["scaling"] = scaling_section(
+                    args,
+                    server_env(data_dir, args.log_level, free_port()),
+                    pg_server_url(),
+                    scaling_phase(args),
+                    progress,
+                )
             add_ratios(rows)
             results["rpc"] = rows
             results["meta"]["server_rss_mib_end"] = rss_mib(estimator.pid)
@@ -890,6 +958,8 @@ def main(argv: list[str] | None = None) -> int:
         print_h2load(results["h2load"])
     if "profile" in results:
         print_profile(results["profile"])
+    if "scaling" in results:
+        print_scaling(results["scaling"])
     print_targets(results["targets"])
     print(
         f"\nserver RSS {results['meta']['server_rss_mib_start']:.1f} MiB at start, "

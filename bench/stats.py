@@ -30,11 +30,41 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, Any]:
     }
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process, all its threads, from /proc/<pid>/stat."""
+def _stat_fields(pid: int) -> list[str]:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+    return stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its living descendants (``serve --workers N`` forks its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int(_stat_fields(int(entry.name))[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its descendants, all threads, from /proc/*/stat."""
+    user = system = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = _stat_fields(member)
+        except OSError:
+            continue
+        user += int(fields[11]) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+        system += int(fields[12]) / CLOCK_TICKS
+    return user, system
 
 
 def cpu_seconds(pid: int) -> float:
@@ -43,10 +73,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
+    """Resident MiB of a process and its descendants."""
+    total, found = 0.0, False
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("VmRSS:"):
+                total, found = total + int(line.split()[1]) / 1024, True
+    return total if found else math.nan
 
 
 def load_average() -> list[float]:

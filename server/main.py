@@ -130,6 +130,7 @@ class App:
         self._serving.clear()
         self.running.set_serving(False)
         self.running.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s).wait()
+        self.running.stream_pool.shutdown(wait=False)
         self._stopping.set()
         for thread in self._flusher:
             thread.join()

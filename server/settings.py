@@ -148,11 +148,12 @@ class Settings:
     catalog_dir: Path | None = None  # None: the catalog packaged with the service
     max_message_bytes: int = 1024 * 1024
     max_workers: int = 16
-    # Streaming calls that hold an RPC thread (reflection, evidence-bundle downloads): at most this
-    # many at once (never more than half of max_workers), this many per client address, and each is
-    # cancelled after this many seconds without progress (server/api/streams.py).
-    max_streams: int = 8
-    max_streams_per_peer: int = 4
+    # Streaming calls (reflection, evidence-bundle downloads) run on threads of their own, never on
+    # the max_workers RPC threads: at most this many at once (more are refused STREAMS_EXHAUSTED),
+    # this many per client address (raise it behind a proxy: every client has the proxy's address),
+    # and each is cancelled after this many seconds without progress (server/api/streams.py).
+    max_streams: int = 16
+    max_streams_per_peer: int = 8
     stream_idle_s: float = 30.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"

@@ -7,7 +7,8 @@ spreads new connections across the workers (connections, not calls: clients with
 channel stay on one worker). Everything a guarantee rests on lives in the store, not in a
 process: MIXED quota, dedup keys and request ids are decided inside write transactions
 (SQLite ``BEGIN IMMEDIATE`` serialises writers across processes; PostgreSQL row locks and
-constraints), so the workers stay exact together. The per-token rate limit is per process.
+constraints), so the workers stay exact together. The per-token rate limit is shared on PostgreSQL
+(server/service/shared_rate_limit.py) and per process on SQLite.
 
 Metrics: worker *i* serves ``/metrics`` and ``/healthz`` on the configured metrics port + *i*
 (one scrape target per worker, listed in deploy/README.md); each exposes its own counters and

@@ -41,7 +41,7 @@ from google.protobuf import unknown_fields
 
 from server.api.calls import client_gone
 from server.api.status import status_code_of, to_grpc_status
-from server.api.streams import Stream, StreamGuard, carry_serving_mode, health_pool
+from server.api.streams import Stream, StreamGuard, StreamPool, carry_serving_mode, health_pool, refused_here
 from server.engine.errors import DomainError, ErrorCode
 from server.engine.messages import violation
 from server.engine.roles import Principal, may_call
@@ -178,9 +178,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         on_store_unavailable: Callable[[], None] | None = None,
         streams: StreamGuard | None = None,
         watchers: StreamGuard | None = None,
+        stream_pool: StreamPool | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._streams = streams
+        self._stream_pool = stream_pool
         self._watchers = watchers
         self._on_store_unavailable = on_store_unavailable
         self._limiter = rate_limiter
@@ -203,7 +205,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         if handler.stream_stream is not None:
             # reflection, public: no client-streaming or bidirectional RPCs of ours
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_bidi(handler.stream_stream, method),
+                self._on_stream_pool(self._wrap_bidi(handler.stream_stream, method)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -222,7 +224,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             behavior = (
                 self._wrap_watch(handler.unary_stream)
                 if method == HEALTH_WATCH
-                else self._wrap_stream(handler.unary_stream, method, operation, public)
+                else self._on_stream_pool(self._wrap_stream(handler.unary_stream, method, operation, public))
             )
             return grpc.unary_stream_rpc_method_handler(
                 behavior,
@@ -415,11 +417,21 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             return None
         peer = context.peer() or ""
         try:
+            if refused_here():  # every stream thread was taken (server/api/streams.py StreamPool)
+                raise self._streams.refuse(
+                    self._stream_pool.slots if self._stream_pool else self._streams.total
+                )
             return self._streams.open(peer, context)
         except DomainError as refused:
             if self._record_denial is not None and operation in AUDITED_DENIALS:
                 self._record_denial(operation, request, Caller(principal, peer), refused.code.value)
             raise
+
+    def _on_stream_pool(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        """Run a streaming behavior on the stream threads, never on the RPC pool's."""
+        if self._stream_pool is not None:
+            behavior.experimental_thread_pool = self._stream_pool  # type: ignore[attr-defined]
+        return behavior
 
     def _close_stream(self, stream: Stream | None) -> None:
         if stream is not None and self._streams is not None:

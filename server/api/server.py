@@ -18,7 +18,7 @@ from server.api.quote.service import QuoteDocuments
 from server.api.reflection import add_reflection
 from server.api.server_info import ServerInfoServicer
 from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
-from server.api.streams import StreamGuard
+from server.api.streams import StreamGuard, StreamPool
 from server.clock import Clock
 from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2, server_info_pb2
 from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
@@ -75,6 +75,7 @@ class RunningServer:
     port: int
     health: HealthServicer
     pool: futures.ThreadPoolExecutor  # the RPC threads (health Check has its own: server/api/streams.py)
+    stream_pool: StreamPool  # the threads of streaming calls
     streams: StreamGuard
     watchers: StreamGuard
 
@@ -119,12 +120,10 @@ def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tupl
 
 
 def stream_guards(settings: Settings) -> tuple[StreamGuard, StreamGuard]:
-    """The guard of thread-holding streams and the guard of health watchers (server/api/streams.py).
-
-    At most half of the RPC threads may hold a stream, so unary calls always have the other half.
-    """
-    total = max(1, min(settings.max_streams, settings.max_workers // 2))
-    streams = StreamGuard(total, settings.max_streams_per_peer, settings.stream_idle_s, kind="rpc")
+    """The guard of thread-holding streams and the guard of health watchers (server/api/streams.py)."""
+    streams = StreamGuard(
+        settings.max_streams, settings.max_streams_per_peer, settings.stream_idle_s, kind="rpc"
+    )
     watchers = StreamGuard(MAX_HEALTH_WATCHERS, MAX_HEALTH_WATCHERS_PER_PEER, None, kind="health_watch")
     return streams, watchers
 
@@ -170,10 +169,12 @@ def create_server(
     ``outer_interceptors`` run before the service interceptor (metrics: they see its final status).
     """
     streams, watchers = stream_guards(settings)
+    stream_pool = StreamPool(settings.max_streams)
     interceptor = ServiceInterceptor(
         deps.tokens.authenticate,
         streams=streams,
         watchers=watchers,
+        stream_pool=stream_pool,
         rate_limiter=deps.rate_limiter,
         unauthenticated_limiter=deps.unauthenticated_limiter,
         record_denial=_denial_recorder(deps.evidence),
@@ -213,7 +214,13 @@ def create_server(
     if port == 0:
         raise OSError(f"cannot bind {bind}")
     running = RunningServer(
-        server=server, port=port, health=health_servicer, pool=pool, streams=streams, watchers=watchers
+        server=server,
+        port=port,
+        health=health_servicer,
+        pool=pool,
+        stream_pool=stream_pool,
+        streams=streams,
+        watchers=watchers,
     )
     running.set_serving(False)
     return running

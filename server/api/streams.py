@@ -1,27 +1,30 @@
-"""Streaming calls may not starve the server: a bounded number at once, and an idle deadline.
+"""Streaming calls may not starve the server: their own threads, bounded, with an idle deadline.
 
-grpcio's synchronous server serves every call on a thread of one pool (``KIS_MAX_WORKERS``). A
-unary call holds its thread for the few milliseconds it computes; a streaming call holds it for as
-long as the client keeps the stream open: a reflection stream (bidirectional) while the server waits
-for the client's next request, an evidence-bundle download while the client does not read (HTTP/2
-flow control stops the sender). Sixteen idle reflection streams, opened without a token, used to
-take every thread: health checks and CreateEstimate then waited forever. So:
+grpcio's synchronous server serves every call on a thread of a pool. A unary call holds its thread
+for the few milliseconds it computes; a streaming call holds it for as long as the client keeps the
+stream open: a reflection stream (bidirectional) while the server waits for the client's next
+request, an evidence-bundle download while the client does not read (HTTP/2 flow control stops the
+sender). Sixteen idle reflection streams, opened without a token, used to take every thread of the
+one pool: health checks and CreateEstimate then waited forever. So:
 
-* :class:`StreamGuard` admits at most ``total`` thread-holding streams at once and ``per_peer`` of
-  them per client address (IPv4 address, IPv6 /64: :func:`server.service.rate_limit.peer_key`).
-  ``total`` is kept below the pool size, so at least half of the pool always serves unary calls.
-  A stream over either bound is refused at once: RESOURCE_EXHAUSTED ``STREAMS_EXHAUSTED``.
+* streaming handlers run on a pool of their own, :class:`StreamPool` (``KIS_MAX_STREAMS`` threads);
+  the RPC pool (``KIS_MAX_WORKERS``) serves unary calls only, so no stream can take its threads.
+  A stream that arrives while every stream thread is taken is not queued behind them (a queue of
+  idle streams would hold the server's in-flight budget, ``maximum_concurrent_rpcs``, for minutes):
+  it is refused at once, RESOURCE_EXHAUSTED ``STREAMS_EXHAUSTED``, on a small pool of its own;
+* :class:`StreamGuard` admits at most ``per_peer`` streams per client address (IPv4 address, IPv6
+  /64: :func:`server.service.rate_limit.peer_key`), so one caller cannot hold every stream thread;
+  behind a proxy every client has the proxy's address, so raise ``KIS_MAX_STREAMS_PER_PEER`` there;
 * every admitted stream carries an idle deadline: when neither side made progress for ``idle_s``
   (no request arrived, no reply chunk left), a reaper thread cancels the call. The client sees
-  CANCELLED; the thread returns to the pool. A stream that makes progress lives as long as it needs.
+  CANCELLED; the thread returns to the pool. A stream that makes progress lives as long as it needs;
 * the health service's ``Watch`` is served non-blocking (grpcio's ``experimental_non_blocking``: a
-  watcher holds a callback, not a thread), under its own bound and without an idle deadline, since
-  a watcher waits for changes by design; ``Check`` and ``List`` run on a small pool of their own
-  (:func:`health_pool`), so health answers even while every RPC thread is busy.
+  watcher holds a callback, not a thread), under a bound of its own and without an idle deadline,
+  since a watcher waits for changes by design; ``Check`` and ``List`` run on a small pool of their
+  own (:func:`health_pool`), so health answers even while every RPC thread is busy.
 
 Bounds per HTTP/2 connection (``grpc.max_concurrent_streams``) and on all calls in flight
-(``maximum_concurrent_rpcs``) are server options (server/api/server.py); this module bounds what
-holds a thread.
+(``maximum_concurrent_rpcs``) are server options (server/api/server.py).
 """
 
 from __future__ import annotations
@@ -58,6 +61,61 @@ def health_pool() -> futures.ThreadPoolExecutor:
         if _health_pool is None:
             _health_pool = futures.ThreadPoolExecutor(HEALTH_POOL_THREADS, thread_name_prefix="rpc-health")
         return _health_pool
+
+
+REFUSAL_THREADS = 2
+_refusing = threading.local()
+
+
+def refused_here() -> bool:
+    """True on a thread that runs a stream the :class:`StreamPool` had no thread for."""
+    return bool(getattr(_refusing, "active", False))
+
+
+class StreamPool(futures.ThreadPoolExecutor):
+    """The threads of streaming handlers: a task runs at once on one of ``slots`` threads, or, when
+    all are taken, on the refusal pool with :func:`refused_here` true (the handler then refuses
+    the call quickly). Nothing waits in a queue. grpcio submits one task per streaming call to the
+    pool named by the behavior's ``experimental_thread_pool``."""
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(max_workers=slots, thread_name_prefix="rpc-stream")
+        self.slots = slots
+        self._active = 0
+        self._lock = threading.Lock()
+        self._refusals = futures.ThreadPoolExecutor(REFUSAL_THREADS, thread_name_prefix="rpc-stream-refusal")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        with self._lock:
+            admitted = self._active < self.slots
+            if admitted:
+                self._active += 1
+        if admitted:
+            return super().submit(self._run_admitted, fn, args, kwargs)
+        return self._refusals.submit(self._run_refused, fn, args, kwargs)
+
+    def _run_admitted(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    @staticmethod
+    def _run_refused(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        _refusing.active = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _refusing.active = False
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._refusals.shutdown(wait=wait, cancel_futures=cancel_futures)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def exhausted(limit: int) -> DomainError:
+    return DomainError(violation(ErrorCode.STREAMS_EXHAUSTED, "", max=limit))
 
 
 @dataclass(eq=False, slots=True)
@@ -115,6 +173,12 @@ class StreamGuard:
         self._reaper: threading.Thread | None = None
         self._ids = itertools.count()
 
+    def refuse(self, limit: int) -> DomainError:
+        """Count a stream refused elsewhere (no stream thread free) and return its error."""
+        with self._lock:
+            self._refused += 1
+        return exhausted(limit)
+
     def open(self, peer: str, context: grpc.ServicerContext | None) -> Stream:
         """Admit a stream of ``peer`` or raise DomainError STREAMS_EXHAUSTED."""
         key = peer_key(peer)
@@ -122,8 +186,7 @@ class StreamGuard:
             if len(self._open) >= self.total or self._by_peer[key] >= self.per_peer:
                 self._refused += 1
                 per_peer = self._by_peer[key] >= self.per_peer
-                limit = self.per_peer if per_peer else self.total
-                raise DomainError(violation(ErrorCode.STREAMS_EXHAUSTED, "", max=limit))
+                raise exhausted(self.per_peer if per_peer else self.total)
             stream = Stream(key, context, self._clock(), _clock=self._clock)
             self._open.add(stream)
             self._by_peer[key] += 1

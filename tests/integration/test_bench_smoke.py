@@ -129,6 +129,24 @@ def test_profile_names_the_servers_functions(results: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_every_target_has_a_value(results: dict[str, Any]) -> None:
     targets = {t["target"]: t for t in results["targets"]}
-    assert len(targets) == 7
+    scaled = [store for store, r in results["scaling"]["stores"].items() if "skipped" not in r]
+    assert len(targets) == 7 + len(scaled)
     for name, t in targets.items():
         assert _number(t["value"]) and t["met"] in (True, False), name
+
+
+@pytest.mark.slow
+def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dict[str, Any]) -> None:
+    stores = results["scaling"]["stores"]
+    assert set(stores) == {"sqlite", "postgresql"}
+    for store, result in stores.items():
+        if "skipped" in result:  # no PostgreSQL server reachable: said, not hidden
+            assert store == "postgresql" and result["skipped"]
+            continue
+        assert [run["workers"] for run in result["runs"]] == [1, 2]
+        for run in result["runs"]:
+            assert run["calls"] > 0 and run["errors"] == {}, (store, run["errors"])
+            assert _number(run["qps"]) and _number(run["server_cpu_pct"])
+        assert _number(result["ratio"])
+    targets = {t["target"] for t in results["targets"]}
+    assert "CreateEstimate --workers 2 / 1 QPS, sqlite" in targets

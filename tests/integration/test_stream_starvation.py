@@ -119,8 +119,8 @@ def first_status(watch: Any) -> str:
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[Served]:
     # max_streams_per_peer high: every test client shares 127.0.0.1, so the server-wide bound
-    # (8 = half of the 16 RPC threads) is what must protect it here.
-    served = start_app(tmp_path, stream_idle_s=IDLE_S, max_streams_per_peer=256)
+    # (8 stream threads here) is what must protect it.
+    served = start_app(tmp_path, stream_idle_s=IDLE_S, max_streams=8, max_streams_per_peer=256)
     yield served
     served.app.stop(0)
 

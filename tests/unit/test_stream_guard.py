@@ -90,3 +90,30 @@ def test_without_an_idle_deadline_nothing_is_reaped() -> None:
 def test_bounds_below_one_are_refused() -> None:
     with pytest.raises(ValueError):
         StreamGuard(total=0, per_peer=1, idle_s=None)
+
+
+def test_the_stream_pool_runs_at_most_its_slots_and_refuses_the_rest_at_once() -> None:
+    import threading
+
+    from server.api.streams import StreamPool, refused_here
+
+    pool = StreamPool(2)
+    release = threading.Event()
+    try:
+        held = [pool.submit(lambda: (release.wait(10), refused_here())[1]) for _ in range(2)]
+        third = pool.submit(refused_here)
+        assert third.result(timeout=5) is True  # no thread free: runs at once, marked refused
+        release.set()
+        assert [f.result(timeout=5) for f in held] == [False, False]
+
+        def boom() -> None:
+            raise RuntimeError("handler bug")
+
+        failed = pool.submit(boom)
+        with pytest.raises(RuntimeError):
+            failed.result(timeout=5)
+        # every slot came back, the failed task's included
+        assert [f.result(timeout=5) for f in [pool.submit(refused_here) for _ in range(2)]] == [False, False]
+    finally:
+        release.set()
+        pool.shutdown()
