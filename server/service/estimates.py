@@ -44,6 +44,7 @@ from server.service.mixed_quota import MIXED_BRAND, mixed_usage
 from server.service.paging import PageTokens, page_size_of
 from server.storage.repository import (
     DuplicateKeyError,
+    EvidenceRecord,
     IdempotencyRecord,
     StorageError,
     Store,
@@ -225,14 +226,19 @@ class EstimateService:
             quote=quote,
         )
         mixed = req.brand == MIXED_BRAND
-        evidence = None if mixed else self._archive.build(record)
+        # Everything that needs no stored state is computed before the write transaction, which
+        # serialises writers (across processes and replicas too): only a MIXED estimate's evidence
+        # and reply wait for its quota count inside it.
+        evidence = response = None
+        if not mixed:
+            evidence = self._archive.build(record)
+            response = self._reply(record, evidence, encode)
         try:
             with self._store.unit_of_work() as uow:
                 if mixed:
                     evidence = self._archive.build(record, self._take_mixed_quota(uow, req, accepted_at))
-                assert evidence is not None
-                response = encode(record, summary_of(evidence))
-                self._check_stored_size(record, evidence.size_bytes, len(response))
+                    response = self._reply(record, evidence, encode)
+                assert evidence is not None and response is not None
                 if not still_wanted():
                     raise CallAbandoned
                 uow.estimates.add(record)
@@ -265,6 +271,12 @@ class EstimateService:
         if record.completed_at is not None:
             self._metrics.estimate_completed(0.0)
         return Created(response=response, replayed=False, estimate_id=record.estimate_id)
+
+    def _reply(self, record: EstimateRecord, evidence: EvidenceRecord, encode: ResponseEncoder) -> bytes:
+        """The reply bytes, once the estimate is known to fit the store (ESTIMATE_TOO_LARGE)."""
+        response = encode(record, summary_of(evidence))
+        self._check_stored_size(record, evidence.size_bytes, len(response))
+        return response
 
     def _check_stored_size(self, record: EstimateRecord, bundle_bytes: int, response_bytes: int) -> None:
         """ESTIMATE_TOO_LARGE when the estimate would add more than the bound to the store.

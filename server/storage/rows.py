@@ -9,6 +9,8 @@ text in SQLite, ``timestamptz`` in PostgreSQL), so the mapping functions take th
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
@@ -51,9 +53,32 @@ def count(row: Row | None) -> int:
     return 0 if row is None else integer(row[0])
 
 
+_RECENT_DOCUMENTS = 64
+_recent: OrderedDict[int, tuple[EstimateRecord, str]] = OrderedDict()
+_recent_lock = threading.Lock()
+
+
 def document_text(record: EstimateRecord) -> str:
-    """The stored JSON document of an estimate (compact, sorted keys, UTF-8 text)."""
-    return json.dumps(record_to_document(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """The stored JSON document of an estimate (compact, sorted keys, UTF-8 text).
+
+    A create renders it before its write transaction (the stored-size check) and the repository
+    again inside it; the last few renderings are kept by record identity (records are immutable,
+    and each entry holds its record, so an id is never reused while cached), so the second costs
+    nothing while the store's write lock is held.
+    """
+    key = id(record)
+    with _recent_lock:
+        found = _recent.get(key)
+        if found is not None and found[0] is record:
+            _recent.move_to_end(key)
+            return found[1]
+    text_ = json.dumps(record_to_document(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    with _recent_lock:
+        _recent[key] = (record, text_)
+        _recent.move_to_end(key)
+        while len(_recent) > _RECENT_DOCUMENTS:
+            _recent.popitem(last=False)
+    return text_
 
 
 def record_of(estimate_id: object, document: object) -> EstimateRecord:
