@@ -29,6 +29,7 @@ from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from server.gen.kis.estimator.v1 import server_info_pb2, server_info_pb2_grpc
 from tests.integration.conftest import TIMEOUT_S, start_app
 from tests.integration.test_prometheus import free_port
+from tests.integration.test_replicas_exact import MIXED
 from tests.integration.tls import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,17 +164,7 @@ def test_two_workers_share_the_port_stay_exact_and_drain_on_sigterm(
 ) -> None:
     target, metrics, process, secrets = workers
     md = (("authorization", f"Bearer {secrets['token']}"),)
-    mixed = json_format.ParseDict(  # case M31's request
-        {
-            "brand": "MIXED",
-            "mixed_reason": "Customer supplies the LS main breaker spec; branches SANGDO",
-            "installation": {"location": "INDOOR", "mount": "FLUSH"},
-            "main": {"kind": "MCCB", "poles": 3, "trip_at": 100, "model": "ABN-103"},
-            "branches": [{"kind": "MCCB", "poles": 3, "trip_at": 100, "qty": 2, "brand": "SANGDO"}],
-            "accessories": {"enabled": False},
-        },
-        pb.CreateEstimateRequest(),
-    )
+    mixed = json_format.ParseDict(MIXED, pb.CreateEstimateRequest())
     outcomes: list[str] = []
     lock = threading.Lock()
 
