@@ -1,7 +1,10 @@
 """PostgreSQL implementation of :mod:`server.storage.repository` (psycopg 3, plain parameterized SQL).
 
 Selected by ``KIS_DATABASE_URL=postgresql://…``; the schema is ``migrations_postgres/`` (the same
-versions and guards as the SQLite files, in PostgreSQL types), applied when the store opens.
+versions and guards as the SQLite files, in PostgreSQL types, plus the shared request budgets of
+0003), applied when the store opens. The repositories' SQL is shared with SQLite
+(``server/storage/sql_repositories.py``); :class:`_Transaction` is PostgreSQL's side of that
+module's dialect seam (``?`` → ``%s``, ``ON CONFLICT DO NOTHING``, ``timestamptz``).
 
 Connection model. As in ``sqlite.py``: each unit of work checks one connection out of a small
 pool for its whole life and returns it afterwards, so a connection is used by one thread at a
@@ -45,13 +48,12 @@ server's (``synchronous_commit``); "accepted" is replied only after COMMIT retur
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import hashlib
+import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -59,9 +61,6 @@ import psycopg
 from psycopg import conninfo
 from psycopg.pq import TransactionStatus
 
-from server.engine.audit import AuditDraft, AuditEvent, seal
-from server.engine.model import Status
-from server.engine.records import EstimateRecord
 from server.storage.migrate import (
     POSTGRES_MIGRATIONS,
     Migration,
@@ -69,27 +68,17 @@ from server.storage.migrate import (
     refuse_unknown_versions,
 )
 from server.storage.repository import (
-    AuditFilter,
-    DuplicateKeyError,
-    EstimateCursor,
-    EvidenceRecord,
-    GrantExistsError,
-    IdempotencyRecord,
-    MixedGrant,
-    StaleRevisionError,
     StorageError,
-    TokenRecord,
 )
-from server.storage.rows import Row, audit_event_of, evidence_of, token_of
-from server.storage.rows import blob as _blob
-from server.storage.rows import count as _count
-from server.storage.rows import details_text as _details_text
-from server.storage.rows import document_text as _document_text
-from server.storage.rows import integer as _int
-from server.storage.rows import opt_text as _opt_text
-from server.storage.rows import page_of as _page
-from server.storage.rows import record_of as _record
-from server.storage.rows import text as _text
+from server.storage.rows import Row
+from server.storage.sql_repositories import (
+    AuditRepository,
+    EstimateRepository,
+    EvidenceRepository,
+    IdempotencyRepository,
+    MixedGrantRepository,
+    TokenRepository,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,518 +132,60 @@ class _Transaction:
         return self.conn
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        """Run one statement; returns the number of rows changed."""
+        """Run one statement (``?`` placeholders); returns the number of rows changed."""
         try:
-            return self.connection().execute(sql, params).rowcount
+            return self.connection().execute(_dialect(sql), params).rowcount
         except psycopg.Error as exc:
             raise translate(exc, "postgres statement failed") from exc
 
     def insert(self, sql: str, params: Sequence[object]) -> bool:
-        """Run an ``INSERT … ON CONFLICT DO NOTHING``; False when a unique key was already taken.
+        """Run ``sql`` (an INSERT) with ``ON CONFLICT DO NOTHING``; False when a unique key was taken.
 
         ON CONFLICT instead of catching the unique violation: a failed statement would abort the
         whole PostgreSQL transaction, and the caller may go on after a duplicate (as with SQLite).
         """
-        return self.execute(sql, params) == 1
+        return self.execute(sql + " ON CONFLICT DO NOTHING", params) == 1
 
     def one(self, sql: str, params: Sequence[object]) -> Row | None:
         try:
-            row: Row | None = self.connection().execute(sql, params).fetchone()
+            row: Row | None = self.connection().execute(_dialect(sql), params).fetchone()
         except psycopg.Error as exc:
             raise translate(exc, "postgres query failed") from exc
         return row
 
     def all(self, sql: str, params: Sequence[object]) -> list[Row]:
         try:
-            rows: list[Row] = self.connection().execute(sql, params).fetchall()
+            rows: list[Row] = self.connection().execute(_dialect(sql), params).fetchall()
         except psycopg.Error as exc:
             raise translate(exc, "postgres query failed") from exc
         return rows
 
-
-def _token(row: Row) -> TokenRecord:
-    return token_of(row, _time)
-
-
-def _evidence(row: Row, bundle: bytes) -> EvidenceRecord:
-    return evidence_of(row, bundle, _time)
-
-
-def _audit_event(row: Row) -> AuditEvent:
-    return audit_event_of(row, _time)
-
-
-def _time(value: object) -> datetime:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise StorageError(f"corrupt row: expected timestamptz, got {type(value).__name__}")
-    return value.astimezone(UTC)
-
-
-def _opt_time(value: object) -> datetime | None:
-    return None if value is None else _time(value)
-
-
-# --------------------------------------------------------------------------- estimates
-
-_ESTIMATE_COLUMNS = (
-    "estimate_id, revision, status, decision, brand, request_id, dedup_key, request_hash, actor,"
-    " accepted_at, completed_at, total_krw, partial_subtotal_krw, catalog_version, document"
-)
-_ESTIMATE_PLACEHOLDERS = ", ".join("%s" for _ in _ESTIMATE_COLUMNS.split(","))
-
-
-class PostgresEstimateRepository:
-    def __init__(self, tx: _Transaction) -> None:
-        self._tx = tx
-
-    def add(self, record: EstimateRecord) -> None:
-        """Insert a new estimate; DuplicateKeyError when its request_id or dedup_key is taken."""
-        if record.request.brand is None:
-            raise ValueError("a stored estimate needs a brand")
-        inserted = self._tx.insert(
-            f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})"
-            " ON CONFLICT DO NOTHING",
-            (
-                record.estimate_id,
-                record.revision,
-                record.status.value,
-                record.decision.value,
-                record.request.brand,
-                record.request_id,
-                record.dedup_key,
-                record.request_hash,
-                record.actor,
-                record.accepted_at,
-                record.completed_at,
-                record.quote.totals.total_krw,
-                record.quote.totals.partial_subtotal_krw,
-                record.quote.catalog_version,
-                _document_text(record),
-            ),
-        )
-        if inserted:
-            return
-        # Which key collided: request_id first; a replay wins over a duplicate (docs/pricing-rules.md §13).
-        if record.request_id is not None:
-            row = self._tx.one(
-                "SELECT estimate_id FROM estimates WHERE request_id = %s", (record.request_id,)
-            )
-            if row is not None:
-                raise DuplicateKeyError("request_id", _text(row[0]))
-        if record.dedup_key is not None:
-            existing = self.find_by_dedup_key(record.dedup_key)
-            if existing is not None:
-                raise DuplicateKeyError("dedup_key", existing)
-        raise StorageError(f"estimate id {record.estimate_id} is already stored")
-
-    def update(self, record: EstimateRecord) -> None:
-        """Replace the stored revision ``record.revision - 1`` by ``record``."""
-        row = self._tx.one(
-            "SELECT revision, request_hash, request_id, dedup_key, actor, accepted_at"
-            " FROM estimates WHERE estimate_id = %s",
-            (record.estimate_id,),
-        )
-        expected = record.revision - 1
-        if row is None:
-            raise StaleRevisionError(record.estimate_id, expected, None)
-        if row[0] != expected:
-            found = row[0] if isinstance(row[0], int) else None
-            raise StaleRevisionError(record.estimate_id, expected, found)
-        stored = (_text(row[1]), _opt_text(row[2]), _opt_text(row[3]), _text(row[4]), _time(row[5]))
-        identity = (
-            record.request_hash,
-            record.request_id,
-            record.dedup_key,
-            record.actor,
-            record.accepted_at,
-        )
-        if stored != identity:
-            raise ValueError(f"estimate {record.estimate_id}: an update must not change its identity fields")
-        self._tx.execute(
-            "UPDATE estimates SET revision = %s, status = %s, decision = %s, completed_at = %s,"
-            " total_krw = %s, partial_subtotal_krw = %s, catalog_version = %s, document = %s"
-            " WHERE estimate_id = %s AND revision = %s",
-            (
-                record.revision,
-                record.status.value,
-                record.decision.value,
-                record.completed_at,
-                record.quote.totals.total_krw,
-                record.quote.totals.partial_subtotal_krw,
-                record.quote.catalog_version,
-                _document_text(record),
-                record.estimate_id,
-                expected,
-            ),
-        )
-
-    def get(self, estimate_id: str) -> EstimateRecord | None:
-        row = self._tx.one("SELECT document FROM estimates WHERE estimate_id = %s", (estimate_id,))
-        return None if row is None else _record(estimate_id, row[0])
-
-    def find_by_dedup_key(self, dedup_key: str) -> str | None:
-        row = self._tx.one("SELECT estimate_id FROM estimates WHERE dedup_key = %s", (dedup_key,))
-        return None if row is None else _text(row[0])
-
-    def list(
-        self, status: Status | None, page_size: int, after: EstimateCursor | None
-    ) -> tuple[Sequence[EstimateRecord], EstimateCursor | None]:
-        if page_size < 1:
-            raise ValueError("page_size must be >= 1")
-        conditions: list[str] = []
-        params: list[object] = []
-        if status is not None:
-            conditions.append("status = %s")
-            params.append(status.value)
-        if after is not None:
-            conditions.append("(accepted_at, estimate_id) < (%s, %s)")
-            params += [after.accepted_at, after.estimate_id]
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = self._tx.all(
-            f"SELECT estimate_id, document FROM estimates{where}"  # fixed fragments only; values are bound
-            " ORDER BY accepted_at DESC, estimate_id DESC LIMIT %s",
-            (*params, page_size + 1),
-        )
-        return _page(rows, page_size)
-
-    def count_accepted(self, brand: str, accepted_from: datetime, accepted_before: datetime) -> int:
-        row = self._tx.one(
-            "SELECT COUNT(*) FROM estimates WHERE brand = %s AND accepted_at >= %s AND accepted_at < %s",
-            (brand, accepted_from, accepted_before),
-        )
-        return _count(row)
-
-    def list_oldest(
-        self, status: Status, page_size: int, after: EstimateCursor | None
-    ) -> tuple[Sequence[EstimateRecord], EstimateCursor | None]:
-        if page_size < 1:
-            raise ValueError("page_size must be >= 1")
-        params: list[object] = [status.value]
-        keyset = ""
-        if after is not None:
-            keyset = " AND (accepted_at, estimate_id) > (%s, %s)"
-            params += [after.accepted_at, after.estimate_id]
-        rows = self._tx.all(
-            f"SELECT estimate_id, document FROM estimates WHERE status = %s{keyset}"  # fixed fragment
-            " ORDER BY accepted_at, estimate_id LIMIT %s",
-            (*params, page_size + 1),
-        )
-        return _page(rows, page_size)
-
-    def count_by_status(self, accepted_from: datetime, accepted_before: datetime) -> dict[Status, int]:
-        rows = self._tx.all(
-            "SELECT status, COUNT(*) FROM estimates"
-            " WHERE accepted_at >= %s AND accepted_at < %s GROUP BY status",
-            (accepted_from, accepted_before),
-        )
-        counts = dict.fromkeys(Status, 0)
-        for status, count in rows:
-            try:
-                counts[Status(_text(status))] = _int(count)
-            except ValueError as exc:
-                raise StorageError(f"corrupt row: unknown status {status!r}") from exc
-        return counts
-
-    def tat_seconds(self, completed_from: datetime, completed_before: datetime) -> builtins.list[int]:
-        rows = self._tx.all(
-            "SELECT accepted_at, completed_at FROM estimates"
-            " WHERE completed_at >= %s AND completed_at < %s AND status IN ('COMPLETED', 'REVIEWED')",
-            (completed_from, completed_before),
-        )
-        # in Python, not EXTRACT(EPOCH …): timedelta // 1 µs is exact integer arithmetic
-        return sorted((_time(done) - _time(accepted)) // _MICROSECOND for accepted, done in rows)
-
-    def oldest_accepted_at(self, status: Status) -> datetime | None:
-        row = self._tx.one("SELECT MIN(accepted_at) FROM estimates WHERE status = %s", (status.value,))
-        return None if row is None else _opt_time(row[0])
-
-
-_MICROSECOND = timedelta(microseconds=1)
-
-
-# --------------------------------------------------------------------------- idempotency and tokens
-
-
-class PostgresIdempotencyRepository:
-    def __init__(self, tx: _Transaction) -> None:
-        self._tx = tx
-
-    def get(self, request_id: str) -> IdempotencyRecord | None:
-        row = self._tx.one(
-            "SELECT request_id, request_hash, estimate_id, response FROM idempotency WHERE request_id = %s",
-            (request_id,),
-        )
-        if row is None:
-            return None
-        return IdempotencyRecord(
-            request_id=_text(row[0]),
-            request_hash=_text(row[1]),
-            estimate_id=_text(row[2]),
-            response=_blob(row[3]),
-        )
-
-    def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
-        inserted = self._tx.insert(
-            "INSERT INTO idempotency (request_id, request_hash, estimate_id, response, created_at)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (record.request_id, record.request_hash, record.estimate_id, bytes(record.response), created_at),
-        )
-        if not inserted:
-            existing = self.get(record.request_id)
-            if existing is None:  # pragma: no cover - the conflicting row is visible in this transaction
-                raise StorageError(f"idempotency {record.request_id}: conflict without a stored row")
-            raise DuplicateKeyError("request_id", existing.estimate_id)
-
-
-_TOKEN_COLUMNS = "token_id, name, role, token_sha256, created_at, revoked_at"
-
-
-class PostgresTokenRepository:
-    def __init__(self, tx: _Transaction) -> None:
-        self._tx = tx
-
-    def add(self, token_id: str, name: str, role: str, token_sha256: str, created_at: datetime) -> None:
-        inserted = self._tx.insert(
-            f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, NULL) ON CONFLICT DO NOTHING",
-            (token_id, name, role, token_sha256, created_at),
-        )
-        if not inserted:
-            raise StorageError(f"token {token_id}: its id or hash is already stored")
-
-    def find_by_hash(self, token_sha256: str, *, include_revoked: bool = False) -> TokenRecord | None:
-        live = "" if include_revoked else " AND revoked_at IS NULL"  # a fixed fragment; values are bound
-        row = self._tx.one(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = %s{live}",
-            (token_sha256,),
-        )
-        return None if row is None else _token(row)
-
-    def list(self) -> Sequence[TokenRecord]:
-        rows = self._tx.all(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at, token_id", ())
-        return [_token(row) for row in rows]
-
-    def revoke(self, token_id: str, at: datetime) -> bool:
-        changed = self._tx.execute(
-            "UPDATE tokens SET revoked_at = %s WHERE token_id = %s AND revoked_at IS NULL", (at, token_id)
-        )
-        return changed == 1
-
-
-# --------------------------------------------------------------------------- evidence
-
-_EVIDENCE_INFO_COLUMNS = (
-    "estimate_id, revision, sha256, size_bytes, signature_key_id, signature, created_at, manifest_json"
-)
-
-
-class PostgresEvidenceRepository:
-    def __init__(self, tx: _Transaction) -> None:
-        self._tx = tx
-
-    def add(self, record: EvidenceRecord) -> None:
-        """Insert a revision's bundle; StorageError when that revision already has one."""
-        if record.size_bytes != len(record.bundle):
-            raise ValueError(f"evidence size_bytes {record.size_bytes} != bundle length {len(record.bundle)}")
-        if record.sha256 != hashlib.sha256(record.bundle).hexdigest():
-            raise ValueError("evidence sha256 does not match the bundle bytes")
-        inserted = self._tx.insert(
-            f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (
-                record.estimate_id,
-                record.revision,
-                record.sha256,
-                record.size_bytes,
-                record.signature_key_id,
-                record.signature,
-                record.created_at,
-                bytes(record.manifest_json),
-                bytes(record.bundle),
-            ),
-        )
-        if not inserted:
-            raise StorageError(
-                f"evidence of estimate {record.estimate_id} revision {record.revision} is already stored"
-            )
-
-    def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
-        row = self._row(f"{_EVIDENCE_INFO_COLUMNS}, bundle", estimate_id, revision)
-        return None if row is None else _evidence(row, _blob(row[8]))
-
-    def get_info(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
-        row = self._row(_EVIDENCE_INFO_COLUMNS, estimate_id, revision)
-        return None if row is None else _evidence(row, b"")
-
-    def _row(self, columns: str, estimate_id: str, revision: int | None) -> Row | None:
-        # columns is one of the two constants above; values are bound
-        if revision is None:
-            return self._tx.one(
-                f"SELECT {columns} FROM evidence WHERE estimate_id = %s ORDER BY revision DESC LIMIT 1",
-                (estimate_id,),
-            )
-        return self._tx.one(
-            f"SELECT {columns} FROM evidence WHERE estimate_id = %s AND revision = %s",
-            (estimate_id, revision),
-        )
-
-
-# --------------------------------------------------------------------------- audit
-
-_AUDIT_COLUMNS = (
-    "seq, prev_hash, hash, at, action, outcome, actor, role, estimate_id, revision, details, peer"
-)
-_AUDIT_PLACEHOLDERS = ", ".join("%s" for _ in _AUDIT_COLUMNS.split(","))
-_AUDIT_CHUNK = 500  # rows per read in iter_ascending: bounded memory for any log size
-
-
-class PostgresAuditRepository:
-    """The hash-chained audit log; the schema's triggers keep it append-only (migration 0002)."""
-
-    def __init__(self, tx: _Transaction) -> None:
-        self._tx = tx
-
-    def append(self, draft: AuditDraft) -> AuditEvent:
-        """Seal ``draft`` after the current head and insert it (call in a write unit).
-
-        The unit's advisory lock makes the head read below current until the unit ends.
-        """
-        head = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
-        last_seq, last_hash = (_int(head[0]), _text(head[1])) if head is not None else self.anchor()
-        event = seal(last_seq + 1, last_hash, draft)
-        self._tx.execute(
-            f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) VALUES ({_AUDIT_PLACEHOLDERS})",
-            (
-                event.seq,
-                event.prev_hash,
-                event.hash,
-                event.at,
-                event.action,
-                event.outcome,
-                event.actor,
-                event.role,
-                event.estimate_id,
-                event.revision,
-                _details_text(event.details),
-                event.peer,
-            ),
-        )
-        return event
-
-    def list(
-        self, filter: AuditFilter, page_size: int, before_seq: int | None
-    ) -> tuple[Sequence[AuditEvent], int | None]:
-        if page_size < 1:
-            raise ValueError("page_size must be >= 1")
-        conditions: list[str] = []
-        params: list[object] = []
-        if filter.action is not None:
-            conditions.append("action = %s")
-            params.append(filter.action)
-        if filter.estimate_id is not None:
-            conditions.append("estimate_id = %s")
-            params.append(filter.estimate_id)
-        if filter.since is not None:
-            conditions.append("at >= %s")
-            params.append(filter.since)
-        if filter.until is not None:
-            conditions.append("at < %s")
-            params.append(filter.until)
-        if before_seq is not None:
-            conditions.append("seq < %s")
-            params.append(before_seq)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = self._tx.all(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events{where}"  # fixed fragments only; values are bound
-            " ORDER BY seq DESC LIMIT %s",
-            (*params, page_size + 1),
-        )
-        events = [_audit_event(row) for row in rows[:page_size]]
-        return events, (events[-1].seq if len(rows) > page_size else None)
-
-    def iter_ascending(self, from_seq: int = 1) -> Iterator[AuditEvent]:
-        next_seq = from_seq
-        while True:
-            rows = self._tx.all(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE seq >= %s ORDER BY seq LIMIT %s",
-                (next_seq, _AUDIT_CHUNK),
-            )
-            for row in rows:
-                event = _audit_event(row)
-                next_seq = event.seq + 1
-                yield event
-            if len(rows) < _AUDIT_CHUNK:
-                return
-
-    def anchor(self) -> tuple[int, str]:
-        row = self._tx.one("SELECT seq, hash FROM audit_anchor WHERE id = 1", ())
-        if row is None:
-            raise StorageError("audit_anchor row is missing (schema 0002 inserts it)")
-        return _int(row[0]), _text(row[1])
-
-    def prune_before(self, cutoff: datetime) -> int:
-        anchor_seq, _ = self.anchor()
-        first_kept = self._tx.one(
-            "SELECT seq FROM audit_events WHERE at >= %s ORDER BY seq LIMIT 1", (cutoff,)
-        )
-        if first_kept is None:
-            last = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
-        else:
-            last = self._tx.one(
-                "SELECT seq, hash FROM audit_events WHERE seq < %s ORDER BY seq DESC LIMIT 1",
-                (_int(first_kept[0]),),
-            )
-        if last is None:
-            return 0
-        last_seq = _int(last[0])
-        # Anchor first: the delete trigger only lets events up to the anchor go.
-        self._tx.execute(
-            "UPDATE audit_anchor SET seq = %s, hash = %s, pruned_before = %s WHERE id = 1",
-            (last_seq, _text(last[1]), cutoff),
-        )
-        return self._tx.execute(
-            "DELETE FROM audit_events WHERE seq > %s AND seq <= %s", (anchor_seq, last_seq)
-        )
-
-
-# --------------------------------------------------------------------------- MIXED grants
-
-_GRANT_COLUMNS = "grant_id, month, reason, actor, granted_at"
-
-
-class PostgresMixedGrantRepository:
-    def __init__(self, tx: _Transaction) -> None:
-        self._tx = tx
-
-    def add(self, grant: MixedGrant) -> None:
-        """Insert a grant; GrantExistsError when its month already has one."""
-        inserted = self._tx.insert(
-            f"INSERT INTO mixed_grants ({_GRANT_COLUMNS}) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (grant.grant_id, grant.month, grant.reason, grant.actor, grant.granted_at),
-        )
-        if inserted:
-            return
-        existing = self.get(grant.month)
-        if existing is not None:
-            raise GrantExistsError(grant.month, existing.grant_id)
-        raise StorageError(f"MIXED grant id {grant.grant_id} is already stored")
-
-    def get(self, month: str) -> MixedGrant | None:
-        row = self._tx.one(f"SELECT {_GRANT_COLUMNS} FROM mixed_grants WHERE month = %s", (month,))
-        if row is None:
-            return None
-        try:
-            return MixedGrant(
-                grant_id=_text(row[0]),
-                month=_text(row[1]),
-                reason=_text(row[2]),
-                actor=_text(row[3]),
-                granted_at=_time(row[4]),
-            )
-        except ValueError as exc:
-            raise StorageError(f"corrupt MIXED grant row: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- unit of work and store
+    # The dialect seam of server/storage/sql_repositories.py.
+
+    @staticmethod
+    def bind_time(value: datetime | None) -> object:
+        """``timestamptz``: psycopg binds an aware datetime as it is."""
+        return value
+
+    @staticmethod
+    def read_time(value: object) -> datetime:
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise StorageError(f"corrupt row: expected timestamptz, got {type(value).__name__}")
+        return value.astimezone(UTC)
+
+    def read_opt_time(self, value: object) -> datetime | None:
+        return None if value is None else self.read_time(value)
+
+    @staticmethod
+    def unindexed(column: str) -> str:
+        """PostgreSQL plans from statistics: no hint needed."""
+        return column
+
+
+@functools.lru_cache(maxsize=256)
+def _dialect(sql: str) -> str:
+    """The repositories' ``?`` placeholders as psycopg's ``%s`` (their SQL holds no other ``?`` or ``%``)."""
+    return sql.replace("?", "%s")
 
 
 def _in_transaction(conn: _Connection) -> bool:
@@ -669,12 +200,12 @@ class PostgresUnitOfWork:
         self._read_only = read_only
         self._tx = _Transaction()
         self._entered = False
-        self.estimates = PostgresEstimateRepository(self._tx)
-        self.idempotency = PostgresIdempotencyRepository(self._tx)
-        self.tokens = PostgresTokenRepository(self._tx)
-        self.evidence = PostgresEvidenceRepository(self._tx)
-        self.audit = PostgresAuditRepository(self._tx)
-        self.mixed_grants = PostgresMixedGrantRepository(self._tx)
+        self.estimates = EstimateRepository(self._tx)
+        self.idempotency = IdempotencyRepository(self._tx)
+        self.tokens = TokenRepository(self._tx)
+        self.evidence = EvidenceRepository(self._tx)
+        self.audit = AuditRepository(self._tx)
+        self.mixed_grants = MixedGrantRepository(self._tx)
 
     def __enter__(self) -> Self:
         if self._entered:
@@ -989,13 +520,7 @@ class PostgresStore:
 
 __all__ = [
     "WRITE_LOCK_KEY",
-    "PostgresAuditRepository",
-    "PostgresEstimateRepository",
-    "PostgresEvidenceRepository",
-    "PostgresIdempotencyRepository",
-    "PostgresMixedGrantRepository",
     "PostgresStore",
-    "PostgresTokenRepository",
     "PostgresUnitOfWork",
     "migrate_postgres",
     "translate",
