@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 MIN_SQLITE_VERSION = (3, 37, 0)
 FILE_MODE = 0o600  # the database and its -wal/-shm files: owner only
+WAL_TRUNCATE_BYTES = 64 * 1024 * 1024  # above it the checkpointer truncates the WAL (checkpoint())
 _RETRYABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _UNIQUE = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
 
@@ -258,6 +259,7 @@ class SqliteStore:
         max_idle_connections: int = 8,
         migrations: Sequence[Migration] | None = None,
         now: Callable[[], datetime] = _utc_now,
+        wal_truncate_bytes: int = WAL_TRUNCATE_BYTES,
     ) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
             raise StorageError(
@@ -268,6 +270,7 @@ class SqliteStore:
             raise ValueError("busy_timeout_s must be > 0")
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
+        self._wal_truncate_bytes = wal_truncate_bytes
         # Writers of this process queue on a Python lock before BEGIN IMMEDIATE: SQLite's own busy
         # handler polls with sleeps of up to 100 ms, which turned 8 concurrent creates into a p95 of
         # ~400 ms. Other processes (CLI token commands) still meet busy_timeout, as before.
@@ -368,10 +371,7 @@ class SqliteStore:
         return SqliteUnitOfWork(self, read_only=read_only)
 
     def start_checkpointer(self, interval_s: float = 1.0) -> None:
-        """Run ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_s`` in a daemon thread until close.
-
-        PASSIVE never blocks readers or writers; whatever it cannot copy now, the next run does.
-        """
+        """Checkpoint the WAL every ``interval_s`` in a daemon thread until close (:meth:`checkpoint`)."""
         if self._checkpointer is not None:
             return
         self._checkpointer = threading.Thread(
@@ -384,7 +384,7 @@ class SqliteStore:
         try:
             while not self._stopping.wait(interval_s):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self.checkpoint(conn)
                 except sqlite3.Error:
                     logger.exception("WAL checkpoint failed; retrying in %s s", interval_s)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -392,6 +392,33 @@ class SqliteStore:
             logger.exception("final WAL checkpoint failed")
         finally:
             conn.close()
+
+    def checkpoint(self, conn: sqlite3.Connection) -> str:
+        """One checkpoint; returns its mode.
+
+        PASSIVE never blocks readers or writers: it copies what it can into the database file. But
+        the WAL only starts over from its beginning when a writer finds every frame copied *and* no
+        reader still using the WAL, which under steady load never happens: a 100,000-create run
+        grew the WAL to 13 GB (and its index, mapped into every connection, to 26 MB of RSS). So
+        once the WAL is larger than ``wal_truncate_bytes``, the checkpoint takes this process's
+        writer lock (its writers wait; the PASSIVE runs before left little to copy) and runs
+        TRUNCATE, which waits for the readers of the WAL (bounded by busy_timeout) and truncates it
+        to zero bytes. Other processes' writers meet SQLite's busy handler, as with any writer.
+        """
+        try:
+            wal_bytes = Path(f"{self.path}-wal").stat().st_size
+        except FileNotFoundError:
+            wal_bytes = 0
+        if wal_bytes < self._wal_truncate_bytes or not self.write_lock.acquire(timeout=self._busy_timeout_s):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            return "PASSIVE"
+        try:
+            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self.write_lock.release()
+        if row is not None and row[0]:
+            logger.info("WAL truncate checkpoint found readers until busy_timeout; retried next run")
+        return "TRUNCATE"
 
     def files(self) -> tuple[Path, Path, Path]:
         """The database file and its WAL and shared-memory companions."""
