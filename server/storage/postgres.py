@@ -71,14 +71,7 @@ from server.storage.repository import (
     StorageError,
 )
 from server.storage.rows import Row
-from server.storage.sql_repositories import (
-    AuditRepository,
-    EstimateRepository,
-    EvidenceRepository,
-    IdempotencyRepository,
-    MixedGrantRepository,
-    TokenRepository,
-)
+from server.storage.sql_repositories import SqlRepositories
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +185,7 @@ def _in_transaction(conn: _Connection) -> bool:
     return conn.info.transaction_status != TransactionStatus.IDLE
 
 
-class PostgresUnitOfWork:
+class PostgresUnitOfWork(SqlRepositories):
     """One transaction on one pooled connection; see the module docstring."""
 
     def __init__(self, store: PostgresStore, *, read_only: bool) -> None:
@@ -200,12 +193,7 @@ class PostgresUnitOfWork:
         self._read_only = read_only
         self._tx = _Transaction()
         self._entered = False
-        self.estimates = EstimateRepository(self._tx)
-        self.idempotency = IdempotencyRepository(self._tx)
-        self.tokens = TokenRepository(self._tx)
-        self.evidence = EvidenceRepository(self._tx)
-        self.audit = AuditRepository(self._tx)
-        self.mixed_grants = MixedGrantRepository(self._tx)
+        super().__init__(self._tx)
 
     def __enter__(self) -> Self:
         if self._entered:

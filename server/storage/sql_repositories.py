@@ -548,3 +548,15 @@ class MixedGrantRepository:
 
 
 # --------------------------------------------------------------------------- unit of work and store
+
+
+class SqlRepositories:
+    """The repositories of one unit of work over its transaction (both stores' units inherit this)."""
+
+    def __init__(self, tx: SqlTransaction) -> None:
+        self.estimates = EstimateRepository(tx)
+        self.idempotency = IdempotencyRepository(tx)
+        self.tokens = TokenRepository(tx)
+        self.evidence = EvidenceRepository(tx)
+        self.audit = AuditRepository(tx)
+        self.mixed_grants = MixedGrantRepository(tx)

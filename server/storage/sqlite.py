@@ -46,14 +46,7 @@ from server.storage.repository import (
 )
 from server.storage.rows import Row
 from server.storage.rows import text as _text
-from server.storage.sql_repositories import (
-    AuditRepository,
-    EstimateRepository,
-    EvidenceRepository,
-    IdempotencyRepository,
-    MixedGrantRepository,
-    TokenRepository,
-)
+from server.storage.sql_repositories import SqlRepositories
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +148,7 @@ class _Transaction:
         return f"+{column}"
 
 
-class SqliteUnitOfWork:
+class SqliteUnitOfWork(SqlRepositories):
     """One transaction on one pooled connection; see the module docstring."""
 
     def __init__(self, store: SqliteStore, *, read_only: bool) -> None:
@@ -163,12 +156,7 @@ class SqliteUnitOfWork:
         self._read_only = read_only
         self._tx = _Transaction()
         self._entered = False
-        self.estimates = EstimateRepository(self._tx)
-        self.idempotency = IdempotencyRepository(self._tx)
-        self.tokens = TokenRepository(self._tx)
-        self.evidence = EvidenceRepository(self._tx)
-        self.audit = AuditRepository(self._tx)
-        self.mixed_grants = MixedGrantRepository(self._tx)
+        super().__init__(self._tx)
 
     def __enter__(self) -> Self:
         if self._entered:
