@@ -61,9 +61,9 @@ from bench.h2load_run import find_h2load, run_h2load
 from bench.profiling import find_py_spy, key_shares, start_py_spy, summarise
 from bench.scaling import DEFAULT_PG_URL, SCALING_CLIENTS, SCALING_CONCURRENCY, print_scaling, scaling_section
 from bench.stats import cpu_seconds, cpu_times, latency_summary, load_average, rss_mib
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 
 ESTIMATOR = "kis.estimator.v1.EstimatorService"
 CREATE_METHOD = f"/{ESTIMATOR}/CreateEstimate"

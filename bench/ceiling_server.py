@@ -27,8 +27,8 @@ from types import FrameType
 
 import grpc
 
-from server.api.server import server_options
-from server.settings import Settings
+from kis_estimator.server.api.server import server_options
+from kis_estimator.server.settings import Settings
 
 SERVICE = "bench.Ceiling"
 METHOD = f"/{SERVICE}/Echo"

@@ -28,17 +28,17 @@ from functools import partial
 from typing import Any
 
 from bench.payloads import domain_request
-from server.api.servicers import encode_create_response
-from server.engine.catalog import Catalog, load_catalog
-from server.engine.codec import stored_request
-from server.engine.estimate import price_estimate
-from server.engine.model import EstimateRequest, Status
-from server.engine.records import EstimateRecord
-from server.engine.request import request_hash
-from server.engine.validation import validate_request
-from server.evidence.bundle import build_bundle
-from server.evidence.signing import KeyRing
-from server.service.evidence import EvidenceSummary
+from kis_estimator.server.api.servicers import encode_create_response
+from kis_estimator.server.engine.catalog import Catalog, load_catalog
+from kis_estimator.server.engine.codec import stored_request
+from kis_estimator.server.engine.estimate import price_estimate
+from kis_estimator.server.engine.model import EstimateRequest, Status
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.engine.request import request_hash
+from kis_estimator.server.engine.validation import validate_request
+from kis_estimator.server.evidence.bundle import build_bundle
+from kis_estimator.server.evidence.signing import KeyRing
+from kis_estimator.server.service.evidence import EvidenceSummary
 
 ACCEPTED_AT = datetime(2025, 10, 1, 3, 4, 5, 678000, tzinfo=UTC)
 BENCH_KEY = KeyRing({"bench": bytes(range(32))}, "bench")

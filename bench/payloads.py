@@ -20,9 +20,9 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from server.api import convert
-from server.engine.model import EstimateRequest
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.api import convert
+from kis_estimator.server.engine.model import EstimateRequest
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 S01_CASE = ROOT / "server" / "acceptance" / "cases" / "S01.json"

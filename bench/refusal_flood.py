@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/refusal_flood.py [--seconds 10] [--writers 4] [--flooders 2]
 
-Starts ``python -m server.cli serve`` from this checkout as its own process on a loopback port with
-a fresh SQLite file, then runs twice for ``--seconds`` each, over real gRPC:
+Starts ``python -m kis_estimator.server.cli serve`` from this checkout as its own process on a loopback port
+with a fresh SQLite file, then runs twice for ``--seconds`` each, over real gRPC:
 
 1. ``--writers`` threads calling CreateEstimate in a closed loop (the baseline);
 2. the same, while ``--flooders`` threads send GetEvidenceBundle without a token as fast as they can
@@ -40,10 +40,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 
 
 def free_port() -> int:
@@ -110,7 +110,7 @@ def main() -> int:
     }
     if args.unauthenticated_limit is not None:
         env["KIS_UNAUTHENTICATED_RATE_LIMIT_PER_HOUR"] = str(args.unauthenticated_limit)
-    cli = [sys.executable, "-m", "server.cli"]
+    cli = [sys.executable, "-m", "kis_estimator.server.cli"]
     token = subprocess.run(
         [*cli, "token", "create", "--role", "ESTIMATOR", "--name", "bench"],
         env=env,

@@ -31,11 +31,11 @@ from google.protobuf import json_format
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.engine.roles import Role
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.main import build_app
-from server.settings import Settings
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.main import build_app
+from kis_estimator.server.settings import Settings
 
 S01: dict[str, Any] = json.loads((ROOT / "server/acceptance/cases/S01.json").read_text())["steps"][0][
     "request"

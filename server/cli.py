@@ -20,26 +20,26 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
-from server.acceptance import runner
-from server.cli_view import LocalError, check_request_json, format_estimate, format_list
-from server.clock import SystemClock
-from server.engine.roles import Principal, Role
-from server.evidence.verify import verify_bundle
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
-from server.logging_json import configure_logging
-from server.main import load_keyring, open_store, serve
-from server.service.admin import AdminService
-from server.service.caller import Caller
-from server.service.tokens import TokenService
-from server.settings import ClientSettings, Settings, SettingsError
-from server.slo import DEFAULT_WINDOW, run_slo_report
-from server.storage.repository import Store
-from server.workers import serve_workers
+from kis_estimator.server.acceptance import runner
+from kis_estimator.server.cli_view import LocalError, check_request_json, format_estimate, format_list
+from kis_estimator.server.clock import SystemClock
+from kis_estimator.server.engine.roles import Principal, Role
+from kis_estimator.server.evidence.verify import verify_bundle
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.logging_json import configure_logging
+from kis_estimator.server.main import load_keyring, open_store, serve
+from kis_estimator.server.service.admin import AdminService
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.tokens import TokenService
+from kis_estimator.server.settings import ClientSettings, Settings, SettingsError
+from kis_estimator.server.slo import DEFAULT_WINDOW, run_slo_report
+from kis_estimator.server.storage.repository import Store
+from kis_estimator.server.workers import serve_workers
 
 DEFAULT_TARGET = "127.0.0.1:8787"
 

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from server.acceptance import runner
-from server.api.quote.document import SECTION_NAMES
-from server.engine.months import KST
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.acceptance import runner
+from kis_estimator.server.api.quote.document import SECTION_NAMES
+from kis_estimator.server.engine.months import KST
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 
 __all__ = [
     "Lang",

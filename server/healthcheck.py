@@ -1,6 +1,6 @@
 """A container/orchestrator health probe: the standard gRPC health check, as an exit status.
 
-    python -m server.healthcheck [HOST:PORT] [--service NAME] [--timeout SECONDS]
+    python -m kis_estimator.server.healthcheck [HOST:PORT] [--service NAME] [--timeout SECONDS]
 
 Exit 0 when ``grpc.health.v1.Health/Check`` answers SERVING within the timeout, 1 otherwise (with
 one line on stderr saying why). HOST:PORT defaults to the server's own ``KIS_GRPC_ADDRESS`` (127.0.0.1:8787) —
@@ -16,7 +16,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.settings import Settings, SettingsError
+from kis_estimator.server.settings import Settings, SettingsError
 
 
 def probe_address(address: str) -> str:
@@ -42,7 +42,7 @@ def check(address: str, service: str = "", timeout_s: float = 3.0) -> tuple[bool
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m server.healthcheck", description=(__doc__ or "").splitlines()[0]
+        prog="python -m kis_estimator.server.healthcheck", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument("address", nargs="?", default=None, help="default: KIS_GRPC_ADDRESS")
     parser.add_argument("--service", default="", help="service name to check ('' = the whole server)")

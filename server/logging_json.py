@@ -12,7 +12,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        from server.api.interceptors import current_request_id  # late: logging is set up first
+        from kis_estimator.server.api.interceptors import current_request_id  # late: logging is set up first
 
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),

@@ -15,34 +15,34 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from server.api.metrics_interceptor import MetricsInterceptor
-from server.api.server import RunningServer, ServiceDeps, api_services, create_server
-from server.api.server_info import ServerInfoServicer
-from server.api.streams import StreamsCollector
-from server.clock import Clock, SystemClock, monotonic_s
-from server.engine.audit import SANDBOX_OPENED
-from server.engine.catalog import DEFAULT_CATALOG_DIR, Catalog, load_catalog
-from server.engine.model import Status
-from server.engine.months import kst_month_of
-from server.evidence.signing import KeyRing, parse_keyring
-from server.metrics import Metrics, StoreGauges, StoreGaugesCollector
-from server.metrics_http import MetricsHttpServer, start_metrics_http
-from server.service.admin import AdminService
-from server.service.caller import Caller
-from server.service.denials import DenialAudit
-from server.service.estimates import EstimateService
-from server.service.evidence import EvidenceArchive, EvidenceService
-from server.service.mixed_quota import mixed_usage
-from server.service.paging import PAGE_TOKEN_KEY_PURPOSE, PageTokens
-from server.service.rate_limit import Limiter, RateLimiter
-from server.service.reviews import ReviewService
-from server.service.sandbox import Sandboxes, SandboxFactory, ServiceSet
-from server.service.shared_rate_limit import SharedRateLimiter
-from server.service.tokens import TokenService
-from server.settings import Settings
-from server.storage.repository import Store
-from server.storage.sqlite import SqliteStore
-from server.store_watch import StoreWatch
+from kis_estimator.server.api.metrics_interceptor import MetricsInterceptor
+from kis_estimator.server.api.server import RunningServer, ServiceDeps, api_services, create_server
+from kis_estimator.server.api.server_info import ServerInfoServicer
+from kis_estimator.server.api.streams import StreamsCollector
+from kis_estimator.server.clock import Clock, SystemClock, monotonic_s
+from kis_estimator.server.engine.audit import SANDBOX_OPENED
+from kis_estimator.server.engine.catalog import DEFAULT_CATALOG_DIR, Catalog, load_catalog
+from kis_estimator.server.engine.model import Status
+from kis_estimator.server.engine.months import kst_month_of
+from kis_estimator.server.evidence.signing import KeyRing, parse_keyring
+from kis_estimator.server.metrics import Metrics, StoreGauges, StoreGaugesCollector
+from kis_estimator.server.metrics_http import MetricsHttpServer, start_metrics_http
+from kis_estimator.server.service.admin import AdminService
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.denials import DenialAudit
+from kis_estimator.server.service.estimates import EstimateService
+from kis_estimator.server.service.evidence import EvidenceArchive, EvidenceService
+from kis_estimator.server.service.mixed_quota import mixed_usage
+from kis_estimator.server.service.paging import PAGE_TOKEN_KEY_PURPOSE, PageTokens
+from kis_estimator.server.service.rate_limit import Limiter, RateLimiter
+from kis_estimator.server.service.reviews import ReviewService
+from kis_estimator.server.service.sandbox import Sandboxes, SandboxFactory, ServiceSet
+from kis_estimator.server.service.shared_rate_limit import SharedRateLimiter
+from kis_estimator.server.service.tokens import TokenService
+from kis_estimator.server.settings import Settings
+from kis_estimator.server.storage.repository import Store
+from kis_estimator.server.storage.sqlite import SqliteStore
+from kis_estimator.server.store_watch import StoreWatch
 
 log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -149,7 +149,7 @@ def open_store(settings: Settings) -> Store:
     """The store ``database_url`` names: a PostgreSQL database or a SQLite file."""
     if settings.database_url.startswith("postgresql://"):
         # imported here: a SQLite deployment never loads the PostgreSQL driver
-        from server.storage.postgres import PostgresStore
+        from kis_estimator.server.storage.postgres import PostgresStore
 
         return PostgresStore(settings.database_url)
     return SqliteStore(settings.sqlite_path)
@@ -258,7 +258,9 @@ def token_limiter(store: Store, settings: Settings) -> Limiter:
     local = RateLimiter(settings.rate_limit_per_hour, RATE_WINDOW_S, monotonic_s)
     if not settings.database_url.startswith("postgresql://"):
         return local
-    from server.storage.postgres import PostgresStore  # as in open_store: psycopg only when used
+    from kis_estimator.server.storage.postgres import (
+        PostgresStore,  # as in open_store: psycopg only when used
+    )
 
     if not isinstance(store, PostgresStore):
         return local

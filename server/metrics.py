@@ -4,16 +4,16 @@ Two naming schemes, each where it applies:
 
 * ``grpc_server_*`` follow the common gRPC server conventions (go-grpc-prometheus) so existing
   dashboards and the recording rules in ``deploy/prometheus/`` work unchanged. They are recorded by
-  :class:`server.api.metrics_interceptor.MetricsInterceptor`.
+  :class:`kis_estimator.server.api.metrics_interceptor.MetricsInterceptor`.
 * domain metrics follow ``kis_<subsystem>_<what>_<unit>``; the one exception is
   ``mixed_exceptions_used_monthly``, the seed dashboard's name, kept so the notice's panel and alert
   read it directly.
 
 Labels are small fixed sets, never ids or free text: ``code`` is an
-:class:`~server.engine.errors.ErrorCode`, ``status`` a :class:`~server.engine.model.Status`, ``brand``
-one of :data:`BRANDS` (anything else is counted as ``OTHER``), ``outcome`` one of
-:data:`DOWNLOAD_OUTCOMES`; gRPC labels come from the registered method table. Known label values are
-created at zero up front so ``rate()`` sees an event's first occurrence.
+:class:`~kis_estimator.server.engine.errors.ErrorCode`, ``status`` a
+:class:`~kis_estimator.server.engine.model.Status`, ``brand`` one of :data:`BRANDS` (anything else is counted
+as ``OTHER``), ``outcome`` one of :data:`DOWNLOAD_OUTCOMES`; gRPC labels come from the registered method
+table. Known label values are created at zero up front so ``rate()`` sees an event's first occurrence.
 
 Values that live in the store (the MIXED quota use of the current KST month, the review queue) are
 read at scrape time by :class:`StoreGaugesCollector`, never counted in memory: a counter would restart
@@ -38,9 +38,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from server.build_info import build_info
-from server.engine.errors import ErrorCode
-from server.engine.model import RULES_VERSION, Status
+from kis_estimator.server.build_info import build_info
+from kis_estimator.server.engine.errors import ErrorCode
+from kis_estimator.server.engine.model import RULES_VERSION, Status
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from workflows.prometheus import queries
+from kis_estimator.workflows.prometheus import queries
 
 DEFAULT_WINDOW = "1d"
 QUERY_TIMEOUT_S = 10.0

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from server.storage.repository import StorageError, Store
+from kis_estimator.server.storage.repository import StorageError, Store
 
 __all__ = ["StoreWatch"]
 

@@ -32,7 +32,7 @@ import sys
 from dataclasses import replace
 from types import FrameType
 
-from server.settings import Settings
+from kis_estimator.server.settings import Settings
 
 __all__ = ["serve_workers", "worker_count"]
 
@@ -68,7 +68,7 @@ def _die_with_parent() -> None:
 
 def serve_workers(settings: Settings, address: str | None = None) -> int:
     """Fork the workers, forward signals, wait; the exit status of the set (module doc)."""
-    from server.main import load_keyring, open_store, serve  # the parent must not start gRPC
+    from kis_estimator.server.main import load_keyring, open_store, serve  # the parent must not start gRPC
 
     # Once, before the fork: migrations and the evidence key file, so the workers never race to
     # create them (no gRPC is touched here).

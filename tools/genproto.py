@@ -3,7 +3,7 @@
 Usage: python tools/genproto.py [OUT_DIR]   (default: server/gen)
 
 protoc emits absolute imports rooted at proto/ (``from kis.estimator.v1 import ...``); they are
-rewritten to ``server.gen.kis...`` so the generated package imports without touching sys.path.
+rewritten to ``kis_estimator.server.gen.kis...`` so the generated package imports without touching sys.path.
 
 What is generated: every proto under proto/kis, and the vendored grpc/reflection/v1/reflection.proto
 (server reflection v1, which grpcio-reflection does not ship; server/api/reflection.py). Not generated:
@@ -25,7 +25,7 @@ import grpc_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PACKAGE_PREFIX = "server.gen."
+PACKAGE_PREFIX = "kis_estimator.server.gen."
 GENERATED = ("kis/", "grpc/reflection/v1/")  # path prefixes under proto/ that get Python code
 _IMPORT = re.compile(r"^(from|import) (kis|grpc\.reflection\.v1)\b", re.MULTILINE)
 

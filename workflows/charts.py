@@ -25,10 +25,10 @@ from matplotlib.dates import AutoDateLocator, DateFormatter, date2num
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 
-from workflows.clock import KST
+from kis_estimator.workflows.clock import KST
 
 # The percentile of the SLO gate (nearest rank), so the chart's p95 agrees with the reported one.
-from workflows.percentiles import percentile
+from kis_estimator.workflows.percentiles import percentile
 
 __all__ = ["breach_chart_png", "latency_chart_png"]
 

@@ -17,42 +17,56 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from workflows import clock as clock_module
-from workflows.clock import SystemClock
-from workflows.errors import WorkflowError
-from workflows.incident.alert_receiver import AlertReceiver, ReceiverAuth, create_receiver_server
-from workflows.incident.criteria import IncidentLedger, IncidentLedgerError, build_criteria
-from workflows.incident.response import (
+from kis_estimator.workflows import clock as clock_module
+from kis_estimator.workflows.clock import SystemClock
+from kis_estimator.workflows.errors import WorkflowError
+from kis_estimator.workflows.incident.alert_receiver import (
+    AlertReceiver,
+    ReceiverAuth,
+    create_receiver_server,
+)
+from kis_estimator.workflows.incident.criteria import IncidentLedger, IncidentLedgerError, build_criteria
+from kis_estimator.workflows.incident.response import (
     IncidentDeps,
     IncidentOptions,
     file_refused_promotion,
     rollback_for_issue,
     run_watch,
 )
-from workflows.notify import Notifier, NotifyOptions
-from workflows.prometheus.client import PrometheusSource
-from workflows.release.artifacts import run_build, run_verify
-from workflows.release.estimator_client import CandidateAcceptanceRunner, EstimatorClient, GrpcEstimatorClient
-from workflows.release.promote import (
+from kis_estimator.workflows.notify import Notifier, NotifyOptions
+from kis_estimator.workflows.prometheus.client import PrometheusSource
+from kis_estimator.workflows.release.artifacts import run_build, run_verify
+from kis_estimator.workflows.release.estimator_client import (
+    CandidateAcceptanceRunner,
+    EstimatorClient,
+    GrpcEstimatorClient,
+)
+from kis_estimator.workflows.release.promote import (
     PromoteOptions,
     PromotionResult,
     ShellCommandRunner,
     deploy_report,
     run_promote,
 )
-from workflows.release.record import StateFileError, read_record
-from workflows.release.standby import (
+from kis_estimator.workflows.release.record import StateFileError, read_record
+from kis_estimator.workflows.release.standby import (
     ProcessStandbyChecks,
     SloReading,
     StandbyOptions,
     run_standby,
     wait_until_by_sleeping,
 )
-from workflows.settings import WorkflowSettings, WorkflowSettingsError
-from workflows.templates import Owners, korean_announcement
-from workflows.tracker.build import build_tracker, pager, run_jira_check, run_outbox_flush, run_outbox_list
-from workflows.tracker.outbox import OutboxTracker
-from workflows.tracker.protocol import IssueRef, TrackerError
+from kis_estimator.workflows.settings import WorkflowSettings, WorkflowSettingsError
+from kis_estimator.workflows.templates import Owners, korean_announcement
+from kis_estimator.workflows.tracker.build import (
+    build_tracker,
+    pager,
+    run_jira_check,
+    run_outbox_flush,
+    run_outbox_list,
+)
+from kis_estimator.workflows.tracker.outbox import OutboxTracker
+from kis_estimator.workflows.tracker.protocol import IssueRef, TrackerError
 
 Command = Callable[[argparse.Namespace, WorkflowSettings], int]
 

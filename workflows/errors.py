@@ -2,11 +2,12 @@
 
 Every failure a command can meet and explain — a setting, the tracker, the release record, the
 incident ledger, a build — is a :class:`WorkflowError` (their own classes derive from it and keep
-their details), and ``workflows.cli.main`` maps it to ``error: <message>`` and its
+their details), and ``kis_estimator.workflows.cli.main`` maps it to ``error: <message>`` and its
 :attr:`WorkflowError.exit_code` in one place: no command ends in a traceback for a condition the
 operator can fix.
 
-Exit codes of ``kis-release`` (``workflows.incident.response.ExitCode`` extends them for watch/rollback):
+Exit codes of ``kis-release`` (``kis_estimator.workflows.incident.response.ExitCode`` extends them for
+watch/rollback):
 
 ===  =====================================================================================
 0    done (or nothing to do)

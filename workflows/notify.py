@@ -33,8 +33,8 @@ from enum import StrEnum
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from workflows.clock import Clock
-from workflows.settings import WorkflowSettings
+from kis_estimator.workflows.clock import Clock
+from kis_estimator.workflows.settings import WorkflowSettings
 
 __all__ = ["ChannelResult", "ChannelStatus", "Notifier", "NotifyOptions", "NotifyReport"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from workflows.errors import EXIT_CONFIG, WorkflowError
+from kis_estimator.workflows.errors import EXIT_CONFIG, WorkflowError
 
 PREFIXES = (
     "KIS_JIRA_",

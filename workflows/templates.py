@@ -9,8 +9,8 @@ Choices where the notice is silent or contradicts itself:
 
 - A DEPLOY issue is filed "In Progress", not "Done" as the template shows: the notice keeps the
   release under a 60-minute hot standby, and its T+60 items ("최종 상태 보고", "이슈 트래커
-  업데이트") close the issue; ``workflows.release.standby`` does that. A caller that runs no standby passes
-  ``status="Done"``.
+  업데이트") close the issue; ``kis_estimator.workflows.release.standby`` does that. A caller that
+  runs no standby passes ``status="Done"``.
 - The DEPLOY issue shows full SHA-256 values (searchable, verifiable); the announcement shortens them
   as the notice does (``first16...last4``).
 - The notice writes the latency target both as "p95 ≤ 30ms" (SLO 목표) and "p95 < 30ms" (Jira
@@ -29,11 +29,20 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from workflows.charts import breach_chart_png, latency_chart_png
-from workflows.clock import kst_text
-from workflows.release.artifacts import short_sha
-from workflows.settings import WorkflowSettings
-from workflows.tracker.protocol import Attachment, Block, Check, Document, Field, IssueDraft, Section, Text
+from kis_estimator.workflows.charts import breach_chart_png, latency_chart_png
+from kis_estimator.workflows.clock import kst_text
+from kis_estimator.workflows.release.artifacts import short_sha
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.protocol import (
+    Attachment,
+    Block,
+    Check,
+    Document,
+    Field,
+    IssueDraft,
+    Section,
+    Text,
+)
 
 __all__ = [
     "ERROR_RATE_SLO_PCT",

@@ -16,6 +16,7 @@ values never depend on it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -25,22 +26,21 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
-from server.acceptance.cases import Case, build_request, load_cases, substitute
-from server.clock import Clock, SystemClock
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
-from server.service.sandbox import END_HEADER as SANDBOX_END_HEADER
-from server.service.sandbox import HEADER as SANDBOX_HEADER
+from kis_estimator.client import CallError
+from kis_estimator.server.acceptance.cases import Case, build_request, load_cases, substitute
+from kis_estimator.server.clock import Clock, SystemClock
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.service.sandbox import END_HEADER as SANDBOX_END_HEADER
+from kis_estimator.server.service.sandbox import HEADER as SANDBOX_HEADER
 
 KST = timezone(timedelta(hours=9))
 CALL_TIMEOUT_S = 10.0
@@ -168,33 +168,13 @@ def estimate_view(est: pb.Estimate) -> dict[str, Any]:
 
 def outcome_of_error(err: grpc.RpcError) -> Outcome:
     """Decode a failed call's rich status."""
-    call: Any = err
-    status = rpc_status.from_call(call)
-    violations: list[dict[str, str]] = []
-    info: dict[str, str] = {}
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations.extend(
-                    {
-                        "code": fv.reason,
-                        "field": fv.field,
-                        "message_en": fv.description,
-                        "message_ko": fv.localized_message.message,
-                    }
-                    for fv in bad.field_violations
-                )
-            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                ei = error_details_pb2.ErrorInfo()
-                detail.Unpack(ei)
-                info = {"reason": ei.reason, "domain": ei.domain, **dict(ei.metadata)}
+    error = CallError.of(err)
+    info = {"reason": error.reason, "domain": error.domain, **error.metadata} if error.domain else {}
     return Outcome(
-        code=call.code().name,
-        violations=tuple(violations),
+        code=error.status.name,
+        violations=tuple(dataclasses.asdict(v) for v in error.violations),
         error_info=info,
-        message=call.details() or "",
+        message=error.message,
     )
 
 

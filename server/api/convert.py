@@ -10,10 +10,10 @@ from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 
-from server.engine.audit import AuditEvent
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.engine.model import (
+from kis_estimator.server.engine.audit import AuditEvent
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.engine.model import (
     AccessoryLine,
     BreakerLine,
     Decision,
@@ -23,16 +23,16 @@ from server.engine.model import (
     ReviewReason,
     Status,
 )
-from server.engine.records import EstimateRecord
-from server.engine.request import canonical_request, clean_text
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.service.estimates import Stored
-from server.service.evidence import EvidenceSummary
-from server.service.reviews import MonthReport, ReviewAnswer
-from server.storage.repository import EvidenceRecord
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.engine.request import canonical_request, clean_text
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.service.estimates import Stored
+from kis_estimator.server.service.evidence import EvidenceSummary
+from kis_estimator.server.service.reviews import MonthReport, ReviewAnswer
+from kis_estimator.server.storage.repository import EvidenceRecord
 
 STATUS_TO_PROTO = {
     Status.COMPLETED: pb.ESTIMATE_STATUS_COMPLETED,

@@ -39,18 +39,25 @@ import grpc
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
 
-from server.api.calls import client_gone
-from server.api.status import status_code_of, to_grpc_status
-from server.api.streams import Stream, StreamGuard, StreamPool, carry_serving_mode, health_pool, refused_here
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.engine.roles import Principal, may_call
-from server.service import sandbox
-from server.service.caller import Caller, RejectedToken
-from server.service.estimates import CallAbandoned
-from server.service.rate_limit import Limiter, RateLimiter, peer_key
-from server.service.sandbox import Sandboxes, ServiceSet
-from server.storage.repository import StorageError
+from kis_estimator.server.api.calls import client_gone
+from kis_estimator.server.api.status import status_code_of, to_grpc_status
+from kis_estimator.server.api.streams import (
+    Stream,
+    StreamGuard,
+    StreamPool,
+    carry_serving_mode,
+    health_pool,
+    refused_here,
+)
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.engine.roles import Principal, may_call
+from kis_estimator.server.service import sandbox
+from kis_estimator.server.service.caller import Caller, RejectedToken
+from kis_estimator.server.service.estimates import CallAbandoned
+from kis_estimator.server.service.rate_limit import Limiter, RateLimiter, peer_key
+from kis_estimator.server.service.sandbox import Sandboxes, ServiceSet
+from kis_estimator.server.storage.repository import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import grpc
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
 from prometheus_client import Counter, Histogram
 
-from server.api.calls import client_gone
-from server.api.streams import carry_serving_mode, is_non_blocking
-from server.metrics import Metrics
+from kis_estimator.server.api.calls import client_gone
+from kis_estimator.server.api.streams import carry_serving_mode, is_non_blocking
+from kis_estimator.server.metrics import Metrics
 
 Clock = Callable[[], float]
 

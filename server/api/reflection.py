@@ -20,7 +20,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 
-from server.gen.grpc.reflection.v1 import reflection_pb2 as v1_pb2
+from kis_estimator.server.gen.grpc.reflection.v1 import reflection_pb2 as v1_pb2
 
 V1_SERVICE_NAME: str = v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
 V1ALPHA_SERVICE_NAME: str = reflection.SERVICE_NAME

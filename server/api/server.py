@@ -11,30 +11,41 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.api.health import HealthServicer
-from server.api.interceptors import DenialRecorder, ServiceInterceptor, current_services
-from server.api.metrics_interceptor import services_of
-from server.api.quote.service import QuoteDocuments
-from server.api.reflection import add_reflection
-from server.api.server_info import ServerInfoServicer
-from server.api.servicers import AdminServicer, EstimatorServicer, EvidenceServicer, ReviewServicer
-from server.api.streams import StreamGuard, StreamPool
-from server.clock import Clock
-from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2, server_info_pb2
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
-from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
-from server.service.admin import AdminService
-from server.service.caller import Caller
-from server.service.estimates import EstimateService
-from server.service.evidence import EvidenceService
-from server.service.rate_limit import Limiter, RateLimiter
-from server.service.reviews import ReviewService
-from server.service.sandbox import Sandboxes, ServiceSet
-from server.service.tokens import TokenService
-from server.settings import Settings
+from kis_estimator.server.api.health import HealthServicer
+from kis_estimator.server.api.interceptors import DenialRecorder, ServiceInterceptor, current_services
+from kis_estimator.server.api.metrics_interceptor import services_of
+from kis_estimator.server.api.quote.service import QuoteDocuments
+from kis_estimator.server.api.reflection import add_reflection
+from kis_estimator.server.api.server_info import ServerInfoServicer
+from kis_estimator.server.api.servicers import (
+    AdminServicer,
+    EstimatorServicer,
+    EvidenceServicer,
+    ReviewServicer,
+)
+from kis_estimator.server.api.streams import StreamGuard, StreamPool
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.gen.kis.estimator.v1 import (
+    admin_pb2,
+    estimator_pb2,
+    evidence_pb2,
+    review_pb2,
+    server_info_pb2,
+)
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
+from kis_estimator.server.service.admin import AdminService
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.estimates import EstimateService
+from kis_estimator.server.service.evidence import EvidenceService
+from kis_estimator.server.service.rate_limit import Limiter, RateLimiter
+from kis_estimator.server.service.reviews import ReviewService
+from kis_estimator.server.service.sandbox import Sandboxes, ServiceSet
+from kis_estimator.server.service.tokens import TokenService
+from kis_estimator.server.settings import Settings
 
 SERVICE_NAMES = (
     estimator_pb2.DESCRIPTOR.services_by_name["EstimatorService"].full_name,

@@ -7,10 +7,10 @@ from datetime import datetime
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.build_info import build_info
-from server.engine.model import RULES_VERSION
-from server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
-from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
+from kis_estimator.server.build_info import build_info
+from kis_estimator.server.engine.model import RULES_VERSION
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
 
 
 class ServerInfoServicer(info_grpc.ServerInfoServiceServicer):

@@ -9,25 +9,25 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from server.api import convert
-from server.api.interceptors import current_principal
-from server.api.quote.service import QuoteDocuments
-from server.clock import Clock
-from server.engine.records import EstimateRecord
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
-from server.service.admin import AdminService
-from server.service.caller import Caller
-from server.service.estimates import EstimateService
-from server.service.evidence import EvidenceService, EvidenceSummary
-from server.service.reviews import ReviewService
-from server.service.sandbox import ServiceSet
+from kis_estimator.server.api import convert
+from kis_estimator.server.api.interceptors import current_principal
+from kis_estimator.server.api.quote.service import QuoteDocuments
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.service.admin import AdminService
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.estimates import EstimateService
+from kis_estimator.server.service.evidence import EvidenceService, EvidenceSummary
+from kis_estimator.server.service.reviews import ReviewService
+from kis_estimator.server.service.sandbox import ServiceSet
 
 REPLAYED_HEADER = "kis-replayed"
 CHUNK_BYTES = 64 * 1024

@@ -21,7 +21,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.engine.errors import DomainError, ErrorKind, Violation
+from kis_estimator.server.engine.errors import DomainError, ErrorKind, Violation
 
 ERROR_DOMAIN = "kis.estimator.v1"
 DETAILS_BUDGET_BYTES = 5000

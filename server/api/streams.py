@@ -13,8 +13,8 @@ one pool: health checks and CreateEstimate then waited forever. So:
   idle streams would hold the server's in-flight budget, ``maximum_concurrent_rpcs``, for minutes):
   it is refused at once, RESOURCE_EXHAUSTED ``STREAMS_EXHAUSTED``, on a small pool of its own;
 * :class:`StreamGuard` admits at most ``per_peer`` streams per client address (IPv4 address, IPv6
-  /64: :func:`server.service.rate_limit.peer_key`), so one caller cannot hold every stream thread;
-  behind a proxy every client has the proxy's address, so raise ``KIS_MAX_STREAMS_PER_PEER`` there;
+  /64: :func:`kis_estimator.server.service.rate_limit.peer_key`), so one caller cannot hold every stream
+  thread; behind a proxy every client has the proxy's address, so raise ``KIS_MAX_STREAMS_PER_PEER`` there;
 * every admitted stream carries an idle deadline: when neither side made progress for ``idle_s``
   (no request arrived, no reply chunk left), a reaper thread cancels the call. The client sees
   CANCELLED; the thread returns to the pool. A stream that makes progress lives as long as it needs;
@@ -43,9 +43,9 @@ import grpc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.service.rate_limit import peer_key
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.service.rate_limit import peer_key
 
 log = logging.getLogger(__name__)
 

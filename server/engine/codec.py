@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from server.engine.model import (
+from kis_estimator.server.engine.model import (
     CatalogRowRef,
     Decision,
     Enclosure,
@@ -40,8 +40,8 @@ from server.engine.model import (
     Totals,
     Warning,
 )
-from server.engine.records import EstimateRecord, as_utc
-from server.engine.request import canonical_request, request_from_dict
+from kis_estimator.server.engine.records import EstimateRecord, as_utc
+from kis_estimator.server.engine.request import canonical_request, request_from_dict
 
 RECORD_FORMAT = 1
 

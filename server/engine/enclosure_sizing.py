@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.model import RuleApplication, Sizing
+from kis_estimator.server.engine.model import RuleApplication, Sizing
 
 __all__ = [
     "BranchRow",

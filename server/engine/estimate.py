@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from server.engine.catalog import (
+from kis_estimator.server.engine.catalog import (
     ACCESSORIES_FILE,
     BREAKERS_FILE,
     ENCLOSURES_FILE,
@@ -28,9 +28,9 @@ from server.engine.catalog import (
     Catalog,
     normalise_model,
 )
-from server.engine.enclosure_sizing import size_enclosure
-from server.engine.messages import warning_messages
-from server.engine.model import (
+from kis_estimator.server.engine.enclosure_sizing import size_enclosure
+from kis_estimator.server.engine.messages import warning_messages
+from kis_estimator.server.engine.model import (
     RULES_VERSION,
     BreakerLine,
     CatalogRowRef,
@@ -43,10 +43,10 @@ from server.engine.model import (
     Status,
     Warning,
 )
-from server.engine.phase_balance import phase_balance
-from server.engine.pricing import BreakerItem, PricingInput, price_lines, totals
-from server.engine.request import DEFAULT_ENCLOSURE_KIND, DEFAULT_FORM, DEFAULT_MATERIAL
-from server.engine.review import (
+from kis_estimator.server.engine.phase_balance import phase_balance
+from kis_estimator.server.engine.pricing import BreakerItem, PricingInput, price_lines, totals
+from kis_estimator.server.engine.request import DEFAULT_ENCLOSURE_KIND, DEFAULT_FORM, DEFAULT_MATERIAL
+from kis_estimator.server.engine.review import (
     CUSTOM_ENCLOSURE_PRICE,
     NEED_KNOWLEDGE_UPDATE,
     ReviewBook,
@@ -55,8 +55,8 @@ from server.engine.review import (
     question_no_price,
     question_unknown_model,
 )
-from server.engine.selection import Gap, LineChoice, LineRequest, effective_brand, select_lines
-from server.engine.stock import choose_enclosure
+from kis_estimator.server.engine.selection import Gap, LineChoice, LineRequest, effective_brand, select_lines
+from kis_estimator.server.engine.stock import choose_enclosure
 
 __all__ = ["price_estimate"]
 

@@ -1,7 +1,7 @@
 """Bilingual message templates of docs/pricing-rules.md §4 and the warnings of §2, §6.2 and §14.
 
 ``violation(code, field, **params)`` renders ``message_en`` / ``message_ko`` of a code and
-builds the :class:`~server.engine.errors.Violation`. Placeholders: ``{f}`` is always the field
+builds the :class:`~kis_estimator.server.engine.errors.Violation`. Placeholders: ``{f}`` is always the field
 path; every other placeholder is a keyword parameter (``v`` = offending value).
 
 Hostile input: every parameter rendered into a message goes through :func:`echo`, which cuts
@@ -25,7 +25,7 @@ import string
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from server.engine.errors import ErrorCode, Violation
+from kis_estimator.server.engine.errors import ErrorCode, Violation
 
 __all__ = [
     "ECHO_MAX_CHARS",

@@ -2,7 +2,7 @@
 
 Pure data: no gRPC, SQL or clock. Requests arrive here already trimmed, with empty strings
 turned into ``None`` (docs/pricing-rules.md §2: "an empty string counts as absent"); anything else about
-them may still be invalid — :mod:`server.engine.validation` says what.
+them may still be invalid — :mod:`kis_estimator.server.engine.validation` says what.
 """
 
 from __future__ import annotations

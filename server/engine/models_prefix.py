@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from server.engine.catalog import BreakerRow, Catalog, normalise_model
+from kis_estimator.server.engine.catalog import BreakerRow, Catalog, normalise_model
 
 __all__ = ["ModelIdentity", "model_identity", "prefix_identity"]
 

@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 
-from server.engine.model import PhaseBalance
+from kis_estimator.server.engine.model import PhaseBalance
 
 __all__ = [
     "PhaseResult",

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from server.engine.catalog import AccessoryRow, Catalog
-from server.engine.enclosure_sizing import frame_class
-from server.engine.model import Enclosure, PricedLine, RuleApplication, Totals
-from server.engine.review import NEED_KNOWLEDGE_UPDATE, ReviewBook, question_no_price
+from kis_estimator.server.engine.catalog import AccessoryRow, Catalog
+from kis_estimator.server.engine.enclosure_sizing import frame_class
+from kis_estimator.server.engine.model import Enclosure, PricedLine, RuleApplication, Totals
+from kis_estimator.server.engine.review import NEED_KNOWLEDGE_UPDATE, ReviewBook, question_no_price
 
 __all__ = [
     "BreakerItem",

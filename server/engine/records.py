@@ -1,7 +1,7 @@
 """The stored estimate (docs/pricing-rules.md §16.1): an accepted request, its quote and its bookkeeping.
 
-Pure data like :mod:`server.engine.model`; storage maps it to rows and documents
-(:mod:`server.engine.codec`). Timestamps are aware and normalised to UTC on construction
+Pure data like :mod:`kis_estimator.server.engine.model`; storage maps it to rows and documents
+(:mod:`kis_estimator.server.engine.codec`). Timestamps are aware and normalised to UTC on construction
 (docs/pricing-rules.md §16.1 "Timestamps stored in UTC"), so two records for the same instants compare equal.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from server.engine.model import Decision, EstimateRequest, Quote, Status
+from kis_estimator.server.engine.model import Decision, EstimateRequest, Quote, Status
 
 
 def as_utc(value: datetime, name: str) -> datetime:
@@ -26,8 +26,8 @@ class EstimateRecord:
 
     ``request`` is the request as accepted; storage keeps it in canonical form (docs/pricing-rules.md §13)
     plus ``request_id``, so a record read back carries the defaults of §2 filled in
-    (see :func:`server.engine.codec.stored_request`). ``dedup_key`` and ``request_id`` repeat the
-    request's values as the keys storage indexes. ``actor`` is the caller that created the estimate.
+    (see :func:`kis_estimator.server.engine.codec.stored_request`). ``dedup_key`` and ``request_id`` repeat
+    the request's values as the keys storage indexes. ``actor`` is the caller that created the estimate.
     ``completed_at`` is set once the status first becomes COMPLETED or REVIEWED (§16.3).
     """
 

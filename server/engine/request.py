@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from server.engine.model import AccessoryLine, BreakerLine, EstimateRequest
+from kis_estimator.server.engine.model import AccessoryLine, BreakerLine, EstimateRequest
 
 DEFAULT_FORM = "ECONOMIC"
 DEFAULT_ENCLOSURE_KIND = "STOCK"

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from server.engine.messages import echo
-from server.engine.model import Resolution, ReviewReason, RuleApplication
+from kis_estimator.server.engine.messages import echo
+from kis_estimator.server.engine.model import Resolution, ReviewReason, RuleApplication
 
 __all__ = [
     "CUSTOM_ENCLOSURE_PRICE",

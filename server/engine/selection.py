@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from server.engine.catalog import BreakerRow, Catalog, normalise_model
-from server.engine.model import RuleApplication
-from server.engine.models_prefix import model_identity
+from kis_estimator.server.engine.catalog import BreakerRow, Catalog, normalise_model
+from kis_estimator.server.engine.model import RuleApplication
+from kis_estimator.server.engine.models_prefix import model_identity
 
 __all__ = [
     "Gap",

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.catalog import Catalog, EnclosureRow
-from server.engine.model import Enclosure, RuleApplication, Sizing
+from kis_estimator.server.engine.catalog import Catalog, EnclosureRow
+from kis_estimator.server.engine.model import Enclosure, RuleApplication, Sizing
 
 __all__ = [
     "SERIES_BY_PLACE",

@@ -51,11 +51,11 @@ Choices where the rules are silent (docs/pricing-rules.md §20):
 
 from __future__ import annotations
 
-from server.engine.catalog import CATALOG_FRAMES, Catalog
-from server.engine.errors import ErrorCode, Violation
-from server.engine.messages import violation
-from server.engine.model import AccessoryLine, BreakerLine, EstimateRequest
-from server.engine.models_prefix import ModelIdentity, model_identity
+from kis_estimator.server.engine.catalog import CATALOG_FRAMES, Catalog
+from kis_estimator.server.engine.errors import ErrorCode, Violation
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.engine.model import AccessoryLine, BreakerLine, EstimateRequest
+from kis_estimator.server.engine.models_prefix import ModelIdentity, model_identity
 
 __all__ = [
     "MAX_ACCESSORY_ITEMS",

@@ -1,11 +1,17 @@
 """Evidence bundles of estimate revisions (docs/pricing-rules.md §15): building, signing, verification.
 
-Imports only the stdlib and :mod:`server.engine` (STYLE.md §2.1).
+Imports only the stdlib and :mod:`kis_estimator.server.engine` (STYLE.md §2.1).
 """
 
-from server.evidence.bundle import EvidenceBundle, EvidenceError, build_bundle
-from server.evidence.signing import KeyRing, ManifestSigner, Signature, SignatureStatus, parse_keyring
-from server.evidence.verify import Finding, FindingCode, VerificationReport, verify_bundle
+from kis_estimator.server.evidence.bundle import EvidenceBundle, EvidenceError, build_bundle
+from kis_estimator.server.evidence.signing import (
+    KeyRing,
+    ManifestSigner,
+    Signature,
+    SignatureStatus,
+    parse_keyring,
+)
+from kis_estimator.server.evidence.verify import Finding, FindingCode, VerificationReport, verify_bundle
 
 __all__ = [
     "EvidenceBundle",

@@ -60,8 +60,8 @@ from datetime import datetime
 from decimal import Decimal
 from json.encoder import encode_basestring as _quote  # the C function json.dumps uses for str
 
-from server.engine.catalog import CATALOG_FILES, Catalog
-from server.engine.codec import (
+from kis_estimator.server.engine.catalog import CATALOG_FILES, Catalog
+from kis_estimator.server.engine.codec import (
     datetime_to_text,
     decimal_to_text,
     enclosure_document,
@@ -71,14 +71,14 @@ from server.engine.codec import (
     sizing_document,
     totals_document,
 )
-from server.engine.model import (
+from kis_estimator.server.engine.model import (
     PricedLine,
     Quote,
     RuleApplication,
 )
-from server.engine.records import EstimateRecord
-from server.engine.request import canonical_request
-from server.evidence.signing import ManifestSigner, Signature
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.engine.request import canonical_request
+from kis_estimator.server.evidence.signing import ManifestSigner, Signature
 
 __all__ = [
     "BUNDLE_FORMAT",

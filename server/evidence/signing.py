@@ -1,7 +1,7 @@
 """Signing ``manifest.json`` of an evidence bundle with HMAC-SHA256 under rotating server keys.
 
 docs/pricing-rules.md §15 fixes the bundle's content but says nothing about authenticating it; this module is
-an extension (the ``manifest.sig`` entry, see :mod:`server.evidence.bundle`). Choices:
+an extension (the ``manifest.sig`` entry, see :mod:`kis_estimator.server.evidence.bundle`). Choices:
 
 * HMAC-SHA256, not a public-key signature: the stdlib has it, and the verifier is the operator
   holding the same key ring (offline audit), not an outside party;

@@ -40,8 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from server.evidence.bundle import BUNDLE_FORMAT, CONTENT_PATHS, MANIFEST_PATH, SIGNATURE_PATH
-from server.evidence.signing import ALGORITHM, KeyRing, Signature, SignatureStatus
+from kis_estimator.server.evidence.bundle import BUNDLE_FORMAT, CONTENT_PATHS, MANIFEST_PATH, SIGNATURE_PATH
+from kis_estimator.server.evidence.signing import ALGORITHM, KeyRing, Signature, SignatureStatus
 
 __all__ = ["MAX_ENTRY_BYTES", "Finding", "FindingCode", "VerificationReport", "verify_bundle"]
 

@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from server.clock import Clock
-from server.engine import audit as actions
-from server.engine.audit import AuditEvent, ChainBreak, verify_chain
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.service.caller import Caller
-from server.service.mixed_quota import mixed_usage, month_of_request, required_text
-from server.service.paging import PageTokens, page_size_of
-from server.storage.repository import AuditFilter, GrantExistsError, MixedGrant, Store
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine import audit as actions
+from kis_estimator.server.engine.audit import AuditEvent, ChainBreak, verify_chain
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.mixed_quota import mixed_usage, month_of_request, required_text
+from kis_estimator.server.service.paging import PageTokens, page_size_of
+from kis_estimator.server.storage.repository import AuditFilter, GrantExistsError, MixedGrant, Store
 
 MAX_REASON = 500
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from server.engine.audit import AuditDraft
-from server.engine.roles import Principal
+from kis_estimator.server.engine.audit import AuditDraft
+from kis_estimator.server.engine.roles import Principal
 
 ANONYMOUS = "anonymous"
 

@@ -30,10 +30,10 @@ import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from server.clock import Clock
-from server.engine.audit import AuditDraft, DetailValue, timestamp_text
-from server.service.rate_limit import peer_key
-from server.storage.repository import StorageError, Store
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine.audit import AuditDraft, DetailValue, timestamp_text
+from kis_estimator.server.service.rate_limit import peer_key
+from kis_estimator.server.storage.repository import StorageError, Store
 
 log = logging.getLogger(__name__)
 

@@ -25,24 +25,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from server.clock import Clock
-from server.engine import audit as actions
-from server.engine.catalog import Catalog
-from server.engine.codec import stored_request
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.estimate import price_estimate
-from server.engine.messages import violation
-from server.engine.model import EstimateRequest, Quote, RuleApplication, Status
-from server.engine.months import kst_month_of
-from server.engine.records import EstimateRecord
-from server.engine.request import request_hash
-from server.engine.validation import validate_request
-from server.metrics import Metrics
-from server.service.caller import Caller
-from server.service.evidence import EvidenceArchive, EvidenceSummary, summary_of
-from server.service.mixed_quota import MIXED_BRAND, mixed_usage
-from server.service.paging import PageTokens, page_size_of
-from server.storage.repository import (
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine import audit as actions
+from kis_estimator.server.engine.catalog import Catalog
+from kis_estimator.server.engine.codec import stored_request
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.estimate import price_estimate
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.engine.model import EstimateRequest, Quote, RuleApplication, Status
+from kis_estimator.server.engine.months import kst_month_of
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.engine.request import request_hash
+from kis_estimator.server.engine.validation import validate_request
+from kis_estimator.server.metrics import Metrics
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.evidence import EvidenceArchive, EvidenceSummary, summary_of
+from kis_estimator.server.service.mixed_quota import MIXED_BRAND, mixed_usage
+from kis_estimator.server.service.paging import PageTokens, page_size_of
+from kis_estimator.server.storage.repository import (
     DuplicateKeyError,
     EvidenceRecord,
     IdempotencyRecord,
@@ -50,7 +50,7 @@ from server.storage.repository import (
     Store,
     UnitOfWork,
 )
-from server.storage.rows import document_text
+from kis_estimator.server.storage.rows import document_text
 
 ResponseEncoder = Callable[[EstimateRecord, EvidenceSummary | None], bytes]
 log = logging.getLogger(__name__)

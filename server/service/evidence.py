@@ -10,20 +10,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.clock import Clock
-from server.engine import audit as actions
-from server.engine.audit import AuditDraft
-from server.engine.catalog import Catalog
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import echo, violation
-from server.engine.model import RuleApplication
-from server.engine.records import EstimateRecord
-from server.evidence.bundle import build_bundle
-from server.evidence.signing import ManifestSigner
-from server.metrics import Metrics
-from server.service.caller import Caller
-from server.service.denials import DenialAudit
-from server.storage.repository import EvidenceRecord, Store, UnitOfWork
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine import audit as actions
+from kis_estimator.server.engine.audit import AuditDraft
+from kis_estimator.server.engine.catalog import Catalog
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import echo, violation
+from kis_estimator.server.engine.model import RuleApplication
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.evidence.bundle import build_bundle
+from kis_estimator.server.evidence.signing import ManifestSigner
+from kis_estimator.server.metrics import Metrics
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.denials import DenialAudit
+from kis_estimator.server.storage.repository import EvidenceRecord, Store, UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.clock import Clock
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.engine.months import kst_month_of, month_bounds_utc, parse_month
-from server.storage.repository import MixedGrant, UnitOfWork
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.engine.months import kst_month_of, month_bounds_utc, parse_month
+from kis_estimator.server.storage.repository import MixedGrant, UnitOfWork
 
 MIXED_BRAND = "MIXED"
 

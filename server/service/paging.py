@@ -36,9 +36,9 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.storage.repository import EstimateCursor
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.storage.repository import EstimateCursor
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100

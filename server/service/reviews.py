@@ -23,23 +23,23 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from server.clock import Clock
-from server.engine import audit as actions
-from server.engine.audit import AuditDraft
-from server.engine.catalog import Catalog
-from server.engine.errors import DomainError, ErrorCode, Violation
-from server.engine.estimate import price_estimate
-from server.engine.messages import violation
-from server.engine.model import Decision, Resolution, RuleApplication, Status
-from server.engine.months import month_bounds_utc
-from server.engine.records import EstimateRecord
-from server.metrics import Metrics
-from server.service.caller import Caller
-from server.service.estimates import Stored
-from server.service.evidence import EvidenceArchive, summary_of
-from server.service.mixed_quota import mixed_usage, month_of_request, required_text
-from server.service.paging import PageTokens, page_size_of
-from server.storage.repository import StaleRevisionError, Store
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine import audit as actions
+from kis_estimator.server.engine.audit import AuditDraft
+from kis_estimator.server.engine.catalog import Catalog
+from kis_estimator.server.engine.errors import DomainError, ErrorCode, Violation
+from kis_estimator.server.engine.estimate import price_estimate
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.engine.model import Decision, Resolution, RuleApplication, Status
+from kis_estimator.server.engine.months import month_bounds_utc
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.metrics import Metrics
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.estimates import Stored
+from kis_estimator.server.service.evidence import EvidenceArchive, summary_of
+from kis_estimator.server.service.mixed_quota import mixed_usage, month_of_request, required_text
+from kis_estimator.server.service.paging import PageTokens, page_size_of
+from kis_estimator.server.storage.repository import StaleRevisionError, Store
 
 MAX_TEXT = 500
 REVIEWABLE = Status.NEEDS_REVIEW

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.service.caller import Caller
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.service.caller import Caller
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ single statement that locks that row only (``PostgresStore.spend_budget``), so t
 across replicas: N replicas together give a token ``budget`` requests, not N × ``budget``.
 
 Degrading safely: when the database cannot be reached the call is checked against this replica's
-in-memory bucket instead (:class:`~server.service.rate_limit.RateLimiter`, the single-host budget),
-so an outage neither opens the gates nor refuses every caller; the switch is logged (at most once a
+in-memory bucket instead (:class:`~kis_estimator.server.service.rate_limit.RateLimiter`, the single-host
+budget), so an outage neither opens the gates nor refuses every caller; the switch is logged (at most once a
 minute). The calls that need the store fail UNAVAILABLE anyway during the outage.
 
 SQLite deployments are one host; their budgets stay in process memory (server/service/rate_limit.py).
@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.service.rate_limit import Decision, RateLimiter
-from server.storage.repository import StorageError
+from kis_estimator.server.service.rate_limit import Decision, RateLimiter
+from kis_estimator.server.storage.repository import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.clock import Clock
-from server.engine import audit as actions
-from server.engine.roles import Principal, Role
-from server.service.caller import Caller, RejectedToken
-from server.storage.repository import Store, TokenRecord
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine import audit as actions
+from kis_estimator.server.engine.roles import Principal, Role
+from kis_estimator.server.service.caller import Caller, RejectedToken
+from kis_estimator.server.storage.repository import Store, TokenRecord
 
 TOKEN_PREFIX = "kis_"
 _MAX_TOKEN_CHARS = 512

@@ -8,8 +8,9 @@ instead of being used or altered.
 
 ``migrations/`` holds the SQLite dialect and :func:`migrate_sqlite` applies it. PostgreSQL has
 its own directory, ``migrations_postgres/`` (same versions, same schema in PostgreSQL types), loaded
-with ``load_migrations(package_dir=POSTGRES_MIGRATIONS)`` and applied by ``server.storage.postgres``
-under the same rules (:func:`refuse_unknown_versions`); this module never imports a PostgreSQL driver.
+with ``load_migrations(package_dir=POSTGRES_MIGRATIONS)`` and applied by
+``kis_estimator.server.storage.postgres`` under the same rules (:func:`refuse_unknown_versions`); this module
+never imports a PostgreSQL driver.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-from server.storage.repository import StorageError
+from kis_estimator.server.storage.repository import StorageError
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 SQLITE_MIGRATIONS = "migrations"
@@ -48,7 +49,9 @@ def load_migrations(
     Versions must run 1, 2, 3, … without gaps; anything else is a packaging bug and raises
     ``ValueError`` at start-up.
     """
-    root = directory if directory is not None else resources.files("server.storage") / package_dir
+    root = (
+        directory if directory is not None else resources.files("kis_estimator.server.storage") / package_dir
+    )
     found: list[Migration] = []
     for entry in root.iterdir():
         match = _FILE_NAME.match(entry.name)

@@ -1,4 +1,5 @@
-"""PostgreSQL implementation of :mod:`server.storage.repository` (psycopg 3, plain parameterized SQL).
+"""PostgreSQL implementation of :mod:`kis_estimator.server.storage.repository` (psycopg 3, plain parameterized
+SQL).
 
 Selected by ``KIS_DATABASE_URL=postgresql://…``; the schema is ``migrations_postgres/`` (the same
 versions and guards as the SQLite files, in PostgreSQL types, plus the shared request budgets of
@@ -61,17 +62,17 @@ import psycopg
 from psycopg import conninfo
 from psycopg.pq import TransactionStatus
 
-from server.storage.migrate import (
+from kis_estimator.server.storage.migrate import (
     POSTGRES_MIGRATIONS,
     Migration,
     load_migrations,
     refuse_unknown_versions,
 )
-from server.storage.repository import (
+from kis_estimator.server.storage.repository import (
     StorageError,
 )
-from server.storage.rows import Row
-from server.storage.sql_repositories import SqlRepositories
+from kis_estimator.server.storage.rows import Row
+from kis_estimator.server.storage.sql_repositories import SqlRepositories
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Only the operations the service uses. Implementations (``sqlite.py``, later ``postgres.py``) use
 plain parameterized SQL and translate their driver's errors into the types below, which are the
-only failures that leave ``server.storage``:
+only failures that leave ``kis_estimator.server.storage``:
 
 * :class:`StorageError` — the store failed (I/O, corruption, busy); ``retryable`` says whether the
   same unit of work may succeed if run again (busy/locked database).
@@ -24,9 +24,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
-from server.engine.audit import AuditDraft, AuditEvent
-from server.engine.model import Status
-from server.engine.records import EstimateRecord, as_utc
+from kis_estimator.server.engine.audit import AuditDraft, AuditEvent
+from kis_estimator.server.engine.model import Status
+from kis_estimator.server.engine.records import EstimateRecord, as_utc
 
 DuplicateKind = Literal["dedup_key", "request_id"]
 

@@ -14,10 +14,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
-from server.engine.audit import AuditEvent, DetailValue
-from server.engine.codec import DocumentError, record_from_document, record_to_document
-from server.engine.records import EstimateRecord
-from server.storage.repository import EstimateCursor, EvidenceRecord, StorageError, TokenRecord
+from kis_estimator.server.engine.audit import AuditEvent, DetailValue
+from kis_estimator.server.engine.codec import DocumentError, record_from_document, record_to_document
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.storage.repository import EstimateCursor, EvidenceRecord, StorageError, TokenRecord
 
 Row = tuple[object, ...]
 TimeOf = Callable[[object], datetime]

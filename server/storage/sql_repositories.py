@@ -1,4 +1,4 @@
-"""The repositories of :mod:`server.storage.repository`, written once for SQLite and PostgreSQL.
+"""The repositories of :mod:`kis_estimator.server.storage.repository`, written once for SQLite and PostgreSQL.
 
 The SQL is the same for both stores; what differs sits behind :class:`SqlTransaction`, the dialect
 seam each store's transaction implements (``server/storage/sqlite.py``, ``server/storage/postgres.py``):
@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from server.engine.audit import AuditDraft, AuditEvent, seal
-from server.engine.model import Status
-from server.engine.records import EstimateRecord
-from server.storage.repository import (
+from kis_estimator.server.engine.audit import AuditDraft, AuditEvent, seal
+from kis_estimator.server.engine.model import Status
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.storage.repository import (
     AuditFilter,
     DuplicateKeyError,
     EstimateCursor,
@@ -40,16 +40,16 @@ from server.storage.repository import (
     StorageError,
     TokenRecord,
 )
-from server.storage.rows import Row, audit_event_of, evidence_of, token_of
-from server.storage.rows import blob as _blob
-from server.storage.rows import count as _count
-from server.storage.rows import details_text as _details_text
-from server.storage.rows import document_text as _document_text
-from server.storage.rows import integer as _int
-from server.storage.rows import opt_text as _opt_text
-from server.storage.rows import page_of as _page
-from server.storage.rows import record_of as _record
-from server.storage.rows import text as _text
+from kis_estimator.server.storage.rows import Row, audit_event_of, evidence_of, token_of
+from kis_estimator.server.storage.rows import blob as _blob
+from kis_estimator.server.storage.rows import count as _count
+from kis_estimator.server.storage.rows import details_text as _details_text
+from kis_estimator.server.storage.rows import document_text as _document_text
+from kis_estimator.server.storage.rows import integer as _int
+from kis_estimator.server.storage.rows import opt_text as _opt_text
+from kis_estimator.server.storage.rows import page_of as _page
+from kis_estimator.server.storage.rows import record_of as _record
+from kis_estimator.server.storage.rows import text as _text
 
 
 class SqlTransaction(Protocol):

@@ -1,4 +1,4 @@
-"""SQLite implementation of :mod:`server.storage.repository` (WAL, plain parameterized SQL).
+"""SQLite implementation of :mod:`kis_estimator.server.storage.repository` (WAL, plain parameterized SQL).
 
 The store, its connections and transactions live here; the repositories' SQL is shared with
 PostgreSQL (``server/storage/sql_repositories.py``), and :class:`_Transaction` is SQLite's side of
@@ -36,17 +36,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from server.engine.codec import (
+from kis_estimator.server.engine.codec import (
     datetime_from_text,
     datetime_to_text,
 )
-from server.storage.migrate import Migration, load_migrations, migrate_sqlite
-from server.storage.repository import (
+from kis_estimator.server.storage.migrate import Migration, load_migrations, migrate_sqlite
+from kis_estimator.server.storage.repository import (
     StorageError,
 )
-from server.storage.rows import Row
-from server.storage.rows import text as _text
-from server.storage.sql_repositories import SqlRepositories
+from kis_estimator.server.storage.rows import Row
+from kis_estimator.server.storage.rows import text as _text
+from kis_estimator.server.storage.sql_repositories import SqlRepositories
 
 logger = logging.getLogger(__name__)
 

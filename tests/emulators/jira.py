@@ -1,11 +1,11 @@
 """A Jira Server/DC REST v2 emulator over real HTTP, for the real ``jira`` library (STYLE.md §2.9).
 
-It serves what :mod:`workflows.tracker.jira` uses — ``serverInfo``, ``field``, ``search`` (the JQL
-subset below; anything else is a 400 with ``errorMessages``, as Jira answers a bad query), issue
-create/get/update, comments, transitions, attachments (multipart ``file`` part; requires
-``X-Atlassian-Token: no-check`` like Jira's XSRF check; replies with the stored size), watchers and
-``user/search`` — and validates like Jira does (summary ≤ 255, description ≤ 32,767, labels
-without spaces, known project/type/priority/user), so a request Jira would refuse fails here too.
+It serves what :mod:`kis_estimator.workflows.tracker.jira` uses — ``serverInfo``, ``field``, ``search`` (the
+JQL subset below; anything else is a 400 with ``errorMessages``, as Jira answers a bad query), issue
+create/get/update, comments, transitions, attachments (multipart ``file`` part; requires ``X-Atlassian-Token:
+no-check`` like Jira's XSRF check; replies with the stored size), watchers and ``user/search`` — and validates
+like Jira does (summary ≤ 255, description ≤ 32,767, labels without spaces, known project/type/priority/user),
+so a request Jira would refuse fails here too.
 
 Defaults are a stock Jira Server/DC 9.12 with a Jira Software project, not what our code sends:
 the default priority scheme (Highest, High, Medium, Low, Lowest; ids 1-5 — Jira 7 replaced

@@ -13,7 +13,8 @@ held (slow) replies. Every request is recorded.
 
 Two ways in: :meth:`PrometheusEmulator.start` serves it over real HTTP on ``127.0.0.1:0`` (a
 ``ThreadingHTTPServer``); :meth:`PrometheusEmulator.transport` plugs the same handler into
-:class:`workflows.prometheus.client.PrometheusSource` in-process, for unit tests that open no sockets.
+:class:`kis_estimator.workflows.prometheus.client.PrometheusSource` in-process, for unit tests that open no
+sockets.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from workflows.prometheus.client import HttpReply, QueryErrorKind, TransportError, format_value
+from kis_estimator.workflows.prometheus.client import HttpReply, QueryErrorKind, TransportError, format_value
 
 __all__ = [
     "CannedSeries",
@@ -185,7 +186,8 @@ class PrometheusEmulator:
             return _error(400, "bad_data", str(exc))
 
     def transport(self) -> Callable[[str, float], HttpReply]:
-        """An in-process :class:`workflows.prometheus.client.HttpTransport`: calls :meth:`handle`."""
+        """An in-process :class:`kis_estimator.workflows.prometheus.client.HttpTransport`: calls
+        :meth:`handle`."""
 
         def call(url: str, timeout_s: float) -> HttpReply:
             parts = urllib.parse.urlsplit(url)

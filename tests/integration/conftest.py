@@ -14,11 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.clock import Clock
-from server.engine.roles import Role
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.main import App, build_app
-from server.settings import Settings
+from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.main import App, build_app
+from kis_estimator.server.settings import Settings
 
 TIMEOUT_S = 10.0
 

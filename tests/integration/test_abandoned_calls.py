@@ -29,19 +29,19 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-import server.api.server
-import server.main
-from server.acceptance.cases import build_request, load_cases
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
-from server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
-from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
+import kis_estimator.server.api.server
+import kis_estimator.server.main
+from kis_estimator.server.acceptance.cases import build_request, load_cases
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
 from tests.integration.conftest import Served, start_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +144,7 @@ class GatedService:
 @pytest.fixture
 def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Served, Gate]]:
     gate = Gate()
-    original = server.api.server.create_server
+    original = kis_estimator.server.api.server.create_server
 
     def create_server(settings: Any, deps: Any, address: Any = None, *, outer_interceptors: Any = ()) -> Any:
         gated_deps = replace(
@@ -158,7 +158,7 @@ def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ser
             settings, gated_deps, address, outer_interceptors=[*outer_interceptors, GateInterceptor(gate)]
         )
 
-    monkeypatch.setattr(server.main, "create_server", create_server)
+    monkeypatch.setattr(kis_estimator.server.main, "create_server", create_server)
     served = start_app(tmp_path)
     yield served, gate
     served.app.stop(0)
@@ -500,7 +500,17 @@ def test_impatient_clients_leave_no_error_in_a_real_servers_log(tmp_path: Path) 
         "KIS_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
     }
     token = subprocess.run(
-        [sys.executable, "-m", "server.cli", "token", "create", "--role", "ESTIMATOR", "--name", "load"],
+        [
+            sys.executable,
+            "-m",
+            "kis_estimator.server.cli",
+            "token",
+            "create",
+            "--role",
+            "ESTIMATOR",
+            "--name",
+            "load",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -511,7 +521,7 @@ def test_impatient_clients_leave_no_error_in_a_real_servers_log(tmp_path: Path) 
     with (
         log_path.open("w") as log,
         subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "kis_estimator.server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
             cwd=REPO,
             env=env,
             stderr=log,

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.acceptance.cases import load_cases
-from server.acceptance.runner import CaseResult, GrpcCaller, run_smoke, run_suites
+from kis_estimator.server.acceptance.cases import load_cases
+from kis_estimator.server.acceptance.runner import CaseResult, GrpcCaller, run_smoke, run_suites
 from tests.integration.conftest import start_app
 
 CASES = load_cases()

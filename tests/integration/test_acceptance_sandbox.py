@@ -23,13 +23,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.acceptance.runner import GrpcCaller, SandboxUnavailable, outcome_of_error, run_smoke, run_suites
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.acceptance.runner import (
+    GrpcCaller,
+    SandboxUnavailable,
+    outcome_of_error,
+    run_smoke,
+    run_suites,
+)
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from tests.integration.conftest import Served, start_app
 from tests.integration.test_postgres_service import start_on_postgres
 from tests.integration.test_storage_contract import pg_database
@@ -63,7 +69,16 @@ class Live:
 
 def _cli(live: Live, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args, "--target", live.target, "--token", live.token],
+        [
+            sys.executable,
+            "-m",
+            "kis_estimator.server.cli",
+            *args,
+            "--target",
+            live.target,
+            "--token",
+            live.token,
+        ],
         env=live.env,
         cwd=REPO,
         capture_output=True,
@@ -82,7 +97,17 @@ def live(tmp_path: Path) -> Iterator[Live]:
         "KIS_SANDBOX_MAX_OPEN": "3",
     }
     token = subprocess.run(
-        [sys.executable, "-m", "server.cli", "token", "create", "--role", "ADMIN", "--name", "release"],
+        [
+            sys.executable,
+            "-m",
+            "kis_estimator.server.cli",
+            "token",
+            "create",
+            "--role",
+            "ADMIN",
+            "--name",
+            "release",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -91,7 +116,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
     ).stdout.strip()
     with (tmp_path / "server.log").open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "kis_estimator.server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
             env=env,
             cwd=REPO,
             stderr=log,

@@ -17,21 +17,26 @@ from typing import Any
 
 import pytest
 
-from tests.emulators.jira import JiraEmulator
-from workflows.clock import SystemClock
-from workflows.incident.alert_receiver import (
+from kis_estimator.workflows.clock import SystemClock
+from kis_estimator.workflows.incident.alert_receiver import (
     MAX_BODY_BYTES,
     AlertReceiver,
     ReceiverAuth,
     create_receiver_server,
     serve_in_thread,
 )
-from workflows.incident.criteria import IncidentLedger
-from workflows.incident.response import IncidentDeps, IncidentOptions
-from workflows.release.estimator_client import EstimatorClient, HealthResult, ServerInfo, SuiteResult
-from workflows.release.promote import CommandLine, CommandOutcome
-from workflows.settings import WorkflowSettings
-from workflows.tracker.build import build_tracker
+from kis_estimator.workflows.incident.criteria import IncidentLedger
+from kis_estimator.workflows.incident.response import IncidentDeps, IncidentOptions
+from kis_estimator.workflows.release.estimator_client import (
+    EstimatorClient,
+    HealthResult,
+    ServerInfo,
+    SuiteResult,
+)
+from kis_estimator.workflows.release.promote import CommandLine, CommandOutcome
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.build import build_tracker
+from tests.emulators.jira import JiraEmulator
 
 T_V1 = datetime.now(UTC) - timedelta(hours=2)
 T_V2 = datetime.now(UTC) - timedelta(hours=1)

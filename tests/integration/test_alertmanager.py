@@ -26,21 +26,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_alert_receiver import Estimator
-from workflows.clock import SystemClock
-from workflows.incident.alert_receiver import (
+from kis_estimator.workflows.clock import SystemClock
+from kis_estimator.workflows.incident.alert_receiver import (
     AlertReceiver,
     ReceiverAuth,
     create_receiver_server,
     serve_in_thread,
 )
-from workflows.incident.criteria import IncidentLedger
-from workflows.incident.response import IncidentDeps, IncidentOptions
-from workflows.release.estimator_client import EstimatorClient
-from workflows.release.promote import CommandLine, CommandOutcome
-from workflows.tracker.files import FileIssueTracker
-from workflows.tracker.outbox import OutboxTracker
-from workflows.tracker.protocol import Attachment, Document, IssueDraft, IssueRef, TrackerError
+from kis_estimator.workflows.incident.criteria import IncidentLedger
+from kis_estimator.workflows.incident.response import IncidentDeps, IncidentOptions
+from kis_estimator.workflows.release.estimator_client import EstimatorClient
+from kis_estimator.workflows.release.promote import CommandLine, CommandOutcome
+from kis_estimator.workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.tracker.outbox import OutboxTracker
+from kis_estimator.workflows.tracker.protocol import Attachment, Document, IssueDraft, IssueRef, TrackerError
+from tests.integration.test_alert_receiver import Estimator
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"

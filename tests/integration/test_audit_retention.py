@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from server.clock import ManualClock
-from server.engine.roles import Role
-from server.service.admin import AdminService
-from server.service.caller import Caller
-from server.service.tokens import TokenService
-from server.storage.sqlite import SqliteStore
+from kis_estimator.server.clock import ManualClock
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.service.admin import AdminService
+from kis_estimator.server.service.caller import Caller
+from kis_estimator.server.service.tokens import TokenService
+from kis_estimator.server.storage.sqlite import SqliteStore
 
 
 def test_prune_removes_only_expired_records_and_the_chain_still_verifies(tmp_path: Path) -> None:

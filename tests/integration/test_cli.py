@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.cli import main
+from kis_estimator.server.cli import main
 from tests.integration.conftest import Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def test_serve_runs_as_a_process_and_drains_on_sigterm(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIS_")}
     env["KIS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'kis.db'}"
     with subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "kis_estimator.server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,
@@ -166,7 +166,7 @@ def test_second_server_on_a_busy_port_fails_to_start(served: Served, tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIS_")}
     env["KIS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'kis.db'}"
     proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--listen", served.address],
+        [sys.executable, "-m", "kis_estimator.server.cli", "serve", "--listen", served.address],
         cwd=ROOT,
         env=env,
         capture_output=True,

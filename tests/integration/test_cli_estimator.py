@@ -41,7 +41,7 @@ def kis(
         if token:
             env["KIS_TOKEN"] = served.tokens[token]
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "kis_estimator.server.cli", *args],
         input=stdin,
         capture_output=True,
         text=True,

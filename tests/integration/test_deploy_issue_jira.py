@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
+from kis_estimator.workflows.release.promote import run_promote
+from kis_estimator.workflows.tracker.build import build_tracker
 from tests.emulators.jira import JiraEmulator
 from tests.unit.test_promote import ManualClock, Release, release  # noqa: F401 - the fixture
-from workflows.release.promote import run_promote
-from workflows.tracker.build import build_tracker
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from server.cli import main
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.cli import main
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]

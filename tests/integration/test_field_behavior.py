@@ -25,13 +25,13 @@ from google.api import field_behavior_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from server.acceptance.runner import Outcome, outcome_of_error
-from server.gen.kis.estimator.v1 import admin_pb2, evidence_pb2, review_pb2
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.acceptance.runner import Outcome, outcome_of_error
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2, evidence_pb2, review_pb2
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from tests.integration.conftest import TIMEOUT_S, Served
 
 M = TypeVar("M", bound=Message)

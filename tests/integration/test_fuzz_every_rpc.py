@@ -34,12 +34,18 @@ from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.acceptance.runner import outcome_of_error
-from server.engine.roles import Role
-from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2, server_info_pb2
-from server.main import build_app
-from server.settings import Settings
-from server.storage.repository import AuditFilter
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.gen.kis.estimator.v1 import (
+    admin_pb2,
+    estimator_pb2,
+    evidence_pb2,
+    review_pb2,
+    server_info_pb2,
+)
+from kis_estimator.server.main import build_app
+from kis_estimator.server.settings import Settings
+from kis_estimator.server.storage.repository import AuditFilter
 from tests.integration.conftest import TIMEOUT_S, Served
 from tests.integration.test_postgres_service import EVIDENCE_KEYS
 from tests.integration.test_storage_contract import pg_database

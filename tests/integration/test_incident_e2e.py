@@ -3,7 +3,7 @@
 Real: two wheels built from HEAD, ``deploy/local/kis-deploy`` running each release as a detached
 ``kis-estimator serve``, a ``prometheus`` server scraping the service's metrics endpoint every
 second, the Jira emulator reached by the real ``jira`` library through ``build_tracker`` (outbox
-and all), the ``kis-release`` wiring (``workflows.cli.incident_runtime``), the shell rollback
+and all), the ``kis-release`` wiring (``kis_estimator.workflows.cli.incident_runtime``), the shell rollback
 command and the candidate's own smoke suite over gRPC.
 
 The fault is test-only deployment configuration: v2 is installed with ``kis-deploy install
@@ -35,20 +35,20 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.workflows.cli import incident_runtime
+from kis_estimator.workflows.clock import sleep as real_sleep
+from kis_estimator.workflows.incident.criteria import Criterion, build_criteria
+from kis_estimator.workflows.incident.response import ExitCode, current_release, run_watch
+from kis_estimator.workflows.release.estimator_client import PROBE_REQUEST
+from kis_estimator.workflows.release.promote import run_promote
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.build import build_tracker
 from tests.emulators.jira import JiraEmulator
 from tests.integration.test_prometheus import free_port
 from tests.integration.test_release_deploy import Deployment, _build, _deploy, _head, _options
 from tests.unit.test_promtool_rules import prometheus_binary
-from workflows.cli import incident_runtime
-from workflows.clock import sleep as real_sleep
-from workflows.incident.criteria import Criterion, build_criteria
-from workflows.incident.response import ExitCode, current_release, run_watch
-from workflows.release.estimator_client import PROBE_REQUEST
-from workflows.release.promote import run_promote
-from workflows.settings import WorkflowSettings
-from workflows.tracker.build import build_tracker
 
 pytestmark = pytest.mark.slow
 

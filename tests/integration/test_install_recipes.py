@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import Settings
+from kis_estimator.server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy/systemd/kis-estimator.service"
@@ -219,3 +219,101 @@ def test_the_installed_wheel_prices_and_writes_the_quote_document(
         done = run("quote", estimate_id, "-o", name, KIS_TOKEN=token.stdout.strip(), KIS_TARGET=target)
         assert done.returncode == 0, done.stderr
         assert (tmp_path / name).stat().st_size > 1000 and "(verified)" in done.stdout
+
+
+# ------------------------------------------------------------------------- one import namespace
+
+
+def _site_packages(venv: Path) -> Path:
+    out = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return Path(out.stdout.strip())
+
+
+def test_the_wheel_installs_one_top_level_package(clean_venv: Path) -> None:
+    site = _site_packages(clean_venv)
+    (dist_info,) = site.glob("kis_estimator-*.dist-info")
+    installed = {line.split(",")[0].split("/")[0] for line in (dist_info / "RECORD").read_text().splitlines()}
+    assert installed - {dist_info.name, "..", "__pycache__"} == {"kis_estimator"}
+    for typed in ("py.typed", "server/gen/kis/estimator/v1/estimator_pb2.pyi", "client.py"):
+        assert (site / "kis_estimator" / typed).is_file(), typed
+
+
+def test_the_wheel_lives_beside_another_package_named_server(clean_venv: Path, tmp_path: Path) -> None:
+    """A venv that already has top-level ``server`` and ``workflows`` packages keeps both working."""
+    site = _site_packages(clean_venv)
+    for name in ("server", "workflows"):
+        (site / name).mkdir(exist_ok=True)
+        (site / name / "__init__.py").write_text(f"WHO = 'another distribution\\'s {name}'\n")
+    try:
+        probe = subprocess.run(
+            [
+                str(clean_venv / "bin/python"),
+                "-c",
+                "import server, workflows\n"
+                "from kis_estimator.server.cli import main\n"
+                "from kis_estimator.workflows.cli import main as release_main\n"
+                "import kis_estimator.client\n"
+                "print(server.WHO, '|', workflows.WHO)",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.strip() == "another distribution's server | another distribution's workflows"
+        for cli, flag in (("kis-estimator", "--version"), ("kis-release", "--help")):
+            ran = subprocess.run(
+                [str(clean_venv / "bin" / cli), flag],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert ran.returncode == 0, ran.stderr
+    finally:
+        for name in ("server", "workflows"):
+            shutil.rmtree(site / name)
+
+
+def test_the_installed_client_is_typed(clean_venv: Path, tmp_path: Path) -> None:
+    """mypy, pointed at the clean venv, reads the client's types from the wheel (py.typed + .pyi).
+
+    Typed *stub calls* also need grpc's own stubs (the ``typing`` extra: grpc-stubs, types-protobuf);
+    the messages and the client's annotations are typed by the wheel alone.
+    """
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "from kis_estimator.client import CallError, Client, estimator_pb2\n"
+        "reply = estimator_pb2.GetEstimateResponse()\n"
+        "total: int | None = reply.estimate.totals.total_krw\n"
+        "wrong: str = reply.estimate.totals.total_krw\n"
+        "with Client.connect('127.0.0.1:8787', token='t') as kis:\n"
+        "    bundle: bytes = kis.evidence_bundle('est_1')\n"
+        "    also_wrong: int = kis.evidence_bundle('est_1')\n"
+    )
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "mypy"),
+            "--no-incremental",
+            "--python-executable",
+            str(clean_venv / "bin/python"),
+            str(script),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # Exactly the two wrong assignments: an untyped import would make both Any and hide them.
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 2, proc.stdout
+    assert errors[0].startswith("caller.py:4: error: Incompatible types in assignment") and '"int"' in errors[0]
+    assert errors[1].startswith("caller.py:7: error: Incompatible types in assignment") and '"bytes"' in errors[1]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from kis_estimator.workflows.clock import sleep as real_sleep
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.build import build_tracker
+from kis_estimator.workflows.tracker.protocol import DeadLettered, Document, IssueDraft, Section, Text
 from tests.emulators.jira import JiraEmulator
-from workflows.clock import sleep as real_sleep
-from workflows.settings import WorkflowSettings
-from workflows.tracker.build import build_tracker
-from workflows.tracker.protocol import DeadLettered, Document, IssueDraft, Section, Text
 
 USER, TOKEN = "kis-bot", "s3cret"
 
@@ -52,7 +52,11 @@ def _env(jira: JiraEmulator, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def kis_release(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workflows.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "kis_estimator.workflows.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulators.jira import JiraEmulator
-from workflows.settings import WorkflowSettings
-from workflows.tracker.build import build_tracker, run_outbox_flush
-from workflows.tracker.idempotency import idem_label
-from workflows.tracker.jira import JiraConfig, JiraIssueTracker
-from workflows.tracker.outbox import OutboxTracker
-from workflows.tracker.protocol import (
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.build import build_tracker, run_outbox_flush
+from kis_estimator.workflows.tracker.idempotency import idem_label
+from kis_estimator.workflows.tracker.jira import JiraConfig, JiraIssueTracker
+from kis_estimator.workflows.tracker.outbox import OutboxTracker
+from kis_estimator.workflows.tracker.protocol import (
     Attachment,
     Check,
     Document,
@@ -33,7 +32,8 @@ from workflows.tracker.protocol import (
     TrackerError,
     TrackerOptions,
 )
-from workflows.tracker.render import render_wiki
+from kis_estimator.workflows.tracker.render import render_wiki
+from tests.emulators.jira import JiraEmulator
 
 USER, TOKEN = "kis-bot", "s3cret-jira-token"
 CREATE = "POST /rest/api/2/issue"

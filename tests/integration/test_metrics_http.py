@@ -22,16 +22,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.api.servicers import encode_create_response
-from server.engine.request import request_from_dict
-from server.engine.roles import Role
-from server.gen.kis.estimator.v1 import admin_pb2, evidence_pb2, review_pb2
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.main import App
-from server.metrics import Metrics
-from server.metrics_http import start_metrics_http
-from server.service.caller import Caller
+from kis_estimator.server.api.servicers import encode_create_response
+from kis_estimator.server.engine.request import request_from_dict
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2, evidence_pb2, review_pb2
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.main import App
+from kis_estimator.server.metrics import Metrics
+from kis_estimator.server.metrics_http import start_metrics_http
+from kis_estimator.server.service.caller import Caller
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]

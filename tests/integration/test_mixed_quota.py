@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from server.acceptance.runner import Outcome, outcome_of_error
-from server.clock import ManualClock
-from server.engine.months import KST
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.acceptance.runner import Outcome, outcome_of_error
+from kis_estimator.server.clock import ManualClock
+from kis_estimator.server.engine.months import KST
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]

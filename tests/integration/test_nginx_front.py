@@ -111,7 +111,7 @@ def front(tmp_path: Path, replicas: list[Served]) -> Iterator[tuple[str, Path, l
 def _cli(target: str, ca: Path, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "KIS_TOKEN": token, "KIS_TLS_CA": str(ca), "KIS_TARGET": target}
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "kis_estimator.server.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -25,8 +25,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from server.clock import ManualClock
-from workflows.notify import ChannelResult, ChannelStatus, Notifier, NotifyOptions
+from kis_estimator.server.clock import ManualClock
+from kis_estimator.workflows.notify import ChannelResult, ChannelStatus, Notifier, NotifyOptions
 
 NOW = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)
 SUBJECT = "[GA-1.0.0] KIS 견적 API 프로덕션 배포 완료"

@@ -15,13 +15,13 @@ from typing import Any
 import grpc
 import pytest
 
-from server.acceptance.runner import outcome_of_error
-from server.gen.kis.estimator.v1 import admin_pb2, review_pb2
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
-from server.service.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2, review_pb2
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.service.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 from tests.integration.test_server import base
 

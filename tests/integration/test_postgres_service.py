@@ -18,14 +18,14 @@ import grpc
 import psycopg
 import pytest
 
-from server.acceptance.runner import GrpcCaller, Outcome, run_suites
-from server.clock import Clock, ManualClock
-from server.engine.months import KST
-from server.engine.roles import Role
-from server.main import build_app
-from server.settings import Settings
-from server.storage.postgres import PostgresStore
-from server.storage.repository import IdempotencyRecord, StorageError
+from kis_estimator.server.acceptance.runner import GrpcCaller, Outcome, run_suites
+from kis_estimator.server.clock import Clock, ManualClock
+from kis_estimator.server.engine.months import KST
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.main import build_app
+from kis_estimator.server.settings import Settings
+from kis_estimator.server.storage.postgres import PostgresStore
+from kis_estimator.server.storage.repository import IdempotencyRecord, StorageError
 from tests.integration.conftest import Served
 from tests.integration.test_mixed_quota import create, mixed, quota
 from tests.integration.test_storage_contract import T0, make_record, pg_database

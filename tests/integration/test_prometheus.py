@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from server.slo import run_slo_report
+from kis_estimator.server.slo import run_slo_report
 from tests.integration.test_metrics_http import Instrumented, base, start_instrumented
 from tests.unit.test_promtool_rules import PROMTOOL_TIMEOUT_S, RULE_FILES, prometheus_binary
 

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulators.prometheus import PrometheusEmulator, series_fn
-from tests.unit.test_criteria import CASES, DEPLOYED_AT, NOW, Case, run_case
-from workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict, evaluate
-from workflows.prometheus.client import (
+from kis_estimator.workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict, evaluate
+from kis_estimator.workflows.prometheus.client import (
     InstantResult,
     PrometheusSource,
     QueryError,
@@ -30,6 +28,8 @@ from workflows.prometheus.client import (
     Sample,
     Series,
 )
+from tests.emulators.prometheus import PrometheusEmulator, series_fn
+from tests.unit.test_criteria import CASES, DEPLOYED_AT, NOW, Case, run_case
 
 T0 = DEPLOYED_AT
 START, END = T0, T0 + timedelta(seconds=45)

@@ -23,10 +23,10 @@ import openpyxl
 import pytest
 from google.protobuf import json_format
 
-from server.api.quote.pdf import FontMissing, find_font
-from server.api.quote.words import amount_in_words
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.api.quote.pdf import FontMissing, find_font
+from kis_estimator.server.api.quote.words import amount_in_words
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,7 +261,7 @@ def test_the_cli_writes_the_document_it_names(served: Served, tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "kis_estimator.server.cli",
             "quote",
             estimate.estimate_id,
             "-o",
@@ -281,7 +281,15 @@ def test_the_cli_writes_the_document_it_names(served: Served, tmp_path: Path) ->
     cover = dict(r[:2] for r in _sheet_rows(out.read_bytes(), "표지"))
     assert cover["합계 (숫자)"] == 495_385 and amount_in_words(495_385) in cover["합계 금액"]
     bad = subprocess.run(
-        [sys.executable, "-m", "server.cli", "quote", estimate.estimate_id, "-o", str(tmp_path / "q.doc")],
+        [
+            sys.executable,
+            "-m",
+            "kis_estimator.server.cli",
+            "quote",
+            estimate.estimate_id,
+            "-o",
+            str(tmp_path / "q.doc"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

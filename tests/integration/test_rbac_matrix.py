@@ -12,16 +12,16 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from server.acceptance.runner import outcome_of_error
-from server.engine.roles import ALLOWED_ROLES, Role
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.engine.roles import ALLOWED_ROLES, Role
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,8 +138,8 @@ WHO = ["ADMIN", "ESTIMATOR", "VIEWER", "NONE", "UNKNOWN", "REVOKED"]
 
 
 def test_every_rpc_of_every_service_is_in_the_matrix() -> None:
-    from server.api.server import SERVICE_NAMES
-    from server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2
+    from kis_estimator.server.api.server import SERVICE_NAMES
+    from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2, estimator_pb2, evidence_pb2, review_pb2
 
     methods = set()
     for module in (estimator_pb2, review_pb2, evidence_pb2, admin_pb2):

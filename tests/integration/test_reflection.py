@@ -17,8 +17,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 from grpc_reflection.v1alpha import reflection_pb2_grpc as v1alpha_grpc
 
-from server.gen.grpc.reflection.v1 import reflection_pb2 as v1_pb2
-from server.gen.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
+from kis_estimator.server.gen.grpc.reflection.v1 import reflection_pb2 as v1_pb2
+from kis_estimator.server.gen.grpc.reflection.v1 import reflection_pb2_grpc as v1_grpc
 from tests.integration.conftest import TIMEOUT_S, Served
 
 API_SERVICES = {

@@ -18,16 +18,16 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from server.acceptance.runner import Outcome, outcome_of_error
-from server.clock import ManualClock
-from server.engine.audit import AuditDraft, AuditEvent
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.service.denials import DenialAudit
-from server.storage.repository import AuditFilter
-from server.storage.sqlite import SqliteStore
+from kis_estimator.server.acceptance.runner import Outcome, outcome_of_error
+from kis_estimator.server.clock import ManualClock
+from kis_estimator.server.engine.audit import AuditDraft, AuditEvent
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.service.denials import DenialAudit
+from kis_estimator.server.storage.repository import AuditFilter
+from kis_estimator.server.storage.sqlite import SqliteStore
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 BUNDLE = "/kis.estimator.v1.EvidenceService/GetEvidenceBundle"

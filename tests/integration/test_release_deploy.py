@@ -26,13 +26,17 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from workflows.clock import SystemClock
-from workflows.clock import sleep as real_sleep
-from workflows.release.artifacts import BuildOptions, BuildResult, build_release
-from workflows.release.estimator_client import PROBE_REQUEST, CandidateAcceptanceRunner, GrpcEstimatorClient
-from workflows.release.promote import (
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.workflows.clock import SystemClock
+from kis_estimator.workflows.clock import sleep as real_sleep
+from kis_estimator.workflows.release.artifacts import BuildOptions, BuildResult, build_release
+from kis_estimator.workflows.release.estimator_client import (
+    PROBE_REQUEST,
+    CandidateAcceptanceRunner,
+    GrpcEstimatorClient,
+)
+from kis_estimator.workflows.release.promote import (
     PromoteDeps,
     PromoteOptions,
     PromotionStatus,
@@ -40,9 +44,9 @@ from workflows.release.promote import (
     promote,
     run_promote,
 )
-from workflows.settings import WorkflowSettings
-from workflows.templates import deploy_idempotency_key
-from workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.templates import deploy_idempotency_key
+from kis_estimator.workflows.tracker.files import FileIssueTracker
 
 pytestmark = pytest.mark.slow
 

@@ -43,14 +43,14 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from server.acceptance.runner import outcome_of_error
-from server.engine.months import kst_month_of
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.engine.months import kst_month_of
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from tests.integration.conftest import TIMEOUT_S
 from tests.integration.test_postgres_service import EVIDENCE_KEYS
 from tests.integration.test_prometheus import free_port
@@ -58,7 +58,7 @@ from tests.integration.test_storage_contract import pg_database
 from tests.integration.test_store_outage import Relay
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "server.cli"]
+CLI = [sys.executable, "-m", "kis_estimator.server.cli"]
 MIXED = {  # case M31's request
     "brand": "MIXED",
     "mixed_reason": "Customer supplies the LS main breaker spec; branches SANGDO",

@@ -15,15 +15,15 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from server.acceptance.runner import outcome_of_error
-from server.cli import main
-from server.clock import ManualClock
-from server.engine.months import KST
-from server.engine.roles import Role
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import review_pb2 as review_pb
-from server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.cli import main
+from kis_estimator.server.clock import ManualClock
+from kis_estimator.server.engine.months import KST
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
+from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]

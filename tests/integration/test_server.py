@@ -14,9 +14,9 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from server.acceptance.runner import Outcome, outcome_of_error
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.acceptance.runner import Outcome, outcome_of_error
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 BASE: dict[str, Any] = json.loads((Path(__file__).parents[2] / "server/acceptance/base.json").read_text())
@@ -387,10 +387,10 @@ def test_graceful_stop_loses_nothing_that_was_accepted(tmp_path: Path) -> None:
 
 
 def test_a_caller_that_gave_up_gets_nothing_stored(fresh: Served) -> None:
-    from server.api.servicers import encode_create_response
-    from server.engine.request import request_from_dict
-    from server.service.caller import Caller
-    from server.service.estimates import CallAbandoned
+    from kis_estimator.server.api.servicers import encode_create_response
+    from kis_estimator.server.engine.request import request_from_dict
+    from kis_estimator.server.service.caller import Caller
+    from kis_estimator.server.service.estimates import CallAbandoned
 
     principal = fresh.app.deps.tokens.authenticate(fresh.tokens["ESTIMATOR"])
     request = request_from_dict({**BASE, "request_id": "gone", "meta": {"dedup_key": "gone"}})

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server import build_info as build_info_module
-from server.engine.model import RULES_VERSION
-from server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
-from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
+from kis_estimator.server import build_info as build_info_module
+from kis_estimator.server.engine.model import RULES_VERSION
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
 from tests.integration.conftest import TIMEOUT_S, Served
 
 REPO = Path(__file__).resolve().parents[2]

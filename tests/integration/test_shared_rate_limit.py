@@ -16,16 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from server.acceptance.runner import outcome_of_error
-from server.engine.roles import Role
-from server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
-from server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
-from server.main import build_app
-from server.service.rate_limit import RateLimiter
-from server.service.shared_rate_limit import SharedRateLimiter
-from server.settings import Settings
-from server.storage.postgres import PostgresStore
-from server.storage.repository import StorageError
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.engine.roles import Role
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
+from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
+from kis_estimator.server.main import build_app
+from kis_estimator.server.service.rate_limit import RateLimiter
+from kis_estimator.server.service.shared_rate_limit import SharedRateLimiter
+from kis_estimator.server.settings import Settings
+from kis_estimator.server.storage.postgres import PostgresStore
+from kis_estimator.server.storage.repository import StorageError
 from tests.integration.conftest import TIMEOUT_S, Served
 from tests.integration.test_postgres_service import EVIDENCE_KEYS
 from tests.integration.test_storage_contract import pg_database

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.storage.migrate import Migration, load_migrations, migrate_sqlite, split_statements
-from server.storage.repository import StorageError
-from server.storage.sqlite import SqliteStore
+from kis_estimator.server.storage.migrate import Migration, load_migrations, migrate_sqlite, split_statements
+from kis_estimator.server.storage.repository import StorageError
+from kis_estimator.server.storage.sqlite import SqliteStore
 
 T0 = datetime(2025, 10, 1, tzinfo=UTC)
 

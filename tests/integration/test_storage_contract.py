@@ -1,4 +1,4 @@
-"""The storage contract: every backend behind ``server.storage.repository`` passes this suite.
+"""The storage contract: every backend behind ``kis_estimator.server.storage.repository`` passes this suite.
 
 Backends come from the ``backend`` fixture (``params=["sqlite", "postgres"]``). The PostgreSQL
 backend gives each test a fresh database on the server of ``KIS_TEST_DATABASE_URL`` (default
@@ -29,10 +29,17 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from server.engine import audit
-from server.engine.audit import GENESIS_HASH, AuditDraft, AuditEvent, ChainBreak, event_hash, verify_chain
-from server.engine.codec import stored_request
-from server.engine.model import (
+from kis_estimator.server.engine import audit
+from kis_estimator.server.engine.audit import (
+    GENESIS_HASH,
+    AuditDraft,
+    AuditEvent,
+    ChainBreak,
+    event_hash,
+    verify_chain,
+)
+from kis_estimator.server.engine.codec import stored_request
+from kis_estimator.server.engine.model import (
     RULES_VERSION,
     BreakerLine,
     Decision,
@@ -46,11 +53,11 @@ from server.engine.model import (
     Status,
     Totals,
 )
-from server.engine.records import EstimateRecord
-from server.engine.request import request_hash
-from server.storage.migrate import POSTGRES_MIGRATIONS, SchemaVersionError, load_migrations
-from server.storage.postgres import PostgresStore
-from server.storage.repository import (
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.engine.request import request_hash
+from kis_estimator.server.storage.migrate import POSTGRES_MIGRATIONS, SchemaVersionError, load_migrations
+from kis_estimator.server.storage.postgres import PostgresStore
+from kis_estimator.server.storage.repository import (
     AuditFilter,
     DuplicateKeyError,
     EstimateCursor,
@@ -63,7 +70,7 @@ from server.storage.repository import (
     Store,
     TokenRecord,
 )
-from server.storage.sqlite import SqliteStore
+from kis_estimator.server.storage.sqlite import SqliteStore
 
 T0 = datetime(2025, 10, 1, 3, 4, 5, 123456, tzinfo=UTC)
 JOIN_TIMEOUT_S = 60.0

@@ -17,11 +17,11 @@ import pytest
 from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.acceptance.runner import outcome_of_error
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.storage.repository import AuditFilter
-from server.storage.sqlite import SqliteStore
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.storage.repository import AuditFilter
+from kis_estimator.server.storage.sqlite import SqliteStore
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 from tests.integration.test_evidence_api import _s01, create
 from tests.integration.test_postgres_service import start_on_postgres

@@ -21,9 +21,9 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.acceptance.runner import outcome_of_error
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from tests.integration.conftest import TIMEOUT_S, Served
 from tests.integration.test_postgres_service import start_on_postgres
 from tests.integration.test_storage_contract import pg_database

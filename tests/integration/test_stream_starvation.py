@@ -27,11 +27,11 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server.acceptance.runner import outcome_of_error
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 from tests.integration.test_refusal_audit import downloads
 

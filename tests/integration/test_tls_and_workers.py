@@ -24,9 +24,9 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import server_info_pb2, server_info_pb2_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2, server_info_pb2_grpc
 from tests.integration.conftest import TIMEOUT_S, start_app
 from tests.integration.test_prometheus import free_port
 from tests.integration.test_replicas_exact import MIXED
@@ -57,7 +57,7 @@ def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(pki: Pki, tm
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         env = {"PATH": "/usr/bin:/bin", "KIS_TOKEN": served.tokens["ESTIMATOR"], "KIS_TLS_CA": str(pki.ca)}
         done = subprocess.run(
-            [sys.executable, "-m", "server.cli", "estimate", str(EXAMPLE_FILE), "--dry-run",
+            [sys.executable, "-m", "kis_estimator.server.cli", "estimate", str(EXAMPLE_FILE), "--dry-run",
              "--target", served.address],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
@@ -86,7 +86,7 @@ def test_mutual_tls_requires_a_client_certificate_signed_by_the_client_ca(pki: P
 
 
 def test_half_a_tls_configuration_is_refused() -> None:
-    from server.settings import Settings, SettingsError
+    from kis_estimator.server.settings import Settings, SettingsError
 
     with pytest.raises(SettingsError, match="go together"):
         Settings(tls_cert=Path("cert.pem"))
@@ -109,7 +109,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes],
         "KIS_METRICS_ADDRESS": f"127.0.0.1:{metrics}",
     }
     (tmp_path / "data").mkdir()
-    cli = [sys.executable, "-m", "server.cli"]
+    cli = [sys.executable, "-m", "kis_estimator.server.cli"]
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [*cli, "serve", "--workers", "2", "--listen", f"127.0.0.1:{port}"],

@@ -11,7 +11,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.storage.sqlite import SqliteStore
+from kis_estimator.server.storage.sqlite import SqliteStore
 
 T0 = datetime(2026, 12, 3, tzinfo=UTC)
 LIMIT = 256 * 1024

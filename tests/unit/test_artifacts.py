@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.catalog import DEFAULT_CATALOG_DIR
-from server.engine.catalog import catalog_version as engine_catalog_version
-from server.engine.model import RULES_VERSION
-from workflows.release.artifacts import (
+from kis_estimator.server.engine.catalog import DEFAULT_CATALOG_DIR
+from kis_estimator.server.engine.catalog import catalog_version as engine_catalog_version
+from kis_estimator.server.engine.model import RULES_VERSION
+from kis_estimator.workflows.release.artifacts import (
     CATALOG_FILES,
     ArtifactInfo,
     Mismatch,

@@ -1,4 +1,5 @@
-"""The audit hash chain (server.engine.audit): canonical hashing, draft validation, verify_chain."""
+"""The audit hash chain (kis_estimator.server.engine.audit): canonical hashing, draft validation,
+verify_chain."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from server.engine import audit
-from server.engine.audit import (
+from kis_estimator.server.engine import audit
+from kis_estimator.server.engine.audit import (
     GENESIS_HASH,
     AuditAction,
     AuditDraft,

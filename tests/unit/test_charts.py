@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from workflows.charts import breach_chart_png, latency_chart_png
+from kis_estimator.workflows.charts import breach_chart_png, latency_chart_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T0 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)
@@ -83,7 +83,7 @@ def test_breach_chart_rejects_mixed_x_values() -> None:
 def test_hangul_is_drawn_with_the_hangul_font_not_question_marks() -> None:
     import warnings
 
-    from workflows import charts
+    from kis_estimator.workflows import charts
 
     if not any(p.is_file() for p in charts.HANGUL_FONTS):
         pytest.skip("no Hangul font installed (make setup installs fonts-nanum)")

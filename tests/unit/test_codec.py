@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.engine.codec import (
+from kis_estimator.server.engine.codec import (
     DocumentError,
     datetime_from_text,
     datetime_to_text,
@@ -23,7 +23,7 @@ from server.engine.codec import (
     record_to_document,
     stored_request,
 )
-from server.engine.model import (
+from kis_estimator.server.engine.model import (
     RULES_VERSION,
     AccessoryLine,
     BreakerLine,
@@ -43,8 +43,8 @@ from server.engine.model import (
     Totals,
     Warning,
 )
-from server.engine.records import EstimateRecord
-from server.engine.request import request_hash
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.engine.request import request_hash
 
 CATALOG_VERSION = "fa2a610274db308fa4fe87e661952877f7e19ad3cdc53598f1a90f97898f4597"
 ACCEPTED = datetime(2025, 10, 1, 3, 4, 5, 123456, tzinfo=UTC)

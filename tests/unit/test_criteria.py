@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulators.prometheus import PrometheusEmulator, series_fn
-from workflows.incident.criteria import (
+from kis_estimator.workflows.incident.criteria import (
     DEFAULT_CRITERIA,
     MIB,
     CheckKind,
@@ -35,8 +34,9 @@ from workflows.incident.criteria import (
     evaluate,
     least_squares,
 )
-from workflows.prometheus.client import PrometheusSource
-from workflows.tracker.protocol import TrackerError
+from kis_estimator.workflows.prometheus.client import PrometheusSource
+from kis_estimator.workflows.tracker.protocol import TrackerError
+from tests.emulators.prometheus import PrometheusEmulator, series_fn
 
 DEPLOYED_AT = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # the notice's 2025-09-23 12:00:00 KST
 D = DEPLOYED_AT.timestamp()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.metrics import Metrics, StoreGauges, StoreGaugesCollector
+from kis_estimator.server.metrics import Metrics, StoreGauges, StoreGaugesCollector
 from tests.unit.test_promtool_rules import PROMTOOL_TIMEOUT_S, RULE_FILES, prometheus_binary
 
 ROOT = Path(__file__).resolve().parents[2]

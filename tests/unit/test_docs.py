@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from server.acceptance.cases import build_request, load_cases
-from server.api.status import status_code_of
-from server.engine.catalog import Catalog, load_catalog
-from server.engine.errors import ErrorCode, kind_of
-from server.engine.estimate import price_estimate
-from server.engine.messages import TEMPLATES
-from server.engine.model import Quote, Resolution
-from server.engine.request import request_from_dict
-from server.engine.validation import validate_request
+from kis_estimator.server.acceptance.cases import build_request, load_cases
+from kis_estimator.server.api.status import status_code_of
+from kis_estimator.server.engine.catalog import Catalog, load_catalog
+from kis_estimator.server.engine.errors import ErrorCode, kind_of
+from kis_estimator.server.engine.estimate import price_estimate
+from kis_estimator.server.engine.messages import TEMPLATES
+from kis_estimator.server.engine.model import Quote, Resolution
+from kis_estimator.server.engine.request import request_from_dict
+from kis_estimator.server.engine.validation import validate_request
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DOC = ROOT / "docs" / "pricing-rules.md"

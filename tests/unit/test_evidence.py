@@ -23,13 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.engine.catalog import CATALOG_FILES, DEFAULT_CATALOG_DIR, Catalog, load_catalog
-from server.engine.codec import record_from_document, record_to_document
-from server.engine.estimate import price_estimate
-from server.engine.model import CatalogRowRef, Resolution, RuleApplication, Status
-from server.engine.records import EstimateRecord
-from server.engine.request import canonical_request, request_from_dict, request_hash
-from server.evidence.bundle import (
+from kis_estimator.server.engine.catalog import CATALOG_FILES, DEFAULT_CATALOG_DIR, Catalog, load_catalog
+from kis_estimator.server.engine.codec import record_from_document, record_to_document
+from kis_estimator.server.engine.estimate import price_estimate
+from kis_estimator.server.engine.model import CatalogRowRef, Resolution, RuleApplication, Status
+from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.engine.request import canonical_request, request_from_dict, request_hash
+from kis_estimator.server.evidence.bundle import (
     CONTENT_PATHS,
     EvidenceBundle,
     EvidenceError,
@@ -38,8 +38,14 @@ from server.evidence.bundle import (
     evidence_timestamp,
     write_zip,
 )
-from server.evidence.signing import KeyRing, ManifestSigner, Signature, SignatureStatus, parse_keyring
-from server.evidence.verify import MAX_ENTRY_BYTES, FindingCode, verify_bundle
+from kis_estimator.server.evidence.signing import (
+    KeyRing,
+    ManifestSigner,
+    Signature,
+    SignatureStatus,
+    parse_keyring,
+)
+from kis_estimator.server.evidence.verify import MAX_ENTRY_BYTES, FindingCode, verify_bundle
 
 CASES_DIR = Path(__file__).resolve().parents[2] / "server" / "acceptance" / "cases"
 ACCEPTED = datetime(2025, 10, 1, 3, 4, 5, 987654, tzinfo=UTC)
@@ -857,6 +863,6 @@ def test_evidence_imports_only_the_stdlib_and_the_engine() -> None:
                 f"{path.name}:{lineno} imports {name}"
                 for lineno, name in found
                 if name.split(".")[0] not in sys.stdlib_module_names
-                and not name.startswith(("server.engine", "server.evidence"))
+                and not name.startswith(("kis_estimator.server.engine", "kis_estimator.server.evidence"))
             ]
     assert bad == []

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from workflows.tracker.files import FileIssueTracker
-from workflows.tracker.idempotency import idem_label
-from workflows.tracker.protocol import (
+from kis_estimator.workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.tracker.idempotency import idem_label
+from kis_estimator.workflows.tracker.protocol import (
     Attachment,
     Check,
     Document,

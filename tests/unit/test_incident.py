@@ -15,10 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.emulators.prometheus import PrometheusEmulator
-from tests.unit import test_promote as tp
-from workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict
-from workflows.incident.response import (
+from kis_estimator.workflows.incident.criteria import DEFAULT_CRITERIA, IncidentLedger, Verdict
+from kis_estimator.workflows.incident.response import (
     PAGE_LABELS,
     PAGE_PRIORITY,
     Action,
@@ -35,9 +33,9 @@ from workflows.incident.response import (
     signal_from_evaluation,
     watch_once,
 )
-from workflows.prometheus.client import PrometheusSource
-from workflows.release.artifacts import ArtifactInfo, ReleaseManifest
-from workflows.release.estimator_client import (
+from kis_estimator.workflows.prometheus.client import PrometheusSource
+from kis_estimator.workflows.release.artifacts import ArtifactInfo, ReleaseManifest
+from kis_estimator.workflows.release.estimator_client import (
     BurstResult,
     EstimatorClient,
     HealthResult,
@@ -45,7 +43,7 @@ from workflows.release.estimator_client import (
     ServerInfo,
     SuiteResult,
 )
-from workflows.release.promote import (
+from kis_estimator.workflows.release.promote import (
     CommandLine,
     CommandOutcome,
     PromoteDeps,
@@ -53,9 +51,11 @@ from workflows.release.promote import (
     PromotionStatus,
     promote,
 )
-from workflows.settings import WorkflowSettings
-from workflows.tracker.files import FileIssueTracker
-from workflows.tracker.protocol import IssueRef, TrackerOptions
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.tracker.protocol import IssueRef, TrackerOptions
+from tests.emulators.prometheus import PrometheusEmulator
+from tests.unit import test_promote as tp
 
 T_V1 = datetime(2025, 9, 23, 2, 0, tzinfo=UTC)
 T_V2 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # the notice's 2025-09-23 12:00:00 KST
@@ -652,9 +652,9 @@ def test_refused_promotion_files_its_rollback_issue_through_on_refused(tmp_path:
 
 
 def test_a_pending_issue_key_is_resolved_once_an_outbox_flush_filed_it(world: World) -> None:
+    from kis_estimator.workflows.incident.response import Signal, SignalSource
+    from kis_estimator.workflows.tracker.outbox import OutboxTracker
     from tests.unit.test_outbox import Switchable
-    from workflows.incident.response import Signal, SignalSource
-    from workflows.tracker.outbox import OutboxTracker
 
     switch = Switchable(world.tracker)
     outbox = OutboxTracker(switch, world.tmp / "outbox")

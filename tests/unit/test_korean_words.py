@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.api.quote.words import MAX_AMOUNT, amount_in_words, quote_amount_text
+from kis_estimator.server.api.quote.words import MAX_AMOUNT, amount_in_words, quote_amount_text
 
 
 @pytest.mark.parametrize(

@@ -46,20 +46,26 @@ def _violations(package: str, allowed: tuple[str, ...], banned_names: tuple[str,
 
 def test_engine_imports_only_stdlib_and_itself() -> None:
     banned = ("sqlite3", "os.environ", "datetime.now", "time.time(", "time.monotonic")
-    assert _violations("server.engine", ("server.engine",), banned) == []
+    assert _violations("kis_estimator.server.engine", ("kis_estimator.server.engine",), banned) == []
 
 
 def test_evidence_imports_only_stdlib_the_engine_and_itself() -> None:
-    assert _violations("server.evidence", ("server.engine", "server.evidence")) == []
+    assert (
+        _violations(
+            "kis_estimator.server.evidence", ("kis_estimator.server.engine", "kis_estimator.server.evidence")
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize("package", ["server.storage", "server.evidence"])
+@pytest.mark.parametrize("package", ["kis_estimator.server.storage", "kis_estimator.server.evidence"])
 def test_storage_never_reaches_the_api_or_grpc(package: str) -> None:
     bad = [
         f"{p.relative_to(ROOT)}:{n} imports {m}"
         for p in _modules(package)
         for n, m in _imports(p)
-        if m.split(".")[0] in {"grpc", "google"} or m.startswith(("server.api", "server.gen"))
+        if m.split(".")[0] in {"grpc", "google"}
+        or m.startswith(("kis_estimator.server.api", "kis_estimator.server.gen"))
     ]
     assert bad == []
 
@@ -73,8 +79,43 @@ def test_only_the_api_touches_generated_code_and_grpc_status() -> None:
         if rel.startswith(allowed_dirs):
             continue
         bad += [
-            f"{rel}:{n} imports {m}" for n, m in _imports(path) if m.startswith(("server.gen", "grpc_status"))
+            f"{rel}:{n} imports {m}"
+            for n, m in _imports(path)
+            if m.startswith(("kis_estimator.server.gen", "grpc_status", "kis_estimator.client"))
         ]
+    assert bad == []
+
+
+def test_the_python_client_needs_only_the_generated_code() -> None:
+    bad = [
+        f"client.py:{n} imports {m}"
+        for n, m in _imports(ROOT / "kis_estimator" / "client.py")
+        if m.split(".")[0] not in STDLIB | {"__future__", "grpc", "grpc_health", "grpc_status", "google"}
+        and not m.startswith("kis_estimator.server.gen.")
+    ]
+    assert bad == []
+
+
+def test_everything_imports_the_one_namespace() -> None:
+    """Nothing imports ``server`` or ``workflows`` as top-level packages: in the wheel they exist only
+    as ``kis_estimator.server`` and ``kis_estimator.workflows`` (a top-level import would load a second
+    copy of a module in the checkout, and fail, or load another distribution's package, when installed)."""
+    sources = [
+        *ROOT.glob("kis_estimator/*.py"),
+        *(
+            p
+            for top in ("server", "workflows", "tests", "bench", "tools")
+            for p in (ROOT / top).rglob("*.py")
+        ),
+        ROOT / "deploy/local/kis-estimator-fault",
+    ]
+    bad = [
+        f"{p.relative_to(ROOT)}:{n} imports {m}"
+        for p in sources
+        for n, m in _imports(p)
+        if m.split(".")[0] in {"server", "workflows"}
+    ]
+    assert len(sources) > 200
     assert bad == []
 
 

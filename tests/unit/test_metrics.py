@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.api.metrics_interceptor import MetricsInterceptor, services_of
-from server.engine.errors import ErrorCode
-from server.gen.kis.estimator.v1 import estimator_pb2, evidence_pb2
-from server.metrics import GRPC_LATENCY_BUCKETS_S, Metrics, StoreGauges, StoreGaugesCollector
+from kis_estimator.server.api.metrics_interceptor import MetricsInterceptor, services_of
+from kis_estimator.server.engine.errors import ErrorCode
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2, evidence_pb2
+from kis_estimator.server.metrics import GRPC_LATENCY_BUCKETS_S, Metrics, StoreGauges, StoreGaugesCollector
 
 SERVICE = "kis.estimator.v1.EstimatorService"
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from server.engine.months import KST, kst_month_of, month_bounds_utc, parse_month
-from server.service.rate_limit import RateLimiter, peer_key
+from kis_estimator.server.engine.months import KST, kst_month_of, month_bounds_utc, parse_month
+from kis_estimator.server.service.rate_limit import RateLimiter, peer_key
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from workflows.settings import WorkflowSettings
-from workflows.tracker.build import build_tracker, run_outbox_flush
-from workflows.tracker.files import FileIssueTracker
-from workflows.tracker.idempotency import idem_hash
-from workflows.tracker.jira import JiraIssueTracker
-from workflows.tracker.outbox import FlushReport, OutboxTracker
-from workflows.tracker.protocol import (
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.build import build_tracker, run_outbox_flush
+from kis_estimator.workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.tracker.idempotency import idem_hash
+from kis_estimator.workflows.tracker.jira import JiraIssueTracker
+from kis_estimator.workflows.tracker.outbox import FlushReport, OutboxTracker
+from kis_estimator.workflows.tracker.protocol import (
     Attachment,
     Check,
     Code,
@@ -29,7 +29,7 @@ from workflows.tracker.protocol import (
     Text,
     TrackerError,
 )
-from workflows.tracker.render import render_markdown
+from kis_estimator.workflows.tracker.render import render_markdown
 
 BODY = Document(
     (

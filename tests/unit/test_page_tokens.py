@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from server.engine.errors import DomainError, ErrorCode
-from server.evidence.signing import parse_keyring
-from server.service.paging import MAX_TOKEN_CHARS, PAGE_TOKEN_KEY_PURPOSE, TAG_BYTES, PageTokens
-from server.storage.repository import EstimateCursor
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.evidence.signing import parse_keyring
+from kis_estimator.server.service.paging import MAX_TOKEN_CHARS, PAGE_TOKEN_KEY_PURPOSE, TAG_BYTES, PageTokens
+from kis_estimator.server.storage.repository import EstimateCursor
 
 KEY = b"k" * 32
 CURSOR = EstimateCursor(datetime(2025, 10, 1, 3, 4, 5, 123456, tzinfo=UTC), "est_0123456789abcdef0123")

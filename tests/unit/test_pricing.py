@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.engine.catalog import Catalog, load_catalog
-from server.engine.estimate import price_estimate
-from server.engine.model import (
+from kis_estimator.server.engine.catalog import Catalog, load_catalog
+from kis_estimator.server.engine.estimate import price_estimate
+from kis_estimator.server.engine.model import (
     CatalogRowRef,
     Decision,
     PhaseBalance,
@@ -27,9 +27,9 @@ from server.engine.model import (
     Status,
     Totals,
 )
-from server.engine.phase_balance import _half_up_2_of_ratio, half_up_2, phase_balance
-from server.engine.pricing import busbar_kg, half_up_100, steps, vat_krw
-from server.engine.request import request_from_dict
+from kis_estimator.server.engine.phase_balance import _half_up_2_of_ratio, half_up_2, phase_balance
+from kis_estimator.server.engine.pricing import busbar_kg, half_up_100, steps, vat_krw
+from kis_estimator.server.engine.request import request_from_dict
 
 CASES_DIR = Path(__file__).resolve().parents[2] / "server" / "acceptance" / "cases"
 

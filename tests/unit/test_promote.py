@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from workflows.prometheus.client import InstantResult, RangeResult, Sample, Series
-from workflows.release.artifacts import ArtifactInfo, ReleaseManifest
-from workflows.release.estimator_client import (
+from kis_estimator.workflows.prometheus.client import InstantResult, RangeResult, Sample, Series
+from kis_estimator.workflows.release.artifacts import ArtifactInfo, ReleaseManifest
+from kis_estimator.workflows.release.estimator_client import (
     BurstResult,
     HealthResult,
     ProbeResult,
@@ -23,7 +23,7 @@ from workflows.release.estimator_client import (
     parse_suite_report,
     percentile,
 )
-from workflows.release.promote import (
+from kis_estimator.workflows.release.promote import (
     CommandLine,
     CommandOutcome,
     PromoteDeps,
@@ -33,10 +33,10 @@ from workflows.release.promote import (
     promote,
     run_promote,
 )
-from workflows.settings import WorkflowSettings
-from workflows.templates import deploy_idempotency_key
-from workflows.tracker.files import FileIssueTracker
-from workflows.tracker.protocol import Document, IssueDraft, IssueRef, TrackerError
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.templates import deploy_idempotency_key
+from kis_estimator.workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.tracker.protocol import Document, IssueDraft, IssueRef, TrackerError
 
 T0 = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)
 CATALOG = "f" * 64
@@ -421,8 +421,8 @@ def test_tracker_outage_keeps_the_promotion_and_a_rerun_files_the_issue(release:
 def test_a_pending_deploy_issue_key_is_replaced_once_a_flush_filed_it(
     release: Release, tmp_path: Path
 ) -> None:
+    from kis_estimator.workflows.tracker.outbox import OutboxTracker
     from tests.unit.test_outbox import Switchable
-    from workflows.tracker.outbox import OutboxTracker
 
     switch = Switchable(release.tracker)
     outbox = OutboxTracker(switch, tmp_path / "outbox")
@@ -534,7 +534,7 @@ def test_a_new_promotion_sends_the_korean_notice_and_a_rerun_does_not(release: R
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from workflows.cli import _notify
+    from kis_estimator.workflows.cli import _notify
 
     received: list[bytes] = []
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 
-from server.api.reflection import V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME
-from server.gen.grpc.reflection.v1 import reflection_pb2 as v1_pb2
+from kis_estimator.server.api.reflection import V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME
+from kis_estimator.server.gen.grpc.reflection.v1 import reflection_pb2 as v1_pb2
 
 
 def _shape(file: descriptor_pb2.FileDescriptorProto) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""The release record module and the one error path of ``kis-release`` (workflows.errors)."""
+"""The release record module and the one error path of ``kis-release`` (kis_estimator.workflows.errors)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from workflows.cli import main
-from workflows.errors import WorkflowError
-from workflows.release.record import (
+from kis_estimator.workflows.cli import main
+from kis_estimator.workflows.errors import WorkflowError
+from kis_estimator.workflows.release.record import (
     SCHEMA,
     StateFileError,
     promoted_records,
@@ -18,8 +18,8 @@ from workflows.release.record import (
     record_path,
     write_record,
 )
-from workflows.settings import WorkflowSettingsError
-from workflows.tracker.protocol import TrackerError
+from kis_estimator.workflows.settings import WorkflowSettingsError
+from kis_estimator.workflows.tracker.protocol import TrackerError
 
 
 def test_a_record_round_trips_with_its_schema_and_typed_fields(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workflows.tracker.protocol import Check, Code, Document, Field, Section, Text
-from workflows.tracker.render import escape_markdown, escape_wiki, render_markdown, render_wiki
+from kis_estimator.workflows.tracker.protocol import Check, Code, Document, Field, Section, Text
+from kis_estimator.workflows.tracker.render import escape_markdown, escape_wiki, render_markdown, render_wiki
 
 DEPLOY = Document(
     (

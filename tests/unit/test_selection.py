@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.catalog import Catalog, load_catalog
-from server.engine.selection import Gap, LineRequest, effective_brand, select_line, select_lines
+from kis_estimator.server.engine.catalog import Catalog, load_catalog
+from kis_estimator.server.engine.selection import Gap, LineRequest, effective_brand, select_line, select_lines
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import WORKFLOW_PREFIXES, ClientSettings, Settings, SettingsError
-from workflows.settings import PREFIXES, WorkflowSettings, WorkflowSettingsError
+from kis_estimator.server.settings import WORKFLOW_PREFIXES, ClientSettings, Settings, SettingsError
+from kis_estimator.workflows.settings import PREFIXES, WorkflowSettings, WorkflowSettingsError
 
 
 def test_defaults_run_out_of_the_box() -> None:

@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 
-from server.engine.enclosure_sizing import (
+from kis_estimator.server.engine.enclosure_sizing import (
     BranchRow,
     UnitType,
     ceil100,
@@ -19,7 +19,7 @@ from server.engine.enclosure_sizing import (
     term_e,
     width_mm,
 )
-from server.engine.model import Sizing
+from kis_estimator.server.engine.model import Sizing
 
 # ---------------------------------------------------------------- §7.1 F(AT)
 

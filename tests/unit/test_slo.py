@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from server.slo import (
+from kis_estimator.server.slo import (
     TARGETS,
     PrometheusApi,
     SloError,

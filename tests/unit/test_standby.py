@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from server.clock import ManualClock
-from workflows.release.standby import (
+from kis_estimator.server.clock import ManualClock
+from kis_estimator.workflows.release.standby import (
     ProcessStandbyChecks,
     SloReading,
     StandbyOptions,
@@ -20,8 +20,8 @@ from workflows.release.standby import (
     run_standby,
     wait_until_by_sleeping,
 )
-from workflows.tracker.protocol import Attachment, Document, IssueDraft, IssueRef, TrackerError
-from workflows.tracker.render import render_markdown
+from kis_estimator.workflows.tracker.protocol import Attachment, Document, IssueDraft, IssueRef, TrackerError
+from kis_estimator.workflows.tracker.render import render_markdown
 
 DEPLOYED_AT = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # 12:00:00 KST
 ISSUE = "KIS-42"

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from server.api.streams import StreamGuard
-from server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.api.streams import StreamGuard
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
 
 
 @dataclass
@@ -95,7 +95,7 @@ def test_bounds_below_one_are_refused() -> None:
 def test_the_stream_pool_runs_at_most_its_slots_and_refuses_the_rest_at_once() -> None:
     import threading
 
-    from server.api.streams import StreamPool, refused_here
+    from kis_estimator.server.api.streams import StreamPool, refused_here
 
     pool = StreamPool(2)
     release = threading.Event()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from workflows.settings import WorkflowSettings
-from workflows.templates import (
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.templates import (
     Breach,
     BreachChart,
     DeployReport,
@@ -20,8 +20,8 @@ from workflows.templates import (
     korean_announcement,
     rollback_issue,
 )
-from workflows.tracker.protocol import Document, Section
-from workflows.tracker.render import render_markdown
+from kis_estimator.workflows.tracker.protocol import Document, Section
+from kis_estimator.workflows.tracker.render import render_markdown
 
 DEPLOYED_AT = datetime(2025, 9, 23, 3, 0, tzinfo=UTC)  # 12:00:00 KST, the notice's deploy time
 ARTIFACT_SHA = "0de4aaa84955cdda" + "ab" * 22 + "d451"
@@ -526,7 +526,7 @@ def test_reports_need_aware_times() -> None:
 
 
 def test_the_change_list_is_the_release_s_own() -> None:
-    from workflows.release.artifacts import changelog_entries
+    from kis_estimator.workflows.release.artifacts import changelog_entries
 
     changelog = (
         "# Changelog\n\n## [1.0.2] - 2025-10-01\n- 견적 캐시 도입\n* 부스바 단가 수정\n\n"
@@ -542,7 +542,7 @@ def test_the_change_list_is_the_release_s_own() -> None:
 def test_the_repository_changelog_holds_the_ga_notice_list() -> None:
     from pathlib import Path
 
-    from workflows.release.artifacts import release_changes
+    from kis_estimator.workflows.release.artifacts import release_changes
 
     root = Path(__file__).resolve().parents[2]
     assert release_changes(root, None, "1.0.0") == GA_CHANGES

@@ -7,10 +7,18 @@ from typing import Any
 
 import pytest
 
-from server.acceptance.cases import Case, Step, apply_patch, build_request, load_base, load_cases, substitute
-from server.engine.catalog import Catalog, load_catalog
-from server.engine.errors import ErrorCode, Violation
-from server.engine.messages import (
+from kis_estimator.server.acceptance.cases import (
+    Case,
+    Step,
+    apply_patch,
+    build_request,
+    load_base,
+    load_cases,
+    substitute,
+)
+from kis_estimator.server.engine.catalog import Catalog, load_catalog
+from kis_estimator.server.engine.errors import ErrorCode, Violation
+from kis_estimator.server.engine.messages import (
     ECHO_MAX_CHARS,
     TEMPLATES,
     WARNING_CODES,
@@ -19,9 +27,9 @@ from server.engine.messages import (
     violation,
     warning_messages,
 )
-from server.engine.model import EstimateRequest
-from server.engine.request import request_from_dict
-from server.engine.validation import (
+from kis_estimator.server.engine.model import EstimateRequest
+from kis_estimator.server.engine.request import request_from_dict
+from kis_estimator.server.engine.validation import (
     MAX_ACCESSORY_ITEMS,
     MAX_BRANCH_LINES,
     ModelIdentity,

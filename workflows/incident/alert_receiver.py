@@ -18,13 +18,13 @@ Replies (JSON ``{"status": ..., "reason": ...}``):
   missing or mistyped field, an unknown ``rollback`` label value); **404**/**405** for other paths
   and methods; **413** above 1 MiB.
 * **200** once the notification is fully handled: firing alerts with ``rollback=immediate|review``
-  went through :func:`workflows.incident.response.handle` (immediate: rollback, verification, the ROLLBACK
-  issue; review: the "needs decision" issue), resolved ones became a comment on their incident,
+  went through :func:`kis_estimator.workflows.incident.response.handle` (immediate: rollback, verification,
+  the ROLLBACK issue; review: the "needs decision" issue), resolved ones became a comment on their incident,
   anything else (``rollback=none`` or no label: the notice's alarms, routed elsewhere) is ignored.
 * **503** when the rollback is done but the issue is not in the tracker yet (the tracker failed,
   or the issue waits in the outbox): Alertmanager retries the notification, and the retry skips the
   rollback (the incident state says it ran) and only delivers the issue. The rollback never waits
-  for the tracker (see ``workflows.incident.response``).
+  for the tracker (see ``kis_estimator.workflows.incident.response``).
 
 Duplicates: a delivery is identified by its group key, status and alerts (fingerprint, status,
 ``startsAt``); a delivery already handled answers 200 without acting again, and the decision path
@@ -56,9 +56,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from workflows.clock import kst_text
-from workflows.incident.criteria import Verdict
-from workflows.incident.response import (
+from kis_estimator.workflows.clock import kst_text
+from kis_estimator.workflows.incident.criteria import Verdict
+from kis_estimator.workflows.incident.response import (
     Action,
     HandleOutcome,
     IncidentDeps,
@@ -69,9 +69,9 @@ from workflows.incident.response import (
     handle,
     release_at,
 )
-from workflows.templates import Breach
-from workflows.tracker.idempotency import atomic_write, file_lock
-from workflows.tracker.protocol import Document, Field, Section, Text, TrackerError
+from kis_estimator.workflows.templates import Breach
+from kis_estimator.workflows.tracker.idempotency import atomic_write, file_lock
+from kis_estimator.workflows.tracker.protocol import Document, Field, Section, Text, TrackerError
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -76,17 +76,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from workflows.incident.ledger import (
+from kis_estimator.workflows.incident.ledger import (
     IncidentLedger,
     IncidentLedgerError,
     IncidentRecords,
     LedgerEntry,
     LedgerEntryKind,
 )
-from workflows.prometheus import queries
-from workflows.prometheus.client import MetricsSource, Sample, Series
-from workflows.prometheus.queries import API_MATCHER, CLIENT_ERROR_CODES
-from workflows.tracker.protocol import TrackerError
+from kis_estimator.workflows.prometheus import queries
+from kis_estimator.workflows.prometheus.client import MetricsSource, Sample, Series
+from kis_estimator.workflows.prometheus.queries import API_MATCHER, CLIENT_ERROR_CODES
+from kis_estimator.workflows.tracker.protocol import TrackerError
 
 __all__ = [
     "API_MATCHER",

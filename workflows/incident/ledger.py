@@ -17,8 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from workflows.errors import WorkflowError
-from workflows.tracker.idempotency import atomic_write
+from kis_estimator.workflows.errors import WorkflowError
+from kis_estimator.workflows.tracker.idempotency import atomic_write
 
 __all__ = ["IncidentLedger", "IncidentLedgerError", "IncidentRecords", "LedgerEntry", "LedgerEntryKind"]
 

@@ -17,7 +17,7 @@ Alertmanager receiver (firing alerts with a ``rollback`` label) and a refused pr
    could step back two releases, so it pages instead. A responder retries with
    ``kis-release rollback --issue KEY``.
 2. **Issue phase** (``<release_dir>/.issue.lock``): one incident → one issue. The first signal of an
-   incident files the ROLLBACK issue (``workflows.templates.rollback_issue``, idempotency key
+   incident files the ROLLBACK issue (``kis_estimator.workflows.templates.rollback_issue``, idempotency key
    ``incident:<incident id>``) with what actually happened; later signals comment on it (once per
    change of what they say), a rollback that happened after the issue was filed is reported as a
    comment with its log attached, and a new signal after the issue went to Done opens a new
@@ -45,7 +45,7 @@ State under ``release_dir``: ``<v>/rollback.json`` (attempts), ``<v>/rollback-<n
 Choices where the issue is silent: the error log is the release's JSON log lines with ``level``
 ERROR or CRITICAL from the incident window (the earliest queried sample of a breached criterion, or
 the release's start, until now), at most ``error_log_max_lines`` (the newest); the comment texts
-and the FAILED decoration are built here because ``workflows.templates`` renders only the issue.
+and the FAILED decoration are built here because ``kis_estimator.workflows.templates`` renders only the issue.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
-from workflows.clock import Clock, kst_text
-from workflows.incident.criteria import (
+from kis_estimator.workflows.clock import Clock, kst_text
+from kis_estimator.workflows.incident.criteria import (
     DEFAULT_CRITERIA,
     Criterion,
     CriterionResult,
@@ -75,17 +75,17 @@ from workflows.incident.criteria import (
     Verdict,
     evaluate,
 )
-from workflows.prometheus.client import MetricsSource
-from workflows.release.estimator_client import (
+from kis_estimator.workflows.prometheus.client import MetricsSource
+from kis_estimator.workflows.release.estimator_client import (
     SMOKE_TOTAL,
     EstimatorClient,
     HealthResult,
     SuiteResult,
     wait_serving,
 )
-from workflows.release.promote import CommandOutcome, CommandRunner, PromotionResult
-from workflows.release.record import promoted_records, read_json, write_json
-from workflows.templates import (
+from kis_estimator.workflows.release.promote import CommandOutcome, CommandRunner, PromotionResult
+from kis_estimator.workflows.release.record import promoted_records, read_json, write_json
+from kis_estimator.workflows.templates import (
     PAGE_LABELS,
     PAGE_PRIORITY,
     Breach,
@@ -98,8 +98,8 @@ from workflows.templates import (
     rollback_comment,
     rollback_issue,
 )
-from workflows.tracker.idempotency import file_lock
-from workflows.tracker.protocol import (
+from kis_estimator.workflows.tracker.idempotency import file_lock
+from kis_estimator.workflows.tracker.protocol import (
     Attachment,
     Document,
     IssueRef,

@@ -1,12 +1,11 @@
 """Every PromQL expression the workflows read, in one place.
 
-The rollback criteria (``workflows.incident.criteria``), the promotion's SLO gate
-(``workflows.release.promote``) and the SLO report (``kis-estimator slo``, ``server/slo.py``) build
-their queries here, from the same definitions as
-``deploy/prometheus/recording.rules.yml``: API calls are the ``kis.estimator.*`` services; a
-"5xx" is every gRPC code except ``OK`` and the client-error class :data:`CLIENT_ERROR_CODES`
-(written "not OK and not 4xx", so a code added later counts as a server error); latency is that of
-unary calls. ``extra`` adds label matchers (``, job="kis-prod"``) to every selector.
+The rollback criteria (``kis_estimator.workflows.incident.criteria``), the promotion's SLO gate
+(``kis_estimator.workflows.release.promote``) and the SLO report (``kis-estimator slo``, ``server/slo.py``)
+build their queries here, from the same definitions as ``deploy/prometheus/recording.rules.yml``: API calls
+are the ``kis.estimator.*`` services; a "5xx" is every gRPC code except ``OK`` and the client-error class
+:data:`CLIENT_ERROR_CODES` (written "not OK and not 4xx", so a code added later counts as a server error);
+latency is that of unary calls. ``extra`` adds label matchers (``, job="kis-prod"``) to every selector.
 """
 
 from __future__ import annotations

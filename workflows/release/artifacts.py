@@ -4,16 +4,15 @@
 
 Build (:func:`build_release`)
   The source is staged into a temporary directory (``pyproject.toml``, ``README.md``, the
-  ``server``/``workflows`` packages and ``proto/``): either exported from a git revision
-  (``source_ref``, e.g. ``HEAD`` or a release tag: exactly the committed files, the right choice for
-  a release) or copied from the working tree (without caches; the manifest's ``git_dirty`` says
-  whether it differed from ``HEAD``). The staged copy may get a patched ``version`` and a
-  replacement catalog directory: the integration test builds two versions of one commit that way.
-  The wheel and the sdist are built by setuptools' PEP 517 backend (``setuptools.build_meta``) in a
-  child process. ``python -m build`` is not installed here and ``pip wheel`` cannot make an sdist;
-  the backend needs nothing beyond setuptools, which the project's build-system already requires.
-  Without build isolation the build uses the setuptools of the running interpreter, so it works
-  offline.
+  ``server``/``workflows`` folders, the ``kis_estimator`` namespace that links them, and ``proto/``): either
+  exported from a git revision (``source_ref``, e.g. ``HEAD`` or a release tag: exactly the committed files,
+  the right choice for a release) or copied from the working tree (without caches; the manifest's
+  ``git_dirty`` says whether it differed from ``HEAD``). The staged copy may get a patched ``version`` and a
+  replacement catalog directory: the integration test builds two versions of one commit that way. The wheel
+  and the sdist are built by setuptools' PEP 517 backend (``setuptools.build_meta``) in a child process.
+  ``python -m build`` is not installed here and ``pip wheel`` cannot make an sdist; the backend needs nothing
+  beyond setuptools, which the project's build-system already requires. Without build isolation the build uses
+  the setuptools of the running interpreter, so it works offline.
 
 Reproducibility
   ``SOURCE_DATE_EPOCH`` is the commit time of ``HEAD``, so the wheel of one commit has the same
@@ -24,13 +23,12 @@ Reproducibility
   of one commit — and its SHA-256 — can be rebuilt and re-verified byte for byte.
 
 catalog_version and rules_version
-  ``workflows`` may not import ``server.engine`` (STYLE.md §2.1), so both are read from the *built
-  wheel*: the three catalog CSVs under ``server/data/catalog/`` hashed with the formula of
-  docs/pricing-rules.md §5.4 (reimplemented in :func:`catalog_version`; a unit test compares it with the
-  engine's), and
-  ``RULES_VERSION`` parsed (``ast``, never imported) from ``server/engine/model.py``. Reading the
-  artifact rather than the checkout means the manifest states what ships, also when the catalog
-  was replaced for the build.
+  ``workflows`` may not import ``kis_estimator.server.engine`` (STYLE.md §2.1), so both are read from the
+  *built wheel*: the three catalog CSVs under ``kis_estimator/server/data/catalog/`` hashed with the formula
+  of docs/pricing-rules.md §5.4 (reimplemented in :func:`catalog_version`; a unit test compares it with the
+  engine's), and ``RULES_VERSION`` parsed (``ast``, never imported) from
+  ``kis_estimator/server/engine/model.py``. Reading the artifact rather than the checkout means the manifest
+  states what ships, also when the catalog was replaced for the build.
 
 Manifest
   JSON with sorted keys and a final newline (:meth:`ReleaseManifest.to_json`), so its SHA-256 is a
@@ -58,7 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from workflows.errors import WorkflowError
+from kis_estimator.workflows.errors import WorkflowError
 
 __all__ = [
     "CATALOG_FILES",
@@ -84,9 +82,10 @@ __all__ = [
 
 MANIFEST_SCHEMA = "kis-release-manifest/1"
 CATALOG_FILES = ("accessories.csv", "breakers.csv", "enclosures.csv")  # docs/pricing-rules.md §5.4 order
-CATALOG_IN_WHEEL = "server/data/catalog"
-RULES_MODULE_IN_WHEEL = "server/engine/model.py"
-STAGED_ITEMS = ("pyproject.toml", "README.md", "server", "workflows", "proto")
+# Paths inside the wheel, and inside the staged tree too (its kis_estimator/server links to server/).
+CATALOG_IN_WHEEL = "kis_estimator/server/data/catalog"
+RULES_MODULE_IN_WHEEL = "kis_estimator/server/engine/model.py"
+STAGED_ITEMS = ("pyproject.toml", "README.md", "kis_estimator", "server", "workflows", "proto")
 BUILD_TIMEOUT_S = 300.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # PEP 440 public versions as releases use them: 1.0.0, 1.1.0rc1, 1.0.1.post2, 1.2.0.dev3
@@ -399,7 +398,7 @@ def _stage(options: BuildOptions, into: Path, commit: str) -> str:
         for item in STAGED_ITEMS:
             src = options.source_dir / item
             if src.is_dir():
-                shutil.copytree(src, into / item, ignore=ignore)
+                shutil.copytree(src, into / item, ignore=ignore, symlinks=True)
             elif src.is_file():
                 shutil.copy2(src, into / item)
     for item in STAGED_ITEMS:

@@ -9,13 +9,13 @@ is its one real implementation. Every number comes from real calls to the target
   in a child process (:class:`CandidateAcceptanceRunner`), parsed from its ``PASS/FAIL`` lines and
   its ``regression: 40/40 passed`` summary.
 
-  Why not a second runner here: STYLE.md §2.1 lets workflows import only ``server.gen`` from
-  ``server``, and re-implementing ``server.acceptance`` (case loading, ``base``/``patch``, ``{run}``
-  substitution, the subset comparison of ~40 expectations) in workflows would give two
-  implementations of the acceptance semantics that can silently disagree. Running the runner that
-  ships in the artifact keeps one implementation, tests the suite that belongs to the candidate,
-  and still reaches the service only over a channel, like any client. The runner's report is
-  kept verbatim as the regression report attachment.
+  Why not a second runner here: STYLE.md §2.1 lets workflows import only ``kis_estimator.server.gen`` from
+  ``server``, and re-implementing ``kis_estimator.server.acceptance`` (case loading, ``base``/``patch``,
+  ``{run}`` substitution, the subset comparison of ~40 expectations) in workflows would give two
+  implementations of the acceptance semantics that can silently disagree. Running the runner that ships in the
+  artifact keeps one implementation, tests the suite that belongs to the candidate, and still reaches the
+  service only over a channel, like any client. The runner's report is kept verbatim as the regression report
+  attachment.
 * **Which version serves**: ``ServerInfoService.GetServerInfo`` (version, commit, catalog,
   start time): the target's own word, never the workflow's records.
 * **RBAC**: a probe estimate is created with the release token, in an acceptance sandbox of its
@@ -51,13 +51,13 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
-from server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
-from server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
-from server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
-from workflows.percentiles import percentile
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
+from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2 as info_pb
+from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2_grpc as info_grpc
+from kis_estimator.workflows.percentiles import percentile
 
 __all__ = [
     "REGRESSION_TOTAL",
@@ -79,8 +79,9 @@ CALL_TIMEOUT_S = 10.0
 SMOKE_TOTAL = 3  # docs/pricing-rules.md §19
 REGRESSION_TOTAL = 40  # docs/pricing-rules.md §17
 SUITE_TIMEOUT_S = 300.0
-# The server's acceptance-sandbox metadata (its wire contract; workflows import only server.gen):
-# calls carrying it run against a throwaway store, and the server echoes it in the trailers.
+# The server's acceptance-sandbox metadata (its wire contract; workflows import only
+# kis_estimator.server.gen): calls carrying it run against a throwaway store, and the server echoes it in the
+# trailers.
 SANDBOX_HEADER = "kis-sandbox"
 SANDBOX_END_HEADER = "kis-sandbox-end"
 Suite = Literal["smoke", "regression"]
@@ -103,7 +104,7 @@ _RUNNER_SCRIPT = """
 import os, sys
 os.environ["KIS_TOKEN"] = sys.stdin.readline().strip()
 sys.path.insert(0, sys.argv[1])
-from server.cli import main
+from kis_estimator.server.cli import main
 raise SystemExit(main(sys.argv[2:]))
 """
 

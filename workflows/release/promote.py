@@ -5,15 +5,16 @@
 1. **Approval**: a ``Production`` promotion with ``release_require_approval`` needs
    ``approved_by``; it is recorded in ``promotion.json`` and the DEPLOY issue.
 2. **Verify** the artifact and the manifest against the expected full SHA-256 values and against
-   each other (:func:`workflows.release.artifacts.verify_release`). A mismatch stops here; nothing changed.
+   each other (:func:`kis_estimator.workflows.release.artifacts.verify_release`). A mismatch stops here;
+   nothing changed.
 3. **Deploy**: the configured ``deploy_command`` (``{artifact}`` ``{version}`` ``{manifest}``
    replaced by shell-quoted values); stdout and stderr are captured line by line with timestamps
    into ``deploy.log``.
-4. **T+0 checks** against the target over gRPC (:mod:`workflows.release.estimator_client`): health SERVING,
-   smoke 3/3, regression 40/40, RBAC (the viewer is refused an evidence bundle), the served
-   ``catalog_version`` equals the manifest's, and the SLO gate — p95 ≤ 30 ms and error rate < 0.5 %
-   from Prometheus when ``prometheus_url`` is set, else from the measured burst. The burst always
-   runs: its samples feed the latency chart.
+4. **T+0 checks** against the target over gRPC (:mod:`kis_estimator.workflows.release.estimator_client`):
+   health SERVING, smoke 3/3, regression 40/40, RBAC (the viewer is refused an evidence bundle), the served
+   ``catalog_version`` equals the manifest's, and the SLO gate — p95 ≤ 30 ms and error rate < 0.5 % from
+   Prometheus when ``prometheus_url`` is set, else from the measured burst. The burst always runs: its samples
+   feed the latency chart.
 5. **Any check failed**: no promotion. ``rollback_command`` runs (``rollback.log``), the target's
    health and catalog are read again, and the result goes to ``on_refused`` — the incident
    workflow's ROLLBACK issue. Without that hook the refusal is loud (exit 1, message naming every
@@ -63,12 +64,12 @@ from typing import IO, Any, Literal, Protocol, TextIO
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from workflows.clock import Clock, SystemClock
-from workflows.clock import sleep as real_sleep
-from workflows.prometheus.client import InstantResult, MetricsSource, PrometheusSource
-from workflows.prometheus.queries import release_queries
-from workflows.release.artifacts import ReleaseManifest, short_sha, verify_release
-from workflows.release.estimator_client import (
+from kis_estimator.workflows.clock import Clock, SystemClock
+from kis_estimator.workflows.clock import sleep as real_sleep
+from kis_estimator.workflows.prometheus.client import InstantResult, MetricsSource, PrometheusSource
+from kis_estimator.workflows.prometheus.queries import release_queries
+from kis_estimator.workflows.release.artifacts import ReleaseManifest, short_sha, verify_release
+from kis_estimator.workflows.release.estimator_client import (
     BurstResult,
     CandidateAcceptanceRunner,
     EstimatorClient,
@@ -79,7 +80,7 @@ from workflows.release.estimator_client import (
     SuiteResult,
     wait_serving,
 )
-from workflows.release.record import (
+from kis_estimator.workflows.release.record import (
     ReleaseRecord,
     promoted_records,
     read_json,
@@ -87,12 +88,18 @@ from workflows.release.record import (
     write_json,
     write_record,
 )
-from workflows.settings import WorkflowSettings
-from workflows.templates import DeployReport, Owners, deploy_idempotency_key, deploy_issue
-from workflows.tracker.files import FileIssueTracker
-from workflows.tracker.idempotency import file_lock
-from workflows.tracker.outbox import PENDING_PREFIX
-from workflows.tracker.protocol import IssueDraft, IssueRef, IssueTracker, TrackerError, TrackerOptions
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.templates import DeployReport, Owners, deploy_idempotency_key, deploy_issue
+from kis_estimator.workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.tracker.idempotency import file_lock
+from kis_estimator.workflows.tracker.outbox import PENDING_PREFIX
+from kis_estimator.workflows.tracker.protocol import (
+    IssueDraft,
+    IssueRef,
+    IssueTracker,
+    TrackerError,
+    TrackerOptions,
+)
 
 __all__ = [
     "ERROR_RATE_LIMIT",
@@ -1018,7 +1025,8 @@ def deploy_report(result: PromotionResult, settings: WorkflowSettings) -> Deploy
 
 
 def build_deploy_draft(result: PromotionResult, settings: WorkflowSettings) -> IssueDraft:
-    """The DEPLOY issue of ``workflows.templates`` (idempotency key ``deploy:<version>:<environment>``)."""
+    """The DEPLOY issue of ``kis_estimator.workflows.templates`` (idempotency key
+    ``deploy:<version>:<environment>``)."""
     draft = deploy_issue(deploy_report(result, settings))
     assert draft.idempotency_key == deploy_idempotency_key(result.version, result.environment)
     return draft

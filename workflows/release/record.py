@@ -6,14 +6,13 @@ schema number, and read into a typed :class:`ReleaseRecord`. The JSON state file
 (``checks.json``, ``rollback.json``, ``incidents.json`` …) use the same :func:`read_json` /
 :func:`write_json`, so there is one way to keep state on disk.
 
-Schema 1 (keys, all written by ``workflows.release.promote``): ``schema``, ``version``, ``status``
-(``promoted`` | ``refused``), ``environment``, ``target``, ``artifact`` (wheel file name),
-``artifact_sha256``, ``manifest_sha256``, ``catalog_version``, ``approved_by``, ``attempts``,
-``started_at``, ``promoted_at`` / ``refused_at`` (ISO 8601 UTC), ``adopted`` (promoted without a
-deploy: the target already served it), ``issue_key`` / ``issue_url`` (the DEPLOY issue),
-``failed_checks``, ``rolled_back``, ``previous_version``, ``message``, ``rollback_issue_key``.
-A record without ``schema`` is read as schema 1 (records written before the number existed); a
-newer schema is refused rather than misread.
+Schema 1 (keys, all written by ``kis_estimator.workflows.release.promote``): ``schema``, ``version``,
+``status`` (``promoted`` | ``refused``), ``environment``, ``target``, ``artifact`` (wheel file name),
+``artifact_sha256``, ``manifest_sha256``, ``catalog_version``, ``approved_by``, ``attempts``, ``started_at``,
+``promoted_at`` / ``refused_at`` (ISO 8601 UTC), ``adopted`` (promoted without a deploy: the target already
+served it), ``issue_key`` / ``issue_url`` (the DEPLOY issue), ``failed_checks``, ``rolled_back``,
+``previous_version``, ``message``, ``rollback_issue_key``. A record without ``schema`` is read as schema 1
+(records written before the number existed); a newer schema is refused rather than misread.
 
 The record says what *this* workflow did; which version serves is the target's word
 (``GetServerInfo``), and the workflows read it from there.
@@ -28,8 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from workflows.errors import EXIT_CONFIG, WorkflowError
-from workflows.tracker.idempotency import atomic_write
+from kis_estimator.workflows.errors import EXIT_CONFIG, WorkflowError
+from kis_estimator.workflows.tracker.idempotency import atomic_write
 
 __all__ = [
     "RECORD_NAME",

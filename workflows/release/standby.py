@@ -34,9 +34,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple, Protocol, TextIO
 
-from workflows.clock import Clock
-from workflows.release.record import write_json
-from workflows.templates import (
+from kis_estimator.workflows.clock import Clock
+from kis_estimator.workflows.release.record import write_json
+from kis_estimator.workflows.templates import (
     CheckpointReport,
     Probe,
     Reading,
@@ -45,7 +45,7 @@ from workflows.templates import (
     deploy_idempotency_key,
     final_status_comment,
 )
-from workflows.tracker.protocol import IssueTracker
+from kis_estimator.workflows.tracker.protocol import IssueTracker
 
 __all__ = [
     "ProcessStandbyChecks",

@@ -12,14 +12,14 @@ import hashlib
 import sys
 from collections.abc import Callable
 
-from workflows import clock as clock_module
-from workflows.clock import Clock, SystemClock
-from workflows.notify import ChannelStatus, Notifier, NotifyOptions
-from workflows.settings import WorkflowSettings
-from workflows.tracker.files import FileIssueTracker
-from workflows.tracker.jira import JiraConfig, JiraIssueTracker
-from workflows.tracker.outbox import OutboxTracker
-from workflows.tracker.protocol import IssueTracker, TrackerError, TrackerOptions
+from kis_estimator.workflows import clock as clock_module
+from kis_estimator.workflows.clock import Clock, SystemClock
+from kis_estimator.workflows.notify import ChannelStatus, Notifier, NotifyOptions
+from kis_estimator.workflows.settings import WorkflowSettings
+from kis_estimator.workflows.tracker.files import FileIssueTracker
+from kis_estimator.workflows.tracker.jira import JiraConfig, JiraIssueTracker
+from kis_estimator.workflows.tracker.outbox import OutboxTracker
+from kis_estimator.workflows.tracker.protocol import IssueTracker, TrackerError, TrackerOptions
 
 __all__ = [
     "build_inner_tracker",

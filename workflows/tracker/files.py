@@ -2,11 +2,10 @@
 
 Layout (one folder per issue, keys ``KIS-1``, ``KIS-2`` … in the configured project)::
 
-    <root>/ledger.json              idempotency key -> issue key (see workflows.tracker.idempotency)
-    <root>/KIS-1/issue.md           the rendered Markdown issue (header fields + body + attachments)
-    <root>/KIS-1/meta.json          fields, status history, labels (incl. kis-idem-<hash>), comments
-    <root>/KIS-1/attachments/<name>
-    <root>/KIS-1/comments/001.md
+    <root>/ledger.json              idempotency key -> issue key (see
+    kis_estimator.workflows.tracker.idempotency) <root>/KIS-1/issue.md           the rendered Markdown issue
+    (header fields + body + attachments) <root>/KIS-1/meta.json          fields, status history, labels (incl.
+    kis-idem-<hash>), comments <root>/KIS-1/attachments/<name> <root>/KIS-1/comments/001.md
 
 Same idempotency semantics as Jira: the ledger first, then the ``kis-idem-…`` label in every
 ``meta.json`` (the "search"), and only then a new folder, all under the ledger's ``flock``. A new
@@ -24,15 +23,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import uuid4
 
-from workflows.clock import Clock, SystemClock
-from workflows.tracker.idempotency import (
+from kis_estimator.workflows.clock import Clock, SystemClock
+from kis_estimator.workflows.tracker.idempotency import (
     IdempotencyLedger,
     LedgerSession,
     atomic_write,
     idem_hash,
     idem_label,
 )
-from workflows.tracker.protocol import (
+from kis_estimator.workflows.tracker.protocol import (
     Attachment,
     Document,
     IssueDraft,
@@ -40,7 +39,7 @@ from workflows.tracker.protocol import (
     TrackerError,
     TrackerOptions,
 )
-from workflows.tracker.render import render_markdown
+from kis_estimator.workflows.tracker.render import render_markdown
 
 __all__ = ["FileIssueTracker"]
 

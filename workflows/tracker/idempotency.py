@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from workflows.tracker.protocol import TrackerError
+from kis_estimator.workflows.tracker.protocol import TrackerError
 
 __all__ = ["IdempotencyLedger", "LedgerSession", "atomic_write", "file_lock", "idem_hash", "idem_label"]
 

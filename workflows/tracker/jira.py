@@ -42,8 +42,8 @@ from jira import JIRA, JIRAError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tenacity.wait import wait_base
 
-from workflows.tracker.idempotency import IdempotencyLedger, idem_hash, idem_label
-from workflows.tracker.protocol import (
+from kis_estimator.workflows.tracker.idempotency import IdempotencyLedger, idem_hash, idem_label
+from kis_estimator.workflows.tracker.protocol import (
     Attachment,
     Document,
     IssueDraft,
@@ -52,7 +52,7 @@ from workflows.tracker.protocol import (
     TrackerError,
     TrackerOptions,
 )
-from workflows.tracker.render import escape_wiki, render_wiki
+from kis_estimator.workflows.tracker.render import escape_wiki, render_wiki
 
 __all__ = [
     "DESCRIPTION_MAX_CHARS",

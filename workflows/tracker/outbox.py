@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflows.tracker.idempotency import atomic_write, file_lock, idem_hash
-from workflows.tracker.protocol import (
+from kis_estimator.workflows.tracker.idempotency import atomic_write, file_lock, idem_hash
+from kis_estimator.workflows.tracker.protocol import (
     Attachment,
     Block,
     Check,

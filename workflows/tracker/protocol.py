@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from workflows.errors import WorkflowError
+from kis_estimator.workflows.errors import WorkflowError
 
 
 class TrackerError(WorkflowError):

@@ -1,4 +1,5 @@
-"""Render a :class:`~workflows.tracker.protocol.Document` as Jira wiki (Server/DC, REST v2) or Markdown.
+"""Render a :class:`~kis_estimator.workflows.tracker.protocol.Document` as Jira wiki (Server/DC, REST v2) or
+Markdown.
 
 Templates build Documents once; each tracker renders them in its own markup. User text (headings,
 labels, values, checklist items, paragraphs) is escaped so that a version string, a log line or a
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from workflows.tracker.protocol import Block, Check, Code, Document, Field, Text
+from kis_estimator.workflows.tracker.protocol import Block, Check, Code, Document, Field, Text
 
 __all__ = ["escape_markdown", "escape_wiki", "render_markdown", "render_wiki"]
 

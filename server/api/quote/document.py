@@ -1,7 +1,8 @@
 """The 견적서 (quote document) of one estimate revision: what a customer receives, as XLSX and PDF.
 
 :func:`quote_view` turns the API's ``Estimate`` into a neutral :class:`QuoteView` (every text in
-Korean, every number an integer KRW); ``server.api.quote.xlsx`` and ``server.api.quote.pdf`` lay it out.
+Korean, every number an integer KRW); ``kis_estimator.server.api.quote.xlsx`` and
+``kis_estimator.server.api.quote.pdf`` lay it out.
 
 Layout (the KIS practice the builders follow):
 
@@ -28,9 +29,9 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from server.api.quote.words import quote_amount_text
-from server.engine.months import KST
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.api.quote.words import quote_amount_text
+from kis_estimator.server.engine.months import KST
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 
 __all__ = [
     "HEADERS",

@@ -20,7 +20,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Flowable, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from server.api.quote.document import HEADERS, QuoteView
+from kis_estimator.server.api.quote.document import HEADERS, QuoteView
 
 __all__ = ["CONTENT_TYPE", "FONT_CANDIDATES", "FontMissing", "build_pdf", "find_font"]
 

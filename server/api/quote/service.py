@@ -6,16 +6,16 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.api.quote.document import QuoteOptions, Supplier, quote_view
-from server.api.quote.pdf import CONTENT_TYPE as PDF_TYPE
-from server.api.quote.pdf import FontMissing, build_pdf
-from server.api.quote.xlsx import CONTENT_TYPE as XLSX_TYPE
-from server.api.quote.xlsx import build_xlsx
-from server.engine.errors import DomainError, ErrorCode
-from server.engine.messages import violation
-from server.gen.kis.estimator.v1 import estimator_pb2 as pb
-from server.service.evidence import MAX_REVISION
-from server.settings import Settings
+from kis_estimator.server.api.quote.document import QuoteOptions, Supplier, quote_view
+from kis_estimator.server.api.quote.pdf import CONTENT_TYPE as PDF_TYPE
+from kis_estimator.server.api.quote.pdf import FontMissing, build_pdf
+from kis_estimator.server.api.quote.xlsx import CONTENT_TYPE as XLSX_TYPE
+from kis_estimator.server.api.quote.xlsx import build_xlsx
+from kis_estimator.server.engine.errors import DomainError, ErrorCode
+from kis_estimator.server.engine.messages import violation
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
+from kis_estimator.server.service.evidence import MAX_REVISION
+from kis_estimator.server.settings import Settings
 
 __all__ = ["QuoteDocuments", "QuoteFile"]
 

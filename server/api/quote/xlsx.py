@@ -20,7 +20,7 @@ from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
 from openpyxl.worksheet.properties import PageSetupProperties
 from openpyxl.worksheet.worksheet import Worksheet
 
-from server.api.quote.document import HEADERS, QuoteView
+from kis_estimator.server.api.quote.document import HEADERS, QuoteView
 
 __all__ = ["CONTENT_TYPE", "build_xlsx"]
 

@@ -11,7 +11,7 @@ https://github.com/grpc/grpc-proto/blob/master/grpc/reflection/v1/reflection.pro
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from server.gen.grpc.reflection.v1 import reflection_pb2 as _reflection_pb2
+from kis_estimator.server.gen.grpc.reflection.v1 import reflection_pb2 as _reflection_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

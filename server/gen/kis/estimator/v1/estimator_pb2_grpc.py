@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from server.gen.kis.estimator.v1 import estimator_pb2 as kis_dot_estimator_dot_v1_dot_estimator__pb2
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as kis_dot_estimator_dot_v1_dot_estimator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -5,7 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from server.gen.kis.estimator.v1 import estimator_pb2 as _estimator_pb2
+from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as _estimator_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
