@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import platform
 import secrets
@@ -38,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -796,7 +798,9 @@ def pg_server_url() -> str:
 def scaling_phase(
     args: argparse.Namespace,
 ) -> Callable[[dict[str, str], int, IO[bytes], str], dict[str, Any]]:
-    """Start an estimator with ``workers`` processes, run create_small at the scaling level, stop it."""
+    """Start an estimator with ``workers`` processes, run create_small at the scaling level from the
+    Python load generators and then from h2load (when installed), stop it."""
+    h2load, h2load_missing = find_h2load()
 
     def run(env: dict[str, str], workers: int, log: IO[bytes], run_id: str) -> dict[str, Any]:
         token = make_token(env)
@@ -804,7 +808,7 @@ def scaling_phase(
         try:
             fixture = prepare(server, token, run_id)
             with load_generators(server, SCALING_CLIENTS) as gens:
-                return timed_phase(
+                result = timed_phase(
                     gens,
                     server,
                     fixture.phases["create_small"],
@@ -813,10 +817,51 @@ def scaling_phase(
                     fixture.metadata,
                     run_id,
                 )
+            if h2load is None:
+                return result | {"h2load": {"skipped": h2load_missing}}
+            return result | {"h2load": scaling_h2load(h2load, server, fixture, env, workers, args)}
         finally:
             server.stop()
 
     return run
+
+
+def scaling_h2load(
+    h2load: str, server: Server, fixture: Fixture, env: dict[str, str], workers: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """create_small (no request_id: every call a new estimate) from h2load, a connection per call in
+    flight; server CPU over every worker, gRPC outcomes summed over every worker's /metrics."""
+    base = env["KIS_METRICS_ADDRESS"].rpartition(":")[2]
+    ports = [int(base) + i for i in range(workers)]
+    method = CREATE_METHOD.rpartition("/")[2]
+
+    def handled() -> dict[str, float]:
+        total: dict[str, float] = {}
+        for port in ports:
+            for code, value in handled_by_code(port, method).items():
+                total[code] = total.get(code, 0.0) + value
+        return total
+
+    before = handled()
+    cpu: list[float] = []
+    timer = threading.Timer(args.warmup, lambda: cpu.append(cpu_seconds(server.pid)))
+    timer.start()
+    result = run_h2load(
+        h2load,
+        f"http://127.0.0.1:{server.port}{CREATE_METHOD}",
+        payloads.grpc_frame(fixture.phases["create_small"].body),
+        concurrency=SCALING_CONCURRENCY,
+        connections=SCALING_CONCURRENCY,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        headers=tuple((k, v) for k, v in fixture.metadata),
+    )
+    timer.join()
+    server_cpu = cpu_seconds(server.pid) - cpu[0] if cpu else math.nan
+    after = handled()
+    deltas = {code: after[code] - before.get(code, 0.0) for code in after}
+    codes = {code: delta for code, delta in deltas.items() if delta}
+    return result | {"server_cpu_pct": 100.0 * server_cpu / args.duration, "grpc_codes": codes}
 
 
 # --------------------------------------------------------------------------- main

@@ -3,8 +3,9 @@
 A Python load generator saturates near 2,500-2,900 calls/s on its own; h2load, in C, does not, so
 it measures what the server can do. It sends the same body on every request (a gRPC frame: flag
 byte, 4-byte length, message) over one HTTP/2 connection (``-c 1``) with ``-m`` streams in flight,
-like the Python client's one channel. It only reads HTTP status, not ``grpc-status`` trailers: the
-caller checks the outcome elsewhere (the estimator's ``grpc_server_handled_total`` by code).
+like the Python client's one channel (the scaling section uses a connection per call in flight). It
+only reads HTTP status, not ``grpc-status`` trailers: the caller checks the outcome elsewhere (the
+estimator's ``grpc_server_handled_total`` by code).
 
 Latencies come from ``--log-file`` (one line per request of the measuring period: start µs, HTTP
 status, duration µs); the warm-up is h2load's own ``--warm-up-time``.
@@ -48,8 +49,13 @@ def run_h2load(
     duration_s: float,
     warmup_s: float,
     headers: tuple[tuple[str, str], ...] = (),
+    connections: int = 1,
 ) -> dict[str, Any]:
-    """One h2load run; QPS and latency percentiles of the measuring period."""
+    """One h2load run; QPS and latency percentiles of the measuring period.
+
+    ``concurrency`` calls in flight over ``connections`` HTTP/2 connections (SO_REUSEPORT balances
+    connections, not calls, so a run against several worker processes needs several).
+    """
     with tempfile.TemporaryDirectory(prefix="kis-h2load-") as tmp:
         body_file, log_file = Path(tmp) / "body.bin", Path(tmp) / "requests.tsv"
         body_file.write_bytes(body)
@@ -57,8 +63,8 @@ def run_h2load(
             h2load,
             f"--duration={round(duration_s * 1000)}ms",  # h2load takes integers with a unit
             f"--warm-up-time={round(warmup_s * 1000)}ms",
-            "--clients=1",
-            f"--max-concurrent-streams={concurrency}",
+            f"--clients={connections}",
+            f"--max-concurrent-streams={max(1, concurrency // connections)}",
             "--threads=1",
             "--header=content-type: application/grpc",
             "--header=te: trailers",
@@ -82,6 +88,7 @@ def run_h2load(
     done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", run.stdout)
     return {
         "concurrency": concurrency,
+        "connections": connections,
         "duration_s": duration_s,
         "qps": len(latencies_ms) / duration_s,
         "latency_ms": latency_summary(latencies_ms),

@@ -89,8 +89,13 @@ def scaling_section(
             section["stores"][store] = {
                 "runs": runs,
                 "ratio": two["qps"] / one["qps"] if one["qps"] else None,
+                "h2load_ratio": _ratio(one.get("h2load", {}), two.get("h2load", {})),
             }
     return section
+
+
+def _ratio(one: dict[str, Any], two: dict[str, Any]) -> float | None:
+    return two["qps"] / one["qps"] if one.get("qps") and "qps" in two else None
 
 
 @contextmanager
@@ -113,4 +118,21 @@ def print_scaling(section: dict[str, Any]) -> None:
             print(
                 f"{store:<12}{run['workers']:>8}{run['qps']:>9.0f}{run['latency_ms']['p50_ms']:>9.2f}"
                 f"{run['latency_ms']['p95_ms']:>9.2f}{run['server_cpu_pct']:>8.0f}%{ratio:>8}"
+            )
+    print(
+        f"\nScaling with h2load as the load generator (C, a connection per call in flight, "
+        f"c{section['concurrency']}; every call a new estimate, no request_id)"
+    )
+    print(f"{'store':<12}{'workers':>8}{'QPS':>9}{'p50':>9}{'p95':>9}{'srvCPU':>9}{'ratio':>8}  gRPC codes")
+    for store, result in section["stores"].items():
+        for run in result.get("runs", ()):
+            h2 = run.get("h2load", {})
+            if "skipped" in h2:
+                print(f"{store:<12}  skipped: {h2['skipped']}")
+                break
+            ratio = f"{result['h2load_ratio']:.2f}" if run["workers"] == 2 and result["h2load_ratio"] else ""
+            codes = ", ".join(f"{code} {count:.0f}" for code, count in sorted(h2["grpc_codes"].items()))
+            print(
+                f"{store:<12}{run['workers']:>8}{h2['qps']:>9.0f}{h2['latency_ms']['p50_ms']:>9.2f}"
+                f"{h2['latency_ms']['p95_ms']:>9.2f}{h2['server_cpu_pct']:>8.0f}%{ratio:>8}  {codes}"
             )

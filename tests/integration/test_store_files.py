@@ -27,7 +27,7 @@ from tests.integration.test_evidence_api import _s01, create
 from tests.integration.test_postgres_service import start_on_postgres
 from tests.integration.test_storage_contract import pg_database
 
-COMPANIONS = ("kis.db", "kis.db-wal", "kis.db-shm")
+COMPANIONS = ("kis.db", "kis.db-wal", "kis.db-shm", "kis.db-writer")
 
 
 def mode(path: Path) -> int:
