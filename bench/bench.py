@@ -762,6 +762,13 @@ def targets_of(results: dict[str, Any]) -> list[dict[str, Any]]:
         if "skipped" in result:
             continue
         add(f"CreateEstimate --workers 2 / 1 QPS, {store}", result.get("ratio"), TARGET_WORKERS_SCALING, True)
+        if result.get("h2load_ratio") is not None:  # None: h2load is not installed (said in its table)
+            add(
+                f"CreateEstimate --workers 2 / 1 QPS (h2load), {store}",
+                result["h2load_ratio"],
+                TARGET_WORKERS_SCALING,
+                True,
+            )
     leak = results.get("leak")
     if leak:
         add(

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+# (workers, group commit): one worker writing each create alone (the same-run baseline of group
+# commit), one worker and two workers with it.
+RUNS = ((1, False), (1, True), (2, True))
 SCALING_CLIENTS = 4
 SCALING_CONCURRENCY = 16
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1/test"
@@ -73,28 +76,36 @@ def scaling_section(
                 section["stores"][store] = {"skipped": f"no PostgreSQL server at {pg_server_url}"}
                 continue
             runs = []
-            for workers in (1, 2):
+            for workers, group_commit in RUNS:
                 data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
                 env = base_env | {"KIS_DATA_DIR": str(data_dir)}
-                if url is not None:  # both runs on the run's database: their request ids differ
+                if not group_commit:
+                    env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
+                if url is not None:  # every run on the run's database: their request ids differ
                     env["KIS_DATABASE_URL"] = url
-                progress(f"scaling: {store}, --workers {workers}")
+                progress(
+                    f"scaling: {store}, --workers {workers}, group commit {'on' if group_commit else 'off'}"
+                )
                 try:
                     with (data_dir / "estimator.log").open("wb") as log:
-                        runs.append(run_phase(env, workers, log, secrets.token_hex(4)) | {"workers": workers})
+                        run = run_phase(env, workers, log, secrets.token_hex(4))
+                        runs.append(run | {"workers": workers, "group_commit": group_commit})
                 finally:
                     if not args.keep:
                         shutil.rmtree(data_dir, ignore_errors=True)
-            one, two = runs
+            alone, one, two = runs
             section["stores"][store] = {
                 "runs": runs,
-                "ratio": two["qps"] / one["qps"] if one["qps"] else None,
+                "ratio": _ratio(one, two),
                 "h2load_ratio": _ratio(one.get("h2load", {}), two.get("h2load", {})),
+                "group_commit_gain": _ratio(alone, one),
+                "h2load_group_commit_gain": _ratio(alone.get("h2load", {}), one.get("h2load", {})),
             }
     return section
 
 
 def _ratio(one: dict[str, Any], two: dict[str, Any]) -> float | None:
+    """``two``'s QPS over ``one``'s (None when either has none)."""
     return two["qps"] / one["qps"] if one.get("qps") and "qps" in two else None
 
 
@@ -103,36 +114,43 @@ def _no_database() -> Iterator[str | None]:
     yield None
 
 
+HEADER = "store        workers  group commit     QPS      p50      p95   srvCPU   ratio"
+
+
 def print_scaling(section: dict[str, Any]) -> None:
-    print(
-        f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
-        "load-generator processes (one connection each); server CPU summed over the serving processes"
+    """Two tables, one per load generator; "ratio": a one-worker run with group commit over the one
+    without (its same-run baseline), the two-worker run over the one-worker run."""
+    tables: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], tuple[str, str]], ...] = (
+        (
+            f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
+            "load-generator processes (one connection each); server CPU summed over the serving processes",
+            lambda run: run,
+            ("group_commit_gain", "ratio"),
+        ),
+        (
+            f"\nScaling with h2load as the load generator (C, a connection per call in flight, "
+            f"c{section['concurrency']}; every call a new estimate, no request_id)",
+            lambda run: run.get("h2load", {}),
+            ("h2load_group_commit_gain", "h2load_ratio"),
+        ),
     )
-    print(f"{'store':<12}{'workers':>8}{'QPS':>9}{'p50':>9}{'p95':>9}{'srvCPU':>9}{'ratio':>8}")
-    for store, result in section["stores"].items():
-        if "skipped" in result:
-            print(f"{store:<12}  skipped: {result['skipped']}")
-            continue
-        for run in result["runs"]:
-            ratio = f"{result['ratio']:.2f}" if run["workers"] == 2 and result["ratio"] else ""
-            print(
-                f"{store:<12}{run['workers']:>8}{run['qps']:>9.0f}{run['latency_ms']['p50_ms']:>9.2f}"
-                f"{run['latency_ms']['p95_ms']:>9.2f}{run['server_cpu_pct']:>8.0f}%{ratio:>8}"
-            )
-    print(
-        f"\nScaling with h2load as the load generator (C, a connection per call in flight, "
-        f"c{section['concurrency']}; every call a new estimate, no request_id)"
-    )
-    print(f"{'store':<12}{'workers':>8}{'QPS':>9}{'p50':>9}{'p95':>9}{'srvCPU':>9}{'ratio':>8}  gRPC codes")
-    for store, result in section["stores"].items():
-        for run in result.get("runs", ()):
-            h2 = run.get("h2load", {})
-            if "skipped" in h2:
-                print(f"{store:<12}  skipped: {h2['skipped']}")
-                break
-            ratio = f"{result['h2load_ratio']:.2f}" if run["workers"] == 2 and result["h2load_ratio"] else ""
-            codes = ", ".join(f"{code} {count:.0f}" for code, count in sorted(h2["grpc_codes"].items()))
-            print(
-                f"{store:<12}{run['workers']:>8}{h2['qps']:>9.0f}{h2['latency_ms']['p50_ms']:>9.2f}"
-                f"{h2['latency_ms']['p95_ms']:>9.2f}{h2['server_cpu_pct']:>8.0f}%{ratio:>8}  {codes}"
-            )
+    for title, figures, (gain_key, ratio_key) in tables:
+        print(title)
+        print(HEADER)
+        for store, result in section["stores"].items():
+            if "skipped" in result:
+                print(f"{store:<12}  skipped: {result['skipped']}")
+                continue
+            for run in result["runs"]:
+                fig = figures(run)
+                if "skipped" in fig:
+                    print(f"{store:<12}  skipped: {fig['skipped']}")
+                    break
+                key = ratio_key if run["workers"] == 2 else gain_key if run["group_commit"] else None
+                ratio = f"{result[key]:.2f}" if key and result.get(key) else ""
+                print(
+                    f"{store:<12}{run['workers']:>8}{'on' if run['group_commit'] else 'off':>14}"
+                    f"{fig['qps']:>8.0f}"
+                    f"{fig['latency_ms']['p50_ms']:>9.2f}{fig['latency_ms']['p95_ms']:>9.2f}"
+                    f"{fig['server_cpu_pct']:>8.0f}%{ratio:>8}"
+                )

@@ -219,6 +219,7 @@ def domain_services(
             mixed_monthly_quota=quota,
             page_tokens=pages,
             max_stored_bytes=settings.max_stored_bytes_per_estimate,
+            group_commit_max_batch=settings.group_commit_max_batch,
         ),
         reviews=ReviewService(store, catalog, clock, archive, metrics, quota, pages),
         evidence=EvidenceService(

@@ -138,6 +138,12 @@ class Metrics:
             buckets=EVIDENCE_BUNDLE_BUCKETS_BYTES,
             registry=registry,
         )
+        self.group_commit_size = Histogram(
+            "kis_store_group_commit_size",
+            "Creates stored by each write transaction (group commit; 1 = written alone).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
         self.evidence_downloads = Counter(
             "kis_evidence_downloads_total",
             "Evidence bundle download attempts, by outcome (allowed, denied by RBAC, not found).",
@@ -176,6 +182,10 @@ class Metrics:
     def request_rejected(self, code: str) -> None:
         """A CreateEstimate was refused with ``code`` (an ErrorCode value); nothing was stored."""
         self.estimate_rejections.labels(code=_bounded(code, _ERROR_CODES)).inc()
+
+    def group_commit(self, size: int) -> None:
+        """One write transaction stored ``size`` creates."""
+        self.group_commit_size.observe(size)
 
     def evidence_bundle_built(self, size_bytes: int) -> None:
         """An evidence ZIP of ``size_bytes`` bytes was built."""

@@ -148,6 +148,9 @@ class Settings:
     catalog_dir: Path | None = None  # None: the catalog packaged with the service
     max_message_bytes: int = 1024 * 1024
     max_workers: int = 16
+    # Concurrent creates share one write transaction of at most this many (server/service/
+    # group_commit.py); 1 writes each create alone on its own thread.
+    group_commit_max_batch: int = 64
     # Streaming calls (reflection, evidence-bundle downloads) run on threads of their own, never on
     # the max_workers RPC threads: at most this many at once (more are refused STREAMS_EXHAUSTED),
     # this many per client address (raise it behind a proxy: every client has the proxy's address),
@@ -289,6 +292,7 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "catalog_dir": _path,
     "max_message_bytes": _int_in(4096, 64 * 1024 * 1024),
     "max_workers": _int_in(1, 256),
+    "group_commit_max_batch": _int_in(1, 1024),
     "max_streams": _int_in(1, 256),
     "max_streams_per_peer": _int_in(1, 256),
     "stream_idle_s": _float_in(0.5, 3600.0),

@@ -27,6 +27,7 @@ from datetime import datetime
 
 from kis_estimator.server.clock import Clock
 from kis_estimator.server.engine import audit as actions
+from kis_estimator.server.engine.audit import AuditDraft
 from kis_estimator.server.engine.catalog import Catalog
 from kis_estimator.server.engine.codec import stored_request
 from kis_estimator.server.engine.errors import DomainError, ErrorCode
@@ -40,6 +41,13 @@ from kis_estimator.server.engine.validation import validate_request
 from kis_estimator.server.metrics import Metrics
 from kis_estimator.server.service.caller import Caller
 from kis_estimator.server.service.evidence import EvidenceArchive, EvidenceSummary, summary_of
+from kis_estimator.server.service.group_commit import (
+    DEFAULT_MAX_BATCH,
+    CallAbandoned,
+    GroupCommit,
+    NewEstimate,
+    store_one,
+)
 from kis_estimator.server.service.mixed_quota import MIXED_BRAND, mixed_usage
 from kis_estimator.server.service.paging import PageTokens, page_size_of
 from kis_estimator.server.storage.repository import (
@@ -88,10 +96,6 @@ class Page:
     next_page_token: str
 
 
-class CallAbandoned(Exception):
-    """The caller gave up (deadline or cancel) before the estimate was stored; nothing was."""
-
-
 def new_estimate_id() -> str:
     """Opaque, unguessable estimate id."""
     return f"est_{secrets.token_hex(10)}"
@@ -112,8 +116,10 @@ class EstimateService:
         id_factory: Callable[[], str] = new_estimate_id,
         page_tokens: PageTokens | None = None,
         max_stored_bytes: int = 1024 * 1024,
+        group_commit_max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self._pages = page_tokens or PageTokens.random()
+        self._writer = GroupCommit(store, max_batch=group_commit_max_batch, on_batch=metrics.group_commit)
         self._max_stored_bytes = max_stored_bytes
         self._metrics = metrics
         self._archive = archive
@@ -226,41 +232,24 @@ class EstimateService:
             quote=quote,
         )
         mixed = req.brand == MIXED_BRAND
-        # Everything that needs no stored state is computed before the write transaction, which
-        # serialises writers (across processes and replicas too): only a MIXED estimate's evidence
-        # and reply wait for its quota count inside it.
-        evidence = response = None
-        if not mixed:
-            evidence = self._archive.build(record)
-            response = self._reply(record, evidence, encode)
         try:
-            with self._store.unit_of_work() as uow:
-                if mixed:
-                    evidence = self._archive.build(record, self._take_mixed_quota(uow, req, accepted_at))
-                    response = self._reply(record, evidence, encode)
-                assert evidence is not None and response is not None
-                if not still_wanted():
-                    raise CallAbandoned
-                uow.estimates.add(record)
-                uow.evidence.add(evidence)
-                if req.request_id is not None:
-                    uow.idempotency.add(
-                        IdempotencyRecord(req.request_id, digest, record.estimate_id, response), accepted_at
-                    )
-                uow.audit.append(
-                    caller.audit(
-                        accepted_at,
-                        actions.ESTIMATE_ACCEPTED,
-                        "ACCEPTED",
-                        estimate_id=record.estimate_id,
-                        revision=record.revision,
-                        status=record.status.value,
-                        brand=req.brand,
-                        request_id=req.request_id,
-                        sha256=evidence.sha256,
+            if mixed:
+                response = self._store_mixed(req, caller, record, digest, encode, still_wanted)
+            else:
+                # Everything that needs no stored state is computed before the write, which
+                # serialises writers (across processes and replicas too); the write itself is
+                # shared with the other creates waiting for it (group commit).
+                evidence = self._archive.build(record)
+                response = self._reply(record, evidence, encode)
+                self._writer.write(
+                    NewEstimate(
+                        record,
+                        evidence,
+                        self._idempotency(req, digest, record, response),
+                        self._accepted(caller, req, record, evidence),
+                        still_wanted,
                     )
                 )
-                uow.commit()
         except DuplicateKeyError as race:
             if race.kind == "request_id":
                 replay = self._replay_or_mismatch(req, digest)
@@ -271,6 +260,56 @@ class EstimateService:
         if record.completed_at is not None:
             self._metrics.estimate_completed(0.0)
         return Created(response=response, replayed=False, estimate_id=record.estimate_id)
+
+    def pending_writes(self) -> int:
+        """Creates waiting for the next group commit."""
+        return self._writer.waiting()
+
+    def _store_mixed(
+        self,
+        req: EstimateRequest,
+        caller: Caller,
+        record: EstimateRecord,
+        digest: str,
+        encode: ResponseEncoder,
+        still_wanted: Callable[[], bool],
+    ) -> bytes:
+        """A MIXED create on its own: its evidence names its quota count, taken in the write unit."""
+        with self._store.unit_of_work() as uow:
+            evidence = self._archive.build(record, self._take_mixed_quota(uow, req, record.accepted_at))
+            response = self._reply(record, evidence, encode)
+            if not still_wanted():
+                raise CallAbandoned
+            idempotency = self._idempotency(req, digest, record, response)
+            store_one(
+                uow, NewEstimate(record, evidence, idempotency, self._accepted(caller, req, record, evidence))
+            )
+            uow.commit()
+        return response
+
+    @staticmethod
+    def _idempotency(
+        req: EstimateRequest, digest: str, record: EstimateRecord, response: bytes
+    ) -> IdempotencyRecord | None:
+        if req.request_id is None:
+            return None
+        return IdempotencyRecord(req.request_id, digest, record.estimate_id, response)
+
+    @staticmethod
+    def _accepted(
+        caller: Caller, req: EstimateRequest, record: EstimateRecord, evidence: EvidenceRecord
+    ) -> AuditDraft:
+        return caller.audit(
+            record.accepted_at,
+            actions.ESTIMATE_ACCEPTED,
+            "ACCEPTED",
+            estimate_id=record.estimate_id,
+            revision=record.revision,
+            status=record.status.value,
+            brand=req.brand,
+            request_id=req.request_id,
+            sha256=evidence.sha256,
+        )
 
     def _reply(self, record: EstimateRecord, evidence: EvidenceRecord, encode: ResponseEncoder) -> bytes:
         """The reply bytes, once the estimate is known to fit the store (ESTIMATE_TOO_LARGE)."""

@@ -72,7 +72,7 @@ from kis_estimator.server.storage.repository import (
     StorageError,
 )
 from kis_estimator.server.storage.rows import Row
-from kis_estimator.server.storage.sql_repositories import SqlRepositories
+from kis_estimator.server.storage.sql_repositories import SqlRepositories, multi_row
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,11 @@ class _Transaction:
         whole PostgreSQL transaction, and the caller may go on after a duplicate (as with SQLite).
         """
         return self.execute(sql + " ON CONFLICT DO NOTHING", params) == 1
+
+    def insert_many(self, sql: str, rows: Sequence[Sequence[object]]) -> bool:
+        """``insert`` for every row as one statement; False when a unique key was taken."""
+        statement, params = multi_row(sql, rows)
+        return self.execute(statement + " ON CONFLICT DO NOTHING", params) == len(rows)
 
     def one(self, sql: str, params: Sequence[object]) -> Row | None:
         try:

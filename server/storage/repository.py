@@ -174,6 +174,10 @@ class EstimateRepository(Protocol):
     def add(self, record: EstimateRecord) -> None:
         """Store a new estimate; raises :class:`DuplicateKeyError` for a taken dedup_key/request_id."""
 
+    def add_many(self, records: Sequence[EstimateRecord]) -> bool:
+        """Store new estimates in one call (group commit); False when any key was taken: the unit
+        then holds some of them and must be rolled back (:meth:`add` tells which and why)."""
+
     def update(self, record: EstimateRecord) -> None:
         """Store the next revision of an existing estimate (CompleteReview, RejectEstimate).
 
@@ -236,6 +240,9 @@ class IdempotencyRepository(Protocol):
     def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
         """Store a reply; raises :class:`DuplicateKeyError` (kind ``request_id``) if the id is taken."""
 
+    def add_many(self, records: Sequence[tuple[IdempotencyRecord, datetime]]) -> bool:
+        """Store (reply, created_at) pairs in one call; False (roll back) when an id was taken."""
+
 
 class TokenRepository(Protocol):
     def add(self, token_id: str, name: str, role: str, token_sha256: str, created_at: datetime) -> None:
@@ -259,6 +266,9 @@ class EvidenceRepository(Protocol):
         must be stored (same unit of work is fine).
         """
 
+    def add_many(self, records: Sequence[EvidenceRecord]) -> bool:
+        """Store bundles in one call; False (roll back) when a revision already had one."""
+
     def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
         """The bundle of ``revision`` (None: the highest stored revision), blob included, or None."""
 
@@ -273,6 +283,9 @@ class AuditRepository(Protocol):
         Needs a write unit: its exclusive lock is what keeps concurrent appends in one chain.
         The event is durable only when the unit commits, together with the action it records.
         """
+
+    def append_many(self, drafts: Sequence[AuditDraft]) -> list[AuditEvent]:
+        """:meth:`append` each draft in order, in one call."""
 
     def list(
         self, filter: AuditFilter, page_size: int, before_seq: int | None

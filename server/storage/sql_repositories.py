@@ -61,6 +61,11 @@ class SqlTransaction(Protocol):
     def insert(self, sql: str, params: Sequence[object]) -> bool:
         """Run an INSERT; False (nothing written, transaction usable) when a unique key is taken."""
 
+    def insert_many(self, sql: str, rows: Sequence[Sequence[object]]) -> bool:
+        """One INSERT for each row, in one call; False when any unique key was taken (then the unit
+        holds some of the rows and must be rolled back)."""
+        ...
+
     def one(self, sql: str, params: Sequence[object]) -> Row | None: ...
 
     def all(self, sql: str, params: Sequence[object]) -> list[Row]: ...
@@ -86,34 +91,25 @@ _ESTIMATE_COLUMNS = (
 _ESTIMATE_PLACEHOLDERS = ", ".join("?" for _ in _ESTIMATE_COLUMNS.split(","))
 
 
+def multi_row(sql: str, rows: Sequence[Sequence[object]]) -> tuple[str, list[object]]:
+    """``INSERT ... VALUES (?, ...)`` for every row as one statement and its flat parameters.
+
+    One statement, not ``executemany``: each statement the driver runs gives up the GIL and must win
+    it back from the request threads, which under load cost more than the insert (group_commit.py).
+    """
+    head, sep, values = sql.partition(" VALUES ")
+    if not sep or not rows:
+        raise ValueError("multi_row needs an INSERT ... VALUES (...) statement and at least one row")
+    return f"{head} VALUES {', '.join([values] * len(rows))}", [value for row in rows for value in row]
+
+
 class EstimateRepository:
     def __init__(self, tx: SqlTransaction) -> None:
         self._tx = tx
 
     def add(self, record: EstimateRecord) -> None:
         """Insert a new estimate; DuplicateKeyError when its request_id or dedup_key is taken."""
-        if record.request.brand is None:
-            raise ValueError("a stored estimate needs a brand")
-        inserted = self._tx.insert(
-            f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})",
-            (
-                record.estimate_id,
-                record.revision,
-                record.status.value,
-                record.decision.value,
-                record.request.brand,
-                record.request_id,
-                record.dedup_key,
-                record.request_hash,
-                record.actor,
-                self._tx.bind_time(record.accepted_at),
-                self._tx.bind_time(record.completed_at),
-                record.quote.totals.total_krw,
-                record.quote.totals.partial_subtotal_krw,
-                record.quote.catalog_version,
-                _document_text(record),
-            ),
-        )
+        inserted = self._tx.insert(self._INSERT, self._params(record))
         if inserted:
             return
         # Which key collided: request_id first; a replay wins over a duplicate (docs/pricing-rules.md §13).
@@ -126,6 +122,34 @@ class EstimateRepository:
             if existing is not None:
                 raise DuplicateKeyError("dedup_key", existing)
         raise StorageError(f"estimate id {record.estimate_id} is already stored")
+
+    def add_many(self, records: Sequence[EstimateRecord]) -> bool:
+        """Insert new estimates in one call; False when any key was taken (roll the unit back, then
+        ``add`` them one by one to learn which, and why)."""
+        return self._tx.insert_many(self._INSERT, [self._params(r) for r in records])
+
+    _INSERT = f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})"
+
+    def _params(self, record: EstimateRecord) -> tuple[object, ...]:
+        if record.request.brand is None:
+            raise ValueError("a stored estimate needs a brand")
+        return (
+            record.estimate_id,
+            record.revision,
+            record.status.value,
+            record.decision.value,
+            record.request.brand,
+            record.request_id,
+            record.dedup_key,
+            record.request_hash,
+            record.actor,
+            self._tx.bind_time(record.accepted_at),
+            self._tx.bind_time(record.completed_at),
+            record.quote.totals.total_krw,
+            record.quote.totals.partial_subtotal_krw,
+            record.quote.catalog_version,
+            _document_text(record),
+        )
 
     def update(self, record: EstimateRecord) -> None:
         """Replace the stored revision ``record.revision - 1`` by ``record``."""
@@ -282,18 +306,26 @@ class IdempotencyRepository:
             response=_blob(row[3]),
         )
 
-    def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
-        inserted = self._tx.insert(
-            "INSERT INTO idempotency (request_id, request_hash, estimate_id, response, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                record.request_id,
-                record.request_hash,
-                record.estimate_id,
-                bytes(record.response),
-                self._tx.bind_time(created_at),
-            ),
+    _INSERT = (
+        "INSERT INTO idempotency (request_id, request_hash, estimate_id, response, created_at)"
+        " VALUES (?, ?, ?, ?, ?)"
+    )
+
+    def _params(self, record: IdempotencyRecord, created_at: datetime) -> tuple[object, ...]:
+        return (
+            record.request_id,
+            record.request_hash,
+            record.estimate_id,
+            bytes(record.response),
+            self._tx.bind_time(created_at),
         )
+
+    def add_many(self, records: Sequence[tuple[IdempotencyRecord, datetime]]) -> bool:
+        """Insert (record, created_at) pairs in one call; False when a request_id was taken."""
+        return self._tx.insert_many(self._INSERT, [self._params(r, at) for r, at in records])
+
+    def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
+        inserted = self._tx.insert(self._INSERT, self._params(record, created_at))
         if not inserted:
             existing = self.get(record.request_id)
             if existing is None:  # pragma: no cover - the conflicting row is visible in this transaction
@@ -347,26 +379,32 @@ class EvidenceRepository:
     def __init__(self, tx: SqlTransaction) -> None:
         self._tx = tx
 
-    def add(self, record: EvidenceRecord) -> None:
-        """Insert a revision's bundle; StorageError when that revision already has one."""
+    _INSERT = f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+    def _params(self, record: EvidenceRecord) -> tuple[object, ...]:
         if record.size_bytes != len(record.bundle):
             raise ValueError(f"evidence size_bytes {record.size_bytes} != bundle length {len(record.bundle)}")
         if record.sha256 != hashlib.sha256(record.bundle).hexdigest():
             raise ValueError("evidence sha256 does not match the bundle bytes")
-        inserted = self._tx.insert(
-            f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.estimate_id,
-                record.revision,
-                record.sha256,
-                record.size_bytes,
-                record.signature_key_id,
-                record.signature,
-                self._tx.bind_time(record.created_at),
-                bytes(record.manifest_json),
-                bytes(record.bundle),
-            ),
+        return (
+            record.estimate_id,
+            record.revision,
+            record.sha256,
+            record.size_bytes,
+            record.signature_key_id,
+            record.signature,
+            self._tx.bind_time(record.created_at),
+            bytes(record.manifest_json),
+            bytes(record.bundle),
         )
+
+    def add_many(self, records: Sequence[EvidenceRecord]) -> bool:
+        """Insert bundles in one call; False when a revision already had one."""
+        return self._tx.insert_many(self._INSERT, [self._params(r) for r in records])
+
+    def add(self, record: EvidenceRecord) -> None:
+        """Insert a revision's bundle; StorageError when that revision already has one."""
+        inserted = self._tx.insert(self._INSERT, self._params(record))
         if not inserted:
             raise StorageError(
                 f"evidence of estimate {record.estimate_id} revision {record.revision} is already stored"
@@ -408,29 +446,40 @@ class AuditRepository:
 
     def append(self, draft: AuditDraft) -> AuditEvent:
         """Seal ``draft`` after the current head and insert it (call in a write unit)."""
+        return self.append_many([draft])[0]
+
+    def append_many(self, drafts: Sequence[AuditDraft]) -> list[AuditEvent]:
+        """Seal ``drafts`` in order after the current head and insert them in one call."""
         head = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
         last_seq, last_hash = (_int(head[0]), _text(head[1])) if head is not None else self.anchor()
-        event = seal(last_seq + 1, last_hash, draft)
-        inserted = self._tx.insert(
+        events = []
+        for draft in drafts:
+            event = seal(last_seq + 1, last_hash, draft)
+            events.append(event)
+            last_seq, last_hash = event.seq, event.hash
+        inserted = self._tx.insert_many(
             f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event.seq,
-                event.prev_hash,
-                event.hash,
-                self._tx.bind_time(event.at),
-                event.action,
-                event.outcome,
-                event.actor,
-                event.role,
-                event.estimate_id,
-                event.revision,
-                _details_text(event.details),
-                event.peer,
-            ),
+            [
+                (
+                    event.seq,
+                    event.prev_hash,
+                    event.hash,
+                    self._tx.bind_time(event.at),
+                    event.action,
+                    event.outcome,
+                    event.actor,
+                    event.role,
+                    event.estimate_id,
+                    event.revision,
+                    _details_text(event.details),
+                    event.peer,
+                )
+                for event in events
+            ],
         )
         if not inserted:  # pragma: no cover - the write lock makes the head read above current
-            raise StorageError(f"audit seq {event.seq} was taken concurrently", retryable=True)
-        return event
+            raise StorageError(f"audit seq {events[0].seq} was taken concurrently", retryable=True)
+        return events
 
     def list(
         self, filter: AuditFilter, page_size: int, before_seq: int | None

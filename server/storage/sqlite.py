@@ -48,7 +48,7 @@ from kis_estimator.server.storage.repository import (
 )
 from kis_estimator.server.storage.rows import Row
 from kis_estimator.server.storage.rows import text as _text
-from kis_estimator.server.storage.sql_repositories import SqlRepositories
+from kis_estimator.server.storage.sql_repositories import SqlRepositories, multi_row
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,19 @@ class _Transaction:
         """Run an INSERT; False (nothing written) when a unique or primary key is already taken."""
         try:
             self.connection().execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            if _is_unique_violation(exc):
+                return False
+            raise translate(exc, "sqlite insert failed") from exc
+        except sqlite3.Error as exc:
+            raise translate(exc, "sqlite insert failed") from exc
+        return True
+
+    def insert_many(self, sql: str, rows: Sequence[Sequence[object]]) -> bool:
+        """Insert every row with one statement; False when a unique or primary key is taken."""
+        statement, params = multi_row(sql, rows)
+        try:
+            self.connection().execute(statement, params)
         except sqlite3.IntegrityError as exc:
             if _is_unique_violation(exc):
                 return False
@@ -271,6 +284,9 @@ class WriterLock:
         deadline = self._monotonic() + timeout
         if not self._threads.acquire(timeout=timeout):
             return False
+        if self._fd < 0:
+            self._threads.release()
+            raise StorageError("store is closed")
         delay = FIRST_POLL_S
         while True:
             try:
@@ -295,7 +311,10 @@ class WriterLock:
             self._threads.release()
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close the lock file (once; a closed store may be closed again)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class SqliteStore:

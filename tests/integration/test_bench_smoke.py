@@ -129,24 +129,35 @@ def test_profile_names_the_servers_functions(results: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_every_target_has_a_value(results: dict[str, Any]) -> None:
     targets = {t["target"]: t for t in results["targets"]}
-    scaled = [store for store, r in results["scaling"]["stores"].items() if "skipped" not in r]
-    assert len(targets) == 7 + len(scaled)
+    scaled = [r for r in results["scaling"]["stores"].values() if "skipped" not in r]
+    with_h2load = [r for r in scaled if r["h2load_ratio"] is not None]
+    assert len(targets) == 7 + len(scaled) + len(with_h2load)
     for name, t in targets.items():
         assert _number(t["value"]) and t["met"] in (True, False), name
 
 
 @pytest.mark.slow
 def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dict[str, Any]) -> None:
+    """One worker without and with group commit (its same-run baseline), then two workers, from the
+    Python load generators and from h2load where it is installed."""
     stores = results["scaling"]["stores"]
     assert set(stores) == {"sqlite", "postgresql"}
     for store, result in stores.items():
         if "skipped" in result:  # no PostgreSQL server reachable: said, not hidden
             assert store == "postgresql" and result["skipped"]
             continue
-        assert [run["workers"] for run in result["runs"]] == [1, 2]
+        assert [(run["workers"], run["group_commit"]) for run in result["runs"]] == [
+            (1, False),
+            (1, True),
+            (2, True),
+        ]
         for run in result["runs"]:
             assert run["calls"] > 0 and run["errors"] == {}, (store, run["errors"])
             assert _number(run["qps"]) and _number(run["server_cpu_pct"])
-        assert _number(result["ratio"])
+            h2 = run["h2load"]
+            if "skipped" not in h2:
+                assert h2["grpc_codes"].get("OK", 0) > 0
+                assert set(h2["grpc_codes"]) <= {"OK", "CANCELLED"}, h2["grpc_codes"]  # cut at the end
+        assert _number(result["ratio"]) and _number(result["group_commit_gain"])
     targets = {t["target"] for t in results["targets"]}
     assert "CreateEstimate --workers 2 / 1 QPS, sqlite" in targets
