@@ -96,10 +96,16 @@ class Fleet:
         )
 
 
-def start_replica(env: dict[str, str], tmp: Path, index: int) -> Replica:
-    port, metrics = free_port(), free_port()
-    while metrics + 1 == port:
-        metrics = free_port()
+def start_replica(env: dict[str, str], tmp: Path, index: int, taken: set[int]) -> Replica:
+    """``taken``: ports the fleet's replicas already use. A free port is only free until someone
+    binds it, and worker 1's metrics port (metrics + 1) is not asked of the OS at all: so every
+    replica's three ports are drawn apart from the others' (two replicas once met on one)."""
+    while True:
+        port, metrics = free_port(), free_port()
+        ports = {port, metrics, metrics + 1}
+        if len(ports) == 3 and not ports & taken:
+            taken |= ports
+            break
     log = tmp / f"replica-{index}.log"
     with log.open("wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
@@ -151,7 +157,8 @@ def running_fleet(tmp_path: Path, relay: Relay | None = None, **settings: str) -
             "KIS_LOG_LEVEL": "WARNING",
         } | settings
         (tmp_path / "data").mkdir()
-        replicas = [start_replica(env, tmp_path, i) for i in range(3)]
+        taken: set[int] = set()
+        replicas = [start_replica(env, tmp_path, i, taken) for i in range(3)]
         try:
             for replica in replicas:
                 wait_ready(replica)
