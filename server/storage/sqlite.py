@@ -106,15 +106,7 @@ class _Transaction:
 
     def insert(self, sql: str, params: Sequence[object]) -> bool:
         """Run an INSERT; False (nothing written) when a unique or primary key is already taken."""
-        try:
-            self.connection().execute(sql, params)
-        except sqlite3.IntegrityError as exc:
-            if _is_unique_violation(exc):
-                return False
-            raise translate(exc, "sqlite insert failed") from exc
-        except sqlite3.Error as exc:
-            raise translate(exc, "sqlite insert failed") from exc
-        return True
+        return self.insert_many(sql, [params])
 
     def insert_many(self, sql: str, rows: Sequence[Sequence[object]]) -> bool:
         """Insert every row with one statement; False when a unique or primary key is taken."""

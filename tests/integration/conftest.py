@@ -57,6 +57,24 @@ def fresh(tmp_path: Path) -> Iterator[Served]:
     s.app.stop(0)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    """A fresh server on each store (PostgreSQL cases skip when no server is reachable)."""
+    if request.param == "sqlite":
+        served = start_app(tmp_path)
+        yield served
+        served.app.stop(0)
+        return
+    # imported here: both modules import this one
+    from tests.integration.test_postgres_service import start_on_postgres
+    from tests.integration.test_storage_contract import pg_database
+
+    with pg_database() as url:
+        served = start_on_postgres(url)
+        yield served
+        served.app.stop(0)
+
+
 # pytest-grpc wiring ------------------------------------------------------------------------------
 
 

@@ -12,36 +12,21 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from google.protobuf import json_format
 
 from kis_estimator.client import CallError, Client, estimator_pb2
 from kis_estimator.server.engine import audit as actions
 from kis_estimator.server.storage.repository import Store
-from tests.integration.conftest import Served, start_app
-from tests.integration.test_postgres_service import start_on_postgres
-from tests.integration.test_storage_contract import pg_database, read_chain, verify
+from tests.integration.conftest import Served
+from tests.integration.test_storage_contract import read_chain, verify
 
 EXAMPLE = json.loads((Path(__file__).resolve().parents[2] / "examples/example1.json").read_text())
 TIMEOUT_S = 30.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    if request.param == "sqlite":
-        s = start_app(tmp_path)
-        yield s
-        s.app.stop(0)
-        return
-    with pg_database() as url:
-        s = start_on_postgres(url)
-        yield s
-        s.app.stop(0)
 
 
 def _request(**changes: Any) -> estimator_pb2.CreateEstimateRequest:
@@ -103,7 +88,8 @@ def _batches(served: Served) -> tuple[float, float]:
     return values["kis_store_group_commit_size_count"], values["kis_store_group_commit_size_sum"]
 
 
-def test_waiting_creates_share_one_transaction_and_each_gets_its_reply(served: Served) -> None:
+def test_waiting_creates_share_one_transaction_and_each_gets_its_reply(backend: Served) -> None:
+    served = backend
     burst = Burst(served)
     lock = _held(served.app.store)
     try:
@@ -127,7 +113,8 @@ def test_waiting_creates_share_one_transaction_and_each_gets_its_reply(served: S
     assert verify(served.app.store) is None
 
 
-def test_taken_keys_in_a_batch_get_the_answers_they_get_alone(served: Served) -> None:
+def test_taken_keys_in_a_batch_get_the_answers_they_get_alone(backend: Served) -> None:
+    served = backend
     burst = Burst(served)
     shared_request = _request()
     lock = _held(served.app.store)
@@ -159,7 +146,8 @@ def test_taken_keys_in_a_batch_get_the_answers_they_get_alone(served: Served) ->
     assert verify(served.app.store) is None
 
 
-def test_a_caller_that_gave_up_while_queued_has_nothing_stored(served: Served) -> None:
+def test_a_caller_that_gave_up_while_queued_has_nothing_stored(backend: Served) -> None:
+    served = backend
     burst = Burst(served)
     lock = _held(served.app.store)
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,6 @@ from kis_estimator.server.gen.kis.estimator.v1 import review_pb2 as review_pb
 from kis_estimator.server.gen.kis.estimator.v1 import review_pb2_grpc as review_grpc
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 from tests.integration.test_evidence_api import _s01, create
-from tests.integration.test_postgres_service import start_on_postgres
-from tests.integration.test_storage_contract import pg_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    """A fresh server on each store (PostgreSQL cases skip when no server is reachable)."""
-    if request.param == "sqlite":
-        served = start_app(tmp_path)
-        yield served
-        served.app.stop(0)
-        return
-    with pg_database() as url:
-        served = start_on_postgres(url)
-        yield served
-        served.app.stop(0)
 
 
 def outcome(fn: Any, request: Any, served: Served, role: str | None) -> Outcome:
