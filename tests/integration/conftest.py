@@ -7,6 +7,8 @@ are used as they are.
 
 from __future__ import annotations
 
+import random
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,31 @@ class Served:
 
     def metadata(self, role: str | None) -> tuple[tuple[str, str | bytes], ...]:
         return (("authorization", f"Bearer {self.tokens[role]}"),) if role else ()
+
+
+# Below Linux's ephemeral range (32768-60999): no outgoing connection takes a port here meanwhile.
+_QUIET_PORTS = range(20000, 32000)
+
+
+def free_ports_in_a_row(count: int, taken: set[int] | None = None) -> int:
+    """The first of ``count`` consecutive free loopback ports, for a server that binds ``base + i``
+    itself (``serve --workers``: worker i's metrics port). Drawn below the ephemeral range, where an
+    OS-assigned port (a client's local port, another test's ``bind(0)``) never lands between this
+    check and the server's bind; ``taken`` (updated) keeps several servers of one test apart."""
+    taken = set() if taken is None else taken
+    while True:
+        base = random.randrange(_QUIET_PORTS.start, _QUIET_PORTS.stop - count)
+        ports = set(range(base, base + count))
+        if ports & taken:
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        taken |= ports
+        return base
 
 
 def start_app(db_dir: Path, *, clock: Clock | None = None, **overrides: object) -> Served:

@@ -51,9 +51,8 @@ from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
-from tests.integration.conftest import TIMEOUT_S
+from tests.integration.conftest import TIMEOUT_S, free_ports_in_a_row
 from tests.integration.test_postgres_service import EVIDENCE_KEYS
-from tests.integration.test_prometheus import free_port
 from tests.integration.test_storage_contract import pg_database
 from tests.integration.test_store_outage import Relay
 
@@ -97,15 +96,9 @@ class Fleet:
 
 
 def start_replica(env: dict[str, str], tmp: Path, index: int, taken: set[int]) -> Replica:
-    """``taken``: ports the fleet's replicas already use. A free port is only free until someone
-    binds it, and worker 1's metrics port (metrics + 1) is not asked of the OS at all: so every
-    replica's three ports are drawn apart from the others' (two replicas once met on one)."""
-    while True:
-        port, metrics = free_port(), free_port()
-        ports = {port, metrics, metrics + 1}
-        if len(ports) == 3 and not ports & taken:
-            taken |= ports
-            break
+    """``taken``: ports the fleet's replicas already use (worker 1's metrics port, metrics + 1, is
+    not asked of the OS: two replicas once met on one)."""
+    port, metrics = free_ports_in_a_row(1, taken), free_ports_in_a_row(2, taken)
     log = tmp / f"replica-{index}.log"
     with log.open("wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(

@@ -27,8 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from kis_estimator.server.gen.kis.estimator.v1 import server_info_pb2, server_info_pb2_grpc
-from tests.integration.conftest import TIMEOUT_S, start_app
-from tests.integration.test_prometheus import free_port
+from tests.integration.conftest import TIMEOUT_S, free_ports_in_a_row, start_app
 from tests.integration.test_replicas_exact import MIXED
 from tests.integration.tls import Pki, make_pki
 
@@ -99,9 +98,8 @@ def test_half_a_tls_configuration_is_refused() -> None:
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes], dict[str, str]]]:
-    port, metrics = free_port(), free_port()
-    while metrics + 1 == port:
-        metrics = free_port()
+    taken: set[int] = set()
+    port, metrics = free_ports_in_a_row(1, taken), free_ports_in_a_row(2, taken)
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
