@@ -8,7 +8,7 @@ the same work takes 1.2 ms alone. So the writes, not the CPU, capped a process n
 and a second worker on the same store added little.
 
 Here one writer thread per process takes every create that is waiting when it is free, inserts
-them with one statement per table (``executemany``), appends their audit events in arrival order
+them with one multi-row INSERT per table, appends their audit events in arrival order
 and commits once; then each caller learns its outcome. The batch forms by itself: whatever arrives
 while a commit runs is the next batch, so a lone create waits for nothing. A reply is still sent
 only after the commit that stored it (its caller waits for that), so nothing acknowledged can be lost,

@@ -62,8 +62,8 @@ class SqlTransaction(Protocol):
         """Run an INSERT; False (nothing written, transaction usable) when a unique key is taken."""
 
     def insert_many(self, sql: str, rows: Sequence[Sequence[object]]) -> bool:
-        """One INSERT for each row, in one call; False when any unique key was taken (then the unit
-        holds some of the rows and must be rolled back)."""
+        """Every row inserted by one statement (:func:`multi_row`); False when a unique key was taken
+        (then the unit may hold rows of its earlier statements and must be rolled back)."""
         ...
 
     def one(self, sql: str, params: Sequence[object]) -> Row | None: ...

@@ -349,10 +349,18 @@ class SqliteStore:
         self._restrict_permissions()
         self.write_lock = WriterLock(Path(f"{self.path}-writer"))
         try:
-            conn = self._connect()
+            conn = self._open_migrated(migrations, now)
         except BaseException:
             self.write_lock.close()
             raise
+        self._idle.append(conn)
+        self.start_checkpointer()
+
+    def _open_migrated(
+        self, migrations: Sequence[Migration] | None, now: Callable[[], datetime]
+    ) -> sqlite3.Connection:
+        """The first connection, in WAL mode, after the migrations ran."""
+        conn = self._connect()
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
@@ -365,14 +373,11 @@ class SqliteStore:
             )
         except sqlite3.Error as exc:
             conn.close()
-            self.write_lock.close()
             raise translate(exc, f"cannot open {self.path}") from exc
         except BaseException:
             conn.close()
-            self.write_lock.close()
             raise
-        self._idle.append(conn)
-        self.start_checkpointer()
+        return conn
 
     def _restrict_permissions(self) -> None:
         """Create the database file 0600 (owner only), like the evidence key file, and tighten an
