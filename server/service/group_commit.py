@@ -27,16 +27,19 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kis_estimator.server.engine.audit import AuditDraft
 from kis_estimator.server.engine.records import EstimateRecord
 from kis_estimator.server.storage.repository import (
     EvidenceRecord,
     IdempotencyRecord,
+    NewRows,
     StorageError,
     Store,
     UnitOfWork,
 )
+from kis_estimator.server.storage.rows import new_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +50,67 @@ class CallAbandoned(Exception):
     """The caller gave up (deadline or cancel) before the estimate was stored; nothing was."""
 
 
-@dataclass(slots=True)
-class NewEstimate:
-    """Everything one accepted create stores, built before the write."""
+class WriteAlone(Exception):
+    """A key of this create was taken in its batch (rolled back, nothing stored) and the writer has
+    no records to tell which: the writer process answers this, and the worker writes it alone."""
 
+
+@dataclass(frozen=True, slots=True)
+class CreateRecords:
     record: EstimateRecord
     evidence: EvidenceRecord
     idempotency: IdempotencyRecord | None
+
+
+@dataclass(slots=True)
+class NewEstimate:
+    """Everything one accepted create stores, built before the write: its rows (what a batch
+    inserts, made on the request's thread so the write lock is held for SQL only) and, in the
+    process serving the call, its records (what writing it alone needs to tell which key was taken)."""
+
+    rows: NewRows
     audit: AuditDraft
+    records: CreateRecords | None = None
     still_wanted: Callable[[], bool] = lambda: True
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    # called on the writer thread once ``done`` is set (the writer process replies from it)
+    on_done: Callable[[NewEstimate], None] | None = None
+    # (the writer's batch number, its size) of the commit that stored it; (0, 0) until then
+    batch: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def of(
+        cls,
+        record: EstimateRecord,
+        evidence: EvidenceRecord,
+        idempotency: IdempotencyRecord | None,
+        audit: AuditDraft,
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> NewEstimate:
+        rows = new_rows(record, evidence, idempotency)
+        return cls(rows, audit, CreateRecords(record, evidence, idempotency), still_wanted)
 
 
 def store_one(uow: UnitOfWork, item: NewEstimate) -> None:
-    """The rows of one create in ``uow`` (the caller commits)."""
-    uow.estimates.add(item.record)
-    uow.evidence.add(item.evidence)
-    if item.idempotency is not None:
-        uow.idempotency.add(item.idempotency, item.record.accepted_at)
+    """One create in ``uow``, each key checked on its own (the caller commits)."""
+    if item.records is None:
+        raise WriteAlone
+    record, evidence, idempotency = item.records.record, item.records.evidence, item.records.idempotency
+    uow.estimates.add(record)
+    uow.evidence.add(evidence)
+    if idempotency is not None:
+        uow.idempotency.add(idempotency, record.accepted_at)
     uow.audit.append(item.audit)
+
+
+class CreateWriter(Protocol):
+    """Where a process's creates are written: its own :class:`GroupCommit`, or the writer process
+    of a ``--workers`` set (remote_writer.py)."""
+
+    def write(self, item: NewEstimate) -> None: ...
+
+    def waiting(self) -> int: ...
 
 
 class GroupCommit:
@@ -88,6 +132,7 @@ class GroupCommit:
         self._waiting: list[NewEstimate] = []
         self._cond = threading.Condition()
         self._writer: threading.Thread | None = None
+        self._batches = 0
 
     def waiting(self) -> int:
         """Creates queued for the next transaction (not counting the one being written)."""
@@ -101,25 +146,31 @@ class GroupCommit:
             self._write_alone(item)
             _raise_for(item)
             return
+        self.submit(item)
+        item.done.wait()
+        _raise_for(item)
+
+    def submit(self, item: NewEstimate) -> None:
+        """Queue ``item`` for the next commit and return at once; ``item.done`` is set (and
+        ``item.on_done`` called) when it is stored or has failed (``item.error``)."""
         with self._cond:
             self._waiting.append(item)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._run, name="group-commit", daemon=True)
                 self._writer.start()
             self._cond.notify()
-        item.done.wait()
-        _raise_for(item)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._waiting:
                     self._cond.wait()
-                batch = self._waiting[: self._max_batch]
-                del self._waiting[: self._max_batch]
+            batch: list[NewEstimate] = []
             try:
                 self._write_batch(batch)
             except BaseException as exc:
+                if not batch:  # the unit of work never opened: fail what is waiting now
+                    batch.extend(self._take())
                 log.exception("group commit of %d creates failed", len(batch))
                 for item in batch:
                     if item.error is None:
@@ -127,46 +178,81 @@ class GroupCommit:
             finally:
                 for item in batch:
                     item.done.set()
+                    if item.on_done is not None:
+                        try:
+                            item.on_done(item)
+                        except Exception:  # a reply that cannot be sent must not stop the writer
+                            log.exception("group commit: on_done failed")
+
+    def _take(self) -> list[NewEstimate]:
+        with self._cond:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+        return batch
 
     def _write_batch(self, batch: list[NewEstimate]) -> None:
-        wanted = []
-        for item in batch:
-            if item.still_wanted():
-                wanted.append(item)
-            else:
-                item.error = CallAbandoned()
-        if not wanted:
-            return
-        self._on_batch(len(wanted))
-        if len(wanted) > 1 and self._write_together(wanted):
-            return
+        """Open the write unit first, then take the batch (into ``batch``): the creates that
+        arrived while another writer held the store's write lock join this commit instead of
+        waiting for the next one."""
+        with self._store.unit_of_work() as uow:
+            batch.extend(self._take())
+            wanted = []
+            for item in batch:
+                if item.still_wanted():
+                    wanted.append(item)
+                else:
+                    item.error = CallAbandoned()
+            if not wanted:
+                return  # nothing written: leaving the unit rolls it back
+            self._on_batch(len(wanted))
+            self._batches += 1
+            for item in wanted:
+                item.batch = (self._batches, len(wanted))
+            if len(wanted) == 1 and wanted[0].records is not None:
+                self._store_alone(uow, wanted[0])
+                return
+            if self._store_together(uow, wanted):
+                return
+        # a key was taken: the unit above was rolled back with nothing stored; each alone now
         for item in wanted:
             self._write_alone(item)
 
-    def _write_together(self, items: list[NewEstimate]) -> bool:
-        """One transaction for all; False (rolled back, nothing stored) when a key was taken."""
-        with self._store.unit_of_work() as uow:
-            replies = [(i.idempotency, i.record.accepted_at) for i in items if i.idempotency is not None]
-            stored = (
-                uow.estimates.add_many([i.record for i in items])
-                and uow.evidence.add_many([i.evidence for i in items])
-                and (not replies or uow.idempotency.add_many(replies))
-            )
-            if not stored:
-                return False  # leaving the unit uncommitted rolls it back
-            uow.audit.append_many([i.audit for i in items])
-            uow.commit()
+    @staticmethod
+    def _store_together(uow: UnitOfWork, items: list[NewEstimate]) -> bool:
+        """All in ``uow`` and commit; False (nothing committed) when a key was taken."""
+        rows = [item.rows for item in items]
+        replies = [r.idempotency for r in rows if r.idempotency is not None]
+        stored = (
+            uow.estimates.add_rows([r.estimate for r in rows])
+            and uow.evidence.add_rows([r.evidence for r in rows])
+            and (not replies or uow.idempotency.add_rows(replies))
+        )
+        if not stored:
+            return False
+        uow.audit.append_many([i.audit for i in items])
+        uow.commit()
         return True
+
+    @staticmethod
+    def _store_alone(uow: UnitOfWork, item: NewEstimate) -> None:
+        """``item`` in ``uow`` and commit; what fails is ``item``'s answer (its caller raises it)."""
+        try:
+            store_one(uow, item)
+            uow.commit()
+        except Exception as exc:  # noqa: BLE001 - the caller's thread raises it
+            item.error = exc
 
     def _write_alone(self, item: NewEstimate) -> None:
         if not item.still_wanted():
             item.error = CallAbandoned()
             return
+        if item.records is None:
+            item.error = WriteAlone()
+            return
         try:
             with self._store.unit_of_work() as uow:
-                store_one(uow, item)
-                uow.commit()
-        except Exception as exc:  # noqa: BLE001 - the caller's thread raises it
+                self._store_alone(uow, item)
+        except Exception as exc:  # noqa: BLE001 - opening the unit failed: the caller raises it
             item.error = exc
 
 
@@ -182,4 +268,14 @@ def _raise_for(item: NewEstimate) -> None:
         raise item.error
 
 
-__all__ = ["DEFAULT_MAX_BATCH", "CallAbandoned", "GroupCommit", "NewEstimate", "StorageError", "store_one"]
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "CallAbandoned",
+    "CreateRecords",
+    "CreateWriter",
+    "GroupCommit",
+    "NewEstimate",
+    "StorageError",
+    "WriteAlone",
+    "store_one",
+]

@@ -170,6 +170,15 @@ class MixedGrant:
         object.__setattr__(self, "granted_at", as_utc(self.granted_at, "granted_at"))
 
 
+@dataclass(frozen=True, slots=True)
+class NewRows:
+    """The rows of one create as column values (``storage.rows.new_rows``), datetimes unbound."""
+
+    estimate: tuple[object, ...]
+    evidence: tuple[object, ...]
+    idempotency: tuple[object, ...] | None
+
+
 class EstimateRepository(Protocol):
     def add(self, record: EstimateRecord) -> None:
         """Store a new estimate; raises :class:`DuplicateKeyError` for a taken dedup_key/request_id."""
@@ -177,6 +186,9 @@ class EstimateRepository(Protocol):
     def add_many(self, records: Sequence[EstimateRecord]) -> bool:
         """Store new estimates in one call (group commit); False when any key was taken: the unit
         then holds some of them and must be rolled back (:meth:`add` tells which and why)."""
+
+    def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
+        """:meth:`add_many` of rows already made (``storage.rows.estimate_row``)."""
 
     def update(self, record: EstimateRecord) -> None:
         """Store the next revision of an existing estimate (CompleteReview, RejectEstimate).
@@ -243,6 +255,9 @@ class IdempotencyRepository(Protocol):
     def add_many(self, records: Sequence[tuple[IdempotencyRecord, datetime]]) -> bool:
         """Store (reply, created_at) pairs in one call; False (roll back) when an id was taken."""
 
+    def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
+        """:meth:`add_many` of rows already made (``storage.rows.idempotency_row``)."""
+
 
 class TokenRepository(Protocol):
     def add(self, token_id: str, name: str, role: str, token_sha256: str, created_at: datetime) -> None:
@@ -268,6 +283,9 @@ class EvidenceRepository(Protocol):
 
     def add_many(self, records: Sequence[EvidenceRecord]) -> bool:
         """Store bundles in one call; False (roll back) when a revision already had one."""
+
+    def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
+        """:meth:`add_many` of rows already made (``storage.rows.evidence_row``)."""
 
     def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
         """The bundle of ``revision`` (None: the highest stored revision), blob included, or None."""
@@ -387,6 +405,7 @@ __all__ = [
     "IdempotencyRepository",
     "MixedGrant",
     "MixedGrantRepository",
+    "NewRows",
     "StaleRevisionError",
     "StorageError",
     "Store",

@@ -8,6 +8,7 @@ text in SQLite, ``timestamptz`` in PostgreSQL), so the mapping functions take th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -17,7 +18,14 @@ from datetime import datetime
 from kis_estimator.server.engine.audit import AuditEvent, DetailValue
 from kis_estimator.server.engine.codec import DocumentError, record_from_document, record_to_document
 from kis_estimator.server.engine.records import EstimateRecord
-from kis_estimator.server.storage.repository import EstimateCursor, EvidenceRecord, StorageError, TokenRecord
+from kis_estimator.server.storage.repository import (
+    EstimateCursor,
+    EvidenceRecord,
+    IdempotencyRecord,
+    NewRows,
+    StorageError,
+    TokenRecord,
+)
 
 Row = tuple[object, ...]
 TimeOf = Callable[[object], datetime]
@@ -154,4 +162,65 @@ def audit_event_of(row: Row, time_of: TimeOf) -> AuditEvent:
         revision=opt_integer(row[9]),
         details=details,
         peer=text(row[11]),
+    )
+
+
+# --------------------------------------------------------------------------- the rows of a create
+# Column values in each table's insert order, datetimes not yet bound (each dialect binds them as it
+# inserts): computed on the request's thread, before the write lock (group_commit.py), and small
+# and plain enough to hand to the writer process of a ``--workers`` set (remote_writer.py).
+
+
+def estimate_row(record: EstimateRecord) -> Row:
+    if record.request.brand is None:
+        raise ValueError("a stored estimate needs a brand")
+    return (
+        record.estimate_id,
+        record.revision,
+        record.status.value,
+        record.decision.value,
+        record.request.brand,
+        record.request_id,
+        record.dedup_key,
+        record.request_hash,
+        record.actor,
+        record.accepted_at,
+        record.completed_at,
+        record.quote.totals.total_krw,
+        record.quote.totals.partial_subtotal_krw,
+        record.quote.catalog_version,
+        document_text(record),
+    )
+
+
+def evidence_row(record: EvidenceRecord) -> Row:
+    if record.size_bytes != len(record.bundle):
+        raise ValueError(f"evidence size_bytes {record.size_bytes} != bundle length {len(record.bundle)}")
+    if record.sha256 != hashlib.sha256(record.bundle).hexdigest():
+        raise ValueError("evidence sha256 does not match the bundle bytes")
+    return (
+        record.estimate_id,
+        record.revision,
+        record.sha256,
+        record.size_bytes,
+        record.signature_key_id,
+        record.signature,
+        record.created_at,
+        bytes(record.manifest_json),
+        bytes(record.bundle),
+    )
+
+
+def idempotency_row(record: IdempotencyRecord, created_at: datetime) -> Row:
+    return (record.request_id, record.request_hash, record.estimate_id, bytes(record.response), created_at)
+
+
+def new_rows(
+    estimate: EstimateRecord, evidence: EvidenceRecord, idempotency: IdempotencyRecord | None
+) -> NewRows:
+    """The rows one create inserts (the reply stored for its request_id, if any, dated as accepted)."""
+    return NewRows(
+        estimate_row(estimate),
+        evidence_row(evidence),
+        None if idempotency is None else idempotency_row(idempotency, estimate.accepted_at),
     )

@@ -20,7 +20,6 @@ the read-check-insert sequences below (dedup, quota, the audit chain's head) are
 from __future__ import annotations
 
 import builtins
-import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -40,7 +39,15 @@ from kis_estimator.server.storage.repository import (
     StorageError,
     TokenRecord,
 )
-from kis_estimator.server.storage.rows import Row, audit_event_of, evidence_of, token_of
+from kis_estimator.server.storage.rows import (
+    Row,
+    audit_event_of,
+    estimate_row,
+    evidence_of,
+    evidence_row,
+    idempotency_row,
+    token_of,
+)
 from kis_estimator.server.storage.rows import blob as _blob
 from kis_estimator.server.storage.rows import count as _count
 from kis_estimator.server.storage.rows import details_text as _details_text
@@ -91,6 +98,11 @@ _ESTIMATE_COLUMNS = (
 _ESTIMATE_PLACEHOLDERS = ", ".join("?" for _ in _ESTIMATE_COLUMNS.split(","))
 
 
+def _bound(tx: SqlTransaction, row: Row) -> Row:
+    """``row`` (``storage.rows``) with its datetimes bound as ``tx``'s dialect stores them."""
+    return tuple(tx.bind_time(value) if isinstance(value, datetime) else value for value in row)
+
+
 def multi_row(sql: str, rows: Sequence[Sequence[object]]) -> tuple[str, list[object]]:
     """``INSERT ... VALUES (?, ...)`` for every row as one statement and its flat parameters.
 
@@ -126,30 +138,15 @@ class EstimateRepository:
     def add_many(self, records: Sequence[EstimateRecord]) -> bool:
         """Insert new estimates in one call; False when any key was taken (roll the unit back, then
         ``add`` them one by one to learn which, and why)."""
-        return self._tx.insert_many(self._INSERT, [self._params(r) for r in records])
+        return self.add_rows([estimate_row(r) for r in records])
+
+    def add_rows(self, rows: Sequence[Row]) -> bool:
+        return self._tx.insert_many(self._INSERT, [_bound(self._tx, row) for row in rows])
 
     _INSERT = f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})"
 
     def _params(self, record: EstimateRecord) -> tuple[object, ...]:
-        if record.request.brand is None:
-            raise ValueError("a stored estimate needs a brand")
-        return (
-            record.estimate_id,
-            record.revision,
-            record.status.value,
-            record.decision.value,
-            record.request.brand,
-            record.request_id,
-            record.dedup_key,
-            record.request_hash,
-            record.actor,
-            self._tx.bind_time(record.accepted_at),
-            self._tx.bind_time(record.completed_at),
-            record.quote.totals.total_krw,
-            record.quote.totals.partial_subtotal_krw,
-            record.quote.catalog_version,
-            _document_text(record),
-        )
+        return _bound(self._tx, estimate_row(record))
 
     def update(self, record: EstimateRecord) -> None:
         """Replace the stored revision ``record.revision - 1`` by ``record``."""
@@ -312,17 +309,14 @@ class IdempotencyRepository:
     )
 
     def _params(self, record: IdempotencyRecord, created_at: datetime) -> tuple[object, ...]:
-        return (
-            record.request_id,
-            record.request_hash,
-            record.estimate_id,
-            bytes(record.response),
-            self._tx.bind_time(created_at),
-        )
+        return _bound(self._tx, idempotency_row(record, created_at))
 
     def add_many(self, records: Sequence[tuple[IdempotencyRecord, datetime]]) -> bool:
         """Insert (record, created_at) pairs in one call; False when a request_id was taken."""
-        return self._tx.insert_many(self._INSERT, [self._params(r, at) for r, at in records])
+        return self.add_rows([idempotency_row(r, at) for r, at in records])
+
+    def add_rows(self, rows: Sequence[Row]) -> bool:
+        return self._tx.insert_many(self._INSERT, [_bound(self._tx, row) for row in rows])
 
     def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
         inserted = self._tx.insert(self._INSERT, self._params(record, created_at))
@@ -382,25 +376,14 @@ class EvidenceRepository:
     _INSERT = f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
     def _params(self, record: EvidenceRecord) -> tuple[object, ...]:
-        if record.size_bytes != len(record.bundle):
-            raise ValueError(f"evidence size_bytes {record.size_bytes} != bundle length {len(record.bundle)}")
-        if record.sha256 != hashlib.sha256(record.bundle).hexdigest():
-            raise ValueError("evidence sha256 does not match the bundle bytes")
-        return (
-            record.estimate_id,
-            record.revision,
-            record.sha256,
-            record.size_bytes,
-            record.signature_key_id,
-            record.signature,
-            self._tx.bind_time(record.created_at),
-            bytes(record.manifest_json),
-            bytes(record.bundle),
-        )
+        return _bound(self._tx, evidence_row(record))
 
     def add_many(self, records: Sequence[EvidenceRecord]) -> bool:
         """Insert bundles in one call; False when a revision already had one."""
-        return self._tx.insert_many(self._INSERT, [self._params(r) for r in records])
+        return self.add_rows([evidence_row(r) for r in records])
+
+    def add_rows(self, rows: Sequence[Row]) -> bool:
+        return self._tx.insert_many(self._INSERT, [_bound(self._tx, row) for row in rows])
 
     def add(self, record: EvidenceRecord) -> None:
         """Insert a revision's bundle; StorageError when that revision already has one."""

@@ -138,18 +138,20 @@ def test_every_target_has_a_value(results: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dict[str, Any]) -> None:
-    """One worker without and with group commit (its same-run baseline), then two workers, from the
-    Python load generators and from h2load where it is installed."""
+    """One worker without and with group commit (its same-run baseline), then two workers each
+    writing its own creates (the writer process's same-run baseline) and two with the writer
+    process, from the Python load generators and from h2load where it is installed."""
     stores = results["scaling"]["stores"]
     assert set(stores) == {"sqlite", "postgresql"}
     for store, result in stores.items():
         if "skipped" in result:  # no PostgreSQL server reachable: said, not hidden
             assert store == "postgresql" and result["skipped"]
             continue
-        assert [(run["workers"], run["group_commit"]) for run in result["runs"]] == [
-            (1, False),
-            (1, True),
-            (2, True),
+        assert [(run["workers"], run["group_commit"], run["writer"]) for run in result["runs"]] == [
+            (1, False, False),
+            (1, True, False),
+            (2, True, False),
+            (2, True, True),
         ]
         for run in result["runs"]:
             assert run["calls"] > 0 and run["errors"] == {}, (store, run["errors"])
@@ -159,5 +161,6 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
                 assert h2["grpc_codes"].get("OK", 0) > 0
                 assert set(h2["grpc_codes"]) <= {"OK", "CANCELLED"}, h2["grpc_codes"]  # cut at the end
         assert _number(result["ratio"]) and _number(result["group_commit_gain"])
+        assert _number(result["ratio_without_writer"])
     targets = {t["target"] for t in results["targets"]}
     assert "CreateEstimate --workers 2 / 1 QPS, sqlite" in targets
