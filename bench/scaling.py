@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-# (workers, group commit): one worker writing each create alone (the same-run baseline of group
-# commit), one worker and two workers with it.
-RUNS = ((1, False), (1, True), (2, True))
+# (workers, group commit, writer process): one worker writing each create alone (the same-run
+# baseline of group commit), one worker with it, two workers each writing its own creates (the
+# same-run baseline of the writer process), two workers with the writer process (the default).
+RUNS = ((1, False, False), (1, True, False), (2, True, False), (2, True, True))
 SCALING_CLIENTS = 4
 SCALING_CONCURRENCY = 16
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1/test"
@@ -76,28 +77,34 @@ def scaling_section(
                 section["stores"][store] = {"skipped": f"no PostgreSQL server at {pg_server_url}"}
                 continue
             runs = []
-            for workers, group_commit in RUNS:
+            for workers, group_commit, writer in RUNS:
                 data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
                 env = base_env | {"KIS_DATA_DIR": str(data_dir)}
                 if not group_commit:
                     env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
+                env["KIS_WRITER_PROCESS"] = "true" if writer else "false"
                 if url is not None:  # every run on the run's database: their request ids differ
                     env["KIS_DATABASE_URL"] = url
                 progress(
                     f"scaling: {store}, --workers {workers}, group commit {'on' if group_commit else 'off'}"
+                    f", writer process {'on' if writer else 'off'}"
                 )
                 try:
                     with (data_dir / "estimator.log").open("wb") as log:
                         run = run_phase(env, workers, log, secrets.token_hex(4))
-                        runs.append(run | {"workers": workers, "group_commit": group_commit})
+                        runs.append(
+                            run | {"workers": workers, "group_commit": group_commit, "writer": writer}
+                        )
                 finally:
                     if not args.keep:
                         shutil.rmtree(data_dir, ignore_errors=True)
-            alone, one, two = runs
+            alone, one, two_own, two = runs
             section["stores"][store] = {
                 "runs": runs,
                 "ratio": _ratio(one, two),
                 "h2load_ratio": _ratio(one.get("h2load", {}), two.get("h2load", {})),
+                "ratio_without_writer": _ratio(one, two_own),
+                "h2load_ratio_without_writer": _ratio(one.get("h2load", {}), two_own.get("h2load", {})),
                 "group_commit_gain": _ratio(alone, one),
                 "h2load_group_commit_gain": _ratio(alone.get("h2load", {}), one.get("h2load", {})),
             }
@@ -114,27 +121,27 @@ def _no_database() -> Iterator[str | None]:
     yield None
 
 
-HEADER = "store        workers  group commit     QPS      p50      p95   srvCPU   ratio"
+HEADER = "store        workers  group commit  writer     QPS      p50      p95   srvCPU   ratio"
 
 
 def print_scaling(section: dict[str, Any]) -> None:
     """Two tables, one per load generator; "ratio": a one-worker run with group commit over the one
-    without (its same-run baseline), the two-worker run over the one-worker run."""
-    tables: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], tuple[str, str]], ...] = (
+    without (its same-run baseline), each two-worker run over the one-worker run with group commit."""
+    tables: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], tuple[str, str, str]], ...] = (
         (
             f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
             "load-generator processes (one connection each); server CPU summed over the serving processes",
             lambda run: run,
-            ("group_commit_gain", "ratio"),
+            ("group_commit_gain", "ratio_without_writer", "ratio"),
         ),
         (
             f"\nScaling with h2load as the load generator (C, a connection per call in flight, "
             f"c{section['concurrency']}; every call a new estimate, no request_id)",
             lambda run: run.get("h2load", {}),
-            ("h2load_group_commit_gain", "h2load_ratio"),
+            ("h2load_group_commit_gain", "h2load_ratio_without_writer", "h2load_ratio"),
         ),
     )
-    for title, figures, (gain_key, ratio_key) in tables:
+    for title, figures, (gain_key, own_key, ratio_key) in tables:
         print(title)
         print(HEADER)
         for store, result in section["stores"].items():
@@ -146,10 +153,14 @@ def print_scaling(section: dict[str, Any]) -> None:
                 if "skipped" in fig:
                     print(f"{store:<12}  skipped: {fig['skipped']}")
                     break
-                key = ratio_key if run["workers"] == 2 else gain_key if run["group_commit"] else None
+                if run["workers"] == 2:
+                    key: str | None = ratio_key if run.get("writer") else own_key
+                else:
+                    key = gain_key if run["group_commit"] else None
                 ratio = f"{result[key]:.2f}" if key and result.get(key) else ""
                 print(
                     f"{store:<12}{run['workers']:>8}{'on' if run['group_commit'] else 'off':>14}"
+                    f"{'on' if run.get('writer') else 'off':>8}"
                     f"{fig['qps']:>8.0f}"
                     f"{fig['latency_ms']['p50_ms']:>9.2f}{fig['latency_ms']['p95_ms']:>9.2f}"
                     f"{fig['server_cpu_pct']:>8.0f}%{ratio:>8}"
