@@ -141,6 +141,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-seconds", type=float, help="seconds per profiled phase (default 20; smoke 2)"
     )
+    parser.add_argument(
+        "--scaling-rounds", type=int, help="interleaved one/two-worker pairs per store (default 3; smoke 1)"
+    )
     parser.add_argument("--log-level", default="INFO", help="the estimator's KIS_LOG_LEVEL (default INFO)")
     parser.add_argument(
         "--data-dir", type=Path, help="parent of the temporary data directory (default: TMPDIR)"
@@ -154,6 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.leak_calls = args.leak_calls if args.leak_calls is not None else (100 if smoke else 20_000)
     args.engine_repeat = args.engine_repeat or (3 if smoke else 30)
     args.profile_seconds = args.profile_seconds or (2.0 if smoke else 20.0)
+    args.scaling_rounds = args.scaling_rounds or (1 if smoke else 3)
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     args.sections = {x.strip() for x in args.only.split(",") if x.strip()}
     if args.clients < 1 or any(level < 1 for level in args.levels):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
+import statistics
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,10 +26,14 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-# (workers, group commit, writer process): one worker writing each create alone (the same-run
-# baseline of group commit), one worker with it, two workers each writing its own creates (the
-# same-run baseline of the writer process), two workers with the writer process (the default).
-RUNS = ((1, False, False), (1, True, False), (2, True, False), (2, True, True))
+# (workers, group commit, writer process): the same-run baselines, once each: one worker writing
+# each create alone (group commit's) and two workers each writing its own creates (the writer
+# process's); then ROUNDS rounds of the pair the ratio compares, interleaved so that a slow spell of
+# the machine lands on both sides: one worker with group commit, two workers as served by default
+# (with the writer process).
+BASELINES = ((1, False, False), (2, True, False))
+ONE, TWO = (1, True, False), (2, True, True)
+ROUNDS = 3
 SCALING_CLIENTS = 4
 SCALING_CONCURRENCY = 16
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1/test"
@@ -76,39 +81,64 @@ def scaling_section(
             if store == "postgresql" and url is None:
                 section["stores"][store] = {"skipped": f"no PostgreSQL server at {pg_server_url}"}
                 continue
-            runs = []
-            for workers, group_commit, writer in RUNS:
-                data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
-                env = base_env | {"KIS_DATA_DIR": str(data_dir)}
-                if not group_commit:
-                    env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
-                env["KIS_WRITER_PROCESS"] = "true" if writer else "false"
-                if url is not None:  # every run on the run's database: their request ids differ
-                    env["KIS_DATABASE_URL"] = url
-                progress(
-                    f"scaling: {store}, --workers {workers}, group commit {'on' if group_commit else 'off'}"
-                    f", writer process {'on' if writer else 'off'}"
-                )
-                try:
-                    with (data_dir / "estimator.log").open("wb") as log:
-                        run = run_phase(env, workers, log, secrets.token_hex(4))
-                        runs.append(
-                            run | {"workers": workers, "group_commit": group_commit, "writer": writer}
-                        )
-                finally:
-                    if not args.keep:
-                        shutil.rmtree(data_dir, ignore_errors=True)
-            alone, one, two_own, two = runs
-            section["stores"][store] = {
-                "runs": runs,
-                "ratio": _ratio(one, two),
-                "h2load_ratio": _ratio(one.get("h2load", {}), two.get("h2load", {})),
-                "ratio_without_writer": _ratio(one, two_own),
-                "h2load_ratio_without_writer": _ratio(one.get("h2load", {}), two_own.get("h2load", {})),
-                "group_commit_gain": _ratio(alone, one),
-                "h2load_group_commit_gain": _ratio(alone.get("h2load", {}), one.get("h2load", {})),
-            }
+            plan = [*BASELINES, *[run for _ in range(args.scaling_rounds) for run in (ONE, TWO)]]
+            runs = [_measure(args, base_env, url, store, kind, run_phase, progress) for kind in plan]
+            section["stores"][store] = _summary(runs)
     return section
+
+
+def _measure(
+    args: argparse.Namespace,
+    base_env: dict[str, str],
+    url: str | None,
+    store: str,
+    kind: tuple[int, bool, bool],
+    run_phase: Callable[[dict[str, str], int, IO[bytes], str], dict[str, Any]],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """One estimator started as ``kind`` says, measured, stopped."""
+    workers, group_commit, writer = kind
+    data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
+    env = base_env | {"KIS_DATA_DIR": str(data_dir)}
+    if not group_commit:
+        env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
+    env["KIS_WRITER_PROCESS"] = "true" if writer else "false"
+    if url is not None:  # every run on the run's database: their request ids differ
+        env["KIS_DATABASE_URL"] = url
+    progress(
+        f"scaling: {store}, --workers {workers}, group commit {'on' if group_commit else 'off'}"
+        f", writer process {'on' if writer else 'off'}"
+    )
+    try:
+        with (data_dir / "estimator.log").open("wb") as log:
+            run = run_phase(env, workers, log, secrets.token_hex(4))
+        return run | {"workers": workers, "group_commit": group_commit, "writer": writer}
+    finally:
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ratios of one store's runs: each round's two workers over its one worker, and their median
+    (what the target is held to); the baselines against the median one-worker figure."""
+    alone, two_own = runs[0], runs[1]
+    ones = [r for r in runs[2:] if r["workers"] == 1]
+    twos = [r for r in runs[2:] if r["workers"] == 2]
+    out: dict[str, Any] = {"runs": runs}
+    views: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
+        ("", lambda run: run),
+        ("h2load_", lambda run: run.get("h2load", {})),
+    )
+    for prefix, figures in views:
+        rounds = [_ratio(figures(one), figures(two)) for one, two in zip(ones, twos, strict=True)]
+        ratios = [r for r in rounds if r is not None]
+        one_qps = [figures(run)["qps"] for run in ones if "qps" in figures(run)]
+        median_one = {"qps": statistics.median(one_qps)} if one_qps else {}
+        out[f"{prefix}ratios"] = ratios
+        out[f"{prefix}ratio"] = statistics.median(ratios) if ratios else None
+        out[f"{prefix}ratio_without_writer"] = _ratio(median_one, figures(two_own))
+        out[f"{prefix}group_commit_gain"] = _ratio(figures(alone), median_one)
+    return out
 
 
 def _ratio(one: dict[str, Any], two: dict[str, Any]) -> float | None:
@@ -125,43 +155,59 @@ HEADER = "store        workers  group commit  writer     QPS      p50      p95  
 
 
 def print_scaling(section: dict[str, Any]) -> None:
-    """Two tables, one per load generator; "ratio": a one-worker run with group commit over the one
-    without (its same-run baseline), each two-worker run over the one-worker run with group commit."""
-    tables: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], tuple[str, str, str]], ...] = (
+    """Two tables, one per load generator, the runs in the order they ran; "ratio": a two-worker
+    run over the one-worker run of its round (the baseline without the writer process: over the
+    median one-worker run); then each store's median over the rounds, which the target is held to."""
+    tables: tuple[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
         (
             f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
             "load-generator processes (one connection each); server CPU summed over the serving processes",
+            "",
             lambda run: run,
-            ("group_commit_gain", "ratio_without_writer", "ratio"),
         ),
         (
             f"\nScaling with h2load as the load generator (C, a connection per call in flight, "
             f"c{section['concurrency']}; every call a new estimate, no request_id)",
+            "h2load_",
             lambda run: run.get("h2load", {}),
-            ("h2load_group_commit_gain", "h2load_ratio_without_writer", "h2load_ratio"),
         ),
     )
-    for title, figures, (gain_key, own_key, ratio_key) in tables:
+    for title, prefix, figures in tables:
         print(title)
         print(HEADER)
+        summaries = []
         for store, result in section["stores"].items():
             if "skipped" in result:
                 print(f"{store:<12}  skipped: {result['skipped']}")
                 continue
-            for run in result["runs"]:
+            rounds = iter(result[f"{prefix}ratios"])
+            for index, run in enumerate(result["runs"]):
                 fig = figures(run)
                 if "skipped" in fig:
                     print(f"{store:<12}  skipped: {fig['skipped']}")
                     break
-                if run["workers"] == 2:
-                    key: str | None = ratio_key if run.get("writer") else own_key
-                else:
-                    key = gain_key if run["group_commit"] else None
-                ratio = f"{result[key]:.2f}" if key and result.get(key) else ""
+                ratio: float | None = None
+                if index == 1:
+                    ratio = result[f"{prefix}ratio_without_writer"]
+                elif index > 1 and run["workers"] == 2:
+                    ratio = next(rounds, None)
                 print(
                     f"{store:<12}{run['workers']:>8}{'on' if run['group_commit'] else 'off':>14}"
                     f"{'on' if run.get('writer') else 'off':>8}"
                     f"{fig['qps']:>8.0f}"
                     f"{fig['latency_ms']['p50_ms']:>9.2f}{fig['latency_ms']['p95_ms']:>9.2f}"
-                    f"{fig['server_cpu_pct']:>8.0f}%{ratio:>8}"
+                    f"{fig['server_cpu_pct']:>8.0f}%{'' if ratio is None else f'{ratio:.2f}':>8}"
                 )
+            ratios = result[f"{prefix}ratios"]
+            if ratios:
+                summaries.append(
+                    f"  {store}: two workers / one, median of {len(ratios)} rounds "
+                    f"{result[f'{prefix}ratio']:.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
+                    f"without the writer process {_fmt(result[f'{prefix}ratio_without_writer'])}; "
+                    f"group commit on / off {_fmt(result[f'{prefix}group_commit_gain'])}"
+                )
+        print("\n".join(summaries))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -148,9 +148,9 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
             assert store == "postgresql" and result["skipped"]
             continue
         assert [(run["workers"], run["group_commit"], run["writer"]) for run in result["runs"]] == [
-            (1, False, False),
-            (1, True, False),
+            (1, False, False),  # the baselines: group commit's, the writer process's
             (2, True, False),
+            (1, True, False),  # then the rounds (one in a smoke run)
             (2, True, True),
         ]
         for run in result["runs"]:
@@ -160,6 +160,7 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
             if "skipped" not in h2:
                 assert h2["grpc_codes"].get("OK", 0) > 0
                 assert set(h2["grpc_codes"]) <= {"OK", "CANCELLED"}, h2["grpc_codes"]  # cut at the end
+        assert len(result["ratios"]) == 1 and result["ratio"] == result["ratios"][0]
         assert _number(result["ratio"]) and _number(result["group_commit_gain"])
         assert _number(result["ratio_without_writer"])
     targets = {t["target"] for t in results["targets"]}
