@@ -2,11 +2,13 @@
 
 For each store (the default SQLite file; PostgreSQL when a server answers at ``KIS_BENCH_PG_URL``,
 default ``postgresql://postgres@127.0.0.1/test``, in a database made for the run and dropped after),
-a fresh estimator is started with one worker and then with two (SO_REUSEPORT), and the same
-closed-loop CreateEstimate phase runs against each: c16 from ``SCALING_CLIENTS`` load-generator
-processes, one connection each, since SO_REUSEPORT balances connections, not calls. Reported: QPS,
-latency, server CPU summed over the serving processes, and the ratio two workers / one worker (the
-scale-out issue asks ≥ 1.6).
+a fresh estimator is started with one worker and then with two (SO_REUSEPORT), in interleaved
+rounds, and the same closed-loop CreateEstimate phase runs against each: c16 from
+``SCALING_CLIENTS`` load-generator processes, one connection each, since SO_REUSEPORT balances
+connections, not calls. Reported: QPS, latency, server CPU summed over the serving processes, and
+the ratio two workers / one worker of each round and their median (the scale-out issue asks
+≥ 1.6): on a shared 2-core machine one run differs from the next by up to a quarter, so a single
+pair says little.
 
 On a 2-core machine the load generators share the cores with the workers, so the ratio is a lower
 bound of what two workers give on a host of their own.
@@ -26,14 +28,11 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-# (workers, group commit, writer process): the same-run baselines, once each: one worker writing
-# each create alone (group commit's) and two workers each writing its own creates (the writer
-# process's); then ROUNDS rounds of the pair the ratio compares, interleaved so that a slow spell of
-# the machine lands on both sides: one worker with group commit, two workers as served by default
-# (with the writer process).
-BASELINES = ((1, False, False), (2, True, False))
-ONE, TWO = (1, True, False), (2, True, True)
-ROUNDS = 3
+# (workers, group commit): group commit's same-run baseline once (one worker writing each create
+# alone), then ``--scaling-rounds`` rounds of the pair the ratio compares, one worker and two,
+# interleaved so that a slow spell of the machine lands on both sides.
+BASELINE = (1, False)
+ONE, TWO = (1, True), (2, True)
 SCALING_CLIENTS = 4
 SCALING_CONCURRENCY = 16
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1/test"
@@ -81,7 +80,7 @@ def scaling_section(
             if store == "postgresql" and url is None:
                 section["stores"][store] = {"skipped": f"no PostgreSQL server at {pg_server_url}"}
                 continue
-            plan = [*BASELINES, *[run for _ in range(args.scaling_rounds) for run in (ONE, TWO)]]
+            plan = [BASELINE, *[run for _ in range(args.scaling_rounds) for run in (ONE, TWO)]]
             runs = [_measure(args, base_env, url, store, kind, run_phase, progress) for kind in plan]
             section["stores"][store] = _summary(runs)
     return section
@@ -92,27 +91,23 @@ def _measure(
     base_env: dict[str, str],
     url: str | None,
     store: str,
-    kind: tuple[int, bool, bool],
+    kind: tuple[int, bool],
     run_phase: Callable[[dict[str, str], int, IO[bytes], str], dict[str, Any]],
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """One estimator started as ``kind`` says, measured, stopped."""
-    workers, group_commit, writer = kind
+    workers, group_commit = kind
     data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
     env = base_env | {"KIS_DATA_DIR": str(data_dir)}
     if not group_commit:
         env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
-    env["KIS_WRITER_PROCESS"] = "true" if writer else "false"
     if url is not None:  # every run on the run's database: their request ids differ
         env["KIS_DATABASE_URL"] = url
-    progress(
-        f"scaling: {store}, --workers {workers}, group commit {'on' if group_commit else 'off'}"
-        f", writer process {'on' if writer else 'off'}"
-    )
+    progress(f"scaling: {store}, --workers {workers}, group commit {'on' if group_commit else 'off'}")
     try:
         with (data_dir / "estimator.log").open("wb") as log:
             run = run_phase(env, workers, log, secrets.token_hex(4))
-        return run | {"workers": workers, "group_commit": group_commit, "writer": writer}
+        return run | {"workers": workers, "group_commit": group_commit}
     finally:
         if not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -120,10 +115,10 @@ def _measure(
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Ratios of one store's runs: each round's two workers over its one worker, and their median
-    (what the target is held to); the baselines against the median one-worker figure."""
-    alone, two_own = runs[0], runs[1]
-    ones = [r for r in runs[2:] if r["workers"] == 1]
-    twos = [r for r in runs[2:] if r["workers"] == 2]
+    (what the target is held to); the baseline against the median one-worker figure."""
+    alone = runs[0]
+    ones = [r for r in runs[1:] if r["workers"] == 1]
+    twos = [r for r in runs[1:] if r["workers"] == 2]
     out: dict[str, Any] = {"runs": runs}
     views: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
         ("", lambda run: run),
@@ -136,7 +131,6 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         median_one = {"qps": statistics.median(one_qps)} if one_qps else {}
         out[f"{prefix}ratios"] = ratios
         out[f"{prefix}ratio"] = statistics.median(ratios) if ratios else None
-        out[f"{prefix}ratio_without_writer"] = _ratio(median_one, figures(two_own))
         out[f"{prefix}group_commit_gain"] = _ratio(figures(alone), median_one)
     return out
 
@@ -151,13 +145,13 @@ def _no_database() -> Iterator[str | None]:
     yield None
 
 
-HEADER = "store        workers  group commit  writer     QPS      p50      p95   srvCPU   ratio"
+HEADER = "store        workers  group commit     QPS      p50      p95   srvCPU   ratio"
 
 
 def print_scaling(section: dict[str, Any]) -> None:
     """Two tables, one per load generator, the runs in the order they ran; "ratio": a two-worker
-    run over the one-worker run of its round (the baseline without the writer process: over the
-    median one-worker run); then each store's median over the rounds, which the target is held to."""
+    run over the one-worker run of its round; then each store's median over the rounds, which the
+    target is held to, and group commit's gain (the median one-worker run over the baseline)."""
     tables: tuple[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
         (
             f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
@@ -181,19 +175,14 @@ def print_scaling(section: dict[str, Any]) -> None:
                 print(f"{store:<12}  skipped: {result['skipped']}")
                 continue
             rounds = iter(result[f"{prefix}ratios"])
-            for index, run in enumerate(result["runs"]):
+            for run in result["runs"]:
                 fig = figures(run)
                 if "skipped" in fig:
                     print(f"{store:<12}  skipped: {fig['skipped']}")
                     break
-                ratio: float | None = None
-                if index == 1:
-                    ratio = result[f"{prefix}ratio_without_writer"]
-                elif index > 1 and run["workers"] == 2:
-                    ratio = next(rounds, None)
+                ratio = next(rounds, None) if run["workers"] == 2 else None
                 print(
                     f"{store:<12}{run['workers']:>8}{'on' if run['group_commit'] else 'off':>14}"
-                    f"{'on' if run.get('writer') else 'off':>8}"
                     f"{fig['qps']:>8.0f}"
                     f"{fig['latency_ms']['p50_ms']:>9.2f}{fig['latency_ms']['p95_ms']:>9.2f}"
                     f"{fig['server_cpu_pct']:>8.0f}%{'' if ratio is None else f'{ratio:.2f}':>8}"
@@ -203,7 +192,6 @@ def print_scaling(section: dict[str, Any]) -> None:
                 summaries.append(
                     f"  {store}: two workers / one, median of {len(ratios)} rounds "
                     f"{result[f'{prefix}ratio']:.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
-                    f"without the writer process {_fmt(result[f'{prefix}ratio_without_writer'])}; "
                     f"group commit on / off {_fmt(result[f'{prefix}group_commit_gain'])}"
                 )
         print("\n".join(summaries))

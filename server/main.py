@@ -6,7 +6,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +32,9 @@ from kis_estimator.server.service.caller import Caller
 from kis_estimator.server.service.denials import DenialAudit
 from kis_estimator.server.service.estimates import EstimateService
 from kis_estimator.server.service.evidence import EvidenceArchive, EvidenceService
-from kis_estimator.server.service.group_commit import CreateWriter, GroupCommit
 from kis_estimator.server.service.mixed_quota import mixed_usage
 from kis_estimator.server.service.paging import PAGE_TOKEN_KEY_PURPOSE, PageTokens
 from kis_estimator.server.service.rate_limit import Limiter, RateLimiter
-from kis_estimator.server.service.remote_writer import RemoteWriter
 from kis_estimator.server.service.reviews import ReviewService
 from kis_estimator.server.service.sandbox import Sandboxes, SandboxFactory, ServiceSet
 from kis_estimator.server.service.shared_rate_limit import SharedRateLimiter
@@ -207,10 +204,8 @@ def domain_services(
     metrics: Metrics,
     settings: Settings,
     denials: DenialAudit | None = None,
-    writer: CreateWriter | None = None,
 ) -> ServiceSet:
-    """The use cases over one store: production's, or an acceptance sandbox's. ``writer``: where
-    creates are written (default: a group commit of this process's own)."""
+    """The use cases over one store: production's, or an acceptance sandbox's."""
     archive = EvidenceArchive(catalog, keyring, clock, metrics)
     quota = settings.mixed_monthly_quota
     pages = PageTokens(keyring.derived_key(PAGE_TOKEN_KEY_PURPOSE))
@@ -225,7 +220,6 @@ def domain_services(
             page_tokens=pages,
             max_stored_bytes=settings.max_stored_bytes_per_estimate,
             group_commit_max_batch=settings.group_commit_max_batch,
-            writer=writer,
         ),
         reviews=ReviewService(store, catalog, clock, archive, metrics, quota, pages),
         evidence=EvidenceService(
@@ -281,10 +275,8 @@ def build_app(
     address: str | None = None,
     metrics_address: str | None = None,
     registry: CollectorRegistry | None = None,
-    writer_socket: socket.socket | None = None,
 ) -> App:
-    """Wire everything; the server is bound but not started. ``writer_socket``: this worker's end
-    of the set's writer process (server/service/remote_writer.py), which then writes its creates."""
+    """Wire everything; the server is bound but not started."""
     catalog = load_catalog(settings.catalog_dir or DEFAULT_CATALOG_DIR)
     keyring = load_keyring(settings)
     store = open_store(settings)
@@ -292,10 +284,7 @@ def build_app(
     metrics = Metrics(registry or CollectorRegistry())
     metrics.registry.register(StoreGaugesCollector(store_gauges(store, clock, settings.mixed_monthly_quota)))
     denials = DenialAudit(store, clock, window_s=settings.denial_audit_window_s)
-    writer = None
-    if writer_socket is not None:
-        writer = RemoteWriter(writer_socket, GroupCommit(store, max_batch=1), on_batch=metrics.group_commit)
-    production = domain_services(store, catalog, keyring, clock, metrics, settings, denials, writer)
+    production = domain_services(store, catalog, keyring, clock, metrics, settings, denials)
     watch = StoreWatch(store)
     deps = ServiceDeps(
         estimates=production.estimates,
@@ -344,10 +333,10 @@ def build_app(
     )
 
 
-def serve(settings: Settings, address: str | None = None, writer_socket: socket.socket | None = None) -> int:
+def serve(settings: Settings, address: str | None = None) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit status."""
     try:
-        app = build_app(settings, address=address, writer_socket=writer_socket)
+        app = build_app(settings, address=address)
         app.start()
     except (OSError, RuntimeError, ValueError) as exc:
         log.error("cannot start", extra={"error": str(exc)})

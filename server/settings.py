@@ -68,17 +68,6 @@ def _float_in(lo: float, hi: float) -> Callable[[str, str], float]:
     return parse
 
 
-_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
-
-
-def _bool(name: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise SettingsError(f"{name}={value!r}: expected true or false")
-
-
 def _choice(*allowed: str) -> Callable[[str, str], str]:
     def parse(name: str, value: str) -> str:
         if value.upper() not in allowed:
@@ -162,9 +151,6 @@ class Settings:
     # Concurrent creates share one write transaction of at most this many (server/service/
     # group_commit.py); 1 writes each create alone on its own thread.
     group_commit_max_batch: int = 64
-    # With --workers > 1, one process of the set writes every worker's creates (server/service/
-    # remote_writer.py); false: each worker writes its own, queueing for the store's write lock.
-    writer_process: bool = True
     # Streaming calls (reflection, evidence-bundle downloads) run on threads of their own, never on
     # the max_workers RPC threads: at most this many at once (more are refused STREAMS_EXHAUSTED),
     # this many per client address (raise it behind a proxy: every client has the proxy's address),
@@ -291,10 +277,8 @@ def _from_file(path: Path) -> dict[str, Any]:
             close = difflib.get_close_matches(key, list(_PARSERS), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise SettingsError(f"config file {path}: unknown setting {key!r}{hint}")
-        if isinstance(raw, bool):
-            raw = "true" if raw else "false"  # the key's own parser decides whether it takes one
-        if not isinstance(raw, str | int | float):
-            raise SettingsError(f"config file {path}: {key} must be a string, a number or a boolean")
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise SettingsError(f"config file {path}: {key} must be a string or a number")
         values[key] = _PARSERS[key](f"{path}: {key}", str(raw).strip())
     return values
 
@@ -309,7 +293,6 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "max_message_bytes": _int_in(4096, 64 * 1024 * 1024),
     "max_workers": _int_in(1, 256),
     "group_commit_max_batch": _int_in(1, 1024),
-    "writer_process": _bool,
     "max_streams": _int_in(1, 256),
     "max_streams_per_peer": _int_in(1, 256),
     "stream_idle_s": _float_in(0.5, 3600.0),

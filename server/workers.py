@@ -14,19 +14,11 @@ Metrics: worker *i* serves ``/metrics`` and ``/healthz`` on the configured metri
 (one scrape target per worker, listed in deploy/README.md); each exposes its own counters and
 ``kis_build_info``, and Prometheus sums them.
 
-Writes: with more than one worker (and ``KIS_WRITER_PROCESS`` left true) the parent also forks a
-writer process that serves no calls and writes every worker's creates in shared commits, over one
-socketpair per worker (server/service/remote_writer.py): a writer thread inside a serving process
-waits for the GIL between its statements while it holds the store's write lock. Other writes
-(reviews, grants, MIXED creates, tokens) stay in the workers, behind the same write lock.
-
 Lifecycle: SIGTERM or SIGINT to the parent is forwarded to every worker; each drains its in-flight
 calls (``KIS_SHUTDOWN_GRACE_S``) and exits, and the parent exits 0 once all have. A worker that
 dies on its own takes the others down (the parent exits 1): a supervisor (systemd ``Restart=``)
-restarts the whole set rather than a half-sized one silently serving on. The writer process ignores
-both signals and exits once every worker has closed its socket, after writing what they sent; if it
-dies, the workers answer creates UNAVAILABLE and the parent stops the set the same way. A parent
-killed outright (SIGKILL) takes its workers with it (``PR_SET_PDEATHSIG``), so no orphan keeps the port.
+restarts the whole set rather than a half-sized one silently serving on. A parent killed outright
+(SIGKILL) takes its workers with it (``PR_SET_PDEATHSIG``), so no orphan keeps the port.
 """
 
 from __future__ import annotations
@@ -36,9 +28,7 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
-from collections.abc import Iterable
 from dataclasses import replace
 from types import FrameType
 
@@ -76,32 +66,6 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-WRITER = -1
-"""``children``'s index of the writer process."""
-
-
-def _close(sockets: Iterable[socket.socket]) -> None:
-    for sock in sockets:
-        sock.close()
-
-
-def _serve_writer(settings: Settings, socks: list[socket.socket]) -> int:
-    """The writer process (module doc): until every worker has closed its end."""
-    from kis_estimator.server.main import open_store
-    from kis_estimator.server.service.group_commit import GroupCommit
-    from kis_estimator.server.service.remote_writer import serve_writes
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    store = open_store(settings)
-    try:
-        serve_writes(GroupCommit(store, max_batch=settings.group_commit_max_batch), socks)
-    finally:
-        store.close()
-    log.info("writer stopped")
-    return 0
-
-
 def serve_workers(settings: Settings, address: str | None = None) -> int:
     """Fork the workers, forward signals, wait; the exit status of the set (module doc)."""
     from kis_estimator.server.main import load_keyring, open_store, serve  # the parent must not start gRPC
@@ -113,35 +77,18 @@ def serve_workers(settings: Settings, address: str | None = None) -> int:
     count = worker_count(settings.workers)
     shared = replace(settings, workers=count)  # every worker binds with SO_REUSEPORT
     children: dict[int, int] = {}
-    pairs = [socket.socketpair() for _ in range(count)] if count > 1 and settings.writer_process else []
-    if pairs:
-        pid = os.fork()
-        if pid == 0:  # the writer: the writer's end of every pair
-            code = 1
-            try:
-                _close(end for pair in pairs for end in pair[1:])
-                code = _serve_writer(shared, [pair[0] for pair in pairs])
-            finally:
-                os._exit(code)
-        children[pid] = WRITER
     for index in range(count):
         pid = os.fork()
-        if pid == 0:  # the worker: its own end only, so it sees EOF when the writer is gone
+        if pid == 0:  # the worker
             code = 1
             try:
                 _die_with_parent()
-                own = pairs[index][1] if pairs else None
-                _close(end for pair in pairs for end in pair if end is not own)
                 worker = replace(shared, metrics_address=_metrics_address(settings.metrics_address, index))
-                code = serve(worker, address=address, writer_socket=own)
+                code = serve(worker, address=address)
             finally:
                 os._exit(code)
         children[pid] = index
-    _close(end for pair in pairs for end in pair)
-    log.info(
-        "workers started",
-        extra={"workers": count, "pids": sorted(p for p, i in children.items() if i != WRITER)},
-    )
+    log.info("workers started", extra={"workers": count, "pids": sorted(children)})
 
     stopping = False
 
@@ -162,12 +109,9 @@ def serve_workers(settings: Settings, address: str | None = None) -> int:
             break
         index = children.pop(pid, -1)
         code = os.waitstatus_to_exitcode(wait_status)
-        if index == WRITER and stopping and code == 0:
-            continue
-        if not stopping or index == WRITER:
+        if not stopping:
             log.error(
-                "worker exited unexpectedly; stopping the others",
-                extra={"worker": "writer" if index == WRITER else index, "code": code},
+                "worker exited unexpectedly; stopping the others", extra={"worker": index, "code": code}
             )
             status = 1
             forward(signal.SIGTERM, None)

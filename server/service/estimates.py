@@ -44,7 +44,6 @@ from kis_estimator.server.service.evidence import EvidenceArchive, EvidenceSumma
 from kis_estimator.server.service.group_commit import (
     DEFAULT_MAX_BATCH,
     CallAbandoned,
-    CreateWriter,
     GroupCommit,
     NewEstimate,
     store_one,
@@ -118,12 +117,9 @@ class EstimateService:
         page_tokens: PageTokens | None = None,
         max_stored_bytes: int = 1024 * 1024,
         group_commit_max_batch: int = DEFAULT_MAX_BATCH,
-        writer: CreateWriter | None = None,
     ) -> None:
         self._pages = page_tokens or PageTokens.random()
-        self._writer = writer or GroupCommit(
-            store, max_batch=group_commit_max_batch, on_batch=metrics.group_commit
-        )
+        self._writer = GroupCommit(store, max_batch=group_commit_max_batch, on_batch=metrics.group_commit)
         self._max_stored_bytes = max_stored_bytes
         self._metrics = metrics
         self._archive = archive
@@ -246,7 +242,7 @@ class EstimateService:
                 evidence = self._archive.build(record)
                 response = self._reply(record, evidence, encode)
                 self._writer.write(
-                    NewEstimate.of(
+                    NewEstimate(
                         record,
                         evidence,
                         self._idempotency(req, digest, record, response),
@@ -266,7 +262,7 @@ class EstimateService:
         return Created(response=response, replayed=False, estimate_id=record.estimate_id)
 
     def pending_writes(self) -> int:
-        """Creates waiting for their commit (this process's, or sent to the writer process)."""
+        """Creates waiting for the next group commit."""
         return self._writer.waiting()
 
     def _store_mixed(
@@ -285,8 +281,9 @@ class EstimateService:
             if not still_wanted():
                 raise CallAbandoned
             idempotency = self._idempotency(req, digest, record, response)
-            audit = self._accepted(caller, req, record, evidence)
-            store_one(uow, NewEstimate.of(record, evidence, idempotency, audit))
+            store_one(
+                uow, NewEstimate(record, evidence, idempotency, self._accepted(caller, req, record, evidence))
+            )
             uow.commit()
         return response
 

@@ -10,7 +10,11 @@ and a second worker on the same store added little.
 Here one writer thread per process takes every create that is waiting when it is free, inserts
 them with one multi-row INSERT per table, appends their audit events in arrival order
 and commits once; then each caller learns its outcome. The batch forms by itself: whatever arrives
-while a commit runs is the next batch, so a lone create waits for nothing. A reply is still sent
+while a commit runs is the next batch, so a lone create waits for nothing. The writer opens its
+write unit (takes the lock) before it takes the batch, so the creates that arrive while another
+process holds the lock join this commit rather than wait for the next one; and each create's rows
+(``storage.rows.new_rows``: the JSON document, the checked bundle) are made on the request's thread
+before it queues, so the lock is held for the SQL and the commit only. A reply is still sent
 only after the commit that stored it (its caller waits for that), so nothing acknowledged can be lost,
 and a batch that fails (the store unavailable, a commit error) fails every member, none half-stored.
 
@@ -27,7 +31,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from kis_estimator.server.engine.audit import AuditDraft
 from kis_estimator.server.engine.records import EstimateRecord
@@ -50,67 +53,32 @@ class CallAbandoned(Exception):
     """The caller gave up (deadline or cancel) before the estimate was stored; nothing was."""
 
 
-class WriteAlone(Exception):
-    """A key of this create was taken in its batch (rolled back, nothing stored) and the writer has
-    no records to tell which: the writer process answers this, and the worker writes it alone."""
+@dataclass(slots=True)
+class NewEstimate:
+    """Everything one accepted create stores, built before the write: its records (what writing it
+    alone checks key by key) and their rows (what a batch inserts), made at construction, on the
+    request's thread."""
 
-
-@dataclass(frozen=True, slots=True)
-class CreateRecords:
     record: EstimateRecord
     evidence: EvidenceRecord
     idempotency: IdempotencyRecord | None
-
-
-@dataclass(slots=True)
-class NewEstimate:
-    """Everything one accepted create stores, built before the write: its rows (what a batch
-    inserts, made on the request's thread so the write lock is held for SQL only) and, in the
-    process serving the call, its records (what writing it alone needs to tell which key was taken)."""
-
-    rows: NewRows
     audit: AuditDraft
-    records: CreateRecords | None = None
     still_wanted: Callable[[], bool] = lambda: True
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
-    # called on the writer thread once ``done`` is set (the writer process replies from it)
-    on_done: Callable[[NewEstimate], None] | None = None
-    # (the writer's batch number, its size) of the commit that stored it; (0, 0) until then
-    batch: tuple[int, int] = (0, 0)
+    rows: NewRows = field(init=False)
 
-    @classmethod
-    def of(
-        cls,
-        record: EstimateRecord,
-        evidence: EvidenceRecord,
-        idempotency: IdempotencyRecord | None,
-        audit: AuditDraft,
-        still_wanted: Callable[[], bool] = lambda: True,
-    ) -> NewEstimate:
-        rows = new_rows(record, evidence, idempotency)
-        return cls(rows, audit, CreateRecords(record, evidence, idempotency), still_wanted)
+    def __post_init__(self) -> None:
+        self.rows = new_rows(self.record, self.evidence, self.idempotency)
 
 
 def store_one(uow: UnitOfWork, item: NewEstimate) -> None:
     """One create in ``uow``, each key checked on its own (the caller commits)."""
-    if item.records is None:
-        raise WriteAlone
-    record, evidence, idempotency = item.records.record, item.records.evidence, item.records.idempotency
-    uow.estimates.add(record)
-    uow.evidence.add(evidence)
-    if idempotency is not None:
-        uow.idempotency.add(idempotency, record.accepted_at)
+    uow.estimates.add(item.record)
+    uow.evidence.add(item.evidence)
+    if item.idempotency is not None:
+        uow.idempotency.add(item.idempotency, item.record.accepted_at)
     uow.audit.append(item.audit)
-
-
-class CreateWriter(Protocol):
-    """Where a process's creates are written: its own :class:`GroupCommit`, or the writer process
-    of a ``--workers`` set (remote_writer.py)."""
-
-    def write(self, item: NewEstimate) -> None: ...
-
-    def waiting(self) -> int: ...
 
 
 class GroupCommit:
@@ -132,7 +100,6 @@ class GroupCommit:
         self._waiting: list[NewEstimate] = []
         self._cond = threading.Condition()
         self._writer: threading.Thread | None = None
-        self._batches = 0
 
     def waiting(self) -> int:
         """Creates queued for the next transaction (not counting the one being written)."""
@@ -146,19 +113,14 @@ class GroupCommit:
             self._write_alone(item)
             _raise_for(item)
             return
-        self.submit(item)
-        item.done.wait()
-        _raise_for(item)
-
-    def submit(self, item: NewEstimate) -> None:
-        """Queue ``item`` for the next commit and return at once; ``item.done`` is set (and
-        ``item.on_done`` called) when it is stored or has failed (``item.error``)."""
         with self._cond:
             self._waiting.append(item)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._run, name="group-commit", daemon=True)
                 self._writer.start()
             self._cond.notify()
+        item.done.wait()
+        _raise_for(item)
 
     def _run(self) -> None:
         while True:
@@ -178,11 +140,6 @@ class GroupCommit:
             finally:
                 for item in batch:
                     item.done.set()
-                    if item.on_done is not None:
-                        try:
-                            item.on_done(item)
-                        except Exception:  # a reply that cannot be sent must not stop the writer
-                            log.exception("group commit: on_done failed")
 
     def _take(self) -> list[NewEstimate]:
         with self._cond:
@@ -205,10 +162,7 @@ class GroupCommit:
             if not wanted:
                 return  # nothing written: leaving the unit rolls it back
             self._on_batch(len(wanted))
-            self._batches += 1
-            for item in wanted:
-                item.batch = (self._batches, len(wanted))
-            if len(wanted) == 1 and wanted[0].records is not None:
+            if len(wanted) == 1:
                 self._store_alone(uow, wanted[0])
                 return
             if self._store_together(uow, wanted):
@@ -246,9 +200,6 @@ class GroupCommit:
         if not item.still_wanted():
             item.error = CallAbandoned()
             return
-        if item.records is None:
-            item.error = WriteAlone()
-            return
         try:
             with self._store.unit_of_work() as uow:
                 self._store_alone(uow, item)
@@ -271,11 +222,8 @@ def _raise_for(item: NewEstimate) -> None:
 __all__ = [
     "DEFAULT_MAX_BATCH",
     "CallAbandoned",
-    "CreateRecords",
-    "CreateWriter",
     "GroupCommit",
     "NewEstimate",
     "StorageError",
-    "WriteAlone",
     "store_one",
 ]

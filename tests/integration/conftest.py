@@ -60,22 +60,10 @@ def free_ports_in_a_row(count: int, taken: set[int] | None = None) -> int:
         return base
 
 
-def start_app(
-    db_dir: Path,
-    *,
-    clock: Clock | None = None,
-    writer_socket: socket.socket | None = None,
-    **overrides: object,
-) -> Served:
+def start_app(db_dir: Path, *, clock: Clock | None = None, **overrides: object) -> Served:
     values: dict[str, object] = {"database_url": f"sqlite:///{db_dir / 'kis.db'}", "shutdown_grace_s": 5.0}
     settings = Settings(**(values | overrides))  # type: ignore[arg-type]
-    app = build_app(
-        settings,
-        address="127.0.0.1:0",
-        metrics_address="127.0.0.1:0",
-        clock=clock,
-        writer_socket=writer_socket,
-    )
+    app = build_app(settings, address="127.0.0.1:0", metrics_address="127.0.0.1:0", clock=clock)
     app.start()
     tokens = {role.value: app.deps.tokens.create(role, f"test-{role.value.lower()}").token for role in Role}
     return Served(app=app, address=f"127.0.0.1:{app.port}", tokens=tokens)

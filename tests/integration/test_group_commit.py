@@ -1,80 +1,32 @@
-"""Group commit (server/service/group_commit.py) through the real API, on SQLite and PostgreSQL,
-written by the serving process itself or by a writer (server/service/remote_writer.py: the loop of
-``serve --workers``' writer process, here on a thread with a store of its own, over a socketpair).
+"""Group commit (server/service/group_commit.py) through the real API, on SQLite and PostgreSQL.
 
 The store's write lock is held by the test while creates arrive, so they queue and are written by
 one transaction once it is released: every reply still comes after the commit that stored it, a
 taken key inside a batch gets the same answer as alone (replay, DUPLICATE_REQUEST), a caller that
-gave up meanwhile has nothing stored, and the audit chain verifies. A writer that is gone turns
-creates into UNAVAILABLE, nothing half-stored.
+gave up meanwhile has nothing stored, and the audit chain verifies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from google.protobuf import json_format
 
 from kis_estimator.client import CallError, Client, estimator_pb2
 from kis_estimator.server.engine import audit as actions
-from kis_estimator.server.main import open_store
-from kis_estimator.server.service.group_commit import GroupCommit
-from kis_estimator.server.service.remote_writer import serve_writes
 from kis_estimator.server.storage.repository import Store
-from tests.integration.conftest import Served, start_app
-from tests.integration.test_postgres_service import start_on_postgres
-from tests.integration.test_storage_contract import pg_database, read_chain, verify
+from tests.integration.conftest import Served
+from tests.integration.test_storage_contract import read_chain, verify
 
 EXAMPLE = json.loads((Path(__file__).resolve().parents[2] / "examples/example1.json").read_text())
 TIMEOUT_S = 30.0
-
-
-_WRITER_STORES: dict[int, Store] = {}
-
-
-def _writing_store(served: Served) -> Store:
-    """The store whose write lock the creates' writer takes: the writer's own, if it has one."""
-    return _WRITER_STORES.get(id(served), served.app.store)
-
-
-@pytest.fixture(params=["sqlite", "sqlite+writer", "postgres", "postgres+writer"])
-def written(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    """A fresh server on each store; ``+writer``: its creates go to a writer over a socketpair."""
-    store, _, writer = request.param.partition("+")
-    with pg_database() if store == "postgres" else contextlib.nullcontext(None) as url:
-        if not writer:
-            served = start_on_postgres(url) if url else start_app(tmp_path)
-            yield served
-            served.app.stop(0)
-            return
-        ours, theirs = socket.socketpair()
-        served = (
-            start_on_postgres(url, writer_socket=theirs) if url else start_app(tmp_path, writer_socket=theirs)
-        )
-        writer_store = open_store(served.app.settings)  # the writer process opens one of its own
-        _WRITER_STORES[id(served)] = writer_store
-        loop = threading.Thread(target=serve_writes, args=(GroupCommit(writer_store), [ours]), daemon=True)
-        loop.start()
-        try:
-            yield served
-        finally:
-            served.app.stop(0)
-            theirs.shutdown(socket.SHUT_RDWR)  # as the worker's exit does: the writer's loop ends
-            theirs.close()
-            loop.join(timeout=30)
-            writer_store.close()
-            ours.close()
-            del _WRITER_STORES[id(served)]
 
 
 def _request(**changes: Any) -> estimator_pb2.CreateEstimateRequest:
@@ -136,10 +88,10 @@ def _batches(served: Served) -> tuple[float, float]:
     return values["kis_store_group_commit_size_count"], values["kis_store_group_commit_size_sum"]
 
 
-def test_waiting_creates_share_one_transaction_and_each_gets_its_reply(written: Served) -> None:
-    served = written
+def test_waiting_creates_share_one_transaction_and_each_gets_its_reply(backend: Served) -> None:
+    served = backend
     burst = Burst(served)
-    lock = _held(_writing_store(served))
+    lock = _held(served.app.store)
     try:
         burst.fire("first", _request())  # taken by the writer, which then waits for the lock
         time.sleep(0.3)
@@ -161,11 +113,11 @@ def test_waiting_creates_share_one_transaction_and_each_gets_its_reply(written: 
     assert verify(served.app.store) is None
 
 
-def test_taken_keys_in_a_batch_get_the_answers_they_get_alone(written: Served) -> None:
-    served = written
+def test_taken_keys_in_a_batch_get_the_answers_they_get_alone(backend: Served) -> None:
+    served = backend
     burst = Burst(served)
     shared_request = _request()
-    lock = _held(_writing_store(served))
+    lock = _held(served.app.store)
     try:
         burst.fire("first", _request())
         time.sleep(0.3)
@@ -194,10 +146,10 @@ def test_taken_keys_in_a_batch_get_the_answers_they_get_alone(written: Served) -
     assert verify(served.app.store) is None
 
 
-def test_a_caller_that_gave_up_while_queued_has_nothing_stored(written: Served) -> None:
-    served = written
+def test_a_caller_that_gave_up_while_queued_has_nothing_stored(backend: Served) -> None:
+    served = backend
     burst = Burst(served)
-    lock = _held(_writing_store(served))
+    lock = _held(served.app.store)
     try:
         burst.fire("first", _request())
         time.sleep(0.3)
@@ -215,25 +167,3 @@ def test_a_caller_that_gave_up_while_queued_has_nothing_stored(written: Served) 
     with served.app.store.unit_of_work(read_only=True) as uow:
         assert uow.idempotency.get(gone.request_id) is None
     assert verify(served.app.store) is None
-
-
-def test_creates_answer_unavailable_once_the_writer_is_gone(tmp_path: Path) -> None:
-    ours, theirs = socket.socketpair()
-    served = start_app(tmp_path, writer_socket=theirs)
-    client = Client.connect(served.address, token=served.tokens["ESTIMATOR"])
-    try:
-        ours.close()  # the writer process died
-        for _ in range(2):  # the create that finds it gone, and every later one
-            try:
-                client.estimator.CreateEstimate(_request(), timeout=TIMEOUT_S)
-            except grpc.RpcError as exc:
-                error = CallError.of(exc)
-            else:
-                pytest.fail("a create was answered OK with no writer")
-            assert error.status is grpc.StatusCode.UNAVAILABLE, error
-        _, _, events = read_chain(served.app.store)
-        assert not any(e.action == actions.ESTIMATE_ACCEPTED for e in events)
-    finally:
-        client.close()
-        served.app.stop(0)
-        theirs.close()

@@ -10,7 +10,6 @@ PostgreSQL (server-side connection loss, aborted transactions), so the contract 
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -42,18 +41,10 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-def start_on_postgres(
-    url: str, *, clock: Clock | None = None, writer_socket: socket.socket | None = None
-) -> Served:
+def start_on_postgres(url: str, *, clock: Clock | None = None) -> Served:
     """conftest.start_app with a PostgreSQL ``database_url`` (start_app always sets a SQLite one)."""
     settings = Settings(database_url=url, shutdown_grace_s=5.0, evidence_keys=EVIDENCE_KEYS)
-    app = build_app(
-        settings,
-        address="127.0.0.1:0",
-        metrics_address="127.0.0.1:0",
-        clock=clock,
-        writer_socket=writer_socket,
-    )
+    app = build_app(settings, address="127.0.0.1:0", metrics_address="127.0.0.1:0", clock=clock)
     app.start()
     tokens = {role.value: app.deps.tokens.create(role, f"test-{role.value.lower()}").token for role in Role}
     return Served(app=app, address=f"127.0.0.1:{app.port}", tokens=tokens)

@@ -4,13 +4,11 @@ TLS: a real server with a certificate of a throwaway CA; a client trusting the C
 plaintext client is not, the CLI talks TLS with ``--tls-ca``; with a client CA only clients holding
 a certificate it signed get through. Workers: a real ``kis-estimator serve --workers 2`` process
 tree; both workers answer on the one port (their metrics ports say so), the MIXED quota stays
-exact across them, their creates are written by the set's writer process, and SIGTERM to the parent
-drains and ends them all (the writer last); a writer that dies stops the set.
+exact across them, and SIGTERM to the parent drains and ends them all.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -35,7 +33,6 @@ from tests.integration.tls import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_FILE = ROOT / "examples" / "example1.json"
-EXAMPLE = json.loads(EXAMPLE_FILE.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +139,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes],
             [*cli, "token", "create", "--role", "ADMIN", "--name", "workers"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
         ).stdout.strip()  # fmt: skip
-        yield (
-            target,
-            metrics,
-            process,
-            {"token": token, "home": str(tmp_path), "data_dir": env["KIS_DATA_DIR"]},
-        )
+        yield target, metrics, process, {"token": token}
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -155,16 +147,12 @@ def workers(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes],
         log.close()
 
 
-def _metrics_text(metrics_port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
-        text: str = reply.read().decode()
-        return text
-
-
 def _handled(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
-        for line in _metrics_text(metrics_port).splitlines()
+        for line in text.splitlines()
         if line.startswith("grpc_server_handled_total{") and 'grpc_service="kis.estimator' in line
     )
 
@@ -211,95 +199,12 @@ def test_two_workers_share_the_port_stay_exact_and_drain_on_sigterm(
             urllib.request.urlopen(f"http://127.0.0.1:{metrics + offset}/healthz", timeout=1)
 
 
-def _children(pid: int) -> set[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return {int(line) for line in found.stdout.split()}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _wait_gone(pids: set[int], timeout_s: float = 30) -> set[int]:
-    """Those of ``pids`` still running (not zombies reaped by init) after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        alive = {pid for pid in pids if _cmdline(pid)}
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.1)
-
-
-def test_the_writer_process_stores_every_workers_creates_and_leaves_after_them(
-    workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
-) -> None:
-    target, metrics, process, secrets = workers
-    children = _children(process.pid)
-    assert len(children) == 3  # two workers and the writer
-    md = (("authorization", f"Bearer {secrets['token']}"),)
-    request = json_format.ParseDict(EXAMPLE, pb.CreateEstimateRequest())
-    ids: list[str] = []
-
-    def call(i: int) -> None:
-        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            stub = pb_grpc.EstimatorServiceStub(channel)
-            for j in range(5):
-                mine = pb.CreateEstimateRequest()
-                mine.CopyFrom(request)
-                mine.request_id = f"writer-{i}-{j}"
-                ids.append(stub.CreateEstimate(mine, metadata=md, timeout=TIMEOUT_S).estimate.estimate_id)
-            again = pb.CreateEstimateRequest()
-            again.CopyFrom(request)
-            again.request_id = f"writer-{i}-0"  # a retry: replayed, not stored twice
-            assert stub.CreateEstimate(again, metadata=md, timeout=TIMEOUT_S).estimate.estimate_id in ids
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert len(ids) == 40 and len(set(ids)) == 40
-    assert _handled(metrics) > 0 and _handled(metrics + 1) > 0
-    written = sum(  # every create was committed by the writer process (its batches, seen by workers)
-        float(line.rsplit(" ", 1)[1])
-        for offset in (0, 1)
-        for line in _metrics_text(metrics + offset).splitlines()
-        if line.startswith("kis_store_group_commit_size_sum")
-    )
-    assert written >= 40
-
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    assert _wait_gone(children) == set()
-    env = {"PATH": os.environ["PATH"], "HOME": secrets["home"], "KIS_DATA_DIR": secrets["data_dir"]}
-    verify = subprocess.run(
-        [sys.executable, "-m", "kis_estimator.server.cli", "audit", "verify"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def test_a_writer_process_that_dies_stops_the_set(
-    workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
-) -> None:
-    _target, _metrics, process, _ = workers
-    children = _children(process.pid)
-    os.kill(min(children), signal.SIGKILL)  # the writer: forked before the workers
-    assert process.wait(timeout=60) == 1  # a supervisor restarts the whole set
-    assert _wait_gone(children) == set()
-
-
 def test_workers_do_not_outlive_a_killed_parent(
     workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
 ) -> None:
     _target, metrics, process, _ = workers
-    children = _children(process.pid)
     process.kill()  # SIGKILL: no chance to forward anything
     process.wait(timeout=30)
-    assert _wait_gone(children) == set()  # the workers drain and exit; the writer follows them
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
