@@ -5,7 +5,8 @@ Every create holds the store's write lock (SQLite's single writer and the writer
 load (bench/README.md, c16, one process): the lock was held ~4 ms per create — the commit ~1.7 ms,
 the rest five statements, each waiting for the GIL behind the request threads after its I/O — while
 the same work takes 1.2 ms alone. So the writes, not the CPU, capped a process near 240 creates/s,
-and a second worker on the same store added little.
+and a second worker on the same store added little. (SQLite now flushes a commit to disk after the
+lock is released, ``storage/sqlite.py``; the lock covers the statements and the WAL append.)
 
 Here one writer thread per process takes every create that is waiting when it is free, inserts
 them with one multi-row INSERT per table, appends their audit events in arrival order
