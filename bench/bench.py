@@ -61,7 +61,14 @@ from bench.ceiling_server import METHOD as CEILING_METHOD
 from bench.engine_bench import engine_figures
 from bench.h2load_run import find_h2load, run_h2load
 from bench.profiling import find_py_spy, key_shares, start_py_spy, summarise
-from bench.scaling import DEFAULT_PG_URL, SCALING_CLIENTS, SCALING_CONCURRENCY, print_scaling, scaling_section
+from bench.scaling import (
+    DEFAULT_PG_URL,
+    SCALING_CLIENTS,
+    SCALING_CONCURRENCY,
+    SCALING_CONNECTIONS,
+    print_scaling,
+    scaling_section,
+)
 from bench.stats import cpu_seconds, cpu_times, latency_summary, load_average, rss_mib
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
@@ -261,14 +268,17 @@ def wait_workers_healthy(process: subprocess.Popen[bytes], metrics_address: str,
 
 
 class LoadGenerators:
-    """``--clients`` processes of bench/loadgen.py connected to one server."""
+    """``--clients`` processes of bench/loadgen.py connected to one server, ``connections`` each."""
 
-    def __init__(self, target: str, count: int) -> None:
+    def __init__(self, target: str, count: int, connections: int = 1) -> None:
         self.processes: list[subprocess.Popen[str]] = []
         for index in range(count):
             self.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "bench.loadgen", "--target", target, "--process", str(index)],
+                    [
+                        *(sys.executable, "-m", "bench.loadgen", "--target", target),
+                        *("--process", str(index), "--connections", str(connections)),
+                    ],
                     cwd=ROOT,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -321,8 +331,8 @@ class LoadGenerators:
 
 
 @contextmanager
-def load_generators(server: Server, count: int) -> Iterator[LoadGenerators]:
-    gens = LoadGenerators(f"127.0.0.1:{server.port}", count)
+def load_generators(server: Server, count: int, connections: int = 1) -> Iterator[LoadGenerators]:
+    gens = LoadGenerators(f"127.0.0.1:{server.port}", count, connections)
     try:
         yield gens
     finally:
@@ -818,7 +828,8 @@ def scaling_phase(
         server = start_estimator(env, log, workers)
         try:
             fixture = prepare(server, token, run_id)
-            with load_generators(server, SCALING_CLIENTS) as gens:
+            before = ok_per_worker(env, workers)
+            with load_generators(server, SCALING_CLIENTS, SCALING_CONNECTIONS) as gens:
                 result = timed_phase(
                     gens,
                     server,
@@ -828,6 +839,8 @@ def scaling_phase(
                     fixture.metadata,
                     run_id,
                 )
+            after = ok_per_worker(env, workers)
+            result["per_worker_ok"] = [b - a for a, b in zip(before, after, strict=True)]
             if h2load is None:
                 return result | {"h2load": {"skipped": h2load_missing}}
             return result | {"h2load": scaling_h2load(h2load, server, fixture, env, workers, args)}
@@ -837,23 +850,25 @@ def scaling_phase(
     return run
 
 
+def handled_per_worker(env: dict[str, str], workers: int) -> list[dict[str, float]]:
+    """CreateEstimate outcomes so far by code, one dict per worker (worker *i* serves /metrics on
+    the base port + *i*)."""
+    base = int(env["KIS_METRICS_ADDRESS"].rpartition(":")[2])
+    method = CREATE_METHOD.rpartition("/")[2]
+    return [handled_by_code(base + i, method) for i in range(workers)]
+
+
+def ok_per_worker(env: dict[str, str], workers: int) -> list[float]:
+    """CreateEstimate calls answered OK so far by each worker."""
+    return [codes.get("OK", 0.0) for codes in handled_per_worker(env, workers)]
+
+
 def scaling_h2load(
     h2load: str, server: Server, fixture: Fixture, env: dict[str, str], workers: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """create_small (no request_id: every call a new estimate) from h2load, a connection per call in
     flight; server CPU over every worker, gRPC outcomes summed over every worker's /metrics."""
-    base = env["KIS_METRICS_ADDRESS"].rpartition(":")[2]
-    ports = [int(base) + i for i in range(workers)]
-    method = CREATE_METHOD.rpartition("/")[2]
-
-    def handled() -> dict[str, float]:
-        total: dict[str, float] = {}
-        for port in ports:
-            for code, value in handled_by_code(port, method).items():
-                total[code] = total.get(code, 0.0) + value
-        return total
-
-    before = handled()
+    before = handled_per_worker(env, workers)
     cpu: list[float] = []
     timer = threading.Timer(args.warmup, lambda: cpu.append(cpu_seconds(server.pid)))
     timer.start()
@@ -869,10 +884,17 @@ def scaling_h2load(
     )
     timer.join()
     server_cpu = cpu_seconds(server.pid) - cpu[0] if cpu else math.nan
-    after = handled()
-    deltas = {code: after[code] - before.get(code, 0.0) for code in after}
-    codes = {code: delta for code, delta in deltas.items() if delta}
-    return result | {"server_cpu_pct": 100.0 * server_cpu / args.duration, "grpc_codes": codes}
+    after = handled_per_worker(env, workers)
+    codes: dict[str, float] = {}
+    for was, now in zip(before, after, strict=True):
+        for code, value in now.items():
+            codes[code] = codes.get(code, 0.0) + value - was.get(code, 0.0)
+    per_worker = [now.get("OK", 0.0) - was.get("OK", 0.0) for was, now in zip(before, after, strict=True)]
+    return result | {
+        "server_cpu_pct": 100.0 * server_cpu / args.duration,
+        "grpc_codes": {code: n for code, n in codes.items() if n},
+        "per_worker_ok": per_worker,
+    }
 
 
 # --------------------------------------------------------------------------- main

@@ -1,4 +1,5 @@
-"""The load generator: one process, one ``grpc.aio`` channel, many calls in flight (closed loop).
+"""The load generator: one process, ``--connections`` ``grpc.aio`` channels (one by default), many
+calls in flight (closed loop).
 
 Started by ``bench/bench.py`` (``python -m bench.loadgen --target HOST:PORT``); it connects, prints
 ``{"ready": true}`` and then runs one phase per JSON line read from stdin, answering one JSON line
@@ -7,7 +8,10 @@ each. Several of these processes may share a phase: the orchestrator hands them 
 and measuring windows coincide.
 
 A phase keeps ``concurrency`` calls in flight: each of that many workers sends its next call as soon
-as the previous one ends. Two kinds:
+as the previous one ends, worker *w* on channel *w* mod ``--connections``. Each channel is its own
+TCP connection (a local subchannel pool: grpcio would otherwise share one connection between
+channels to one target), which matters against ``serve --workers``: SO_REUSEPORT spreads
+connections over the worker processes, not calls. Two kinds:
 
 * timed: from ``start_at`` for ``warmup_s + duration_s``; only calls that *complete* inside the
   measuring window ``[start_at + warmup_s, start_at + warmup_s + duration_s]`` count, and QPS is
@@ -92,8 +96,8 @@ def _bodies(spec: dict[str, Any], process: int) -> Callable[[int, int], bytes]:
     return lambda worker, n: base + string_field(int(id_field), f"{prefix}-{worker}-{n}")
 
 
-async def run_timed(channel: grpc.aio.Channel, spec: dict[str, Any], process: int) -> dict[str, Any]:
-    call = _caller(channel, spec)
+async def run_timed(channels: list[grpc.aio.Channel], spec: dict[str, Any], process: int) -> dict[str, Any]:
+    calls = [_caller(channel, spec) for channel in channels]
     body_of = _bodies(spec, process)
     start_at = float(spec["start_at"])
     measure_from = start_at + float(spec["warmup_s"])
@@ -111,6 +115,7 @@ async def run_timed(channel: grpc.aio.Channel, spec: dict[str, Any], process: in
         cpu[key] = _cpu_s()
 
     async def worker(w: int) -> None:
+        call = calls[w % len(calls)]
         n = 0
         while window_open(time.monotonic()):
             body = body_of(w, n)
@@ -148,8 +153,8 @@ async def run_timed(channel: grpc.aio.Channel, spec: dict[str, Any], process: in
     }
 
 
-async def run_counted(channel: grpc.aio.Channel, spec: dict[str, Any], process: int) -> dict[str, Any]:
-    call = _caller(channel, spec)
+async def run_counted(channels: list[grpc.aio.Channel], spec: dict[str, Any], process: int) -> dict[str, Any]:
+    calls = [_caller(channel, spec) for channel in channels]
     body_of = _bodies(spec, process)
     total = int(spec["calls"])
     issued = 0
@@ -157,6 +162,7 @@ async def run_counted(channel: grpc.aio.Channel, spec: dict[str, Any], process: 
 
     async def worker(w: int) -> None:
         nonlocal issued
+        call = calls[w % len(calls)]
         while issued < total:
             n = issued
             issued += 1  # one event loop thread: no lock needed between the check and the increment
@@ -184,10 +190,14 @@ def _answer(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def serve_phases(target: str, process: int) -> None:
+async def serve_phases(target: str, process: int, connections: int) -> None:
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+    options = CHANNEL_OPTIONS
+    if connections > 1:  # without it grpcio shares one connection between the channels
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), timeout=30)
         _answer({"ready": True, "pid": os.getpid()})
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -195,17 +205,22 @@ async def serve_phases(target: str, process: int) -> None:
                 return  # EOF or an empty line: the orchestrator is done
             spec = json.loads(line)
             if "calls" in spec:
-                _answer(await run_counted(channel, spec, process))
+                _answer(await run_counted(channels, spec, process))
             else:
-                _answer(await run_timed(channel, spec, process))
+                _answer(await run_timed(channels, spec, process))
+    finally:
+        await asyncio.gather(*(c.close(None) for c in channels))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--target", required=True, help="HOST:PORT")
     parser.add_argument("--process", type=int, default=0, help="index, part of every request_id")
+    parser.add_argument("--connections", type=int, default=1, help="channels, each its own TCP connection")
     args = parser.parse_args()
-    asyncio.run(serve_phases(args.target, args.process))
+    if args.connections < 1:
+        parser.error("--connections must be >= 1")
+    asyncio.run(serve_phases(args.target, args.process, args.connections))
     return 0
 
 

@@ -4,11 +4,15 @@ For each store (the default SQLite file; PostgreSQL when a server answers at ``K
 default ``postgresql://postgres@127.0.0.1/test``, in a database made for the run and dropped after),
 a fresh estimator is started with one worker and then with two (SO_REUSEPORT), in interleaved
 rounds, and the same closed-loop CreateEstimate phase runs against each: c16 from
-``SCALING_CLIENTS`` load-generator processes, one connection each, since SO_REUSEPORT balances
-connections, not calls. Reported: QPS, latency, server CPU summed over the serving processes, and
-the ratio two workers / one worker of each round and their median (the scale-out issue asks
-≥ 1.6): on a shared 2-core machine one run differs from the next by up to a quarter, so a single
-pair says little.
+``SCALING_CLIENTS`` load-generator processes with ``SCALING_CONNECTIONS`` connections each, one
+connection per call in flight as h2load's. SO_REUSEPORT spreads connections, not calls, over the
+workers by a hash: four connections in all (one per process, as this section had first) put all
+four on one worker one time in eight and three on one half the time, so a run measured the split
+as much as the server; sixteen split 11/5 or worse one time in five (binomial), and each run
+prints its split (each worker's share of the calls). Reported: QPS, latency, server CPU summed
+over the serving processes, and the ratio two workers / one worker of each round and their
+median (the scale-out issue asks ≥ 1.6): on a shared 2-core machine one run differs from the next
+by up to a quarter, so a single pair says little.
 
 On a 2-core machine the load generators share the cores with the workers, so the ratio is a lower
 bound of what two workers give on a host of their own.
@@ -34,6 +38,7 @@ from urllib.parse import urlsplit
 BASELINE = (1, False)
 ONE, TWO = (1, True), (2, True)
 SCALING_CLIENTS = 4
+SCALING_CONNECTIONS = 4  # per load-generator process
 SCALING_CONCURRENCY = 16
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1/test"
 
@@ -72,6 +77,7 @@ def scaling_section(
     phase against it (bench.py owns processes and phases); here: which stores and worker counts."""
     section: dict[str, Any] = {
         "clients": SCALING_CLIENTS,
+        "connections": SCALING_CLIENTS * SCALING_CONNECTIONS,
         "concurrency": SCALING_CONCURRENCY,
         "stores": {},
     }
@@ -145,7 +151,7 @@ def _no_database() -> Iterator[str | None]:
     yield None
 
 
-HEADER = "store        workers  group commit     QPS      p50      p95   srvCPU   ratio"
+HEADER = "store        workers  group commit     QPS      p50      p95   srvCPU   ratio  split %"
 
 
 def print_scaling(section: dict[str, Any]) -> None:
@@ -155,7 +161,8 @@ def print_scaling(section: dict[str, Any]) -> None:
     tables: tuple[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
         (
             f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
-            "load-generator processes (one connection each); server CPU summed over the serving processes",
+            f"load-generator processes ({section['connections']} connections in all); "
+            "server CPU summed over the serving processes; split: each worker's share of the calls",
             "",
             lambda run: run,
         ),
@@ -186,6 +193,7 @@ def print_scaling(section: dict[str, Any]) -> None:
                     f"{fig['qps']:>8.0f}"
                     f"{fig['latency_ms']['p50_ms']:>9.2f}{fig['latency_ms']['p95_ms']:>9.2f}"
                     f"{fig['server_cpu_pct']:>8.0f}%{'' if ratio is None else f'{ratio:.2f}':>8}"
+                    f"  {_split(fig.get('per_worker_ok'))}"
                 )
             ratios = result[f"{prefix}ratios"]
             if ratios:
@@ -195,6 +203,13 @@ def print_scaling(section: dict[str, Any]) -> None:
                     f"group commit on / off {_fmt(result[f'{prefix}group_commit_gain'])}"
                 )
         print("\n".join(summaries))
+
+
+def _split(per_worker: list[float] | None) -> str:
+    """Each worker's share of the OK calls, in percent ("" for one worker or no figures)."""
+    if not per_worker or len(per_worker) < 2 or not sum(per_worker):
+        return ""
+    return "/".join(f"{100 * n / sum(per_worker):.0f}" for n in per_worker)
 
 
 def _fmt(value: float | None) -> str:

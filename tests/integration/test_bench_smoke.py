@@ -140,6 +140,7 @@ def test_every_target_has_a_value(results: dict[str, Any]) -> None:
 def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dict[str, Any]) -> None:
     """One worker without group commit (its same-run baseline), then rounds of one worker and two
     (one round in a smoke run), from the Python load generators and from h2load where installed."""
+    assert results["scaling"]["connections"] == 16
     stores = results["scaling"]["stores"]
     assert set(stores) == {"sqlite", "postgresql"}
     for store, result in stores.items():
@@ -154,10 +155,14 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
         for run in result["runs"]:
             assert run["calls"] > 0 and run["errors"] == {}, (store, run["errors"])
             assert _number(run["qps"]) and _number(run["server_cpu_pct"])
+            # sixteen distinct connections: both workers serve (all on one: 2 in 65,536 runs)
+            assert len(run["per_worker_ok"]) == run["workers"], run["per_worker_ok"]
+            assert all(n > 0 for n in run["per_worker_ok"]), (store, run["per_worker_ok"])
             h2 = run["h2load"]
             if "skipped" not in h2:
                 assert h2["grpc_codes"].get("OK", 0) > 0
                 assert set(h2["grpc_codes"]) <= {"OK", "CANCELLED"}, h2["grpc_codes"]  # cut at the end
+                assert sum(h2["per_worker_ok"]) == h2["grpc_codes"]["OK"]
         assert len(result["ratios"]) == 1 and result["ratio"] == result["ratios"][0]
         assert _number(result["ratio"]) and _number(result["group_commit_gain"])
     targets = {t["target"] for t in results["targets"]}
