@@ -114,12 +114,25 @@ def progress(text: str) -> None:
     print(f"[{time.monotonic() - _T0:6.1f} s] {text} …", flush=True)
 
 
-def free_port() -> int:
+def free_port(count: int = 1) -> int:
+    """A free port on 127.0.0.1, and the ``count - 1`` after it free too: ``serve --workers N``
+    serves worker *i*'s metrics on the base port + *i*, and an ephemeral port next to a free one
+    may be the local end of a live connection (a PostgreSQL client's, say)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + count > 65536:
+            continue
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -824,6 +837,7 @@ def scaling_phase(
     h2load, h2load_missing = find_h2load()
 
     def run(env: dict[str, str], workers: int, log: IO[bytes], run_id: str) -> dict[str, Any]:
+        env = env | {"KIS_METRICS_ADDRESS": f"127.0.0.1:{free_port(count=workers)}"}  # fresh each run
         token = make_token(env)
         server = start_estimator(env, log, workers)
         try:
