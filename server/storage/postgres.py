@@ -357,7 +357,10 @@ _REFILLED = (
     "LEAST(%(budget)s, b.tokens + GREATEST(0, EXTRACT(EPOCH FROM EXCLUDED.updated_at - b.updated_at)"
     "::double precision) * %(rate)s)"
 )
+# Sent as one simple query (client-side binding): one implicit transaction in which SET LOCAL turns
+# off waiting for the WAL flush at its commit (PostgresStore.spend_budget says why that is safe).
 _SPEND_BUDGET = f"""
+SET LOCAL synchronous_commit TO off;
 INSERT INTO rate_buckets AS b (bucket_key, tokens, last_allowed, updated_at)
 VALUES (%(key)s, %(budget)s - 1, true, clock_timestamp())
 ON CONFLICT (bucket_key) DO UPDATE SET
@@ -472,15 +475,25 @@ class PostgresStore:
         """Spend one request of ``key``'s token bucket (``budget`` per ``window_s``, refilled
         continuously) in the table every replica shares: (allowed, seconds until one is back).
 
-        One statement in autocommit: the upsert locks the key's row only, so replicas spending
+        One upsert in its own transaction: it locks the key's row only, so replicas spending
         different keys never wait for each other, and two spending the same key are serialised by
         that row lock (never both given the last request). The database clock stamps the bucket.
+
+        The transaction commits without waiting for its WAL flush (``synchronous_commit`` off for
+        it alone; the flush follows within ``wal_writer_delay``). Every call of one token spends
+        that token's row, so with a synchronous commit every call of the token, on every replica,
+        queued behind the previous one's disk flush while it held the row. What a crash of the
+        database host can lose is the last fraction of a second of spending: a token gets at most
+        that many calls more in its window, and nothing a caller was told is undone.
         """
         rate = budget / window_s
         conn, _ = self.acquire()
         healthy = True
         try:
-            row = conn.execute(_SPEND_BUDGET, {"key": key, "budget": float(budget), "rate": rate}).fetchone()
+            with psycopg.ClientCursor(conn) as cur:  # client-side binding: two statements, one query
+                cur.execute(_SPEND_BUDGET, {"key": key, "budget": float(budget), "rate": rate})
+                cur.nextset()  # past SET's result to the upsert's
+                row = cur.fetchone()
         except psycopg.Error as exc:
             healthy = not conn.closed and not _in_transaction(conn)
             raise translate(exc, "cannot spend the request budget") from exc

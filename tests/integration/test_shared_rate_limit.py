@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import psycopg
 import pytest
 
 from kis_estimator.server.acceptance.runner import outcome_of_error
@@ -123,5 +124,29 @@ def test_the_shared_bucket_refills_from_the_database_clock() -> None:
             assert store.spend_budget("fast", 1, 0.1)[0]
             time.sleep(0.15)
             assert store.spend_budget("fast", 1, 0.1)[0]
+        finally:
+            store.close()
+
+
+def test_spending_commits_without_a_flush_and_leaves_the_pooled_connection_as_it_was() -> None:
+    """The spend's transaction alone runs ``synchronous_commit`` off: the connection goes back to the
+    pool in the server's own setting, so the next write unit on it still waits for its flush."""
+    with pg_database() as url:
+        store = PostgresStore(url, max_idle_connections=1)
+        try:
+            conn, _ = store.acquire()
+            default = conn.execute("SHOW synchronous_commit").fetchone()
+            store.release(conn, healthy=True)
+            assert default == ("on",)
+            assert store.spend_budget("k", 5, 3600.0) == (True, 0.0)
+            conn, pooled = store.acquire()  # the one idle connection: the spend's
+            try:
+                assert pooled
+                assert conn.execute("SHOW synchronous_commit").fetchone() == default
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                row = conn.execute("SELECT tokens FROM rate_buckets WHERE bucket_key = 'k'").fetchone()
+                assert row is not None and float(row[0]) == pytest.approx(4.0, abs=0.01)  # committed
+            finally:
+                store.release(conn, healthy=True)
         finally:
             store.close()
