@@ -79,7 +79,7 @@ class TokenService:
         if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
             return None
         digest = token_digest(token)
-        with self._store.unit_of_work(read_only=True) as uow:
+        with self._store.lookup() as uow:  # one statement, every call: no transaction around it
             record = uow.tokens.find_by_hash(digest)
         if record is None or not hmac.compare_digest(record.token_sha256, digest):
             return None
@@ -93,7 +93,7 @@ class TokenService:
         if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
             return None
         digest = token_digest(token)
-        with self._store.unit_of_work(read_only=True) as uow:
+        with self._store.lookup() as uow:  # one statement, every call: no transaction around it
             record = uow.tokens.find_by_hash(digest, include_revoked=True)
         if record is None or record.revoked_at is None:
             return None

@@ -33,6 +33,9 @@ Transactions.
 * Read-only units: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot for the whole
   unit (audit verification reads the anchor and the events consistently), never blocked by
   writers; the server refuses writes in them (a non-retryable :class:`StorageError`).
+* Lookup units (:meth:`PostgresStore.lookup`): one statement in autocommit, no transaction: a
+  single statement reads one snapshot by itself, so the per-call token look-up is one round trip
+  instead of three. The unit refuses a write or a second statement (``StatementBudget``).
 
 Errors. Unique keys are handled with ``INSERT … ON CONFLICT DO NOTHING`` and a look-up of the
 holder, so a DuplicateKeyError or GrantExistsError leaves the transaction usable, as in SQLite.
@@ -72,7 +75,7 @@ from kis_estimator.server.storage.repository import (
     StorageError,
 )
 from kis_estimator.server.storage.rows import Row
-from kis_estimator.server.storage.sql_repositories import SqlRepositories, multi_row
+from kis_estimator.server.storage.sql_repositories import SqlRepositories, StatementBudget, multi_row
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +116,9 @@ def translate(exc: psycopg.Error, what: str) -> StorageError:
 class _Transaction:
     """The connection of one open unit of work; every statement goes through here."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, single_statement: bool = False) -> None:
         self.conn: _Connection | None = None  # set while the unit is open
+        self._budget = StatementBudget(single=single_statement)
 
     @property
     def active(self) -> bool:
@@ -125,10 +129,15 @@ class _Transaction:
             raise StorageError("unit of work is not open (not entered, committed or rolled back)")
         return self.conn
 
+    def statement(self, *, write: bool = False) -> _Connection:
+        """The connection for the unit's next statement (a lookup unit runs one read)."""
+        self._budget.spend(write=write)
+        return self.connection()
+
     def execute(self, sql: str, params: Sequence[object] = ()) -> int:
         """Run one statement (``?`` placeholders); returns the number of rows changed."""
         try:
-            return self.connection().execute(_dialect(sql), params).rowcount
+            return self.statement(write=True).execute(_dialect(sql), params).rowcount
         except psycopg.Error as exc:
             raise translate(exc, "postgres statement failed") from exc
 
@@ -147,14 +156,14 @@ class _Transaction:
 
     def one(self, sql: str, params: Sequence[object]) -> Row | None:
         try:
-            row: Row | None = self.connection().execute(_dialect(sql), params).fetchone()
+            row: Row | None = self.statement().execute(_dialect(sql), params).fetchone()
         except psycopg.Error as exc:
             raise translate(exc, "postgres query failed") from exc
         return row
 
     def all(self, sql: str, params: Sequence[object]) -> list[Row]:
         try:
-            rows: list[Row] = self.connection().execute(_dialect(sql), params).fetchall()
+            rows: list[Row] = self.statement().execute(_dialect(sql), params).fetchall()
         except psycopg.Error as exc:
             raise translate(exc, "postgres query failed") from exc
         return rows
@@ -194,10 +203,11 @@ def _in_transaction(conn: _Connection) -> bool:
 class PostgresUnitOfWork(SqlRepositories):
     """One transaction on one pooled connection; see the module docstring."""
 
-    def __init__(self, store: PostgresStore, *, read_only: bool) -> None:
+    def __init__(self, store: PostgresStore, *, read_only: bool, snapshot: bool = True) -> None:
         self._store = store
-        self._read_only = read_only
-        self._tx = _Transaction()
+        self._read_only = read_only or not snapshot
+        self._snapshot = snapshot
+        self._tx = _Transaction(single_statement=not snapshot)
         self._entered = False
         super().__init__(self._tx)
 
@@ -219,7 +229,9 @@ class PostgresUnitOfWork(SqlRepositories):
         conn, pooled = self._store.acquire()
         while True:
             try:
-                if self._read_only:
+                if not self._snapshot:
+                    pass  # a lookup: its one statement runs in autocommit (PostgresStore.lookup)
+                elif self._read_only:
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 else:
                     conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
@@ -470,6 +482,11 @@ class PostgresStore:
 
     def unit_of_work(self, *, read_only: bool = False) -> PostgresUnitOfWork:
         return PostgresUnitOfWork(self, read_only=read_only)
+
+    def lookup(self) -> PostgresUnitOfWork:
+        """A read-only unit for one statement in autocommit, no ``BEGIN``/``ROLLBACK`` round trips
+        (``Store.lookup``); writes are refused by the unit, not by a READ ONLY transaction."""
+        return PostgresUnitOfWork(self, read_only=True, snapshot=False)
 
     def spend_budget(self, key: str, budget: int, window_s: float) -> tuple[bool, float]:
         """Spend one request of ``key``'s token bucket (``budget`` per ``window_s``, refilled

@@ -383,6 +383,11 @@ class Store(Protocol):
     def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork:
         """A new unit of work. Write units are serialised; read-only units refuse writes."""
 
+    def lookup(self) -> UnitOfWork:
+        """A read-only unit for exactly one statement, run outside a transaction (one statement
+        reads one consistent snapshot by itself): the per-call look-ups (the caller's token) skip
+        opening and ending a transaction. A second statement raises StorageError; writes are refused."""
+
     def size_bytes(self) -> int:
         """Bytes the store occupies on disk now (SQLite: database, WAL and shared-memory files;
         PostgreSQL: ``pg_database_size`` of its database). For the ``kis_store_size_bytes`` gauge."""

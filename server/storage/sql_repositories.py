@@ -103,6 +103,23 @@ def _bound(tx: SqlTransaction, row: Row) -> Row:
     return tuple(tx.bind_time(value) if isinstance(value, datetime) else value for value in row)
 
 
+class StatementBudget:
+    """What a lookup unit (``Store.lookup``) may still run: one read, no write. Units of work have
+    no limit (``single`` False). Each dialect's transaction spends it before every statement."""
+
+    def __init__(self, *, single: bool) -> None:
+        self._left = 1 if single else None
+
+    def spend(self, *, write: bool = False) -> None:
+        if self._left is None:
+            return
+        if write:
+            raise StorageError("a lookup unit is read-only")
+        if self._left == 0:
+            raise StorageError("a lookup unit runs a single statement (it reads no snapshot)")
+        self._left -= 1
+
+
 def multi_row(sql: str, rows: Sequence[Sequence[object]]) -> tuple[str, list[object]]:
     """``INSERT ... VALUES (?, ...)`` for every row as one statement and its flat parameters.
 

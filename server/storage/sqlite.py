@@ -18,7 +18,11 @@ Transactions. Connections run in autocommit mode and each unit issues its own ``
   read-check-insert in one write unit (dedup, MIXED quota, the audit chain's head) is therefore
   atomic;
 * read-only units: ``BEGIN DEFERRED`` under ``PRAGMA query_only``; in WAL mode they read a
-  consistent snapshot and never block or wait for writers.
+  consistent snapshot and never block or wait for writers;
+* lookup units (:meth:`SqliteStore.lookup`): one statement under ``PRAGMA query_only`` and no
+  ``BEGIN``: a single statement reads one consistent snapshot by itself, so the per-call token
+  look-up costs one statement instead of four. ``query_only`` is set only when a pooled
+  connection's previous unit was of the other kind.
 
 Durability: a write unit's commit returns only once the transaction is on disk, so a committed
 estimate (and the reply built from it) survives power loss, not just a process crash. The flush
@@ -63,7 +67,7 @@ from kis_estimator.server.storage.repository import (
 )
 from kis_estimator.server.storage.rows import Row
 from kis_estimator.server.storage.rows import text as _text
-from kis_estimator.server.storage.sql_repositories import SqlRepositories, multi_row
+from kis_estimator.server.storage.sql_repositories import SqlRepositories, StatementBudget, multi_row
 
 logger = logging.getLogger(__name__)
 
@@ -97,25 +101,38 @@ def _is_unique_violation(exc: sqlite3.IntegrityError) -> bool:
 # --------------------------------------------------------------------------- transaction
 
 
+class _Connection(sqlite3.Connection):
+    """A pooled connection that remembers its ``query_only`` pragma, so that a unit sets it only
+    when the connection's last unit was of the other kind (one statement fewer per unit)."""
+
+    query_only: bool | None = None
+
+
 class _Transaction:
     """The connection of one open unit of work; every statement goes through here."""
 
-    def __init__(self) -> None:
-        self.conn: sqlite3.Connection | None = None  # set while the unit is open
+    def __init__(self, *, single_statement: bool = False) -> None:
+        self.conn: _Connection | None = None  # set while the unit is open
+        self._budget = StatementBudget(single=single_statement)
 
     @property
     def active(self) -> bool:
         return self.conn is not None
 
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> _Connection:
         if self.conn is None:
             raise StorageError("unit of work is not open (not entered, committed or rolled back)")
         return self.conn
 
+    def statement(self, *, write: bool = False) -> _Connection:
+        """The connection for the unit's next statement (a lookup unit runs one read)."""
+        self._budget.spend(write=write)
+        return self.connection()
+
     def execute(self, sql: str, params: Sequence[object] = ()) -> int:
         """Run one statement; returns the number of rows changed."""
         try:
-            return self.connection().execute(sql, params).rowcount
+            return self.statement(write=True).execute(sql, params).rowcount
         except sqlite3.Error as exc:
             raise translate(exc, "sqlite statement failed") from exc
 
@@ -127,7 +144,7 @@ class _Transaction:
         """Insert every row with one statement; False when a unique or primary key is taken."""
         statement, params = multi_row(sql, rows)
         try:
-            self.connection().execute(statement, params)
+            self.statement(write=True).execute(statement, params)
         except sqlite3.IntegrityError as exc:
             if _is_unique_violation(exc):
                 return False
@@ -138,14 +155,14 @@ class _Transaction:
 
     def one(self, sql: str, params: Sequence[object]) -> Row | None:
         try:
-            row: Row | None = self.connection().execute(sql, params).fetchone()
+            row: Row | None = self.statement().execute(sql, params).fetchone()
         except sqlite3.Error as exc:
             raise translate(exc, "sqlite query failed") from exc
         return row
 
     def all(self, sql: str, params: Sequence[object]) -> list[Row]:
         try:
-            rows: list[Row] = self.connection().execute(sql, params).fetchall()
+            rows: list[Row] = self.statement().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise translate(exc, "sqlite query failed") from exc
         return rows
@@ -176,10 +193,11 @@ class _Transaction:
 class SqliteUnitOfWork(SqlRepositories):
     """One transaction on one pooled connection; see the module docstring."""
 
-    def __init__(self, store: SqliteStore, *, read_only: bool) -> None:
+    def __init__(self, store: SqliteStore, *, read_only: bool, snapshot: bool = True) -> None:
         self._store = store
-        self._read_only = read_only
-        self._tx = _Transaction()
+        self._read_only = read_only or not snapshot
+        self._snapshot = snapshot
+        self._tx = _Transaction(single_statement=not snapshot)
         self._entered = False
         super().__init__(self._tx)
 
@@ -195,8 +213,11 @@ class SqliteUnitOfWork(SqlRepositories):
             self._release_write_lock()
             raise
         try:
-            conn.execute(f"PRAGMA query_only = {1 if self._read_only else 0}")
-            conn.execute("BEGIN DEFERRED" if self._read_only else "BEGIN IMMEDIATE")
+            if conn.query_only is not self._read_only:
+                conn.execute(f"PRAGMA query_only = {1 if self._read_only else 0}")
+                conn.query_only = self._read_only
+            if self._snapshot:
+                conn.execute("BEGIN DEFERRED" if self._read_only else "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._store.release(conn, healthy=not conn.in_transaction)
             self._release_write_lock()
@@ -245,7 +266,7 @@ class SqliteUnitOfWork(SqlRepositories):
         conn = self._tx.connection()
         self._finish(conn)
 
-    def _finish(self, conn: sqlite3.Connection) -> None:
+    def _finish(self, conn: _Connection) -> None:
         self._tx.conn = None
         healthy = True
         failure: sqlite3.Error | None = None
@@ -361,7 +382,7 @@ class SqliteStore:
         self._checkpointer: threading.Thread | None = None
         self._max_idle = max_idle_connections
         self._lock = threading.Lock()
-        self._idle: list[sqlite3.Connection] = []
+        self._idle: list[_Connection] = []
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +400,7 @@ class SqliteStore:
 
     def _open_migrated(
         self, migrations: Sequence[Migration] | None, now: Callable[[], datetime]
-    ) -> sqlite3.Connection:
+    ) -> _Connection:
         """The first connection, in WAL mode, after the migrations ran."""
         conn = self._connect()
         try:
@@ -424,10 +445,11 @@ class SqliteStore:
             except OSError as exc:  # not the owner: serve anyway, and say so
                 logger.warning("cannot restrict %s to mode 0600: %s", path, exc)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> _Connection:
         try:
             conn = sqlite3.connect(
                 self.path,
+                factory=_Connection,
                 timeout=self._busy_timeout_s,  # sets SQLite's busy_timeout on this connection
                 isolation_level=None,  # autocommit: units issue BEGIN/COMMIT themselves
                 check_same_thread=False,  # moved between threads by the pool, never shared
@@ -447,7 +469,7 @@ class SqliteStore:
             raise translate(exc, f"cannot configure {self.path}") from exc
         return conn
 
-    def acquire(self) -> sqlite3.Connection:
+    def acquire(self) -> _Connection:
         """A connection for the calling unit of work (pool internals, used by SqliteUnitOfWork)."""
         with self._lock:
             if self._closed:
@@ -456,7 +478,7 @@ class SqliteStore:
                 return self._idle.pop()
         return self._connect()
 
-    def release(self, conn: sqlite3.Connection, *, healthy: bool) -> None:
+    def release(self, conn: _Connection, *, healthy: bool) -> None:
         """Return a connection after its unit finished; broken or surplus ones are closed."""
         with self._lock:
             if healthy and not self._closed and len(self._idle) < self._max_idle:
@@ -470,6 +492,10 @@ class SqliteStore:
 
     def unit_of_work(self, *, read_only: bool = False) -> SqliteUnitOfWork:
         return SqliteUnitOfWork(self, read_only=read_only)
+
+    def lookup(self) -> SqliteUnitOfWork:
+        """A read-only unit for one statement, outside a transaction (``Store.lookup``)."""
+        return SqliteUnitOfWork(self, read_only=True, snapshot=False)
 
     def start_checkpointer(self, interval_s: float = 1.0) -> None:
         """Checkpoint the WAL every ``interval_s`` in a daemon thread until close (:meth:`checkpoint`)."""

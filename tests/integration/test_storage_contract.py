@@ -393,10 +393,42 @@ def test_unit_is_finished_after_commit(store: Store) -> None:
 
 
 def test_read_only_unit_refuses_writes(store: Store) -> None:
-    with store.unit_of_work(read_only=True) as uow, pytest.raises(StorageError) as caught:
+    for _ in range(2):  # also on a pooled connection whose previous unit wrote, and back again
+        with store.unit_of_work(read_only=True) as uow, pytest.raises(StorageError) as caught:
+            uow.estimates.add(make_record("E1"))
+        assert not caught.value.retryable
+        assert get(store, "E1") is None
+        with store.unit_of_work() as uow:
+            uow.tokens.add("t1", "ci", "ESTIMATOR", "a" * 64, T0)  # rolled back: left uncommitted
+
+
+def test_a_lookup_reads_one_statement_and_refuses_a_second_or_a_write(store: Store) -> None:
+    with store.unit_of_work() as uow:
+        uow.tokens.add("t1", "ci", "ESTIMATOR", "a" * 64, T0)
+        uow.commit()
+    with store.lookup() as uow:
+        assert uow.tokens.find_by_hash("a" * 64) == TokenRecord("t1", "ci", "ESTIMATOR", "a" * 64, T0, None)
+        with pytest.raises(StorageError, match="single statement"):
+            uow.tokens.find_by_hash("a" * 64)
+    with store.lookup() as uow, pytest.raises(StorageError, match="read-only") as caught:
         uow.estimates.add(make_record("E1"))
     assert not caught.value.retryable
     assert get(store, "E1") is None
+    # a lookup holds no transaction: a writer commits while one is open, and a later lookup sees it
+    with store.lookup() as first:
+        with store.unit_of_work() as uow:
+            uow.tokens.revoke("t1", T0 + timedelta(hours=1))
+            uow.commit()
+        assert first.tokens.find_by_hash("a" * 64) is None
+    # and the pooled connections it used still serve ordinary units of both kinds
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.tokens.find_by_hash("a" * 64, include_revoked=True) is not None
+        assert uow.tokens.find_by_hash("a" * 64) is None
+    with store.unit_of_work() as uow:
+        uow.tokens.add("t2", "ops", "ADMIN", "b" * 64, T0)
+        uow.commit()
+    with store.lookup() as uow:
+        assert uow.tokens.find_by_hash("b" * 64) is not None
 
 
 def test_update_stores_the_next_revision(store: Store) -> None:
