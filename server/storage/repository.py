@@ -183,12 +183,10 @@ class EstimateRepository(Protocol):
     def add(self, record: EstimateRecord) -> None:
         """Store a new estimate; raises :class:`DuplicateKeyError` for a taken dedup_key/request_id."""
 
-    def add_many(self, records: Sequence[EstimateRecord]) -> bool:
-        """Store new estimates in one call (group commit); False when any key was taken: the unit
-        then holds some of them and must be rolled back (:meth:`add` tells which and why)."""
-
     def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
-        """:meth:`add_many` of rows already made (``storage.rows.estimate_row``)."""
+        """Store new estimates, given as rows (``storage.rows.estimate_row``), in one call (group
+        commit); False when any key was taken: the unit then holds some of them and must be rolled
+        back (:meth:`add` tells which and why)."""
 
     def update(self, record: EstimateRecord) -> None:
         """Store the next revision of an existing estimate (CompleteReview, RejectEstimate).
@@ -252,11 +250,9 @@ class IdempotencyRepository(Protocol):
     def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
         """Store a reply; raises :class:`DuplicateKeyError` (kind ``request_id``) if the id is taken."""
 
-    def add_many(self, records: Sequence[tuple[IdempotencyRecord, datetime]]) -> bool:
-        """Store (reply, created_at) pairs in one call; False (roll back) when an id was taken."""
-
     def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
-        """:meth:`add_many` of rows already made (``storage.rows.idempotency_row``)."""
+        """Store replies, given as rows (``storage.rows.idempotency_row``), in one call; False
+        (roll back) when an id was taken."""
 
 
 class TokenRepository(Protocol):
@@ -281,11 +277,9 @@ class EvidenceRepository(Protocol):
         must be stored (same unit of work is fine).
         """
 
-    def add_many(self, records: Sequence[EvidenceRecord]) -> bool:
-        """Store bundles in one call; False (roll back) when a revision already had one."""
-
     def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
-        """:meth:`add_many` of rows already made (``storage.rows.evidence_row``)."""
+        """Store bundles, given as rows (``storage.rows.evidence_row``), in one call; False (roll
+        back) when a revision already had one."""
 
     def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
         """The bundle of ``revision`` (None: the highest stored revision), blob included, or None."""

@@ -167,8 +167,7 @@ def audit_event_of(row: Row, time_of: TimeOf) -> AuditEvent:
 
 # --------------------------------------------------------------------------- the rows of a create
 # Column values in each table's insert order, datetimes not yet bound (each dialect binds them as it
-# inserts): computed on the request's thread, before the write lock (group_commit.py), and small
-# and plain enough to hand to the writer process of a ``--workers`` set (remote_writer.py).
+# inserts): computed on the request's thread, before the write lock (group_commit.py).
 
 
 def estimate_row(record: EstimateRecord) -> Row:

@@ -103,6 +103,11 @@ def _bound(tx: SqlTransaction, row: Row) -> Row:
     return tuple(tx.bind_time(value) if isinstance(value, datetime) else value for value in row)
 
 
+def _insert_rows(tx: SqlTransaction, insert: str, rows: Sequence[Row]) -> bool:
+    """``rows`` (``storage.rows``) inserted by one ``insert`` statement; False when a key was taken."""
+    return tx.insert_many(insert, [_bound(tx, row) for row in rows])
+
+
 class StatementBudget:
     """What a lookup unit (``Store.lookup``) may still run: one read, no write. Units of work have
     no limit (``single`` False). Each dialect's transaction spends it before every statement."""
@@ -152,13 +157,10 @@ class EstimateRepository:
                 raise DuplicateKeyError("dedup_key", existing)
         raise StorageError(f"estimate id {record.estimate_id} is already stored")
 
-    def add_many(self, records: Sequence[EstimateRecord]) -> bool:
-        """Insert new estimates in one call; False when any key was taken (roll the unit back, then
-        ``add`` them one by one to learn which, and why)."""
-        return self.add_rows([estimate_row(r) for r in records])
-
     def add_rows(self, rows: Sequence[Row]) -> bool:
-        return self._tx.insert_many(self._INSERT, [_bound(self._tx, row) for row in rows])
+        """Insert new estimates (``estimate_row``) in one call; False when any key was taken (roll
+        the unit back, then ``add`` them one by one to learn which, and why)."""
+        return _insert_rows(self._tx, self._INSERT, rows)
 
     _INSERT = f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})"
 
@@ -328,12 +330,9 @@ class IdempotencyRepository:
     def _params(self, record: IdempotencyRecord, created_at: datetime) -> tuple[object, ...]:
         return _bound(self._tx, idempotency_row(record, created_at))
 
-    def add_many(self, records: Sequence[tuple[IdempotencyRecord, datetime]]) -> bool:
-        """Insert (record, created_at) pairs in one call; False when a request_id was taken."""
-        return self.add_rows([idempotency_row(r, at) for r, at in records])
-
     def add_rows(self, rows: Sequence[Row]) -> bool:
-        return self._tx.insert_many(self._INSERT, [_bound(self._tx, row) for row in rows])
+        """Insert replies (``idempotency_row``) in one call; False when a request_id was taken."""
+        return _insert_rows(self._tx, self._INSERT, rows)
 
     def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
         inserted = self._tx.insert(self._INSERT, self._params(record, created_at))
@@ -395,12 +394,9 @@ class EvidenceRepository:
     def _params(self, record: EvidenceRecord) -> tuple[object, ...]:
         return _bound(self._tx, evidence_row(record))
 
-    def add_many(self, records: Sequence[EvidenceRecord]) -> bool:
-        """Insert bundles in one call; False when a revision already had one."""
-        return self.add_rows([evidence_row(r) for r in records])
-
     def add_rows(self, rows: Sequence[Row]) -> bool:
-        return self._tx.insert_many(self._INSERT, [_bound(self._tx, row) for row in rows])
+        """Insert bundles (``evidence_row``) in one call; False when a revision already had one."""
+        return _insert_rows(self._tx, self._INSERT, rows)
 
     def add(self, record: EvidenceRecord) -> None:
         """Insert a revision's bundle; StorageError when that revision already has one."""

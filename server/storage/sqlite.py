@@ -376,6 +376,7 @@ class SqliteStore:
         if busy_timeout_s <= 0:
             raise ValueError("busy_timeout_s must be > 0")
         self.path = Path(path)
+        self.wal_path = Path(f"{self.path}-wal")
         self._busy_timeout_s = busy_timeout_s
         self._wal_truncate_bytes = wal_truncate_bytes
         self._stopping = threading.Event()
@@ -533,7 +534,7 @@ class SqliteStore:
         to zero bytes. Other processes' writers meet SQLite's busy handler, as with any writer.
         """
         try:
-            wal_bytes = Path(f"{self.path}-wal").stat().st_size
+            wal_bytes = self.wal_path.stat().st_size
         except FileNotFoundError:
             wal_bytes = 0
         if wal_bytes < self._wal_truncate_bytes or not self.write_lock.acquire(timeout=self._busy_timeout_s):
@@ -555,23 +556,23 @@ class SqliteStore:
         retryable): what was committed may not be on disk, and Linux may not report it twice.
         """
         try:
-            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StorageError(f"cannot open {self.path}-wal to flush it: {exc}") from exc
+            raise StorageError(f"cannot open {self.wal_path} to flush it: {exc}") from exc
         try:
             os.fdatasync(fd)
         except OSError as exc:
-            logger.critical("flushing %s-wal failed: committed writes may not be on disk", self.path)
-            reason = f"commit not confirmed durable: flushing {self.path}-wal failed: {exc}"
+            logger.critical("flushing %s failed: committed writes may not be on disk", self.wal_path)
+            reason = f"commit not confirmed durable: flushing {self.wal_path} failed: {exc}"
             raise StorageError(reason) from exc
         finally:
             os.close(fd)
 
     def files(self) -> tuple[Path, Path, Path, Path]:
         """The database file, its WAL and shared-memory companions, and the writer lock file."""
-        return self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"), Path(f"{self.path}-writer")
+        return self.path, self.wal_path, Path(f"{self.path}-shm"), Path(f"{self.path}-writer")
 
     def size_bytes(self) -> int:
         """Bytes of the database, WAL and shared-memory files (a missing companion counts 0)."""
