@@ -132,10 +132,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_runs_as_a_process_and_drains_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+def _serve_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a ``serve`` started by a test: its own SQLite file and its own free
+    metrics port (the default, 8788, may belong to a ``make run`` on the same machine)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIS_")}
     env["KIS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'kis.db'}"
+    env["KIS_METRICS_ADDRESS"] = f"127.0.0.1:{_free_port()}"
+    return env
+
+
+def test_serve_runs_as_a_process_and_drains_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _serve_env(tmp_path)
     with subprocess.Popen(
         [sys.executable, "-m", "kis_estimator.server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT,
@@ -163,8 +171,7 @@ def test_serve_runs_as_a_process_and_drains_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_second_server_on_a_busy_port_fails_to_start(served: Served, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KIS_")}
-    env["KIS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'kis.db'}"
+    env = _serve_env(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "kis_estimator.server.cli", "serve", "--listen", served.address],
         cwd=ROOT,
