@@ -50,7 +50,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +75,7 @@ logger = logging.getLogger(__name__)
 MIN_SQLITE_VERSION = (3, 37, 0)
 FILE_MODE = 0o600  # the database and its -wal/-shm/-writer files: owner only
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024  # above it the checkpointer truncates the WAL (checkpoint())
+GAP_DRAIN_S = 1.0  # how long a truncating checkpoint waits for this process's reads to finish
 # How the writer lock polls another process's hold: from 0.2 ms, doubling, at most 1 ms apart.
 FIRST_POLL_S = 0.0002
 MAX_POLL_S = 0.001
@@ -190,6 +192,63 @@ class _Transaction:
         return f"+{column}"
 
 
+class ReaderGate:
+    """Gives the WAL truncation a moment with no reader of this process (a "reader gap").
+
+    SQLite can restart the WAL only when no reader still uses it, and reads that follow each
+    other without a pause starve it: SQLite's documentation calls this checkpoint starvation.
+    Measured with plain ``sqlite3``: two threads reading in a loop made 9-14 of 60 TRUNCATE
+    checkpoints give up after the whole busy_timeout with frames left in the WAL; a 0.2 ms pause
+    between reads made none fail. So every read-only unit of this process passes this gate, and
+    :meth:`SqliteStore.checkpoint` closes it around a truncation: reads that start meanwhile wait
+    (for the few milliseconds the truncation takes, at most ``timeout``, after which they read
+    anyway: a read never fails here), the reads already running finish, and the truncation runs
+    in the gap. A thread already inside a read unit passes a closed gate, so a nested read cannot
+    wait for a gap that its own outer read holds shut. Write units need no gate: the checkpoint
+    holds the writer lock. Readers in other processes are not held back; a truncation they
+    starve is retried at the next checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._reading = 0  # read units of this process in progress
+        self._shut = False
+        self._depth = threading.local()
+
+    @property
+    def shut(self) -> bool:
+        """Whether a checkpoint holds the gate shut (waiting for reads, or truncating)."""
+        return self._shut
+
+    def enter(self, timeout: float) -> None:
+        depth: int = getattr(self._depth, "n", 0)
+        with self._cond:
+            if self._shut and depth == 0:
+                self._cond.wait_for(lambda: not self._shut, timeout)
+            self._reading += 1
+        self._depth.n = depth + 1
+
+    def leave(self) -> None:
+        self._depth.n -= 1
+        with self._cond:
+            self._reading -= 1
+            if self._shut and self._reading == 0:
+                self._cond.notify_all()
+
+    @contextmanager
+    def gap(self, timeout: float) -> Iterator[bool]:
+        """Shut the gate and wait for the reads in progress; yields whether they all finished."""
+        with self._cond:
+            self._shut = True
+            drained = self._cond.wait_for(lambda: self._reading == 0, timeout)
+        try:
+            yield drained
+        finally:
+            with self._cond:
+                self._shut = False
+                self._cond.notify_all()
+
+
 class SqliteUnitOfWork(SqlRepositories):
     """One transaction on one pooled connection; see the module docstring."""
 
@@ -205,12 +264,14 @@ class SqliteUnitOfWork(SqlRepositories):
         if self._entered:
             raise StorageError("a unit of work can be entered only once")
         self._entered = True
-        if not self._read_only and not self._store.write_lock.acquire(timeout=self._store.busy_timeout_s):
+        if self._read_only:
+            self._store.readers.enter(self._store.busy_timeout_s)
+        elif not self._store.write_lock.acquire(timeout=self._store.busy_timeout_s):
             raise StorageError("timed out waiting for the write lock", retryable=True)
         try:
             conn = self._store.acquire()
         except BaseException:
-            self._release_write_lock()
+            self._release_entry()
             raise
         try:
             if conn.query_only is not self._read_only:
@@ -220,13 +281,16 @@ class SqliteUnitOfWork(SqlRepositories):
                 conn.execute("BEGIN DEFERRED" if self._read_only else "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._store.release(conn, healthy=not conn.in_transaction)
-            self._release_write_lock()
+            self._release_entry()
             raise translate(exc, "cannot begin a transaction") from exc
         self._tx.conn = conn
         return self
 
-    def _release_write_lock(self) -> None:
-        if not self._read_only:
+    def _release_entry(self) -> None:
+        """Release what __enter__ took besides the connection: the writer lock or the reader gate."""
+        if self._read_only:
+            self._store.readers.leave()
+        else:
             self._store.write_lock.release()
 
     def __exit__(
@@ -279,7 +343,7 @@ class SqliteUnitOfWork(SqlRepositories):
                     failure = exc
             self._store.release(conn, healthy=healthy)
         finally:
-            self._release_write_lock()
+            self._release_entry()
         if failure is not None:
             raise translate(failure, "rollback failed")
 
@@ -391,6 +455,7 @@ class SqliteStore:
             raise StorageError(f"cannot create the directory of {self.path}: {exc}") from exc
         self._restrict_permissions()
         self.write_lock = WriterLock(Path(f"{self.path}-writer"))
+        self.readers = ReaderGate()
         try:
             conn = self._open_migrated(migrations, now)
         except BaseException:
@@ -529,9 +594,11 @@ class SqliteStore:
         reader still using the WAL, which under steady load never happens: a 100,000-create run
         grew the WAL to 13 GB (and its index, mapped into every connection, to 26 MB of RSS). So
         once the WAL is larger than ``wal_truncate_bytes``, the checkpoint takes this process's
-        writer lock (its writers wait; the PASSIVE runs before left little to copy) and runs
-        TRUNCATE, which waits for the readers of the WAL (bounded by busy_timeout) and truncates it
-        to zero bytes. Other processes' writers meet SQLite's busy handler, as with any writer.
+        writer lock (its writers wait; the PASSIVE runs before left little to copy), opens a reader
+        gap (:class:`ReaderGate`: this process's reads in progress finish, new ones wait) and runs
+        TRUNCATE, which waits for any other readers of the WAL (bounded by busy_timeout) and
+        truncates it to zero bytes. Other processes' writers meet SQLite's busy handler, as with
+        any writer.
         """
         try:
             wal_bytes = self.wal_path.stat().st_size
@@ -541,11 +608,13 @@ class SqliteStore:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             return "PASSIVE"
         try:
-            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            with self.readers.gap(min(GAP_DRAIN_S, self._busy_timeout_s)) as drained:
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             self.write_lock.release()
         if row is not None and row[0]:
-            logger.info("WAL truncate checkpoint found readers until busy_timeout; retried next run")
+            whose = "another process's" if drained else "this process's"
+            logger.info("WAL truncation found %s readers until busy_timeout; retried next run", whose)
         return "TRUNCATE"
 
     def sync_wal(self) -> None:
