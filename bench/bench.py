@@ -69,7 +69,15 @@ from bench.scaling import (
     print_scaling,
     scaling_section,
 )
-from bench.stats import cpu_seconds, cpu_times, latency_summary, load_average, rss_mib
+from bench.stats import (
+    cpu_seconds,
+    cpu_times,
+    latency_summary,
+    load_average,
+    machine_shares,
+    machine_ticks,
+    rss_mib,
+)
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
@@ -402,12 +410,12 @@ def timed_phase(
     rss_before = rss_mib(server.pid)
     busy = gens.send(spec, level)
     time.sleep(max(0.0, measure_from - time.monotonic()))
-    cpu_from = cpu_times(server.pid)
+    cpu_from, machine_from = cpu_times(server.pid), machine_ticks()
     profiler = None
     if py_spy is not None:
         profiler = start_py_spy(py_spy[0], server.pid, py_spy[1], duration_s=args.duration, gil=py_spy[2])
     time.sleep(max(0.0, measure_to - time.monotonic()))
-    cpu_to = cpu_times(server.pid)
+    cpu_to, machine_to = cpu_times(server.pid), machine_ticks()
     answers = gens.collect(busy)
     if profiler is not None:
         _, err = profiler.communicate(timeout=args.duration + 60)
@@ -443,6 +451,7 @@ def timed_phase(
         "client_cpu_pct": 100.0 * client_cpu / window,
         "server_rss_mib_before": rss_before,
         "server_rss_mib_after": rss_mib(server.pid),
+        "machine": machine_shares(machine_from, machine_to),
         "request_bytes": len(phase.body),
         "response_bytes": response_bytes,
     }
@@ -884,7 +893,13 @@ def scaling_h2load(
     flight; server CPU over every worker, gRPC outcomes summed over every worker's /metrics."""
     before = handled_per_worker(env, workers)
     cpu: list[float] = []
-    timer = threading.Timer(args.warmup, lambda: cpu.append(cpu_seconds(server.pid)))
+    machine: list[tuple[int, int, int]] = []
+
+    def measuring_starts() -> None:
+        cpu.append(cpu_seconds(server.pid))
+        machine.append(machine_ticks())
+
+    timer = threading.Timer(args.warmup, measuring_starts)
     timer.start()
     result = run_h2load(
         h2load,
@@ -898,6 +913,7 @@ def scaling_h2load(
     )
     timer.join()
     server_cpu = cpu_seconds(server.pid) - cpu[0] if cpu else math.nan
+    shares = machine_shares(machine[0], machine_ticks()) if machine else {}
     after = handled_per_worker(env, workers)
     codes: dict[str, float] = {}
     for was, now in zip(before, after, strict=True):
@@ -906,6 +922,7 @@ def scaling_h2load(
     per_worker = [now.get("OK", 0.0) - was.get("OK", 0.0) for was, now in zip(before, after, strict=True)]
     return result | {
         "server_cpu_pct": 100.0 * server_cpu / args.duration,
+        "machine": shares,
         "grpc_codes": {code: n for code, n in codes.items() if n},
         "per_worker_ok": per_worker,
     }

@@ -21,6 +21,7 @@ bound of what two workers give on a host of their own.
 from __future__ import annotations
 
 import argparse
+import math
 import secrets
 import shutil
 import statistics
@@ -151,7 +152,10 @@ def _no_database() -> Iterator[str | None]:
     yield None
 
 
-HEADER = "store        workers  group commit     QPS      p50      p95   srvCPU   ratio  split %"
+HEADER = (
+    "store        workers  group commit     QPS      p50      p95   srvCPU  idle %  steal %   ratio  split %"
+)
+STEAL_NOTE_PCT = 5.0  # a round with a run above this much steal is named under the table
 
 
 def print_scaling(section: dict[str, Any]) -> None:
@@ -188,11 +192,13 @@ def print_scaling(section: dict[str, Any]) -> None:
                     print(f"{store:<12}  skipped: {fig['skipped']}")
                     break
                 ratio = next(rounds, None) if run["workers"] == 2 else None
+                machine = fig.get("machine", {})
                 print(
                     f"{store:<12}{run['workers']:>8}{'on' if run['group_commit'] else 'off':>14}"
                     f"{fig['qps']:>8.0f}"
                     f"{fig['latency_ms']['p50_ms']:>9.2f}{fig['latency_ms']['p95_ms']:>9.2f}"
-                    f"{fig['server_cpu_pct']:>8.0f}%{'' if ratio is None else f'{ratio:.2f}':>8}"
+                    f"{fig['server_cpu_pct']:>8.0f}%{_pct(machine.get('idle_pct')):>8}"
+                    f"{_pct(machine.get('steal_pct')):>9}{'' if ratio is None else f'{ratio:.2f}':>8}"
                     f"  {_split(fig.get('per_worker_ok'))}"
                 )
             ratios = result[f"{prefix}ratios"]
@@ -201,6 +207,7 @@ def print_scaling(section: dict[str, Any]) -> None:
                     f"  {store}: two workers / one, median of {len(ratios)} rounds "
                     f"{result[f'{prefix}ratio']:.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
                     f"group commit on / off {_fmt(result[f'{prefix}group_commit_gain'])}"
+                    f"{_stolen_rounds(result['runs'], figures)}"
                 )
         print("\n".join(summaries))
 
@@ -210,6 +217,22 @@ def _split(per_worker: list[float] | None) -> str:
     if not per_worker or len(per_worker) < 2 or not sum(per_worker):
         return ""
     return "/".join(f"{100 * n / sum(per_worker):.0f}" for n in per_worker)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.0f}"
+
+
+def _stolen_rounds(runs: list[dict[str, Any]], figures: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
+    """Which rounds (1, 2, …; the baseline run is not one) had a run with more than
+    STEAL_NOTE_PCT steal: their ratio compares runs on machines of different sizes."""
+    rounds = [runs[i : i + 2] for i in range(1, len(runs), 2)]
+    stolen = [
+        str(n)
+        for n, pair in enumerate(rounds, start=1)
+        if any(figures(run).get("machine", {}).get("steal_pct", 0.0) > STEAL_NOTE_PCT for run in pair)
+    ]
+    return f"; rounds with > {STEAL_NOTE_PCT:.0f} % steal: {', '.join(stolen)}" if stolen else ""
 
 
 def _fmt(value: float | None) -> str:

@@ -86,5 +86,26 @@ def rss_mib(pid: int) -> float:
     return total if found else math.nan
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """The machine's CPU time so far, in clock ticks over all cores (``/proc/stat``): idle (with
+    I/O wait), stolen by the hypervisor for other guests, and in all."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return idle + iowait, steal, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+def machine_shares(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, float]:
+    """Idle and stolen shares of the machine's cores between two :func:`machine_ticks` readings,
+    in percent. Steal is CPU time a core was ready to run this machine's work but the hypervisor
+    gave it to another guest: a run with a high share measured a smaller machine."""
+    total = after[2] - before[2]
+    if total <= 0:
+        return {"idle_pct": math.nan, "steal_pct": math.nan}
+    return {
+        "idle_pct": 100.0 * (after[0] - before[0]) / total,
+        "steal_pct": 100.0 * (after[1] - before[1]) / total,
+    }
+
+
 def load_average() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]

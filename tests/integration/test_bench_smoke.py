@@ -159,6 +159,8 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
             assert len(run["per_worker_ok"]) == run["workers"], run["per_worker_ok"]
             assert all(n > 0 for n in run["per_worker_ok"]), (store, run["per_worker_ok"])
             h2 = run["h2load"]
+            for figures in (run, h2) if "skipped" not in h2 else (run,):  # the machine's shares
+                assert all(0 <= figures["machine"][k] <= 100 for k in ("idle_pct", "steal_pct")), figures
             if "skipped" not in h2:
                 assert h2["grpc_codes"].get("OK", 0) > 0
                 assert set(h2["grpc_codes"]) <= {"OK", "CANCELLED"}, h2["grpc_codes"]  # cut at the end
