@@ -76,6 +76,7 @@ MIN_SQLITE_VERSION = (3, 37, 0)
 FILE_MODE = 0o600  # the database and its -wal/-shm/-writer files: owner only
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024  # above it the checkpointer truncates the WAL (checkpoint())
 GAP_DRAIN_S = 1.0  # how long a truncating checkpoint waits for this process's reads to finish
+TRUNCATE_BUSY_S = 0.25  # how long a truncation then waits for other processes' readers
 # How the writer lock polls another process's hold: from 0.2 ms, doubling, at most 1 ms apart.
 FIRST_POLL_S = 0.0002
 MAX_POLL_S = 0.001
@@ -596,9 +597,12 @@ class SqliteStore:
         once the WAL is larger than ``wal_truncate_bytes``, the checkpoint takes this process's
         writer lock (its writers wait; the PASSIVE runs before left little to copy), opens a reader
         gap (:class:`ReaderGate`: this process's reads in progress finish, new ones wait) and runs
-        TRUNCATE, which waits for any other readers of the WAL (bounded by busy_timeout) and
-        truncates it to zero bytes. Other processes' writers meet SQLite's busy handler, as with
-        any writer.
+        TRUNCATE, which waits for any other process's readers of the WAL and truncates it to zero
+        bytes. Every writer and this process's readers wait for it, so that wait is short
+        (``TRUNCATE_BUSY_S``): a truncation that other processes' readers keep from finishing is
+        retried at the next checkpoint instead of holding them all for the whole busy_timeout (a
+        40 s run of two workers under h2load saw one such attempt). Other processes' writers meet
+        SQLite's busy handler, as with any writer.
         """
         try:
             wal_bytes = self.wal_path.stat().st_size
@@ -609,12 +613,19 @@ class SqliteStore:
             return "PASSIVE"
         try:
             with self.readers.gap(min(GAP_DRAIN_S, self._busy_timeout_s)) as drained:
-                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                # every writer and this process's readers wait meanwhile: a short attempt, retried
+                # at the next checkpoint, rather than one that holds them for all of busy_timeout
+                wait_ms = round(1000 * min(TRUNCATE_BUSY_S, self._busy_timeout_s))
+                conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+                try:
+                    row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {round(1000 * self._busy_timeout_s)}")
         finally:
             self.write_lock.release()
         if row is not None and row[0]:
             whose = "another process's" if drained else "this process's"
-            logger.info("WAL truncation found %s readers until busy_timeout; retried next run", whose)
+            logger.info("WAL truncation found %s readers in its way; retried next run", whose)
         return "TRUNCATE"
 
     def sync_wal(self) -> None:

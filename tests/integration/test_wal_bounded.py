@@ -9,7 +9,9 @@ truncates it (server/storage/sqlite.py SqliteStore.checkpoint), in a reader gap
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,3 +146,40 @@ def test_a_gap_is_tried_anyway_when_a_read_does_not_finish_in_time(store: Sqlite
     assert not store.readers.shut
     with store.unit_of_work(read_only=True) as after:
         assert after.tokens.list() == []
+
+
+def test_a_truncation_held_up_by_a_reader_it_cannot_gate_gives_up_soon_and_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader outside the gate (another process's; here a plain connection) keeps a snapshot in
+    the WAL: the truncation, during which every writer and this process's readers wait, gives up
+    after TRUNCATE_BUSY_S instead of the store's whole busy_timeout, and the next one succeeds."""
+    caplog.set_level(logging.INFO, logger="kis_estimator.server.storage.sqlite")
+    store = SqliteStore(tmp_path / "kis.db", wal_truncate_bytes=LIMIT, busy_timeout_s=5.0)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    conn = store._connect()
+    try:
+        for i in range(60):
+            with store.unit_of_work() as uow:
+                uow.tokens.add(f"tok_{i}", "n" * 200, "VIEWER", f"{i:064d}", T0)
+                uow.commit()
+        other.execute("BEGIN")
+        other.execute("SELECT count(*) FROM tokens").fetchone()  # a snapshot in the WAL
+        for i in range(60, 400):
+            with store.unit_of_work() as uow:
+                uow.tokens.add(f"tok_{i}", "n" * 200, "VIEWER", f"{i:064d}", T0)
+                uow.commit()
+        assert wal_bytes(store) > LIMIT
+        started = time.monotonic()
+        assert store.checkpoint(conn) == "TRUNCATE"
+        assert time.monotonic() - started < 2.5  # TRUNCATE_BUSY_S (0.25 s), not busy_timeout (5 s)
+        assert [r for r in caplog.records if "another process's readers" in r.getMessage()]
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000  # restored
+        assert wal_bytes(store) > LIMIT
+        other.execute("COMMIT")
+        store.checkpoint(conn)
+        assert wal_bytes(store) == 0
+    finally:
+        other.close()
+        conn.close()
+        store.close()
