@@ -124,22 +124,29 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Ratios of one store's runs: each round's two workers over its one worker, and their median
     (what the target is held to); the baseline against the median one-worker figure."""
     alone = runs[0]
-    ones = [r for r in runs[1:] if r["workers"] == 1]
-    twos = [r for r in runs[1:] if r["workers"] == 2]
+    pairs = _rounds(runs)
     out: dict[str, Any] = {"runs": runs}
     views: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
         ("", lambda run: run),
         ("h2load_", lambda run: run.get("h2load", {})),
     )
     for prefix, figures in views:
-        rounds = [_ratio(figures(one), figures(two)) for one, two in zip(ones, twos, strict=True)]
+        rounds = [_ratio(figures(one), figures(two)) for one, two in pairs]
         ratios = [r for r in rounds if r is not None]
-        one_qps = [figures(run)["qps"] for run in ones if "qps" in figures(run)]
+        one_qps = [figures(one)["qps"] for one, _ in pairs if "qps" in figures(one)]
         median_one = {"qps": statistics.median(one_qps)} if one_qps else {}
         out[f"{prefix}ratios"] = ratios
         out[f"{prefix}ratio"] = statistics.median(ratios) if ratios else None
         out[f"{prefix}group_commit_gain"] = _ratio(figures(alone), median_one)
     return out
+
+
+def _rounds(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The rounds of one store's runs (the baseline, runs[0], is none): each one-worker run with
+    the two-worker run of its round, in the order they ran."""
+    ones = [r for r in runs[1:] if r["workers"] == 1]
+    twos = [r for r in runs[1:] if r["workers"] == 2]
+    return list(zip(ones, twos, strict=True))
 
 
 def _ratio(one: dict[str, Any], two: dict[str, Any]) -> float | None:
@@ -224,12 +231,11 @@ def _pct(value: float | None) -> str:
 
 
 def _stolen_rounds(runs: list[dict[str, Any]], figures: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
-    """Which rounds (1, 2, …; the baseline run is not one) had a run with more than
-    STEAL_NOTE_PCT steal: their ratio compares runs on machines of different sizes."""
-    rounds = [runs[i : i + 2] for i in range(1, len(runs), 2)]
+    """Which rounds (1, 2, …; :func:`_rounds`) had a run with more than STEAL_NOTE_PCT steal:
+    their ratio compares runs on machines of different sizes."""
     stolen = [
         str(n)
-        for n, pair in enumerate(rounds, start=1)
+        for n, pair in enumerate(_rounds(runs), start=1)
         if any(figures(run).get("machine", {}).get("steal_pct", 0.0) > STEAL_NOTE_PCT for run in pair)
     ]
     return f"; rounds with > {STEAL_NOTE_PCT:.0f} % steal: {', '.join(stolen)}" if stolen else ""
