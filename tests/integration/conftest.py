@@ -21,6 +21,7 @@ from kis_estimator.server.engine.roles import Role
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from kis_estimator.server.main import App, build_app
 from kis_estimator.server.settings import Settings
+from kis_estimator.server.storage.sqlite import SqliteStore
 
 TIMEOUT_S = 10.0
 
@@ -118,3 +119,11 @@ def grpc_server(served: Served) -> grpc.Server:
 @pytest.fixture(scope="module")
 def grpc_stub_cls(grpc_channel: grpc.Channel) -> Callable[[grpc.Channel], pb_grpc.EstimatorServiceStub]:
     return pb_grpc.EstimatorServiceStub
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """A fresh SQLite store (the service's default) in the test's temporary directory."""
+    opened = SqliteStore(tmp_path / "kis.db")
+    yield opened
+    opened.close()

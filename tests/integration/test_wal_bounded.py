@@ -12,7 +12,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,13 +70,6 @@ def test_the_wal_is_truncated_past_its_limit_while_readers_keep_reading(
     store.close()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "kis.db")
-    yield opened
-    opened.close()
-
-
 def read_in_thread(store: SqliteStore, entered: threading.Event, leave: threading.Event) -> threading.Thread:
     """A thread that opens a read unit, sets ``entered``, and keeps it open until ``leave`` is set."""
 
@@ -92,14 +84,14 @@ def read_in_thread(store: SqliteStore, entered: threading.Event, leave: threadin
     return thread
 
 
-def test_a_reader_gap_waits_for_reads_in_progress_and_holds_new_ones_back(store: SqliteStore) -> None:
+def test_a_reader_gap_waits_for_reads_in_progress_and_holds_new_ones_back(sqlite_store: SqliteStore) -> None:
     first_in, first_out = threading.Event(), threading.Event()
-    first = read_in_thread(store, first_in, first_out)
+    first = read_in_thread(sqlite_store, first_in, first_out)
     assert first_in.wait(5)
     in_gap, gap_over, drained = threading.Event(), threading.Event(), []
 
     def truncate() -> None:
-        with store.readers.gap(5) as ok:
+        with sqlite_store.readers.gap(5) as ok:
             drained.append(ok)
             in_gap.set()
             gap_over.wait(10)
@@ -110,7 +102,7 @@ def test_a_reader_gap_waits_for_reads_in_progress_and_holds_new_ones_back(store:
     first_out.set()
     assert in_gap.wait(5) and drained == [True]
     second_in, second_out = threading.Event(), threading.Event()
-    second = read_in_thread(store, second_in, second_out)
+    second = read_in_thread(sqlite_store, second_in, second_out)
     assert not second_in.wait(0.3)  # a read that starts during the gap waits at the gate
     gap_over.set()
     assert second_in.wait(5)  # and goes on once the gap is over
@@ -119,32 +111,32 @@ def test_a_reader_gap_waits_for_reads_in_progress_and_holds_new_ones_back(store:
         thread.join(5)
 
 
-def test_a_nested_read_passes_a_shut_gate(store: SqliteStore) -> None:
+def test_a_nested_read_passes_a_shut_gate(sqlite_store: SqliteStore) -> None:
     drained: list[bool] = []
 
     def truncate() -> None:
-        with store.readers.gap(5) as ok:
+        with sqlite_store.readers.gap(5) as ok:
             drained.append(ok)
 
     gap = threading.Thread(target=truncate)
-    with store.unit_of_work(read_only=True) as outer:
+    with sqlite_store.unit_of_work(read_only=True) as outer:
         outer.tokens.list()
         gap.start()  # shuts the gate, then waits for this thread's read to finish
-        while not store.readers.shut:
+        while not sqlite_store.readers.shut:
             gap.join(0.001)
-        with store.lookup() as inner:  # the same thread's nested read is not held back
+        with sqlite_store.lookup() as inner:  # the same thread's nested read is not held back
             assert inner.tokens.list() == []
         assert drained == []  # the gap is still waiting for the outer read
     gap.join(5)
     assert drained == [True]
 
 
-def test_a_gap_is_tried_anyway_when_a_read_does_not_finish_in_time(store: SqliteStore) -> None:
-    with store.unit_of_work(read_only=True) as held, store.readers.gap(0.1) as drained:
+def test_a_gap_is_tried_anyway_when_a_read_does_not_finish_in_time(sqlite_store: SqliteStore) -> None:
+    with sqlite_store.unit_of_work(read_only=True) as held, sqlite_store.readers.gap(0.1) as drained:
         assert not drained
         held.tokens.list()
-    assert not store.readers.shut
-    with store.unit_of_work(read_only=True) as after:
+    assert not sqlite_store.readers.shut
+    with sqlite_store.unit_of_work(read_only=True) as after:
         assert after.tokens.list() == []
 
 
