@@ -10,8 +10,10 @@ module's dialect seam (``?`` → ``%s``, ``ON CONFLICT DO NOTHING``, ``timestamp
 Connection model. As in ``sqlite.py``: each unit of work checks one connection out of a small
 pool for its whole life and returns it afterwards, so a connection is used by one thread at a
 time. The pool keeps at most ``max_idle_connections`` idle connections and opens more on demand;
-a connection that failed (lost, or left in a transaction) is closed, not pooled. Connections run
-in autocommit mode with the session time zone set to UTC, and each unit issues its own ``BEGIN``.
+a connection that failed (lost, or left in a transaction) is closed, not pooled, and one that the
+server or the network closed while it sat in the pool is found by a ``poll`` of its socket when it
+is taken out, and replaced (:meth:`PostgresStore.acquire`). Connections run in autocommit mode with
+the session time zone set to UTC, and each unit issues its own ``BEGIN``.
 
 Transactions.
 
@@ -55,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import select
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -194,6 +197,25 @@ class _Transaction:
 def _dialect(sql: str) -> str:
     """The repositories' ``?`` placeholders as psycopg's ``%s`` (their SQL holds no other ``?`` or ``%``)."""
     return sql.replace("?", "%s")
+
+
+def _closed_while_idle(conn: _Connection) -> bool:
+    """Whether an idle pooled connection is gone, without a round trip: one ``poll`` of its socket.
+
+    An idle connection expects nothing from the server, so a readable socket means end of file
+    (the server or a middlebox closed it) or the server's last words before closing it (a FATAL
+    such as 57P01 on shutdown); either way it is not used again. A connection dropped without a
+    packet (a host gone) still looks alive here and fails at its first statement.
+    """
+    if conn.closed or conn.broken:
+        return True
+    try:
+        fd = conn.fileno()
+    except psycopg.Error:
+        return True
+    watch = select.poll()
+    watch.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(watch.poll(0))  # POLLHUP and POLLERR are reported whether asked for or not
 
 
 def _in_transaction(conn: _Connection) -> bool:
@@ -453,12 +475,23 @@ class PostgresStore:
         return conn
 
     def acquire(self) -> tuple[_Connection, bool]:
-        """A connection for a unit of work, and whether it came from the pool (used by the unit)."""
-        with self._lock:
-            if self._closed:
-                raise StorageError("store is closed")
-            if self._idle:
-                return self._idle.pop(), True
+        """A connection for a unit of work, and whether it came from the pool (used by the unit).
+
+        A pooled connection the server or the network has closed while it sat idle is closed
+        and passed over (:func:`_closed_while_idle`), so the unit does not find out by failing:
+        after a database restart, or once a proxy or firewall dropped idle connections, every
+        pooled connection is dead, and a lookup or budget spend has no ``BEGIN`` to fail first.
+        """
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StorageError("store is closed")
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            if not _closed_while_idle(conn):
+                return conn, True
+            conn.close()
         return self._connect(), False
 
     def release(self, conn: _Connection, *, healthy: bool) -> None:

@@ -12,7 +12,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,16 +25,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kis_estimator.server.acceptance.runner import outcome_of_error
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
+from kis_estimator.server.storage.postgres import PostgresStore
 from tests.integration.conftest import TIMEOUT_S, Served
 from tests.integration.test_postgres_service import start_on_postgres
-from tests.integration.test_storage_contract import pg_database
+from tests.integration.test_storage_contract import _pg_admin, pg_database
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = json.loads((ROOT / "examples" / "example1.json").read_text(encoding="utf-8"))
 
 
 class Relay:
-    """127.0.0.1:<port> → the database, byte for byte; ``down()`` refuses and drops, ``up()`` resumes."""
+    """127.0.0.1:<port> → the database, byte for byte; ``down()`` refuses and drops, ``up()`` resumes,
+    ``drop()`` closes the open connections and goes on accepting (a proxy's or firewall's idle
+    timeout). Like a network path, it keeps an idle connection open for as long as both ends do."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -54,11 +58,15 @@ class Relay:
     def down(self) -> None:
         with self._lock:
             listener, self._listener = self._listener, None
-            conns, self._conns = self._conns, []
         if listener is not None:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close alone may not
             listener.close()
+        self.drop()
+
+    def drop(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -75,7 +83,12 @@ class Relay:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # the 5 s were for connecting: an idle connection stays open
             with self._lock:
+                if self._listener is not listener:  # down() ran while this one was connecting
+                    client.close()
+                    server.close()
+                    return
                 self._conns += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -89,19 +102,28 @@ class Relay:
             dst.shutdown(socket.SHUT_WR)
 
 
-@pytest.fixture
-def relayed() -> Iterator[tuple[Served, Relay]]:
+@contextlib.contextmanager
+def relayed_database() -> Iterator[tuple[str, Relay]]:
+    """A new database, and its URL through a :class:`Relay` that is up."""
     with pg_database() as url:
         parts = urlsplit(url)
         relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
         relay.up()
         netloc = f"{parts.username}@127.0.0.1:{relay.port}" if parts.username else f"127.0.0.1:{relay.port}"
-        served = start_on_postgres(urlunsplit(parts._replace(netloc=netloc)))
+        try:
+            yield urlunsplit(parts._replace(netloc=netloc)), relay
+        finally:
+            relay.down()
+
+
+@pytest.fixture
+def relayed() -> Iterator[tuple[Served, Relay]]:
+    with relayed_database() as (url, relay):
+        served = start_on_postgres(url)
         try:
             yield served, relay
         finally:
             served.app.stop(0)
-            relay.down()
 
 
 def _health(channel: grpc.Channel) -> int:
@@ -149,3 +171,58 @@ def test_an_outage_is_unavailable_not_internal_and_the_service_recovers_by_itsel
         assert (
             retried.request_id == "during-the-outage" and retried.totals.total_krw == before.totals.total_krw
         )
+
+
+def _terminate_backends(database: str) -> None:
+    """What a restart or ``idle_session_timeout`` does to idle sessions: FATAL 57P01, then close."""
+    with _pg_admin() as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+        deadline = time.monotonic() + 10
+        sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        while admin.execute(sessions, (database,)).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the terminated sessions did not end"
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("closed_by", ["the server", "the network"])
+def test_pooled_connections_closed_while_idle_are_passed_over_not_failed_on(closed_by: str) -> None:
+    """After a database restart (or a proxy's idle timeout) every pooled connection is dead; the
+    next unit of each kind must get a live one, not fail on a dead one and answer UNAVAILABLE while
+    the database is up. A look-up and a budget spend have no BEGIN that would find out first."""
+    with relayed_database() as (url, relay):
+        store = PostgresStore(url)
+
+        def write() -> None:
+            with store.unit_of_work() as uow:
+                uow.tokens.add("t0", "n", "VIEWER", "0" * 64, datetime.now(UTC))
+                uow.commit()
+
+        def read() -> None:
+            with store.unit_of_work(read_only=True) as uow:
+                assert uow.tokens.find_by_hash("0" * 64) is not None
+
+        def look_up() -> None:
+            with store.lookup() as uow:
+                assert uow.tokens.find_by_hash("0" * 64) is not None
+
+        def spend() -> None:
+            assert store.spend_budget("k", 100, 3600.0)[0]
+
+        units: list[Callable[[], None]] = [write, read, look_up, spend]
+        try:
+            for unit in units:
+                with contextlib.ExitStack() as stack:  # three connections in the pool, idle
+                    for _ in range(3):
+                        stack.enter_context(store.unit_of_work(read_only=True)).estimates.get("")
+                if closed_by == "the server":
+                    _terminate_backends(urlsplit(url).path.lstrip("/"))
+                else:
+                    relay.drop()
+                    time.sleep(0.05)  # the relay's FIN reaches the store's sockets
+                unit()
+        finally:
+            store.close()
