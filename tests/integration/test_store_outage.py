@@ -174,7 +174,8 @@ def test_an_outage_is_unavailable_not_internal_and_the_service_recovers_by_itsel
 
 
 def _terminate_backends(database: str) -> None:
-    """What a restart or ``idle_session_timeout`` does to idle sessions: FATAL 57P01, then close."""
+    """What a restart or ``idle_session_timeout`` does to idle sessions: FATAL 57P01, then close.
+    Returns once they are gone: each sent its FATAL before it left ``pg_stat_activity``."""
     with _pg_admin() as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -188,13 +189,34 @@ def _terminate_backends(database: str) -> None:
             time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def _store_whose_idle_connections_close(closed_by: str) -> Iterator[tuple[PostgresStore, Callable[[], None]]]:
+    """A store, and what closes its idle connections: the server terminating the sessions (the
+    store connects directly, so the FATAL is on its sockets when the sessions are gone), or the
+    network between them (a relay's idle timeout: it closes its ends, the FIN is at once on the
+    store's sockets)."""
+    if closed_by == "the server":
+        with pg_database() as url:
+            store = PostgresStore(url)
+            try:
+                yield store, lambda: _terminate_backends(urlsplit(url).path.lstrip("/"))
+            finally:
+                store.close()
+    else:
+        with relayed_database() as (url, relay):
+            store = PostgresStore(url)
+            try:
+                yield store, relay.drop
+            finally:
+                store.close()
+
+
 @pytest.mark.parametrize("closed_by", ["the server", "the network"])
 def test_pooled_connections_closed_while_idle_are_passed_over_not_failed_on(closed_by: str) -> None:
     """After a database restart (or a proxy's idle timeout) every pooled connection is dead; the
     next unit of each kind must get a live one, not fail on a dead one and answer UNAVAILABLE while
     the database is up. A look-up and a budget spend have no BEGIN that would find out first."""
-    with relayed_database() as (url, relay):
-        store = PostgresStore(url)
+    with _store_whose_idle_connections_close(closed_by) as (store, close_idle):
 
         def write() -> None:
             with store.unit_of_work() as uow:
@@ -212,17 +234,9 @@ def test_pooled_connections_closed_while_idle_are_passed_over_not_failed_on(clos
         def spend() -> None:
             assert store.spend_budget("k", 100, 3600.0)[0]
 
-        units: list[Callable[[], None]] = [write, read, look_up, spend]
-        try:
-            for unit in units:
-                with contextlib.ExitStack() as stack:  # three connections in the pool, idle
-                    for _ in range(3):
-                        stack.enter_context(store.unit_of_work(read_only=True)).estimates.get("")
-                if closed_by == "the server":
-                    _terminate_backends(urlsplit(url).path.lstrip("/"))
-                else:
-                    relay.drop()
-                    time.sleep(0.05)  # the relay's FIN reaches the store's sockets
-                unit()
-        finally:
-            store.close()
+        for unit in (write, read, look_up, spend):
+            with contextlib.ExitStack() as stack:  # three connections in the pool, idle
+                for _ in range(3):
+                    stack.enter_context(store.unit_of_work(read_only=True)).estimates.get("")
+            close_idle()
+            unit()
