@@ -391,12 +391,16 @@ _REFILLED = (
     "LEAST(%(budget)s, b.tokens + GREATEST(0, EXTRACT(EPOCH FROM EXCLUDED.updated_at - b.updated_at)"
     "::double precision) * %(rate)s)"
 )
-# Sent as one simple query (client-side binding): one implicit transaction in which SET LOCAL turns
-# off waiting for the WAL flush at its commit (PostgresStore.spend_budget says why that is safe).
+# One statement in its own implicit transaction. Its CTE turns off waiting for the WAL flush at
+# that transaction's commit (``set_config(…, true)``: this transaction only; PostgresStore.spend_budget
+# says why that is safe), and the row to insert is selected from the CTE so that it is evaluated.
+# One statement rather than ``SET LOCAL …; INSERT …`` as one simple query: psycopg prepares it after
+# a few calls on a connection, so the server no longer parses and plans two statements per call
+# (measured: 180 → 110 µs of backend CPU, 330 → 225 µs per spend, bench/README.md).
 _SPEND_BUDGET = f"""
-SET LOCAL synchronous_commit TO off;
+WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO rate_buckets AS b (bucket_key, tokens, last_allowed, updated_at)
-VALUES (%(key)s, %(budget)s - 1, true, clock_timestamp())
+SELECT %(key)s, %(budget)s - 1, true, clock_timestamp() FROM unflushed
 ON CONFLICT (bucket_key) DO UPDATE SET
     last_allowed = {_REFILLED} >= 1,
     tokens = {_REFILLED} - CASE WHEN {_REFILLED} >= 1 THEN 1 ELSE 0 END,
@@ -540,10 +544,7 @@ class PostgresStore:
         conn, _ = self.acquire()
         healthy = True
         try:
-            with psycopg.ClientCursor(conn) as cur:  # client-side binding: two statements, one query
-                cur.execute(_SPEND_BUDGET, {"key": key, "budget": float(budget), "rate": rate})
-                cur.nextset()  # past SET's result to the upsert's
-                row = cur.fetchone()
+            row = conn.execute(_SPEND_BUDGET, {"key": key, "budget": float(budget), "rate": rate}).fetchone()
         except psycopg.Error as exc:
             healthy = not conn.closed and not _in_transaction(conn)
             raise translate(exc, "cannot spend the request budget") from exc

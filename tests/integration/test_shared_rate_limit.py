@@ -25,7 +25,7 @@ from kis_estimator.server.main import build_app
 from kis_estimator.server.service.rate_limit import RateLimiter
 from kis_estimator.server.service.shared_rate_limit import SharedRateLimiter
 from kis_estimator.server.settings import Settings
-from kis_estimator.server.storage.postgres import PostgresStore
+from kis_estimator.server.storage.postgres import _SPEND_BUDGET, PostgresStore
 from kis_estimator.server.storage.repository import StorageError
 from tests.integration.conftest import TIMEOUT_S, Served
 from tests.integration.test_postgres_service import EVIDENCE_KEYS
@@ -150,3 +150,20 @@ def test_spending_commits_without_a_flush_and_leaves_the_pooled_connection_as_it
                 store.release(conn, healthy=True)
         finally:
             store.close()
+
+
+def test_the_spend_statement_runs_its_own_transaction_without_a_flush_wait() -> None:
+    """The spend is one statement whose CTE sets ``synchronous_commit`` off for its transaction
+    only: the same statement, returning the setting instead of the bucket, sees "off" (the commit
+    is what reads it), and the session's setting after it is the server's again."""
+    probe = _SPEND_BUDGET.replace(
+        "RETURNING tokens, last_allowed", "RETURNING current_setting('synchronous_commit')"
+    )
+    assert probe != _SPEND_BUDGET
+    with pg_database() as url:
+        PostgresStore(url).close()  # the schema
+        with psycopg.connect(url, autocommit=True) as conn:
+            for _ in range(7):  # past psycopg's prepare threshold: the prepared statement too
+                params = {"key": "k", "budget": 5.0, "rate": 1.0}
+                assert conn.execute(probe, params, prepare=None).fetchone() == ("off",)
+                assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
