@@ -10,6 +10,7 @@ PostgreSQL (server-side connection loss, aborted transactions), so the contract 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -148,6 +149,42 @@ def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str) -> No
             assert uow.estimates.get("E1") == make_record("E1")
     finally:
         store.close()
+
+
+def test_a_creates_bundle_and_document_are_stored_compressed_with_lz4(pg_url: str) -> None:
+    """Migration 0004: the evidence ZIP (STORED entries: JSON) is compressed, not kept as it is, and
+    the large values of a create use lz4 (the stored reply too, once it is large enough to be
+    compressed at all: ~2 KiB); what is read back is the same bytes."""
+    served = start_on_postgres(pg_url)
+    try:
+        outcome, reply = create(served, mixed("lz4-check"))
+        assert outcome.code == "OK", outcome
+        estimate_id = reply.estimate.estimate_id
+    finally:
+        served.app.stop(0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        methods = conn.execute(
+            "SELECT attrelid::regclass::text || '.' || attname, attcompression, attstorage FROM pg_attribute"
+            " WHERE (attrelid, attname) IN (('evidence'::regclass, 'bundle'),"
+            " ('estimates'::regclass, 'document'), ('idempotency'::regclass, 'response'))"
+        ).fetchall()
+        assert sorted(methods) == [
+            ("estimates.document", "l", "x"),
+            ("evidence.bundle", "l", "x"),  # x: EXTENDED, compressed (0002 had e: EXTERNAL, not)
+            ("idempotency.response", "l", "x"),
+        ]
+        for table, column in (("evidence", "bundle"), ("estimates", "document")):
+            row = conn.execute(
+                f"SELECT pg_column_compression({column}), pg_column_size({column}), octet_length({column})"
+                f" FROM {table} WHERE estimate_id = %s",
+                (estimate_id,),
+            ).fetchone()
+            assert row is not None and row[0] == "lz4", (column, row)
+            assert row[1] * 2 < row[2], (column, row)  # JSON: at least twofold
+        document = conn.execute(
+            "SELECT document FROM estimates WHERE estimate_id = %s", (estimate_id,)
+        ).fetchone()
+    assert document is not None and json.loads(document[0])["estimate_id"] == estimate_id
 
 
 def test_commit_after_a_failed_statement_is_refused_not_silently_rolled_back(pg_url: str) -> None:

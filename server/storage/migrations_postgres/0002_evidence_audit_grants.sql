@@ -19,7 +19,7 @@ CREATE TABLE evidence (
     CHECK ((signature_key_id IS NULL) = (signature IS NULL))
 );
 
--- A ZIP is compressed already: store it out of line without another (wasted) pglz pass.
+-- Stored out of line uncompressed here; 0004 compresses it (its entries are STORED, not deflated).
 ALTER TABLE evidence ALTER COLUMN bundle SET STORAGE EXTERNAL;
 
 -- The audit log. seq is assigned by the repository as last + 1 inside a write unit, which holds
