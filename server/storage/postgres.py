@@ -3,9 +3,10 @@ SQL).
 
 Selected by ``KIS_DATABASE_URL=postgresql://…``; the schema is ``migrations_postgres/`` (the same
 versions and guards as the SQLite files, in PostgreSQL types, plus the shared request budgets of
-0003 and the lz4 compression of the large values of 0004), applied when the store opens. The repositories' SQL is shared with SQLite
-(``server/storage/sql_repositories.py``); :class:`_Transaction` is PostgreSQL's side of that
-module's dialect seam (``?`` → ``%s``, ``ON CONFLICT DO NOTHING``, ``timestamptz``).
+0003 and the lz4 compression of the large values of 0004), applied when the store opens. The
+repositories' SQL is shared with SQLite (``server/storage/sql_repositories.py``);
+:class:`_Transaction` is PostgreSQL's side of that module's dialect seam (``?`` → ``%s``,
+``ON CONFLICT DO NOTHING``, ``timestamptz``).
 
 Connection model. As in ``sqlite.py``: each unit of work checks one connection out of a small
 pool for its whole life and returns it afterwards, so a connection is used by one thread at a
