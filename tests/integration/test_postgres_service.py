@@ -25,11 +25,12 @@ from kis_estimator.server.engine.months import KST
 from kis_estimator.server.engine.roles import Role
 from kis_estimator.server.main import build_app
 from kis_estimator.server.settings import Settings
+from kis_estimator.server.storage.migrate import POSTGRES_MIGRATIONS, load_migrations
 from kis_estimator.server.storage.postgres import PostgresStore
 from kis_estimator.server.storage.repository import IdempotencyRecord, StorageError
 from tests.integration.conftest import Served
 from tests.integration.test_mixed_quota import create, mixed, quota
-from tests.integration.test_storage_contract import T0, make_record, pg_database
+from tests.integration.test_storage_contract import T0, make_evidence, make_record, pg_database
 
 JOIN_TIMEOUT_S = 60.0
 # Fixed signing key: load_keyring would otherwise create its key file beside a SQLite path.
@@ -185,6 +186,32 @@ def test_a_creates_bundle_and_document_are_stored_compressed_with_lz4(pg_url: st
             "SELECT document FROM estimates WHERE estimate_id = %s", (estimate_id,)
         ).fetchone()
     assert document is not None and json.loads(document[0])["estimate_id"] == estimate_id
+
+
+def test_bundles_stored_before_0004_read_back_the_same_and_new_ones_are_compressed(pg_url: str) -> None:
+    old = PostgresStore(pg_url, migrations=load_migrations(package_dir=POSTGRES_MIGRATIONS)[:3])
+    try:
+        with old.unit_of_work() as uow:
+            uow.estimates.add(make_record("E1"))
+            uow.evidence.add(make_evidence("E1", 1))
+            uow.commit()
+    finally:
+        old.close()
+    upgraded = PostgresStore(pg_url)
+    try:
+        with upgraded.unit_of_work() as uow:
+            uow.evidence.add(make_evidence("E1", 2))
+            uow.commit()
+        with upgraded.unit_of_work(read_only=True) as uow:
+            assert uow.evidence.get("E1", 1) == make_evidence("E1", 1)
+            assert uow.evidence.get("E1", 2) == make_evidence("E1", 2)
+    finally:
+        upgraded.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        stored = conn.execute(
+            "SELECT revision, pg_column_compression(bundle) FROM evidence ORDER BY revision"
+        )
+        assert stored.fetchall() == [(1, None), (2, "lz4")]  # the old row as it was written
 
 
 def test_commit_after_a_failed_statement_is_refused_not_silently_rolled_back(pg_url: str) -> None:
