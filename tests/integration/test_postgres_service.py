@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -123,12 +124,17 @@ def test_two_replicas_on_one_database_share_the_quota_and_the_chain(pg_url: str)
 # --------------------------------------------------------------------------- PostgreSQL-only store behaviour
 
 
-def _terminate_other_sessions(url: str) -> int:
+def terminate_other_sessions(url: str) -> int:
+    """What a restart or ``idle_session_timeout`` does to the database's other sessions: FATAL
+    57P01, then close. Returns how many, once they are gone (each sent its FATAL before it left
+    ``pg_stat_activity``, so a client connected directly has it on its socket by then)."""
+    others = " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     with psycopg.connect(url, autocommit=True) as admin:
-        row = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
+        row = admin.execute("SELECT count(pg_terminate_backend(pid))" + others).fetchone()
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT count(*)" + others).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the terminated sessions did not end"
+            time.sleep(0.02)
     return 0 if row is None else int(row[0])
 
 
@@ -137,12 +143,12 @@ def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str) -> No
     try:
         with store.unit_of_work(read_only=True) as uow:  # the pool now holds an idle connection
             uow.estimates.get("E0")
-        assert _terminate_other_sessions(pg_url) >= 1  # a server restart or an idle timeout
+        assert terminate_other_sessions(pg_url) >= 1  # a server restart or an idle timeout
         with store.unit_of_work() as uow:
             uow.estimates.add(make_record("E1"))
             uow.commit()
         with store.unit_of_work() as uow:
-            _terminate_other_sessions(pg_url)  # lost in the middle of a unit: retry the whole unit
+            terminate_other_sessions(pg_url)  # lost in the middle of a unit: retry the whole unit
             with pytest.raises(StorageError) as caught:
                 uow.estimates.get("E1")
             assert caught.value.retryable

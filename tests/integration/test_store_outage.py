@@ -27,8 +27,8 @@ from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from kis_estimator.server.storage.postgres import PostgresStore
 from tests.integration.conftest import TIMEOUT_S, Served
-from tests.integration.test_postgres_service import start_on_postgres
-from tests.integration.test_storage_contract import _pg_admin, pg_database
+from tests.integration.test_postgres_service import start_on_postgres, terminate_other_sessions
+from tests.integration.test_storage_contract import pg_database
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = json.loads((ROOT / "examples" / "example1.json").read_text(encoding="utf-8"))
@@ -173,24 +173,10 @@ def test_an_outage_is_unavailable_not_internal_and_the_service_recovers_by_itsel
         )
 
 
-def _terminate_backends(database: str) -> None:
-    """What a restart or ``idle_session_timeout`` does to idle sessions: FATAL 57P01, then close.
-    Returns once they are gone: each sent its FATAL before it left ``pg_stat_activity``."""
-    with _pg_admin() as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        )
-        deadline = time.monotonic() + 10
-        sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-        while admin.execute(sessions, (database,)).fetchone() != (0,):
-            assert time.monotonic() < deadline, "the terminated sessions did not end"
-            time.sleep(0.02)
-
-
 @contextlib.contextmanager
-def _store_whose_idle_connections_close(closed_by: str) -> Iterator[tuple[PostgresStore, Callable[[], None]]]:
+def _store_whose_idle_connections_close(
+    closed_by: str,
+) -> Iterator[tuple[PostgresStore, Callable[[], object]]]:
     """A store, and what closes its idle connections: the server terminating the sessions (the
     store connects directly, so the FATAL is on its sockets when the sessions are gone), or the
     network between them (a relay's idle timeout: it closes its ends, the FIN is at once on the
@@ -199,7 +185,7 @@ def _store_whose_idle_connections_close(closed_by: str) -> Iterator[tuple[Postgr
         with pg_database() as url:
             store = PostgresStore(url)
             try:
-                yield store, lambda: _terminate_backends(urlsplit(url).path.lstrip("/"))
+                yield store, lambda: terminate_other_sessions(url)
             finally:
                 store.close()
     else:
