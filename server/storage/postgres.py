@@ -397,7 +397,7 @@ _REFILLED = (
 # says why that is safe), and the row to insert is selected from the CTE so that it is evaluated.
 # One statement rather than ``SET LOCAL …; INSERT …`` as one simple query: psycopg prepares it after
 # a few calls on a connection, so the server no longer parses and plans two statements per call
-# (measured: 180 → 110 µs of backend CPU, 330 → 225 µs per spend, bench/README.md).
+# (measured: 180 → 100 µs of backend CPU, 330 → 225 µs per spend, bench/README.md).
 _SPEND_BUDGET = f"""
 WITH unflushed AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO rate_buckets AS b (bucket_key, tokens, last_allowed, updated_at)

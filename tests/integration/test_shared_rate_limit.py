@@ -165,5 +165,5 @@ def test_the_spend_statement_runs_its_own_transaction_without_a_flush_wait() -> 
         with psycopg.connect(url, autocommit=True) as conn:
             for _ in range(7):  # past psycopg's prepare threshold: the prepared statement too
                 params = {"key": "k", "budget": 5.0, "rate": 1.0}
-                assert conn.execute(probe, params, prepare=None).fetchone() == ("off",)
+                assert conn.execute(probe, params).fetchone() == ("off",)
                 assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
