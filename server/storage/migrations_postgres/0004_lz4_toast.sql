@@ -8,7 +8,7 @@
 -- * the compression method of the bundle, the estimate document and the stored reply is lz4:
 --   measured per insert of a real bundle, lz4 takes ~180 us of server CPU where pglz (the default)
 --   takes ~420 us and storing it uncompressed ~215 us (more bytes to write), with the same size as
---   pglz; for a 14.6 KiB document ~170 us against pglz's ~290 us, 6.0 KiB stored against 5.6 KiB.
+--   pglz; for a 14.6 KiB document ~170 us against pglz's ~290 us, 6.0 KB stored against 5.6 KB.
 --   What reads the values back gets the same bytes; only new rows are written this way (existing
 --   rows stay as they were stored, and read back as before).
 --
