@@ -10,10 +10,12 @@ lock is released, ``storage/sqlite.py``; the lock covers the statements and the 
 
 Here one writer thread per process takes every create that is waiting when it is free, inserts
 them with one multi-row INSERT per table, appends their audit events in arrival order
-and commits once; then each caller learns its outcome. The batch forms by itself: whatever arrives
-while a commit runs is the next batch, so a lone create waits for nothing. The writer opens its
-write unit (takes the lock) before it takes the batch, so the creates that arrive while another
-process holds the lock join this commit rather than wait for the next one; and each create's rows
+and commits once (``UnitOfWork.store_creates``; on PostgreSQL the inserts and the commit are one
+round trip, ``storage/postgres.py``); then each caller learns its outcome. The batch forms by
+itself: whatever arrives while a commit runs is the next batch, so a lone create waits for
+nothing. The writer opens its write unit (takes the lock) before it takes the batch, so the
+creates that arrive while another process holds the lock join this commit rather than wait for
+the next one; and each create's rows
 (``storage.rows.new_rows``: the JSON document, the checked bundle) are made on the request's thread
 before it queues, so the lock is held for the SQL and the commit only. A reply is still sent
 only after the commit that stored it (its caller waits for that), so nothing acknowledged can be lost,
@@ -163,30 +165,11 @@ class GroupCommit:
             if not wanted:
                 return  # nothing written: leaving the unit rolls it back
             self._on_batch(len(wanted))
-            if len(wanted) == 1:
-                self._store_alone(uow, wanted[0])
-                return
-            if self._store_together(uow, wanted):
+            if uow.store_creates([item.rows for item in wanted], [item.audit for item in wanted]):
                 return
         # a key was taken: the unit above was rolled back with nothing stored; each alone now
         for item in wanted:
             self._write_alone(item)
-
-    @staticmethod
-    def _store_together(uow: UnitOfWork, items: list[NewEstimate]) -> bool:
-        """All in ``uow`` and commit; False (nothing committed) when a key was taken."""
-        rows = [item.rows for item in items]
-        replies = [r.idempotency for r in rows if r.idempotency is not None]
-        stored = (
-            uow.estimates.add_rows([r.estimate for r in rows])
-            and uow.evidence.add_rows([r.evidence for r in rows])
-            and (not replies or uow.idempotency.add_rows(replies))
-        )
-        if not stored:
-            return False
-        uow.audit.append_many([i.audit for i in items])
-        uow.commit()
-        return True
 
     @staticmethod
     def _store_alone(uow: UnitOfWork, item: NewEstimate) -> None:

@@ -33,6 +33,16 @@ Transactions.
   Threads of this process first queue on an in-process lock (as in ``sqlite.py``) so that waiting
   writers hold no connection; both waits are bounded by ``busy_timeout_s`` (the advisory lock
   through ``lock_timeout``) and end in a retryable :class:`StorageError`.
+  The ``BEGIN``, the lock and a read of the audit chain's head go to the server as one simple
+  query (one round trip; the head read is its own statement, after the grant). The unit answers
+  its first read of the head from it, unless it has written since (``_Transaction.prefetched``).
+* The group commit's write (``UnitOfWork.store_creates``): after that first round trip, the
+  multi-row INSERTs and the ``COMMIT`` go out together in pipeline mode and are answered together,
+  so a batch of creates costs two round trips, not eight. Each round trip is a moment the writer
+  thread waits to win the GIL back from the request threads while the lock is held, and every
+  other process's writer waits for that lock (bench/README.md). Without ``ON CONFLICT`` there:
+  a taken key fails its INSERT, the server skips the rest (the ``COMMIT`` too), and the unit is
+  rolled back and reports it.
 * Read-only units: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot for the whole
   unit (audit verification reads the anchor and the events consistently), never blocked by
   writers; the server refuses writes in them (a non-retryable :class:`StorageError`).
@@ -79,12 +89,28 @@ from kis_estimator.server.storage.repository import (
     StorageError,
 )
 from kis_estimator.server.storage.rows import Row
-from kis_estimator.server.storage.sql_repositories import SqlRepositories, StatementBudget, multi_row
+from kis_estimator.server.storage.sql_repositories import (
+    AUDIT_HEAD,
+    Insert,
+    SqlRepositories,
+    StatementBudget,
+    multi_row,
+)
 
 logger = logging.getLogger(__name__)
 
 WRITE_LOCK_KEY = int.from_bytes(b"KIS-EST\x01", "big")
 """The ``pg_advisory_xact_lock`` key every write unit (and every migration) takes; database-wide."""
+
+# A write unit's start, one simple query (one round trip): the transaction, the lock, and then the
+# audit chain's head, read by its own statement after the lock is granted (so under READ COMMITTED
+# it sees every commit before the grant), because nearly every write unit appends to the chain.
+_BEGIN_WRITE_WITHOUT_HEAD = (
+    f"BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY:d})"
+)
+_BEGIN_WRITE = f"{_BEGIN_WRITE_WITHOUT_HEAD}; {AUDIT_HEAD}"
+# Pipeline mode needs libpq 14 or later (psycopg's binary package brings its own).
+_PIPELINE = psycopg.Pipeline.is_supported()
 
 _Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -123,6 +149,9 @@ class _Transaction:
     def __init__(self, *, single_statement: bool = False) -> None:
         self.conn: _Connection | None = None  # set while the unit is open
         self._budget = StatementBudget(single=single_statement)
+        # Answers of reads the unit ran with its BEGIN (one round trip; PostgresUnitOfWork._begin),
+        # by their SQL: good until the unit's first write, after which they may be stale.
+        self.prefetched: dict[str, Row | None] = {}
 
     @property
     def active(self) -> bool:
@@ -136,6 +165,8 @@ class _Transaction:
     def statement(self, *, write: bool = False) -> _Connection:
         """The connection for the unit's next statement (a lookup unit runs one read)."""
         self._budget.spend(write=write)
+        if write:
+            self.prefetched.clear()
         return self.connection()
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> int:
@@ -159,6 +190,9 @@ class _Transaction:
         return self.execute(statement + " ON CONFLICT DO NOTHING", params) == len(rows)
 
     def one(self, sql: str, params: Sequence[object]) -> Row | None:
+        if not params and sql in self.prefetched:
+            self._budget.spend()
+            return self.prefetched.pop(sql)
         try:
             row: Row | None = self.statement().execute(_dialect(sql), params).fetchone()
         except psycopg.Error as exc:
@@ -192,6 +226,13 @@ class _Transaction:
     def unindexed(column: str) -> str:
         """PostgreSQL plans from statistics: no hint needed."""
         return column
+
+
+def _last_row(cursor: psycopg.Cursor[Row]) -> Row | None:
+    """The row of the last statement of a multi-statement query (None when it returned none)."""
+    while cursor.nextset():
+        pass
+    return cursor.fetchone()
 
 
 @functools.lru_cache(maxsize=256)
@@ -257,8 +298,9 @@ class PostgresUnitOfWork(SqlRepositories):
                 elif self._read_only:
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 else:
-                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+                    head = _last_row(conn.execute(self._store.begin_write))
+                    if self._store.begin_write is _BEGIN_WRITE:
+                        self._tx.prefetched = {AUDIT_HEAD: head}
             except psycopg.Error as exc:
                 self._store.release(conn, healthy=self._rolled_back(conn))
                 if pooled and conn.broken:
@@ -321,6 +363,34 @@ class PostgresUnitOfWork(SqlRepositories):
         """Roll back and finish the unit."""
         conn = self._tx.connection()
         self._finish(conn)
+
+    def _insert_and_commit(self, inserts: Sequence[Insert]) -> bool:
+        """The inserts and the COMMIT sent together and answered together: one round trip, in
+        pipeline mode (each statement's result waits for the server's reply to all of them).
+
+        The statements are plain INSERTs, not ``ON CONFLICT DO NOTHING``: their row counts arrive
+        only after the COMMIT was sent, too late to decide against it. A taken key therefore fails
+        its statement, which aborts the transaction; the server skips the rest of the pipeline,
+        COMMIT included, and the unit is rolled back."""
+        conn = self._tx.statement(write=True)
+        try:
+            with conn.pipeline() if _PIPELINE else contextlib.nullcontext():
+                for sql, rows in inserts:
+                    statement, params = multi_row(sql, rows)
+                    conn.execute(_dialect(statement), params)
+                status = conn.execute("COMMIT")
+        except psycopg.errors.UniqueViolation as exc:
+            self._finish(conn)
+            if exc.diag.table_name == "audit_events":  # pragma: no cover - the advisory lock prevents it
+                raise StorageError("an audit seq was taken concurrently", retryable=True) from exc
+            return False
+        except psycopg.Error as exc:
+            self._finish(conn)
+            raise translate(exc, "cannot store the creates") from exc
+        self._finish(conn)
+        if status.statusmessage != "COMMIT":
+            raise StorageError(f"commit failed: the server answered {status.statusmessage}")
+        return True
 
     def _finish(self, conn: _Connection) -> None:
         self._tx.conn = None
@@ -454,6 +524,10 @@ class PostgresStore:
                 load_migrations(package_dir=POSTGRES_MIGRATIONS) if migrations is None else migrations,
                 now,
             )
+            # Every schema from 0002 on has the audit chain; one opened at schema 1 (the upgrade
+            # tests write through such a store) has none, and a write unit reads no head there.
+            row = conn.execute("SELECT to_regclass('audit_events') IS NOT NULL").fetchone()
+            self.begin_write = _BEGIN_WRITE if row is not None and row[0] else _BEGIN_WRITE_WITHOUT_HEAD
         except psycopg.Error as exc:
             conn.close()
             raise translate(exc, "cannot migrate the PostgreSQL schema") from exc

@@ -183,11 +183,6 @@ class EstimateRepository(Protocol):
     def add(self, record: EstimateRecord) -> None:
         """Store a new estimate; raises :class:`DuplicateKeyError` for a taken dedup_key/request_id."""
 
-    def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
-        """Store new estimates, given as rows (``storage.rows.estimate_row``), in one call (group
-        commit); False when any key was taken: the unit then holds some of them and must be rolled
-        back (:meth:`add` tells which and why)."""
-
     def update(self, record: EstimateRecord) -> None:
         """Store the next revision of an existing estimate (CompleteReview, RejectEstimate).
 
@@ -250,10 +245,6 @@ class IdempotencyRepository(Protocol):
     def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
         """Store a reply; raises :class:`DuplicateKeyError` (kind ``request_id``) if the id is taken."""
 
-    def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
-        """Store replies, given as rows (``storage.rows.idempotency_row``), in one call; False
-        (roll back) when an id was taken."""
-
 
 class TokenRepository(Protocol):
     def add(self, token_id: str, name: str, role: str, token_sha256: str, created_at: datetime) -> None:
@@ -276,10 +267,6 @@ class EvidenceRepository(Protocol):
         ``ValueError`` when ``sha256``/``size_bytes`` do not describe ``bundle``. The estimate
         must be stored (same unit of work is fine).
         """
-
-    def add_rows(self, rows: Sequence[tuple[object, ...]]) -> bool:
-        """Store bundles, given as rows (``storage.rows.evidence_row``), in one call; False (roll
-        back) when a revision already had one."""
 
     def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
         """The bundle of ``revision`` (None: the highest stored revision), blob included, or None."""
@@ -371,6 +358,14 @@ class UnitOfWork(Protocol):
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
+
+    def store_creates(self, rows: Sequence[NewRows], drafts: Sequence[AuditDraft]) -> bool:
+        """Store several new estimates (their rows, ``storage.rows.new_rows``) and their audit
+        events (sealed in order after the chain's head), then commit: the group commit's whole
+        write. False when any key was taken (a ``request_id``, ``dedup_key`` or revision): then
+        nothing was committed and the unit is rolled back (:meth:`EstimateRepository.add` and the
+        others, one create per unit, tell which and why). Each store sends it in as few round
+        trips as it can (PostgreSQL: the inserts and the commit in one)."""
 
 
 class Store(Protocol):

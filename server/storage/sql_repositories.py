@@ -11,7 +11,10 @@ seam each store's transaction implements (``server/storage/sqlite.py``, ``server
   text, which sorts like the instant; PostgreSQL: ``timestamptz``), :meth:`SqlTransaction.read_time`
   reads it back as an aware UTC datetime, and refuses a corrupt value with StorageError;
 * planner hints: :meth:`SqlTransaction.unindexed` names a column whose index must not be used
-  (SQLite's unary ``+``; PostgreSQL plans from statistics and needs none).
+  (SQLite's unary ``+``; PostgreSQL plans from statistics and needs none);
+* a batch's inserts and commit: :meth:`SqlRepositories.store_creates` builds the statements once
+  and each store's unit runs them (``_insert_and_commit``: SQLite one after the other, PostgreSQL
+  in one pipelined round trip).
 
 Locking and isolation are the stores' (their module docstrings): every write unit runs alone, so
 the read-check-insert sequences below (dedup, quota, the audit chain's head) are serial.
@@ -35,6 +38,7 @@ from kis_estimator.server.storage.repository import (
     GrantExistsError,
     IdempotencyRecord,
     MixedGrant,
+    NewRows,
     StaleRevisionError,
     StorageError,
     TokenRecord,
@@ -103,11 +107,6 @@ def _bound(tx: SqlTransaction, row: Row) -> Row:
     return tuple(tx.bind_time(value) if isinstance(value, datetime) else value for value in row)
 
 
-def _insert_rows(tx: SqlTransaction, insert: str, rows: Sequence[Row]) -> bool:
-    """``rows`` (``storage.rows``) inserted by one ``insert`` statement; False when a key was taken."""
-    return tx.insert_many(insert, [_bound(tx, row) for row in rows])
-
-
 class StatementBudget:
     """What a lookup unit (``Store.lookup``) may still run: one read, no write. Units of work have
     no limit (``single`` False). Each dialect's transaction spends it before every statement."""
@@ -143,7 +142,7 @@ class EstimateRepository:
 
     def add(self, record: EstimateRecord) -> None:
         """Insert a new estimate; DuplicateKeyError when its request_id or dedup_key is taken."""
-        inserted = self._tx.insert(self._INSERT, self._params(record))
+        inserted = self._tx.insert(self.INSERT, self._params(record))
         if inserted:
             return
         # Which key collided: request_id first; a replay wins over a duplicate (docs/pricing-rules.md §13).
@@ -157,12 +156,7 @@ class EstimateRepository:
                 raise DuplicateKeyError("dedup_key", existing)
         raise StorageError(f"estimate id {record.estimate_id} is already stored")
 
-    def add_rows(self, rows: Sequence[Row]) -> bool:
-        """Insert new estimates (``estimate_row``) in one call; False when any key was taken (roll
-        the unit back, then ``add`` them one by one to learn which, and why)."""
-        return _insert_rows(self._tx, self._INSERT, rows)
-
-    _INSERT = f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})"
+    INSERT = f"INSERT INTO estimates ({_ESTIMATE_COLUMNS}) VALUES ({_ESTIMATE_PLACEHOLDERS})"
 
     def _params(self, record: EstimateRecord) -> tuple[object, ...]:
         return _bound(self._tx, estimate_row(record))
@@ -322,7 +316,7 @@ class IdempotencyRepository:
             response=_blob(row[3]),
         )
 
-    _INSERT = (
+    INSERT = (
         "INSERT INTO idempotency (request_id, request_hash, estimate_id, response, created_at)"
         " VALUES (?, ?, ?, ?, ?)"
     )
@@ -330,12 +324,8 @@ class IdempotencyRepository:
     def _params(self, record: IdempotencyRecord, created_at: datetime) -> tuple[object, ...]:
         return _bound(self._tx, idempotency_row(record, created_at))
 
-    def add_rows(self, rows: Sequence[Row]) -> bool:
-        """Insert replies (``idempotency_row``) in one call; False when a request_id was taken."""
-        return _insert_rows(self._tx, self._INSERT, rows)
-
     def add(self, record: IdempotencyRecord, created_at: datetime) -> None:
-        inserted = self._tx.insert(self._INSERT, self._params(record, created_at))
+        inserted = self._tx.insert(self.INSERT, self._params(record, created_at))
         if not inserted:
             existing = self.get(record.request_id)
             if existing is None:  # pragma: no cover - the conflicting row is visible in this transaction
@@ -389,18 +379,14 @@ class EvidenceRepository:
     def __init__(self, tx: SqlTransaction) -> None:
         self._tx = tx
 
-    _INSERT = f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    INSERT = f"INSERT INTO evidence ({_EVIDENCE_INFO_COLUMNS}, bundle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
     def _params(self, record: EvidenceRecord) -> tuple[object, ...]:
         return _bound(self._tx, evidence_row(record))
 
-    def add_rows(self, rows: Sequence[Row]) -> bool:
-        """Insert bundles (``evidence_row``) in one call; False when a revision already had one."""
-        return _insert_rows(self._tx, self._INSERT, rows)
-
     def add(self, record: EvidenceRecord) -> None:
         """Insert a revision's bundle; StorageError when that revision already has one."""
-        inserted = self._tx.insert(self._INSERT, self._params(record))
+        inserted = self._tx.insert(self.INSERT, self._params(record))
         if not inserted:
             raise StorageError(
                 f"evidence of estimate {record.estimate_id} revision {record.revision} is already stored"
@@ -432,6 +418,27 @@ _AUDIT_COLUMNS = (
     "seq, prev_hash, hash, at, action, outcome, actor, role, estimate_id, revision, details, peer"
 )
 _AUDIT_CHUNK = 500  # rows per read in iter_ascending: bounded memory for any log size
+AUDIT_INSERT = f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# The chain's head; a write unit reads it under its lock (PostgreSQL reads it in the BEGIN round trip).
+AUDIT_HEAD = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+
+
+def audit_params(tx: SqlTransaction, event: AuditEvent) -> Row:
+    """``event``'s row for :data:`AUDIT_INSERT`."""
+    return (
+        event.seq,
+        event.prev_hash,
+        event.hash,
+        tx.bind_time(event.at),
+        event.action,
+        event.outcome,
+        event.actor,
+        event.role,
+        event.estimate_id,
+        event.revision,
+        _details_text(event.details),
+        event.peer,
+    )
 
 
 class AuditRepository:
@@ -446,35 +453,22 @@ class AuditRepository:
 
     def append_many(self, drafts: Sequence[AuditDraft]) -> list[AuditEvent]:
         """Seal ``drafts`` in order after the current head and insert them in one call."""
-        head = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
+        events = self.seal_many(drafts)
+        inserted = self._tx.insert_many(AUDIT_INSERT, [audit_params(self._tx, event) for event in events])
+        if not inserted:  # pragma: no cover - the write lock makes the head read above current
+            raise StorageError(f"audit seq {events[0].seq} was taken concurrently", retryable=True)
+        return events
+
+    def seal_many(self, drafts: Sequence[AuditDraft]) -> list[AuditEvent]:
+        """``drafts`` sealed in order after the current head, not inserted: the caller inserts
+        them in this unit (:meth:`SqlRepositories.store_creates`)."""
+        head = self._tx.one(AUDIT_HEAD, ())
         last_seq, last_hash = (_int(head[0]), _text(head[1])) if head is not None else self.anchor()
         events = []
         for draft in drafts:
             event = seal(last_seq + 1, last_hash, draft)
             events.append(event)
             last_seq, last_hash = event.seq, event.hash
-        inserted = self._tx.insert_many(
-            f"INSERT INTO audit_events ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    event.seq,
-                    event.prev_hash,
-                    event.hash,
-                    self._tx.bind_time(event.at),
-                    event.action,
-                    event.outcome,
-                    event.actor,
-                    event.role,
-                    event.estimate_id,
-                    event.revision,
-                    _details_text(event.details),
-                    event.peer,
-                )
-                for event in events
-            ],
-        )
-        if not inserted:  # pragma: no cover - the write lock makes the head read above current
-            raise StorageError(f"audit seq {events[0].seq} was taken concurrently", retryable=True)
         return events
 
     def list(
@@ -595,13 +589,40 @@ class MixedGrantRepository:
 # --------------------------------------------------------------------------- unit of work and store
 
 
+# An ``INSERT … VALUES (?, …)`` statement and the rows (bound) it inserts as one multi-row statement.
+Insert = tuple[str, list[Row]]
+
+
 class SqlRepositories:
     """The repositories of one unit of work over its transaction (both stores' units inherit this)."""
 
     def __init__(self, tx: SqlTransaction) -> None:
+        self._statements = tx
         self.estimates = EstimateRepository(tx)
         self.idempotency = IdempotencyRepository(tx)
         self.tokens = TokenRepository(tx)
         self.evidence = EvidenceRepository(tx)
         self.audit = AuditRepository(tx)
         self.mixed_grants = MixedGrantRepository(tx)
+
+    def store_creates(self, rows: Sequence[NewRows], drafts: Sequence[AuditDraft]) -> bool:
+        """The group commit's write (``UnitOfWork.store_creates``): ``rows`` inserted, one
+        statement per table, ``drafts`` sealed after the chain's head and inserted, then commit.
+        False (nothing committed, the unit rolled back) when a unique key was taken."""
+        tx = self._statements
+        events = self.audit.seal_many(drafts)  # the one read: the chain's head
+        replies = [row.idempotency for row in rows if row.idempotency is not None]
+        inserts: list[Insert] = [
+            (EstimateRepository.INSERT, [_bound(tx, row.estimate) for row in rows]),
+            (EvidenceRepository.INSERT, [_bound(tx, row.evidence) for row in rows]),
+        ]
+        if replies:
+            inserts.append((IdempotencyRepository.INSERT, [_bound(tx, row) for row in replies]))
+        inserts.append((AUDIT_INSERT, [audit_params(tx, event) for event in events]))
+        return self._insert_and_commit(inserts)
+
+    def _insert_and_commit(self, inserts: Sequence[Insert]) -> bool:
+        """Run ``inserts`` (each as one multi-row statement) and commit; False, the unit rolled
+        back, when a unique key was taken. Each store's unit: PostgreSQL's sends them all and the
+        COMMIT in one round trip."""
+        raise NotImplementedError

@@ -68,7 +68,7 @@ from kis_estimator.server.storage.repository import (
 )
 from kis_estimator.server.storage.rows import Row
 from kis_estimator.server.storage.rows import text as _text
-from kis_estimator.server.storage.sql_repositories import SqlRepositories, StatementBudget, multi_row
+from kis_estimator.server.storage.sql_repositories import Insert, SqlRepositories, StatementBudget, multi_row
 
 logger = logging.getLogger(__name__)
 
@@ -330,6 +330,15 @@ class SqliteUnitOfWork(SqlRepositories):
         """Roll back and finish the unit."""
         conn = self._tx.connection()
         self._finish(conn)
+
+    def _insert_and_commit(self, inserts: Sequence[Insert]) -> bool:
+        """The statements one after the other (in process: no round trips to save), then commit."""
+        for sql, rows in inserts:
+            if not self._tx.insert_many(sql, rows):
+                self.rollback()
+                return False
+        self.commit()
+        return True
 
     def _finish(self, conn: _Connection) -> None:
         self._tx.conn = None

@@ -15,10 +15,12 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import grpc
 import psycopg
 import pytest
+from psycopg import pq
 
 from kis_estimator.server.acceptance.runner import GrpcCaller, Outcome, run_suites
 from kis_estimator.server.clock import Clock, ManualClock
@@ -31,7 +33,16 @@ from kis_estimator.server.storage.postgres import PostgresStore
 from kis_estimator.server.storage.repository import IdempotencyRecord, StorageError
 from tests.integration.conftest import Served
 from tests.integration.test_mixed_quota import create, mixed, quota
-from tests.integration.test_storage_contract import T0, make_evidence, make_record, pg_database
+from tests.integration.test_storage_contract import (
+    T0,
+    draft,
+    make_evidence,
+    make_record,
+    new_create,
+    pg_database,
+    read_chain,
+    verify,
+)
 
 JOIN_TIMEOUT_S = 60.0
 # Fixed signing key: load_keyring would otherwise create its key file beside a SQLite path.
@@ -231,5 +242,41 @@ def test_commit_after_a_failed_statement_is_refused_not_silently_rolled_back(pg_
                 uow.commit()
         with store.unit_of_work(read_only=True) as uow:
             assert uow.estimates.get("E1") is None
+    finally:
+        store.close()
+
+
+def _messages_sent(trace: str) -> list[str]:
+    """The frontend's protocol messages in a libpq trace (``F <length> <message> …`` lines)."""
+    return [line.split("\t")[2] for line in trace.splitlines() if line.startswith("F\t")]
+
+
+def test_a_batch_of_creates_costs_two_round_trips_and_its_inserts_wait_for_no_reply(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The group commit's write on PostgreSQL: the unit's BEGIN, lock and head read are one simple
+    query; the inserts and the COMMIT go out in one pipeline with a single Sync. Any statement
+    more, or one waited for alone, is one more time the writer gives up the GIL holding the lock."""
+    store = PostgresStore(pg_url)
+    trace_file = tmp_path / "libpq.trace"
+    try:
+        with store.unit_of_work() as uow:  # a head to read (an empty chain reads its anchor too)
+            uow.audit.append(draft(0))
+            uow.commit()
+        conn, _ = store.acquire()
+        store.release(conn, healthy=True)  # on top of the pool: the next unit takes it
+        with trace_file.open("w") as trace:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            with store.unit_of_work() as uow:
+                creates = [new_create(f"E{n}", request_id=f"rid-{n}") for n in range(3)]
+                assert uow.store_creates([rows for rows, _ in creates], [d for _, d in creates])
+            conn.pgconn.untrace()
+        sent = _messages_sent(trace_file.read_text())
+        assert sent.count("Query") == 1  # BEGIN; lock; the head
+        assert sent.count("Sync") == 1  # the pipeline: 4 inserts and the COMMIT, then one Sync
+        assert sent.count("Execute") == 5
+        assert verify(store) is None
+        assert [e.estimate_id for e in read_chain(store)[2]] == [None, "E0", "E1", "E2"]
     finally:
         store.close()

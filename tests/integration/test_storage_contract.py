@@ -65,11 +65,13 @@ from kis_estimator.server.storage.repository import (
     GrantExistsError,
     IdempotencyRecord,
     MixedGrant,
+    NewRows,
     StaleRevisionError,
     StorageError,
     Store,
     TokenRecord,
 )
+from kis_estimator.server.storage.rows import new_rows
 from kis_estimator.server.storage.sqlite import SqliteStore
 
 T0 = datetime(2025, 10, 1, 3, 4, 5, 123456, tzinfo=UTC)
@@ -995,6 +997,104 @@ def test_concurrent_appends_form_one_contiguous_chain(store: Store) -> None:
     assert [e.seq for e in stored] == list(range(1, threads_n * per_thread + 1))
     assert sorted(written, key=lambda e: e.seq) == stored
     assert verify(store) is None
+
+
+# --------------------------------------------------------------------------- the group commit's write
+
+
+def new_create(
+    estimate_id: str, *, request_id: str | None = None, dedup_key: str | None = None
+) -> tuple[NewRows, AuditDraft]:
+    """What one accepted create stores: its rows (estimate, evidence, reply when it has a request_id)
+    and its audit draft."""
+    record = make_record(estimate_id, request_id=request_id, dedup_key=dedup_key)
+    reply = (
+        None
+        if request_id is None
+        else IdempotencyRecord(request_id, "h", estimate_id, b"reply " + estimate_id.encode())
+    )
+    return new_rows(record, make_evidence(estimate_id, 1), reply), draft(0, estimate_id=estimate_id)
+
+
+def store_committed(store: Store, *creates: tuple[NewRows, AuditDraft]) -> bool:
+    with store.unit_of_work() as uow:
+        stored = uow.store_creates([rows for rows, _ in creates], [d for _, d in creates])
+        with pytest.raises(StorageError):  # committed or rolled back: the unit is finished either way
+            uow.estimates.get("E1")
+    return stored
+
+
+def test_store_creates_stores_every_row_and_chains_the_events_after_the_head(store: Store) -> None:
+    append_committed(store, draft(0))
+    creates = [new_create("E1", request_id="rid-1"), new_create("E2"), new_create("E3", dedup_key="d:3")]
+    assert store_committed(store, *creates)
+    _, _, events = read_chain(store)
+    assert [(e.seq, e.estimate_id) for e in events] == [(1, None), (2, "E1"), (3, "E2"), (4, "E3")]
+    assert [e.draft for e in events[1:]] == [d for _, d in creates]
+    assert verify(store) is None
+    for estimate_id in ("E1", "E2", "E3"):
+        assert get(store, estimate_id) == make_record(
+            estimate_id,
+            request_id="rid-1" if estimate_id == "E1" else None,
+            dedup_key="d:3" if estimate_id == "E3" else None,
+        )
+        assert get_evidence(store, estimate_id, None) == make_evidence(estimate_id, 1)
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.idempotency.get("rid-1") == IdempotencyRecord("rid-1", "h", "E1", b"reply E1")
+        assert uow.estimates.find_by_dedup_key("d:3") == "E3"
+
+
+@pytest.mark.parametrize(
+    "taken",
+    [
+        {"request_id": "rid-1"},
+        {"dedup_key": "d:1"},
+    ],
+    ids=["request_id", "dedup_key"],
+)
+def test_store_creates_with_a_taken_key_commits_nothing(store: Store, taken: dict[str, str]) -> None:
+    assert store_committed(store, new_create("E1", request_id="rid-1", dedup_key="d:1"))
+    before = read_chain(store)
+    assert not store_committed(store, new_create("E2"), new_create("E3", **taken), new_create("E4"))
+    assert read_chain(store) == before
+    assert [get(store, e) for e in ("E2", "E3", "E4")] == [None, None, None]
+    assert store_committed(store, new_create("E2"), new_create("E4"))  # the store took no harm
+    assert verify(store) is None
+
+
+def test_a_unit_that_wrote_audit_events_reads_the_head_it_moved(store: Store) -> None:
+    """A write unit may have read the chain's head with its BEGIN (PostgreSQL): after the unit's
+    own appends the head must be read again, not taken from then."""
+    with store.unit_of_work() as uow:
+        first = uow.audit.append(draft(0))
+        second = uow.audit.append_many([draft(1), draft(2)])
+        rows, accepted = new_create("E1")
+        assert uow.store_creates([rows], [accepted])
+    _, _, events = read_chain(store)
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    assert events[:3] == [first, *second]
+    assert verify(store) is None
+
+
+def test_store_creates_from_two_stores_on_one_database_keeps_one_chain(backend: Backend) -> None:
+    """Two stores (as two processes would hold) writing batches at once: their write units are
+    serialised by the database's lock, so each batch is sealed after the other's last event."""
+    stores = [backend.open(), backend.open()]
+    rounds = 20
+    start = threading.Barrier(2)
+
+    def write(n: int) -> None:
+        start.wait(timeout=JOIN_TIMEOUT_S)
+        for i in range(rounds):
+            creates = [new_create(f"S{n}-{i}-{k}", request_id=f"r{n}-{i}-{k}") for k in range(3)]
+            assert store_committed(stores[n], *creates)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for future in [pool.submit(write, n) for n in range(2)]:
+            future.result(timeout=JOIN_TIMEOUT_S)
+    _, _, events = read_chain(stores[0])
+    assert [e.seq for e in events] == list(range(1, 2 * rounds * 3 + 1))
+    assert verify(stores[1]) is None
 
 
 AUDIT_FILTERS: list[tuple[str, AuditFilter]] = [
