@@ -531,7 +531,7 @@ class AuditRepository:
             (self._tx.bind_time(cutoff),),
         )
         if first_kept is None:
-            last = self._tx.one("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", ())
+            last = self._tx.one(AUDIT_HEAD, ())
         else:
             last = self._tx.one(
                 "SELECT seq, hash FROM audit_events WHERE seq < ? ORDER BY seq DESC LIMIT 1",
