@@ -28,6 +28,7 @@ from kis_estimator.server.engine.months import KST
 from kis_estimator.server.engine.roles import Role
 from kis_estimator.server.main import build_app
 from kis_estimator.server.settings import Settings
+from kis_estimator.server.storage import postgres
 from kis_estimator.server.storage.migrate import POSTGRES_MIGRATIONS, load_migrations
 from kis_estimator.server.storage.postgres import PostgresStore
 from kis_estimator.server.storage.repository import IdempotencyRecord, StorageError
@@ -278,5 +279,30 @@ def test_a_batch_of_creates_costs_two_round_trips_and_its_inserts_wait_for_no_re
         assert sent.count("Execute") == 5
         assert verify(store) is None
         assert [e.estimate_id for e in read_chain(store)[2]] == [None, "E0", "E1", "E2"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipeline", "libpq_without_pipeline"])
+def test_a_batch_with_a_taken_key_commits_nothing_with_or_without_pipeline_mode(
+    pg_url: str, pipeline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipeline mode needs libpq 14; with an older one the same statements run one by one, and a
+    taken key must still leave nothing of the batch and the connection fit for the pool."""
+    monkeypatch.setattr(postgres, "_PIPELINE", pipeline)
+    store = PostgresStore(pg_url)
+    try:
+        first = new_create("E1", request_id="rid-1")
+        with store.unit_of_work() as uow:
+            assert uow.store_creates([first[0]], [first[1]])
+        batch = [new_create("E2"), new_create("E3", request_id="rid-1"), new_create("E4")]
+        with store.unit_of_work() as uow:
+            assert not uow.store_creates([rows for rows, _ in batch], [d for _, d in batch])
+        assert [e.estimate_id for e in read_chain(store)[2]] == ["E1"]
+        again = [new_create("E2"), new_create("E4")]
+        with store.unit_of_work() as uow:  # the pooled connection is clean: the next batch lands
+            assert uow.store_creates([rows for rows, _ in again], [d for _, d in again])
+        assert [e.estimate_id for e in read_chain(store)[2]] == ["E1", "E2", "E4"]
+        assert verify(store) is None
     finally:
         store.close()
