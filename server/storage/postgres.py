@@ -38,11 +38,11 @@ Transactions.
   its first read of the head from it, unless it has written since (``_Transaction.prefetched``).
 * The group commit's write (``UnitOfWork.store_creates``): after that first round trip, the
   multi-row INSERTs and the ``COMMIT`` go out together in pipeline mode and are answered together,
-  so a batch of creates costs two round trips, not eight. Each round trip is a moment the writer
-  thread waits to win the GIL back from the request threads while the lock is held, and every
-  other process's writer waits for that lock (bench/README.md). Without ``ON CONFLICT`` there:
-  a taken key fails its INSERT, the server skips the rest (the ``COMMIT`` too), and the unit is
-  rolled back and reports it.
+  so a batch of creates costs two round trips, not eight. After each reply the writer thread has
+  to be scheduled and win the GIL back from the request threads while it holds the lock every
+  other process's writer waits for; under load that cost 3-6 ms a round trip (bench/README.md).
+  Without ``ON CONFLICT`` there: a taken key fails its INSERT, the server skips the rest (the
+  ``COMMIT`` too), and the unit is rolled back and reports it.
 * Read-only units: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot for the whole
   unit (audit verification reads the anchor and the events consistently), never blocked by
   writers; the server refuses writes in them (a non-retryable :class:`StorageError`).
@@ -297,10 +297,10 @@ class PostgresUnitOfWork(SqlRepositories):
                     pass  # a lookup: its one statement runs in autocommit (PostgresStore.lookup)
                 elif self._read_only:
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                elif self._store.has_audit_chain:
+                    self._tx.prefetched = {AUDIT_HEAD: _last_row(conn.execute(_BEGIN_WRITE))}
                 else:
-                    head = _last_row(conn.execute(self._store.begin_write))
-                    if self._store.begin_write is _BEGIN_WRITE:
-                        self._tx.prefetched = {AUDIT_HEAD: head}
+                    conn.execute(_BEGIN_WRITE_WITHOUT_HEAD)
             except psycopg.Error as exc:
                 self._store.release(conn, healthy=self._rolled_back(conn))
                 if pooled and conn.broken:
@@ -527,7 +527,7 @@ class PostgresStore:
             # Every schema from 0002 on has the audit chain; one opened at schema 1 (the upgrade
             # tests write through such a store) has none, and a write unit reads no head there.
             row = conn.execute("SELECT to_regclass('audit_events') IS NOT NULL").fetchone()
-            self.begin_write = _BEGIN_WRITE if row is not None and row[0] else _BEGIN_WRITE_WITHOUT_HEAD
+            self.has_audit_chain = row is not None and bool(row[0])
         except psycopg.Error as exc:
             conn.close()
             raise translate(exc, "cannot migrate the PostgreSQL schema") from exc

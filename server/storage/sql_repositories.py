@@ -455,7 +455,7 @@ class AuditRepository:
         """Seal ``drafts`` in order after the current head and insert them in one call."""
         events = self.seal_many(drafts)
         inserted = self._tx.insert_many(AUDIT_INSERT, [audit_params(self._tx, event) for event in events])
-        if not inserted:  # pragma: no cover - the write lock makes the head read above current
+        if not inserted:  # pragma: no cover - the write lock keeps the head seal_many read current
             raise StorageError(f"audit seq {events[0].seq} was taken concurrently", retryable=True)
         return events
 
