@@ -40,7 +40,7 @@ Transactions.
   multi-row INSERTs and the ``COMMIT`` go out together in pipeline mode and are answered together,
   so a batch of creates costs two round trips, not eight. After each reply the writer thread has
   to be scheduled and win the GIL back from the request threads while it holds the lock every
-  other process's writer waits for; under load that cost 3-6 ms a round trip (bench/README.md).
+  other process's writer waits for; under load a round trip took ~3 ms, 4-10 ms with two workers.
   Without ``ON CONFLICT`` there: a taken key fails its INSERT, the server skips the rest (the
   ``COMMIT`` too), and the unit is rolled back and reports it.
 * Read-only units: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot for the whole
