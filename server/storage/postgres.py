@@ -374,17 +374,24 @@ class PostgresUnitOfWork(SqlRepositories):
         COMMIT included, and the unit is rolled back."""
         conn = self._tx.statement(write=True)
         try:
+            # prepare=False: a statement the server skipped after a failure in the pipeline never
+            # had its Parse run, and must not be remembered as prepared on this connection.
             with conn.pipeline() if _PIPELINE else contextlib.nullcontext():
                 for sql, rows in inserts:
                     statement, params = multi_row(sql, rows)
-                    conn.execute(_dialect(statement), params)
-                status = conn.execute("COMMIT")
+                    conn.execute(_dialect(statement), params, prepare=False)
+                status = conn.execute("COMMIT", prepare=False)
         except psycopg.errors.UniqueViolation as exc:
+            # A connection whose pipeline was aborted is closed, not pooled: a replica's CI run saw
+            # such a connection fail a later COMMIT with "prepared statement _pg3_0 does not
+            # exist" (psycopg's record of prepared statements out of step with the server's).
+            conn.close()
             self._finish(conn)
             if exc.diag.table_name == "audit_events":  # pragma: no cover - the advisory lock prevents it
                 raise StorageError("an audit seq was taken concurrently", retryable=True) from exc
             return False
         except psycopg.Error as exc:
+            conn.close()
             self._finish(conn)
             raise translate(exc, "cannot store the creates") from exc
         self._finish(conn)

@@ -306,3 +306,38 @@ def test_a_batch_with_a_taken_key_commits_nothing_with_or_without_pipeline_mode(
         assert verify(store) is None
     finally:
         store.close()
+
+
+def test_a_batch_aborted_by_a_taken_key_leaves_no_phantom_prepared_statement(pg_url: str) -> None:
+    """The server skips every statement after the failed one in an aborted pipeline, their Parse
+    too. A client that had decided to prepare one of them (psycopg does, on a statement's fifth use
+    on a connection) would believe it prepared, and the connection's next use of it would fail
+    with "prepared statement … does not exist". The aborted batch is tried at every count of
+    earlier COMMITs on a fresh connection, so the pipeline's COMMIT meets its fifth use once."""
+    taken = new_create("T0", request_id="rid-taken")
+    first = PostgresStore(pg_url)
+    try:
+        with first.unit_of_work() as uow:
+            assert uow.store_creates([taken[0]], [taken[1]])
+    finally:
+        first.close()
+    for earlier in range(7):
+        store = PostgresStore(pg_url, max_idle_connections=1)  # every unit on the one connection
+        try:
+            for i in range(earlier):
+                create = new_create(f"K{earlier}-{i}")
+                with store.unit_of_work() as uow:
+                    assert uow.store_creates([create[0]], [create[1]])
+            batch = [new_create(f"K{earlier}-a"), new_create(f"K{earlier}-b", request_id="rid-taken")]
+            with store.unit_of_work() as uow:
+                assert not uow.store_creates([rows for rows, _ in batch], [d for _, d in batch])
+            for i in range(3):  # the same connection: batches and plain units, each with a COMMIT
+                create = new_create(f"K{earlier}-after{i}")
+                with store.unit_of_work() as uow:
+                    assert uow.store_creates([create[0]], [create[1]])
+                with store.unit_of_work() as uow:
+                    uow.audit.append(draft(i))
+                    uow.commit()
+            assert verify(store) is None
+        finally:
+            store.close()
