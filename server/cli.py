@@ -36,10 +36,10 @@ from kis_estimator.server.main import load_keyring, open_store, serve
 from kis_estimator.server.service.admin import AdminService
 from kis_estimator.server.service.caller import Caller
 from kis_estimator.server.service.tokens import TokenService
-from kis_estimator.server.settings import ClientSettings, Settings, SettingsError
+from kis_estimator.server.settings import ClientSettings, Settings, SettingsError, parse_cpu_affinity
 from kis_estimator.server.slo import DEFAULT_WINDOW, run_slo_report
 from kis_estimator.server.storage.repository import Store
-from kis_estimator.server.workers import serve_workers
+from kis_estimator.server.workers import pin_to_cpu, serve_workers, worker_cpus
 
 DEFAULT_TARGET = "127.0.0.1:8787"
 
@@ -114,13 +114,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if value is not None
     }
     try:
+        if args.cpu_affinity is not None:
+            overrides["cpu_affinity"] = parse_cpu_affinity("--cpu-affinity", args.cpu_affinity)
         settings = dataclasses.replace(settings, **overrides)
+        cpus = worker_cpus(settings.cpu_affinity)
     except SettingsError as exc:
         _err(f"configuration error: {exc}")
         return 2
     configure_logging(settings.log_level)
     if settings.workers != 1:
-        return serve_workers(settings, address=args.listen)
+        return serve_workers(settings, address=args.listen, cpus=cpus)
+    pin_to_cpu(cpus, 0)
     return serve(settings, address=args.listen)
 
 
@@ -529,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--tls-client-ca", help="CA for client certificates: mutual TLS (KIS_TLS_CLIENT_CA)")
     p_serve.add_argument(
         "--workers", type=int, help="serving processes sharing the port (KIS_WORKERS; 0 = one per core)"
+    )
+    p_serve.add_argument(
+        "--cpu-affinity",
+        help="pin worker i to one CPU: none, auto (the CPUs it may use) or a list like 0-3 "
+        "(KIS_CPU_AFFINITY)",
     )
 
     p_token = sub.add_parser("token", help="manage API tokens")

@@ -90,6 +90,34 @@ def _absolute_dir(name: str, value: str) -> Path:
     return path
 
 
+MAX_CPU = 4095  # the kernel's largest CPU number on common builds (CONFIG_NR_CPUS)
+
+
+def cpu_list(value: str) -> tuple[int, ...]:
+    """The CPUs of a list like ``0-3,6`` (taskset's and cpuset's syntax), sorted, each once."""
+    cpus: set[int] = set()
+    for part in value.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{part.strip()!r} is not a CPU number or a range like 0-3")
+        lo, hi = int(first), int(last) if dash else int(first)
+        if lo > hi or hi > MAX_CPU:
+            raise ValueError(f"{part.strip()!r} is not a range of CPUs 0 … {MAX_CPU}")
+        cpus.update(range(lo, hi + 1))
+    return tuple(sorted(cpus))
+
+
+def parse_cpu_affinity(name: str, value: str) -> str:
+    """``none``, ``auto``, or a CPU list (normalised to ``0,1,2``); see Settings.cpu_affinity."""
+    if value.lower() in ("none", "auto"):
+        return value.lower()
+    try:
+        return ",".join(map(str, cpu_list(value)))
+    except ValueError as exc:
+        expected = "expected none, auto or a CPU list like 0-3,6"
+        raise SettingsError(f"{name}={value!r}: {expected} ({exc})") from None
+
+
 def default_data_dir(env: Mapping[str, str]) -> Path:
     """The data directory when ``KIS_DATA_DIR`` is not set (see the module docstring)."""
     state = env.get("STATE_DIRECTORY", "").split(":")[0]
@@ -202,6 +230,11 @@ class Settings:
     tls_client_ca: Path | None = None
     # Serving processes sharing the port (SO_REUSEPORT); 0 = one per CPU core. See server/workers.py.
     workers: int = 1
+    # The CPU each serving process is pinned to (server/workers.py): none (the kernel places every
+    # thread), auto (worker i on the i-th CPU this process may use), or a CPU list such as 2-3 that
+    # worker i takes its CPU from (the i-th, round robin). Off by default: two services pinned
+    # without knowing of each other would share a core while another sits idle.
+    cpu_affinity: str = "none"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -320,6 +353,7 @@ _PARSERS: Mapping[str, Callable[[str, str], Any]] = {
     "tls_key": _path,
     "tls_client_ca": _path,
     "workers": _int_in(0, 64),
+    "cpu_affinity": parse_cpu_affinity,
 }
 
 # The release/incident workflows own these KIS_* namespaces (workflows/settings.py PREFIXES); the

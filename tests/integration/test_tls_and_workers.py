@@ -9,6 +9,7 @@ exact across them, and SIGTERM to the parent drains and ends them all.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,31 +98,38 @@ def test_half_a_tls_configuration_is_refused() -> None:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes], dict[str, str]]]:
+def workers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, int, subprocess.Popen[bytes], dict[str, str]]]:
+    """``serve --workers 2`` (or the ``workers`` count of an indirect parameter, whose other keys
+    are extra environment variables), ready on every worker's /healthz, and an ADMIN token."""
+    extra = dict(getattr(request, "param", {}))
+    count = int(extra.pop("workers", 2))
     taken: set[int] = set()
-    port, metrics = free_ports_in_a_row(1, taken), free_ports_in_a_row(2, taken)
+    port, metrics = free_ports_in_a_row(1, taken), free_ports_in_a_row(count, taken)
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "KIS_DATA_DIR": str(tmp_path / "data"),
         "KIS_METRICS_ADDRESS": f"127.0.0.1:{metrics}",
-    }
+    } | extra
     (tmp_path / "data").mkdir()
     cli = [sys.executable, "-m", "kis_estimator.server.cli"]
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [*cli, "serve", "--workers", "2", "--listen", f"127.0.0.1:{port}"],
+        [*cli, "serve", "--workers", str(count), "--listen", f"127.0.0.1:{port}"],
         env=env,
         cwd=ROOT,
         stdout=log,
         stderr=log,
+        start_new_session=True,  # a process group of its own: the teardown kills the whole set
     )
     target = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             ready = 0
-            for offset in (0, 1):
+            for offset in range(count):
                 try:
                     with urllib.request.urlopen(
                         f"http://127.0.0.1:{metrics + offset}/healthz", timeout=1
@@ -129,7 +137,7 @@ def workers(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes],
                         ready += r.status == 200
                 except OSError:
                     pass
-            if ready == 2:
+            if ready == count:
                 break
             assert process.poll() is None and time.monotonic() < deadline, (
                 tmp_path / "serve.log"
@@ -214,3 +222,81 @@ def test_workers_do_not_outlive_a_killed_parent(
         time.sleep(0.2)
     else:
         pytest.fail("a worker outlived its parent")
+
+
+def _thread_cpus(pid: int) -> dict[int, str]:
+    """Each thread of ``pid``: the CPUs it may run on (``Cpus_allowed_list``, e.g. ``0-1``)."""
+    cpus = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        cpus[int(task.name)] = status.split("Cpus_allowed_list:")[1].split()[0]
+    return cpus
+
+
+def _serving_processes(process: subprocess.Popen[bytes], count: int) -> list[int]:
+    """The processes that serve: the workers of a ``--workers N`` parent, or the process itself."""
+    if count == 1:
+        return [process.pid]
+    return [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+
+
+def _one_call_per_connection(target: str, token: str, calls: int) -> None:
+    """``calls`` estimates, each on a new connection (spread over the workers), so every worker
+    starts its RPC threads; all must answer OK."""
+    md = (("authorization", f"Bearer {token}"),)
+    request = json_format.ParseDict(json.loads(EXAMPLE_FILE.read_text()), pb.CreateEstimateRequest())
+    for _ in range(calls):
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            pb_grpc.EstimatorServiceStub(channel).CreateEstimate(request, metadata=md, timeout=TIMEOUT_S)
+
+
+ALLOWED_CPUS = sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(len(ALLOWED_CPUS) < 2, reason="pinning two workers apart needs two CPUs")
+@pytest.mark.parametrize("workers", [{"KIS_CPU_AFFINITY": "auto"}], indirect=True)
+def test_auto_affinity_pins_each_worker_and_every_thread_it_starts_to_a_cpu_of_its_own(
+    workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
+) -> None:
+    target, metrics, process, secrets = workers
+    _one_call_per_connection(target, secrets["token"], 8)
+    assert _handled(metrics) > 0 and _handled(metrics + 1) > 0  # both started their RPC threads
+    pinned = [set(_thread_cpus(pid).values()) for pid in _serving_processes(process, 2)]
+    assert sorted(pinned, key=sorted) == [{str(ALLOWED_CPUS[0])}, {str(ALLOWED_CPUS[1])}]
+    assert len(_thread_cpus(process.pid)) >= 1  # the parent stays where the kernel puts it
+    assert set(_thread_cpus(process.pid).values()) != {str(ALLOWED_CPUS[0])}
+
+
+@pytest.mark.parametrize(
+    "workers", [{"workers": 1, "KIS_CPU_AFFINITY": str(ALLOWED_CPUS[-1])}], indirect=True
+)
+def test_a_single_process_is_pinned_to_the_first_cpu_of_the_list(
+    workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
+) -> None:
+    target, _metrics, process, secrets = workers
+    _one_call_per_connection(target, secrets["token"], 2)
+    threads = _thread_cpus(process.pid)
+    assert len(threads) > 10  # gRPC's, the RPC pool's, the writer's, the metrics server's
+    assert set(threads.values()) == {str(ALLOWED_CPUS[-1])}
+
+
+def test_without_affinity_the_workers_may_run_on_every_cpu(
+    workers: tuple[str, int, subprocess.Popen[bytes], dict[str, str]],
+) -> None:
+    target, _metrics, process, secrets = workers
+    _one_call_per_connection(target, secrets["token"], 4)
+    every = {cpu for pid in _serving_processes(process, 2) for cpu in _thread_cpus(pid).values()}
+    assert every == {_thread_cpus(os.getpid())[os.getpid()]}  # this test's own: all it may use
+
+
+def test_a_cpu_the_process_may_not_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    foreign = max(ALLOWED_CPUS) + 1
+    done = subprocess.run(
+        [sys.executable, "-m", "kis_estimator.server.cli", "serve", "--workers", "2", "--cpu-affinity",
+         f"{ALLOWED_CPUS[0]},{foreign}", "--listen", "127.0.0.1:0"],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KIS_DATA_DIR": str(tmp_path / "data")},
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"may not run on CPU {foreign} (it may run on" in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before the store or the keys were made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -128,3 +129,29 @@ def test_workflow_config_file_rejects_unknown_keys(tmp_path: Path) -> None:
     bad.write_text('jira_ulr = "x"\n')
     with pytest.raises(WorkflowSettingsError, match="did you mean jira_url"):
         WorkflowSettings.load({}, bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [("none", "none"), ("AUTO", "auto"), ("0", "0"), ("3,1-2", "1,2,3"), (" 0-1 , 1 ", "0,1")],
+)
+def test_cpu_affinity_is_none_auto_or_a_cpu_list(value: str, stored: str) -> None:
+    assert Settings.from_env({"KIS_CPU_AFFINITY": value}).cpu_affinity == stored
+
+
+@pytest.mark.parametrize("value", ["", "x", "1-0", "-1", "0-", "1,,2", "4096", "0.5"])
+def test_a_bad_cpu_affinity_names_the_variable_and_the_syntax(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"KIS_CPU_AFFINITY=.*expected none, auto or a CPU list"):
+        Settings.from_env({"KIS_CPU_AFFINITY": value})
+
+
+def test_worker_cpus_come_from_the_list_or_the_cpus_this_process_may_use() -> None:
+    from kis_estimator.server.workers import worker_cpus
+
+    allowed = tuple(sorted(os.sched_getaffinity(0)))
+    assert worker_cpus("none") is None
+    assert worker_cpus("auto") == allowed
+    assert worker_cpus(str(allowed[-1])) == (allowed[-1],)
+    foreign = max(allowed) + 1
+    with pytest.raises(SettingsError, match=f"may not run on CPU {foreign} \\(it may run on "):
+        worker_cpus(f"{allowed[0]},{foreign}")
