@@ -94,9 +94,15 @@ def pin_to_cpu(cpus: tuple[int, ...] | None, index: int) -> None:
     if cpus is None:
         return
     cpu = cpus[index % len(cpus)]
-    for task in Path("/proc/self/task").iterdir():  # threads started later inherit their starter's
-        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
-            os.sched_setaffinity(int(task.name), {cpu})
+    try:
+        for task in Path("/proc/self/task").iterdir():  # threads started later inherit their starter's
+            with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+                os.sched_setaffinity(int(task.name), {cpu})
+    except OSError as exc:  # a sandbox that forbids it (seccomp, container policy): serve unpinned
+        log.warning(
+            "cannot pin to a CPU; serving unpinned", extra={"worker": index, "cpu": cpu, "error": str(exc)}
+        )
+        return
     log.info("pinned to a CPU", extra={"worker": index, "cpu": cpu})
 
 

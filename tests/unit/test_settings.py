@@ -155,3 +155,18 @@ def test_worker_cpus_come_from_the_list_or_the_cpus_this_process_may_use() -> No
     foreign = max(allowed) + 1
     with pytest.raises(SettingsError, match=f"may not run on CPU {foreign} \\(it may run on "):
         worker_cpus(f"{allowed[0]},{foreign}")
+
+
+def test_a_kernel_that_refuses_pinning_leaves_the_worker_serving_unpinned(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kis_estimator.server import workers
+
+    def refuse(_pid: int, _cpus: set[int]) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(workers.os, "sched_setaffinity", refuse)
+    workers.pin_to_cpu((0, 1), 3)  # does not raise
+    assert [(r.levelname, r.getMessage(), r.__dict__["cpu"]) for r in caplog.records] == [
+        ("WARNING", "cannot pin to a CPU; serving unpinned", 1)
+    ]
