@@ -172,6 +172,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scaling-rounds", type=int, help="interleaved one/two-worker pairs per store (default 3; smoke 1)"
     )
+    parser.add_argument(
+        "--scaling-affinity",
+        default="auto",
+        help="KIS_CPU_AFFINITY of both sides of the scaling section (default auto: each worker on a "
+        "CPU of its own, the one worker too; none: the kernel places them)",
+    )
     parser.add_argument("--log-level", default="INFO", help="the estimator's KIS_LOG_LEVEL (default INFO)")
     parser.add_argument(
         "--data-dir", type=Path, help="parent of the temporary data directory (default: TMPDIR)"

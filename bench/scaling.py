@@ -16,6 +16,11 @@ by up to a quarter, so a single pair says little.
 
 On a 2-core machine the load generators share the cores with the workers, so the ratio is a lower
 bound of what two workers give on a host of their own.
+
+Both sides run with the same ``KIS_CPU_AFFINITY`` (``--scaling-affinity``, default ``auto``): the
+one worker pinned to a CPU as each of the two is, so the ratio compares the best configuration of
+each and not a pinned pair with an unpinned single process (pinning alone gives one worker about
+40 % more on PostgreSQL, bench/README.md).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def scaling_section(
     """``run_phase(env, workers, log, run_id)`` starts an estimator and measures one create_small
     phase against it (bench.py owns processes and phases); here: which stores and worker counts."""
     section: dict[str, Any] = {
+        "cpu_affinity": args.scaling_affinity,
         "clients": SCALING_CLIENTS,
         "connections": SCALING_CLIENTS * SCALING_CONNECTIONS,
         "concurrency": SCALING_CONCURRENCY,
@@ -105,7 +111,7 @@ def _measure(
     """One estimator started as ``kind`` says, measured, stopped."""
     workers, group_commit = kind
     data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
-    env = base_env | {"KIS_DATA_DIR": str(data_dir)}
+    env = base_env | {"KIS_DATA_DIR": str(data_dir), "KIS_CPU_AFFINITY": args.scaling_affinity}
     if not group_commit:
         env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
     if url is not None:  # every run on the run's database: their request ids differ
@@ -173,6 +179,7 @@ def print_scaling(section: dict[str, Any]) -> None:
         (
             f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
             f"load-generator processes ({section['connections']} connections in all); "
+            f"KIS_CPU_AFFINITY={section.get('cpu_affinity', 'none')} on both sides; "
             "server CPU summed over the serving processes; split: each worker's share of the calls",
             "",
             lambda run: run,
