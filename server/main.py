@@ -265,7 +265,13 @@ def token_limiter(store: Store, settings: Settings) -> Limiter:
 
     if not isinstance(store, PostgresStore):
         return local
-    return SharedRateLimiter(store.spend_budget, settings.rate_limit_per_hour, RATE_WINDOW_S, local)
+    return SharedRateLimiter(
+        store.spend_budget,
+        settings.rate_limit_per_hour,
+        RATE_WINDOW_S,
+        local,
+        find_token_and_spend=store.find_token_and_spend,
+    )
 
 
 def build_app(

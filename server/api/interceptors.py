@@ -55,7 +55,7 @@ from kis_estimator.server.engine.roles import Principal, may_call
 from kis_estimator.server.service import sandbox
 from kis_estimator.server.service.caller import Caller, RejectedToken
 from kis_estimator.server.service.estimates import CallAbandoned
-from kis_estimator.server.service.rate_limit import Limiter, RateLimiter, peer_key
+from kis_estimator.server.service.rate_limit import Decision, Limiter, RateLimiter, peer_key
 from kis_estimator.server.service.sandbox import Sandboxes, ServiceSet
 from kis_estimator.server.storage.repository import StorageError
 
@@ -80,6 +80,10 @@ _services: contextvars.ContextVar[ServiceSet | None] = contextvars.ContextVar("s
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Authenticator = Callable[[str], Principal | None]
+# (token, operation) -> (principal, the budget's decision): the token looked up and, when its role
+# may call the operation, one request of its budget spent, in one step (PostgreSQL, server/main.py);
+# the decision is None when nothing was spent.
+AuthenticateSpending = Callable[[str, str], tuple[Principal | None, Decision | None]]
 # The stored token behind a refused one (revoked), so its refusal is audited under its id.
 RejectedTokenLookup = Callable[[str], RejectedToken | None]
 # (operation, request, caller, outcome) of a call refused here, for operations whose refusals must
@@ -186,8 +190,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         streams: StreamGuard | None = None,
         watchers: StreamGuard | None = None,
         stream_pool: StreamPool | None = None,
+        authenticate_spending: AuthenticateSpending | None = None,
     ) -> None:
         self._authenticate = authenticate
+        self._authenticate_spending = authenticate_spending
         self._streams = streams
         self._stream_pool = stream_pool
         self._watchers = watchers
@@ -251,7 +257,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
         try:
             if not public:
                 token = _bearer_token(metadata)
-                principal = self._authenticate(token) if token else None
+                principal, spent = self._identify(token, operation)
                 if principal is None:
                     self._spend_unauthenticated(peer)
                     raise DomainError(violation(ErrorCode.UNAUTHENTICATED, ""))
@@ -261,7 +267,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
                             ErrorCode.PERMISSION_DENIED, "", role=principal.role.value, operation=operation
                         )
                     )
-                self._spend(principal.token_id)
+                self._spend(principal.token_id, spent)
             self._check_request(request)
             run_id = None if public else _metadata_value(metadata, sandbox.HEADER)
             if run_id is not None:
@@ -280,11 +286,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
             rejected = self._rejected_token(token)
         return Caller(principal, peer, rejected)
 
-    def _spend(self, token_id: str) -> None:
-        """One request of the token's budget, or RATE_LIMITED."""
+    def _identify(self, token: str | None, operation: str) -> tuple[Principal | None, Decision | None]:
+        """The token's principal, and the budget's decision when the look-up spent it too."""
+        if not token:
+            return None, None
+        if self._authenticate_spending is not None:
+            return self._authenticate_spending(token, operation)
+        return self._authenticate(token), None
+
+    def _spend(self, token_id: str, spent: Decision | None = None) -> None:
+        """One request of the token's budget (unless the look-up ``spent`` it), or RATE_LIMITED."""
         if self._limiter is None:
             return
-        decision = self._limiter.check(token_id)
+        decision = spent if spent is not None else self._limiter.check(token_id)
         if not decision.allowed:
             retry_ms = max(1, math.ceil(decision.retry_after_s * 1000))
             raise DomainError(

@@ -12,7 +12,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kis_estimator.server.api.health import HealthServicer
-from kis_estimator.server.api.interceptors import DenialRecorder, ServiceInterceptor, current_services
+from kis_estimator.server.api.interceptors import (
+    AuthenticateSpending,
+    DenialRecorder,
+    ServiceInterceptor,
+    current_services,
+)
 from kis_estimator.server.api.metrics_interceptor import services_of
 from kis_estimator.server.api.quote.service import QuoteDocuments
 from kis_estimator.server.api.reflection import add_reflection
@@ -25,6 +30,7 @@ from kis_estimator.server.api.servicers import (
 )
 from kis_estimator.server.api.streams import StreamGuard, StreamPool
 from kis_estimator.server.clock import Clock
+from kis_estimator.server.engine.roles import ALLOWED_ROLES, Principal
 from kis_estimator.server.gen.kis.estimator.v1 import (
     admin_pb2,
     estimator_pb2,
@@ -41,9 +47,10 @@ from kis_estimator.server.service.admin import AdminService
 from kis_estimator.server.service.caller import Caller
 from kis_estimator.server.service.estimates import EstimateService
 from kis_estimator.server.service.evidence import EvidenceService
-from kis_estimator.server.service.rate_limit import Limiter, RateLimiter
+from kis_estimator.server.service.rate_limit import Decision, Limiter, RateLimiter
 from kis_estimator.server.service.reviews import ReviewService
 from kis_estimator.server.service.sandbox import Sandboxes, ServiceSet
+from kis_estimator.server.service.shared_rate_limit import SharedRateLimiter
 from kis_estimator.server.service.tokens import TokenService
 from kis_estimator.server.settings import Settings
 
@@ -153,6 +160,23 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _authenticate_spending(deps: ServiceDeps) -> AuthenticateSpending | None:
+    """Token look-up and budget spend in one statement where the budget lives in the store
+    (PostgreSQL, shared by the replicas); None elsewhere (two steps, the budget in memory)."""
+    budget = deps.rate_limiter
+    if not isinstance(budget, SharedRateLimiter) or not budget.finds_tokens:
+        return None
+    tokens = deps.tokens
+    roles = {
+        operation: sorted(role.value for role in allowed) for operation, allowed in ALLOWED_ROLES.items()
+    }
+
+    def authenticate_spending(token: str, operation: str) -> tuple[Principal | None, Decision | None]:
+        return tokens.authenticate_spending(token, roles.get(operation, []), budget)
+
+    return authenticate_spending
+
+
 def _denial_recorder(evidence: EvidenceService) -> DenialRecorder:
     def record(operation: str, request: Any, caller: Caller, outcome: str) -> None:
         # a MalformedRequest (bytes that did not decode) has neither field
@@ -192,6 +216,7 @@ def create_server(
         rejected_token=deps.tokens.identify_rejected,
         sandboxes=deps.sandboxes,
         on_store_unavailable=deps.on_store_unavailable,
+        authenticate_spending=_authenticate_spending(deps),
     )
     production = deps.production
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kis_estimator.server.service.rate_limit import Decision, RateLimiter
-from kis_estimator.server.storage.repository import StorageError
+from kis_estimator.server.storage.repository import StorageError, TokenRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ KEY_PREFIX = "token:"
 
 # (key, budget, window_s) -> (allowed, retry_after_s); PostgresStore.spend_budget
 SpendBudget = Callable[[str, int, float], tuple[bool, float]]
+# (token digest, roles that may make the call, key prefix, budget, window_s) -> (the live token or
+# None, (allowed, retry_after_s) or None when nothing was spent); PostgresStore.find_token_and_spend
+FindTokenAndSpend = Callable[
+    [str, Sequence[str], str, int, float], tuple[TokenRecord | None, tuple[bool, float] | None]
+]
 
 
 class SharedRateLimiter:
@@ -46,6 +51,7 @@ class SharedRateLimiter:
         window_s: float,
         fallback: RateLimiter,
         *,
+        find_token_and_spend: FindTokenAndSpend | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if fallback.budget != budget:
@@ -53,6 +59,7 @@ class SharedRateLimiter:
         self.budget = budget
         self._window_s = window_s
         self._spend = spend
+        self._find_token_and_spend = find_token_and_spend
         self._fallback = fallback
         self._now = monotonic
         self._lock = threading.Lock()
@@ -65,6 +72,25 @@ class SharedRateLimiter:
             self._log_fallback(exc)
             return self._fallback.check(key)
         return Decision(allowed=allowed, retry_after_s=retry_after_s)
+
+    @property
+    def finds_tokens(self) -> bool:
+        """Whether :meth:`find_token_and_spend` can look the token up and spend in one statement."""
+        return self._find_token_and_spend is not None
+
+    def find_token_and_spend(
+        self, token_sha256: str, roles: Sequence[str]
+    ) -> tuple[TokenRecord | None, Decision | None]:
+        """The live token of ``token_sha256`` and, when its role is one of ``roles``, one request of
+        its budget spent, in one round trip (server/api/interceptors.py); the decision is None when
+        nothing was spent. A StorageError propagates: without its token the call cannot be served,
+        so there is nothing to fall back for."""
+        if self._find_token_and_spend is None:
+            raise RuntimeError("this limiter was built without find_token_and_spend")
+        token, spent = self._find_token_and_spend(
+            token_sha256, roles, KEY_PREFIX, self.budget, self._window_s
+        )
+        return token, None if spent is None else Decision(allowed=spent[0], retry_after_s=spent[1])
 
     def _log_fallback(self, exc: StorageError) -> None:
         now = self._now()

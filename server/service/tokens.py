@@ -16,6 +16,8 @@ from kis_estimator.server.clock import Clock
 from kis_estimator.server.engine import audit as actions
 from kis_estimator.server.engine.roles import Principal, Role
 from kis_estimator.server.service.caller import Caller, RejectedToken
+from kis_estimator.server.service.rate_limit import Decision
+from kis_estimator.server.service.shared_rate_limit import SharedRateLimiter
 from kis_estimator.server.storage.repository import Store, TokenRecord
 
 TOKEN_PREFIX = "kis_"
@@ -84,6 +86,20 @@ class TokenService:
         if record is None or not hmac.compare_digest(record.token_sha256, digest):
             return None
         return Principal(token_id=record.token_id, name=record.name, role=Role(record.role))
+
+    def authenticate_spending(
+        self, token: str, roles: Sequence[str], budget: SharedRateLimiter
+    ) -> tuple[Principal | None, Decision | None]:
+        """:meth:`authenticate`, and when the token's role is one of ``roles`` one request spent
+        from its budget, in one statement (``SharedRateLimiter.find_token_and_spend``). The
+        decision is None when nothing was spent: no such token, or a role that may not call."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+            return None, None
+        digest = token_digest(token)
+        record, decision = budget.find_token_and_spend(digest, roles)
+        if record is None or not hmac.compare_digest(record.token_sha256, digest):
+            return None, None
+        return Principal(token_id=record.token_id, name=record.name, role=Role(record.role)), decision
 
     def identify_rejected(self, token: str) -> RejectedToken | None:
         """The stored token behind a token :meth:`authenticate` refused (revoked), for the audit log.

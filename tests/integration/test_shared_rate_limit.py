@@ -12,21 +12,25 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
 
 from kis_estimator.server.acceptance.runner import outcome_of_error
+from kis_estimator.server.clock import SystemClock
 from kis_estimator.server.engine.roles import Role
 from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2 as admin_pb
 from kis_estimator.server.gen.kis.estimator.v1 import admin_pb2_grpc as admin_grpc
 from kis_estimator.server.main import build_app
 from kis_estimator.server.service.rate_limit import RateLimiter
 from kis_estimator.server.service.shared_rate_limit import SharedRateLimiter
+from kis_estimator.server.service.tokens import TokenService, token_digest
 from kis_estimator.server.settings import Settings
 from kis_estimator.server.storage.postgres import _SPEND_BUDGET, PostgresStore
 from kis_estimator.server.storage.repository import StorageError
+from kis_estimator.server.storage.sql_repositories import TokenRepository
 from tests.integration.conftest import TIMEOUT_S, Served
 from tests.integration.test_postgres_service import EVIDENCE_KEYS
 from tests.integration.test_storage_contract import pg_database
@@ -167,3 +171,77 @@ def test_the_spend_statement_runs_its_own_transaction_without_a_flush_wait() -> 
                 params = {"key": "k", "budget": 5.0, "rate": 1.0}
                 assert conn.execute(probe, params).fetchone() == ("off",)
                 assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+
+def test_the_token_look_up_spends_only_for_a_live_token_whose_role_may_call() -> None:
+    """``find_token_and_spend``: no token or a revoked one → nothing found, nothing spent; a role
+    that may not call → the token, nothing spent; else the spend, on the same bucket
+    ``spend_budget`` keeps for the token (``token:<id>``)."""
+    with pg_database() as url:
+        store = PostgresStore(url)
+        try:
+            tokens = TokenService(store, SystemClock())
+            viewer = tokens.create(Role.VIEWER, "viewer")
+            digest = token_digest(viewer.token)
+
+            def buckets() -> list[tuple[str, float]]:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    rows = conn.execute("SELECT bucket_key, tokens FROM rate_buckets ORDER BY 1").fetchall()
+                return [(key, round(float(level))) for key, level in rows]
+
+            spend = store.find_token_and_spend
+            assert spend(token_digest("kis_unknown"), ["VIEWER"], "token:", 3, 3600.0) == (None, None)
+            found, spent = spend(digest, ["ADMIN", "ESTIMATOR"], "token:", 3, 3600.0)
+            assert found is not None and (found.token_id, found.role, spent) == (
+                viewer.token_id,
+                "VIEWER",
+                None,
+            )
+            assert buckets() == []  # a role that may not call spends nothing
+            assert spend(digest, ["VIEWER"], "token:", 3, 3600.0)[1] == (True, 0.0)
+            assert store.spend_budget(f"token:{viewer.token_id}", 3, 3600.0) == (True, 0.0)  # one bucket
+            assert spend(digest, ["VIEWER"], "token:", 3, 3600.0)[1] == (True, 0.0)
+            found, spent = spend(digest, ["VIEWER"], "token:", 3, 3600.0)
+            assert found is not None and spent is not None and not spent[0] and 1190 < spent[1] <= 1200
+            assert buckets() == [(f"token:{viewer.token_id}", 0)]
+            assert tokens.revoke(viewer.token_id)
+            assert spend(digest, ["VIEWER"], "token:", 3, 3600.0) == (None, None)
+            assert buckets() == [(f"token:{viewer.token_id}", 0)]
+        finally:
+            store.close()
+
+
+def test_an_authenticated_call_looks_its_token_up_and_spends_in_one_statement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On PostgreSQL the interceptor neither reads the token on its own nor spends separately; a
+    refused role spends nothing and is still PERMISSION_DENIED."""
+    counted: dict[str, int] = {"find_token_and_spend": 0, "spend_budget": 0, "find_by_hash": 0}
+    for cls, name in (
+        (PostgresStore, "find_token_and_spend"),
+        (PostgresStore, "spend_budget"),
+        (TokenRepository, "find_by_hash"),
+    ):
+        original = getattr(cls, name)
+
+        def spy(*args: Any, __original: Any = original, __name: str = name, **kwargs: Any) -> Any:
+            counted[__name] += 1
+            return __original(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, spy)
+    with pg_database() as url:
+        served = replica(url)
+        try:
+            counted.update(dict.fromkeys(counted, 0))  # creating the tokens read nothing of these
+            assert [quota_call(served) for _ in range(3)] == ["OK"] * 3
+            assert counted == {"find_token_and_spend": 3, "spend_budget": 0, "find_by_hash": 0}
+            stub = admin_grpc.AdminServiceStub(grpc.insecure_channel(served.address))
+            with pytest.raises(grpc.RpcError) as refused:  # VIEWER may not list the audit log
+                stub.ListAuditEvents(
+                    admin_pb.ListAuditEventsRequest(), metadata=served.metadata("VIEWER"), timeout=TIMEOUT_S
+                )
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert counted["find_token_and_spend"] == 4 and counted["spend_budget"] == 0
+            assert [quota_call(served) for _ in range(BUDGET)].count("RATE_LIMITED") == 3  # 20 - 3 left
+        finally:
+            served.app.stop(0)

@@ -165,7 +165,7 @@ def test_a_kernel_that_refuses_pinning_leaves_the_worker_serving_unpinned(
     def refuse(_pid: int, _cpus: set[int]) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(workers.os, "sched_setaffinity", refuse)
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
     workers.pin_to_cpu((0, 1), 3)  # does not raise
     assert [(r.levelname, r.getMessage(), r.__dict__["cpu"]) for r in caplog.records] == [
         ("WARNING", "cannot pin to a CPU; serving unpinned", 1)
