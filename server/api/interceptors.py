@@ -81,7 +81,7 @@ _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", 
 
 Authenticator = Callable[[str], Principal | None]
 # (token, operation) -> (principal, the budget's decision): the token looked up and, when its role
-# may call the operation, one request of its budget spent, in one step (PostgreSQL, server/main.py);
+# may call the operation, one request of its budget spent, in one step (PostgreSQL: server/api/server.py);
 # the decision is None when nothing was spent.
 AuthenticateSpending = Callable[[str, str], tuple[Principal | None, Decision | None]]
 # The stored token behind a refused one (revoked), so its refusal is audited under its id.

@@ -5,12 +5,19 @@ the scale-out rests on it (quotas, dedup keys, request ids, the audit chain). A 
 more service to run, secure and watch for a single counter; one upsert per authenticated call costs
 a round trip on a connection the replica already holds. The bucket is one row per key, updated by a
 single statement that locks that row only (``PostgresStore.spend_budget``), so the budget is exact
-across replicas: N replicas together give a token ``budget`` requests, not N × ``budget``.
+across replicas: N replicas together give a token ``budget`` requests, not N × ``budget``. The
+interceptor spends through :meth:`SharedRateLimiter.find_token_and_spend`: the same statement looks
+the caller's token up and spends only when the token is live and its role may make the call, so an
+authenticated call is one round trip, not a look-up and then a spend (``PostgresStore.
+find_token_and_spend``; measured: 2.15 → 1.10 database transactions per CreateEstimate).
 
-Degrading safely: when the database cannot be reached the call is checked against this replica's
-in-memory bucket instead (:class:`~kis_estimator.server.service.rate_limit.RateLimiter`, the single-host
-budget), so an outage neither opens the gates nor refuses every caller; the switch is logged (at most once a
-minute). The calls that need the store fail UNAVAILABLE anyway during the outage.
+Degrading safely: tokens live in the database too, so while it cannot be reached an authenticated
+call fails UNAVAILABLE at its token's look-up, budget or not, and nothing is let through unchecked.
+A spend made apart from the look-up (:meth:`SharedRateLimiter.check`, the ``Limiter`` protocol) is
+checked against this replica's in-memory bucket instead
+(:class:`~kis_estimator.server.service.rate_limit.RateLimiter`, the single-host budget), so an
+outage neither opens the gates nor refuses every caller; the switch is logged (at most once a
+minute).
 
 SQLite deployments are one host; their budgets stay in process memory (server/service/rate_limit.py).
 The per-address budget of calls without a valid token stays per replica too: it only bounds the

@@ -35,6 +35,20 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _digest_of_well_formed(token: str) -> str | None:
+    """The digest to look ``token`` up by; None for a string that cannot be one of ours."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+        return None
+    return token_digest(token)
+
+
+def _principal(record: TokenRecord | None, digest: str) -> Principal | None:
+    """The principal of a stored token found by ``digest`` (compared in constant time)."""
+    if record is None or not hmac.compare_digest(record.token_sha256, digest):
+        return None
+    return Principal(token_id=record.token_id, name=record.name, role=Role(record.role))
+
+
 class TokenService:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
@@ -78,14 +92,11 @@ class TokenService:
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal of a valid, unrevoked token, else None."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+        digest = _digest_of_well_formed(token)
+        if digest is None:
             return None
-        digest = token_digest(token)
         with self._store.lookup() as uow:  # one statement, every call: no transaction around it
-            record = uow.tokens.find_by_hash(digest)
-        if record is None or not hmac.compare_digest(record.token_sha256, digest):
-            return None
-        return Principal(token_id=record.token_id, name=record.name, role=Role(record.role))
+            return _principal(uow.tokens.find_by_hash(digest), digest)
 
     def authenticate_spending(
         self, token: str, roles: Sequence[str], budget: SharedRateLimiter
@@ -93,22 +104,21 @@ class TokenService:
         """:meth:`authenticate`, and when the token's role is one of ``roles`` one request spent
         from its budget, in one statement (``SharedRateLimiter.find_token_and_spend``). The
         decision is None when nothing was spent: no such token, or a role that may not call."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+        digest = _digest_of_well_formed(token)
+        if digest is None:
             return None, None
-        digest = token_digest(token)
         record, decision = budget.find_token_and_spend(digest, roles)
-        if record is None or not hmac.compare_digest(record.token_sha256, digest):
-            return None, None
-        return Principal(token_id=record.token_id, name=record.name, role=Role(record.role)), decision
+        principal = _principal(record, digest)
+        return principal, None if principal is None else decision
 
     def identify_rejected(self, token: str) -> RejectedToken | None:
         """The stored token behind a token :meth:`authenticate` refused (revoked), for the audit log.
 
         None for a string that was never issued here. Called only to audit a refused call.
         """
-        if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+        digest = _digest_of_well_formed(token)
+        if digest is None:
             return None
-        digest = token_digest(token)
         with self._store.lookup() as uow:  # one statement, every call: no transaction around it
             record = uow.tokens.find_by_hash(digest, include_revoked=True)
         if record is None or record.revoked_at is None:
