@@ -26,12 +26,12 @@ the CPUs this process may use. One serving process is one GIL: its RPC threads, 
 writer and gRPC's own threads hand it to each other at every blocking call, and a hand-off to a
 thread waiting on another core costs that core a wake-up, which on a virtual machine is dear. On
 one core those hand-offs are plain switches. Measured on 2 virtual cores with PostgreSQL
-(bench/README.md): voluntary context switches per create fell from ~130 to ~25 with one worker and
-from ~60 to ~25 with two, and throughput rose by about 40 % for either. It is off by default
-because pinning is a claim on the host: two services pinned without knowing of each other would
-share one core while another sits idle. Several replicas on one host take disjoint lists
-(deploy/README.md); the single-host service takes ``auto``. A single process (``--workers 1``) is
-pinned the same way, to the list's first CPU.
+(bench/README.md): context switches per create (voluntary and involuntary) fell from ~130 to ~25
+with one worker and from ~60 to ~25 with two, and throughput rose by about 40 % for either. It
+is off by default because pinning is a claim on the host: two services pinned without knowing
+of each other would share one core while another sits idle. Several replicas on one host take
+disjoint lists (deploy/README.md); the single-host service takes ``auto``. A single process
+(``--workers 1``) is pinned the same way, to the list's first CPU.
 """
 
 from __future__ import annotations
