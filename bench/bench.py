@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,12 +70,14 @@ from bench.scaling import (
     scaling_section,
 )
 from bench.stats import (
+    cpu_ms_per_call,
     cpu_seconds,
     cpu_times,
     latency_summary,
     load_average,
     machine_shares,
     machine_ticks,
+    postgres_cpu_seconds,
     rss_mib,
 )
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
@@ -170,7 +172,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile-seconds", type=float, help="seconds per profiled phase (default 20; smoke 2)"
     )
     parser.add_argument(
-        "--scaling-rounds", type=int, help="interleaved one/two-worker pairs per store (default 3; smoke 1)"
+        "--scaling-rounds", type=int, help="interleaved one/two-worker pairs per store (default 6; smoke 1)"
+    )
+    parser.add_argument(
+        "--scaling-duration",
+        type=float,
+        help="measured seconds of each scaling slice, per load generator (default 5; smoke: --duration)",
+    )
+    parser.add_argument(
+        "--scaling-warmup",
+        type=float,
+        help="uncounted seconds before each scaling slice (default 1; smoke: --warmup)",
     )
     parser.add_argument(
         "--scaling-affinity",
@@ -191,7 +203,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.leak_calls = args.leak_calls if args.leak_calls is not None else (100 if smoke else 20_000)
     args.engine_repeat = args.engine_repeat or (3 if smoke else 30)
     args.profile_seconds = args.profile_seconds or (2.0 if smoke else 20.0)
-    args.scaling_rounds = args.scaling_rounds or (1 if smoke else 3)
+    args.scaling_rounds = args.scaling_rounds or (1 if smoke else 6)
+    args.scaling_duration = args.scaling_duration or (args.duration if smoke else 5.0)
+    if args.scaling_warmup is None:
+        args.scaling_warmup = args.warmup if smoke else 1.0
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     args.sections = {x.strip() for x in args.only.split(",") if x.strip()}
     if args.clients < 1 or any(level < 1 for level in args.levels):
@@ -402,8 +417,10 @@ def timed_phase(
     metadata: list[list[str]],
     run_id: str,
     py_spy: tuple[str, Path, bool] | None = None,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """One phase at one concurrency level; server CPU is read at the edges of the measuring window."""
+    """One phase at one concurrency level; server CPU is read at the edges of the measuring window
+    (with ``breakdown``, PostgreSQL's too, for ``cpu_ms_per_call``)."""
     start_at = time.monotonic() + 0.1  # time for the specs to reach every load generator
     measure_from = start_at + args.warmup
     measure_to = measure_from + args.duration
@@ -417,11 +434,13 @@ def timed_phase(
     busy = gens.send(spec, level)
     time.sleep(max(0.0, measure_from - time.monotonic()))
     cpu_from, machine_from = cpu_times(server.pid), machine_ticks()
+    pg_from = postgres_cpu_seconds() if breakdown else 0.0
     profiler = None
     if py_spy is not None:
         profiler = start_py_spy(py_spy[0], server.pid, py_spy[1], duration_s=args.duration, gil=py_spy[2])
     time.sleep(max(0.0, measure_to - time.monotonic()))
     cpu_to, machine_to = cpu_times(server.pid), machine_ticks()
+    pg_to = postgres_cpu_seconds() if breakdown else 0.0
     answers = gens.collect(busy)
     if profiler is not None:
         _, err = profiler.communicate(timeout=args.duration + 60)
@@ -436,7 +455,12 @@ def timed_phase(
     calls = len(latencies)
     server_user, server_sys = cpu_to[0] - cpu_from[0], cpu_to[1] - cpu_from[1]
     server_cpu = server_user + server_sys
-    return {
+    extra = {}
+    if breakdown and not extended:
+        extra["cpu_ms_per_call"] = cpu_ms_per_call(
+            calls, server_cpu, pg_to - pg_from, machine_from, machine_to
+        )
+    return extra | {
         "name": phase.name,
         "server": phase.server,
         "method": phase.method,
@@ -844,39 +868,55 @@ def pg_server_url() -> str:
     return os.environ.get("KIS_BENCH_PG_URL", DEFAULT_PG_URL)
 
 
-def scaling_phase(
-    args: argparse.Namespace,
-) -> Callable[[dict[str, str], int, IO[bytes], str], dict[str, Any]]:
-    """Start an estimator with ``workers`` processes, run create_small at the scaling level from the
-    Python load generators and then from h2load (when installed), stop it."""
-    h2load, h2load_missing = find_h2load()
+class ScalingSide:
+    """One estimator of the scaling section (``workers`` processes), started once and measured in
+    slices: each :meth:`measure` runs create_small at the scaling level from the Python load
+    generators (connected at the start and kept) and then from h2load when installed. Every slice's
+    calls carry request ids of their own (``run_id`` and the slice's number)."""
 
-    def run(env: dict[str, str], workers: int, log: IO[bytes], run_id: str) -> dict[str, Any]:
-        env = env | {"KIS_METRICS_ADDRESS": f"127.0.0.1:{free_port(count=workers)}"}  # fresh each run
-        token = make_token(env)
-        server = start_estimator(env, log, workers)
+    def __init__(
+        self, args: argparse.Namespace, env: dict[str, str], workers: int, log: IO[bytes], run_id: str
+    ) -> None:
+        self.args, self.workers, self.run_id, self.slices = args, workers, run_id, 0
+        self.env = env | {"KIS_METRICS_ADDRESS": f"127.0.0.1:{free_port(count=workers)}"}
+        self.h2load, self.h2load_missing = find_h2load()
+        token = make_token(self.env)
+        self.server = start_estimator(self.env, log, workers)
         try:
-            fixture = prepare(server, token, run_id)
-            before = ok_per_worker(env, workers)
-            with load_generators(server, SCALING_CLIENTS, SCALING_CONNECTIONS) as gens:
-                result = timed_phase(
-                    gens,
-                    server,
-                    fixture.phases["create_small"],
-                    SCALING_CONCURRENCY,
-                    args,
-                    fixture.metadata,
-                    run_id,
-                )
-            after = ok_per_worker(env, workers)
-            result["per_worker_ok"] = [b - a for a, b in zip(before, after, strict=True)]
-            if h2load is None:
-                return result | {"h2load": {"skipped": h2load_missing}}
-            return result | {"h2load": scaling_h2load(h2load, server, fixture, env, workers, args)}
-        finally:
-            server.stop()
+            self.fixture = prepare(self.server, token, run_id)
+            self.gens = LoadGenerators(f"127.0.0.1:{self.server.port}", SCALING_CLIENTS, SCALING_CONNECTIONS)
+        except BaseException:
+            self.server.stop()
+            raise
 
-    return run
+    def measure(self) -> dict[str, Any]:
+        self.slices += 1
+        before = ok_per_worker(self.env, self.workers)
+        result = timed_phase(
+            self.gens,
+            self.server,
+            self.fixture.phases["create_small"],
+            SCALING_CONCURRENCY,
+            self.args,
+            self.fixture.metadata,
+            f"{self.run_id}-{self.slices}",
+            breakdown=True,
+        )
+        after = ok_per_worker(self.env, self.workers)
+        result["per_worker_ok"] = [b - a for a, b in zip(before, after, strict=True)]
+        if self.h2load is None:
+            return result | {"h2load": {"skipped": self.h2load_missing}}
+        return result | {
+            "h2load": scaling_h2load(
+                self.h2load, self.server, self.fixture, self.env, self.workers, self.args
+            )
+        }
+
+    def stop(self) -> None:
+        try:
+            self.gens.close()
+        finally:
+            self.server.stop()
 
 
 def handled_per_worker(env: dict[str, str], workers: int) -> list[dict[str, float]]:
@@ -900,10 +940,12 @@ def scaling_h2load(
     before = handled_per_worker(env, workers)
     cpu: list[float] = []
     machine: list[tuple[int, int, int]] = []
+    postgres: list[float] = []
 
     def measuring_starts() -> None:
         cpu.append(cpu_seconds(server.pid))
         machine.append(machine_ticks())
+        postgres.append(postgres_cpu_seconds())
 
     timer = threading.Timer(args.warmup, measuring_starts)
     timer.start()
@@ -919,15 +961,20 @@ def scaling_h2load(
     )
     timer.join()
     server_cpu = cpu_seconds(server.pid) - cpu[0] if cpu else math.nan
-    shares = machine_shares(machine[0], machine_ticks()) if machine else {}
+    machine_to = machine_ticks()
+    postgres_s = postgres_cpu_seconds() - postgres[0] if postgres else math.nan
+    shares = machine_shares(machine[0], machine_to) if machine else {}
     after = handled_per_worker(env, workers)
     codes: dict[str, float] = {}
     for was, now in zip(before, after, strict=True):
         for code, value in now.items():
             codes[code] = codes.get(code, 0.0) + value - was.get(code, 0.0)
     per_worker = [now.get("OK", 0.0) - was.get("OK", 0.0) for was, now in zip(before, after, strict=True)]
+    calls = result["latency_ms"]["count"]
+    breakdown = cpu_ms_per_call(calls, server_cpu, postgres_s, machine[0], machine_to) if machine else {}
     return result | {
         "server_cpu_pct": 100.0 * server_cpu / args.duration,
+        "cpu_ms_per_call": breakdown,
         "machine": shares,
         "grpc_codes": {code: n for code, n in codes.items() if n},
         "per_worker_ok": per_worker,
@@ -1038,7 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
                     args,
                     server_env(data_dir, args.log_level, free_port()),
                     pg_server_url(),
-                    scaling_phase(args),
+                    ScalingSide,
                     progress,
                 )
             add_ratios(rows)

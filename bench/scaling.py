@@ -2,25 +2,37 @@
 
 For each store (the default SQLite file; PostgreSQL when a server answers at ``KIS_BENCH_PG_URL``,
 default ``postgresql://postgres@127.0.0.1/test``, in a database made for the run and dropped after),
-a fresh estimator is started with one worker and then with two (SO_REUSEPORT), in interleaved
-rounds, and the same closed-loop CreateEstimate phase runs against each: c16 from
-``SCALING_CLIENTS`` load-generator processes with ``SCALING_CONNECTIONS`` connections each, one
-connection per call in flight as h2load's. SO_REUSEPORT spreads connections, not calls, over the
-workers by a hash: four connections in all (one per process, as this section had first) put all
-four on one worker one time in eight and three on one half the time, so a run measured the split
-as much as the server; sixteen split 11/5 or worse one time in five (binomial), and each run
-prints its split (each worker's share of the calls). Reported: QPS, latency, server CPU summed
-over the serving processes, and the ratio two workers / one worker of each round and their
-median (the scale-out issue asks ≥ 1.6): on a shared 2-core machine one run differs from the next
-by up to a quarter, so a single pair says little.
+three estimators are started side by side: one worker without group commit (the baseline), one
+worker, two workers (SO_REUSEPORT). They are then measured in slices, one at a time while the
+others sit idle: the baseline once, then ``--scaling-rounds`` rounds of one worker and two in ABBA
+order (one, two; two, one; …), so that a slow spell of the machine lands on both sides of the
+rounds and the two sides of a round run seconds apart rather than a server start apart. Each slice
+runs the same closed-loop CreateEstimate phase twice, ``--scaling-duration`` seconds after
+``--scaling-warmup``: c16 from ``SCALING_CLIENTS`` load-generator processes with
+``SCALING_CONNECTIONS`` connections each, one connection per call in flight as h2load's, and then
+from h2load. SO_REUSEPORT spreads connections, not calls, over the workers by a hash: four
+connections in all (one per process, as this section had first) put all four on one worker one
+time in eight and three on one half the time, so a run measured the split as much as the server;
+sixteen split 11/5 or worse one time in five (binomial), and each slice prints its split (each
+worker's share of the calls).
 
-On a 2-core machine the load generators share the cores with the workers, so the ratio is a lower
-bound of what two workers give on a host of their own.
+Reported: QPS, latency, server CPU summed over the serving processes, the ratio two workers / one
+worker of each round and their median (the scale-out issue asks ≥ 1.6; on a shared 2-core machine
+one round differs from the next by up to a quarter, so a single pair says little), and where the
+two cores went per create (``cpu_ms_per_call``: the estimator, PostgreSQL, everything else, idle;
+median over the rounds). The section ends with the machine's own two / one in the same run
+(``machine_scaling``): two processes doing the engine's pure-Python work over one, the most any
+workload gains from the second core here.
 
-Both sides run with the same ``KIS_CPU_AFFINITY`` (``--scaling-affinity``, default ``auto``): the
-one worker pinned to a CPU as each of the two is, so the ratio compares the best configuration of
-each and not a pinned pair with an unpinned single process (pinning alone gives one worker about
-40 % more on PostgreSQL, bench/README.md).
+On a 2-core machine the load generators and PostgreSQL share the cores with the workers, so the
+ratio is a lower bound of what two workers give on a host of their own: one worker leaves the
+second core to them, two workers pay for them out of their own cores. The breakdown shows by how
+much.
+
+All three estimators run with the same ``KIS_CPU_AFFINITY`` (``--scaling-affinity``, default
+``auto``): the one worker pinned to a CPU as each of the two is, so the ratio compares the best
+configuration of each and not a pinned pair with an unpinned single process (pinning alone gives
+one worker about 40 % more on PostgreSQL, bench/README.md).
 """
 
 from __future__ import annotations
@@ -35,8 +47,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
+
+from bench.machine_scaling import machine_scaling
 
 # (workers, group commit): group commit's same-run baseline once (one worker writing each create
 # alone), then ``--scaling-rounds`` rounds of the pair the ratio compares, one worker and two,
@@ -72,20 +86,38 @@ def pg_database(server_url: str) -> Iterator[str | None]:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+class Side(Protocol):
+    """A started estimator of the section (bench.py's ``ScalingSide``)."""
+
+    def measure(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+# (env, workers, log, run_id) → a started side
+StartSide = Callable[[argparse.Namespace, dict[str, str], int, IO[bytes], str], Side]
+
+
 def scaling_section(
     args: argparse.Namespace,
     base_env: dict[str, str],
     pg_server_url: str,
-    run_phase: Callable[[dict[str, str], int, IO[bytes], str], dict[str, Any]],
+    start_side: StartSide,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """``run_phase(env, workers, log, run_id)`` starts an estimator and measures one create_small
-    phase against it (bench.py owns processes and phases); here: which stores and worker counts."""
+    """Per store, the three estimators of the plan started side by side, then measured in slices
+    (bench.py owns processes and phases; here: which stores, which sides, in which order), and the
+    machine's own two / one ceiling (``machine_scaling``) in the same run."""
+    slice_args = argparse.Namespace(
+        **{**vars(args), "duration": args.scaling_duration, "warmup": args.scaling_warmup}
+    )
     section: dict[str, Any] = {
         "cpu_affinity": args.scaling_affinity,
         "clients": SCALING_CLIENTS,
         "connections": SCALING_CLIENTS * SCALING_CONNECTIONS,
         "concurrency": SCALING_CONCURRENCY,
+        "slice_s": args.scaling_duration,
+        "warmup_s": args.scaling_warmup,
         "stores": {},
     }
     for store in ("sqlite", "postgresql"):
@@ -93,37 +125,68 @@ def scaling_section(
             if store == "postgresql" and url is None:
                 section["stores"][store] = {"skipped": f"no PostgreSQL server at {pg_server_url}"}
                 continue
-            plan = [BASELINE, *[run for _ in range(args.scaling_rounds) for run in (ONE, TWO)]]
-            runs = [_measure(args, base_env, url, store, kind, run_phase, progress) for kind in plan]
+            with _sides(slice_args, base_env, url, store, start_side, progress) as sides:
+                runs = [_measure(sides, BASELINE, store, progress)]
+                for round_ in range(args.scaling_rounds):  # ABBA: a drift lands on both sides
+                    for kind in (ONE, TWO) if round_ % 2 == 0 else (TWO, ONE):
+                        runs.append(_measure(sides, kind, store, progress))
             section["stores"][store] = _summary(runs)
+    progress("scaling: the machine's own two / one (the engine's pricing loop, no I/O)")
+    section["machine"] = machine_scaling(
+        trials=args.scaling_rounds,
+        seconds=args.scaling_duration,
+        pinned=args.scaling_affinity != "none",
+    )
     return section
 
 
-def _measure(
+@contextmanager
+def _sides(
     args: argparse.Namespace,
     base_env: dict[str, str],
     url: str | None,
     store: str,
-    kind: tuple[int, bool],
-    run_phase: Callable[[dict[str, str], int, IO[bytes], str], dict[str, Any]],
+    start_side: StartSide,
     progress: Callable[[str], None],
-) -> dict[str, Any]:
-    """One estimator started as ``kind`` says, measured, stopped."""
-    workers, group_commit = kind
-    data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
-    env = base_env | {"KIS_DATA_DIR": str(data_dir), "KIS_CPU_AFFINITY": args.scaling_affinity}
-    if not group_commit:
-        env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
-    if url is not None:  # every run on the run's database: their request ids differ
-        env["KIS_DATABASE_URL"] = url
-    progress(f"scaling: {store}, --workers {workers}, group commit {'on' if group_commit else 'off'}")
+) -> Iterator[dict[tuple[int, bool], Side]]:
+    """The plan's estimators, each on a data directory of its own (the PostgreSQL ones on the run's
+    one database: their request ids differ), all running until the store's slices are done. A
+    side that is not being measured sits idle: it takes no CPU the measured one needs."""
+    started: dict[tuple[int, bool], Side] = {}
+    data_dirs: list[Path] = []
     try:
-        with (data_dir / "estimator.log").open("wb") as log:
-            run = run_phase(env, workers, log, secrets.token_hex(4))
-        return run | {"workers": workers, "group_commit": group_commit}
+        for kind in (BASELINE, ONE, TWO):
+            workers, group_commit = kind
+            data_dir = Path(tempfile.mkdtemp(prefix=f"kis-bench-scaling-{store}-w{workers}-"))
+            data_dirs.append(data_dir)
+            env = base_env | {"KIS_DATA_DIR": str(data_dir), "KIS_CPU_AFFINITY": args.scaling_affinity}
+            if not group_commit:
+                env["KIS_GROUP_COMMIT_MAX_BATCH"] = "1"
+            if url is not None:
+                env["KIS_DATABASE_URL"] = url
+            progress(f"scaling: starting {store}, --workers {workers}, group commit {_on(group_commit)}")
+            with (data_dir / "estimator.log").open("wb") as log:  # the child keeps its own descriptor
+                started[kind] = start_side(args, env, workers, log, secrets.token_hex(4))
+        yield started
     finally:
+        for side in started.values():
+            side.stop()
         if not args.keep:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            for data_dir in data_dirs:
+                shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _measure(
+    sides: dict[tuple[int, bool], Side], kind: tuple[int, bool], store: str, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """One slice of ``kind``'s estimator."""
+    workers, group_commit = kind
+    progress(f"scaling: {store}, --workers {workers}, group commit {_on(group_commit)}")
+    return sides[kind].measure() | {"workers": workers, "group_commit": group_commit}
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -223,7 +286,57 @@ def print_scaling(section: dict[str, Any]) -> None:
                     f"group commit on / off {_fmt(result[f'{prefix}group_commit_gain'])}"
                     f"{_stolen_rounds(result['runs'], figures)}"
                 )
+                summaries.extend(
+                    f"    CPU per create, ms, median of the rounds, --workers {workers}: {_breakdown(cpu)}"
+                    for workers, cpu in cpu_per_create(result["runs"], figures).items()
+                    if cpu
+                )
         print("\n".join(summaries))
+    print(_machine_line(section.get("machine")))
+
+
+def cpu_per_create(
+    runs: list[dict[str, Any]], figures: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[int, dict[str, float]]:
+    """Per worker count (group commit on), the median over its runs of each share of
+    ``cpu_ms_per_call``: where the machine's two cores went per create."""
+    out: dict[int, dict[str, float]] = {}
+    for workers in (1, 2):
+        shares = [
+            figures(run).get("cpu_ms_per_call") or {}
+            for run in runs
+            if run["workers"] == workers and run["group_commit"]
+        ]
+        keys = sorted({key for share in shares for key in share}, key=BREAKDOWN_ORDER.index)
+        out[workers] = {
+            key: statistics.median(share[key] for share in shares if key in share) for key in keys
+        }
+    return out
+
+
+BREAKDOWN_ORDER = ["estimator", "postgresql", "other", "idle"]
+BREAKDOWN_NAMES = {"estimator": "estimator", "postgresql": "PostgreSQL", "other": "other", "idle": "idle"}
+
+
+def _breakdown(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{BREAKDOWN_NAMES[key]} {value:.2f}" for key, value in cpu.items())
+
+
+def _machine_line(machine: dict[str, Any] | None) -> str:
+    """The machine's own two / one, against which both tables' ratios read."""
+    if not machine:
+        return ""
+    if "skipped" in machine:
+        return f"\nThe machine's own two / one: skipped ({machine['skipped']})"
+    ratios = machine["ratios"]
+    return (
+        f"\nThe machine's own two / one: two processes pricing the small panel in a loop (no I/O"
+        f"{', each on a CPU of its own' if machine['pinned'] else ''}) over one alone, "
+        f"median of {len(ratios)} trials of {machine['seconds']:g} s: {_fmt(machine['ratio'])}"
+        + (f" (range {min(ratios):.2f}-{max(ratios):.2f})" if ratios else "")
+        + "; no workload scales better on these cores, and the estimator's two / one shares them"
+        " with PostgreSQL and the load generator"
+    )
 
 
 def _split(per_worker: list[float] | None) -> str:

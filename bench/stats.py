@@ -94,6 +94,52 @@ def machine_ticks() -> tuple[int, int, int]:
     return idle + iowait, steal, user + nice + system + idle + iowait + irq + softirq + steal
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of the local PostgreSQL server so far: every process named ``postgres``, plus
+    what the postmaster collected from its children that ended (a backend whose client closed its
+    connection, an autovacuum worker) — without that, a backend ending inside a window would take
+    its whole past out of the difference. 0.0 when no PostgreSQL runs on this machine (a remote
+    ``KIS_BENCH_PG_URL``: its CPU is then not on these cores)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            fields = _stat_fields(int(entry.name))
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if fields[1] == "1":  # the postmaster: cutime, cstime of its reaped children
+            total += int(fields[13]) + int(fields[14])
+    return total / CLOCK_TICKS
+
+
+def cpu_ms_per_call(
+    calls: int,
+    estimator_s: float,
+    postgres_s: float,
+    ticks_from: tuple[int, int, int],
+    ticks_to: tuple[int, int, int],
+) -> dict[str, float]:
+    """Where the machine's CPU went per call over a window, in ms: the estimator's processes, the
+    PostgreSQL server's, everything else that ran (the load generator, the kernel's softirq work,
+    other processes) and what stayed idle. Steal is left out: it is no CPU this machine had."""
+    if calls <= 0:
+        return {}
+    busy = (
+        (ticks_to[2] - ticks_to[0] - ticks_to[1]) - (ticks_from[2] - ticks_from[0] - ticks_from[1])
+    ) / CLOCK_TICKS
+    idle = (ticks_to[0] - ticks_from[0]) / CLOCK_TICKS
+    return {
+        "estimator": 1000.0 * estimator_s / calls,
+        "postgresql": 1000.0 * postgres_s / calls,
+        "other": 1000.0 * max(0.0, busy - estimator_s - postgres_s) / calls,
+        "idle": 1000.0 * idle / calls,
+    }
+
+
 def machine_shares(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, float]:
     """Idle and stolen shares of the machine's cores between two :func:`machine_ticks` readings,
     in percent. Steal is CPU time a core was ready to run this machine's work but the hypervisor

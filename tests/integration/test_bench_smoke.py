@@ -147,6 +147,7 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
         if "skipped" in result:  # no PostgreSQL server reachable: said, not hidden
             assert store == "postgresql" and result["skipped"]
             continue
+        postgres_ms: list[float] = []
         assert [(run["workers"], run["group_commit"]) for run in result["runs"]] == [
             (1, False),
             (1, True),
@@ -161,11 +162,21 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
             h2 = run["h2load"]
             for figures in (run, h2) if "skipped" not in h2 else (run,):  # the machine's shares
                 assert all(0 <= figures["machine"][k] <= 100 for k in ("idle_pct", "steal_pct")), figures
+            for figures in (run, h2) if "skipped" not in h2 else (run,):  # where the cores went
+                cpu = figures["cpu_ms_per_call"]
+                assert set(cpu) == {"estimator", "postgresql", "other", "idle"}, cpu
+                assert cpu["estimator"] > 0 and all(v >= 0 for v in cpu.values()), cpu
+                postgres_ms.append(cpu["postgresql"])
             if "skipped" not in h2:
                 assert h2["grpc_codes"].get("OK", 0) > 0
                 assert set(h2["grpc_codes"]) <= {"OK", "CANCELLED"}, h2["grpc_codes"]  # cut at the end
                 assert sum(h2["per_worker_ok"]) == h2["grpc_codes"]["OK"]
+        if store == "postgresql":  # its server works for the creates (summed: a window is 0.2 s)
+            assert sum(postgres_ms) > 0, postgres_ms
         assert len(result["ratios"]) == 1 and result["ratio"] == result["ratios"][0]
         assert _number(result["ratio"]) and _number(result["group_commit_gain"])
     targets = {t["target"] for t in results["targets"]}
     assert "CreateEstimate --workers 2 / 1 QPS, sqlite" in targets
+    machine = results["scaling"]["machine"]  # the same run's ceiling: two busy processes / one
+    assert machine["pinned"] and len(machine["ratios"]) == 1 and _number(machine["ratio"]), machine
+    assert all(n > 0 for n in machine["alone_per_s"] + machine["pair_per_s"]), machine

@@ -1,14 +1,20 @@
-"""The benchmark's machine-wide CPU shares: idle and steal over a measuring window (bench/stats.py),
-and the scaling summary naming the rounds that ran on a machine partly taken by other guests
-(bench/scaling.py)."""
+"""The benchmark's machine-wide CPU shares: idle and steal over a measuring window, where the CPU
+went per call (bench/stats.py), the scaling summary naming the rounds that ran on a machine partly
+taken by other guests and its CPU breakdown (bench/scaling.py), and the machine's own two / one
+(bench/machine_scaling.py)."""
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from typing import Any
 
-from bench.scaling import _stolen_rounds
-from bench.stats import machine_shares, machine_ticks
+import pytest
+
+from bench.machine_scaling import machine_scaling, spin
+from bench.scaling import _stolen_rounds, cpu_per_create
+from bench.stats import CLOCK_TICKS, cpu_ms_per_call, machine_shares, machine_ticks, postgres_cpu_seconds
 
 
 def test_shares_are_the_idle_and_stolen_ticks_over_all_ticks_of_the_window() -> None:
@@ -34,3 +40,46 @@ def test_rounds_with_a_run_above_five_percent_steal_are_named() -> None:
     assert _stolen_rounds(runs, lambda r: r) == "; rounds with > 5 % steal: 2, 3"
     assert _stolen_rounds(runs, lambda r: r["h2load"]) == ""  # h2load figures without shares: none
     assert _stolen_rounds(runs[:3], lambda r: r) == ""
+
+
+def test_cpu_per_call_splits_the_busy_ticks_into_estimator_postgresql_and_the_rest() -> None:
+    ticks = CLOCK_TICKS
+    # 2 s of ticks in the window: 0.5 s idle, 0.1 s stolen, 1.4 s busy; 100 calls
+    before, after = (0, 0, 0), (ticks // 2, ticks // 10, 2 * ticks)
+    cpu = cpu_ms_per_call(100, estimator_s=1.0, postgres_s=0.25, ticks_from=before, ticks_to=after)
+    assert cpu == pytest.approx({"estimator": 10.0, "postgresql": 2.5, "other": 1.5, "idle": 5.0})
+    assert cpu_ms_per_call(0, 1.0, 0.0, before, after) == {}  # no call: no share per call
+    # the process readings and /proc/stat are not read at the same instant: never a negative rest
+    assert cpu_ms_per_call(10, 1.5, 0.0, before, after)["other"] == 0.0
+
+
+def test_postgresql_cpu_is_read_from_proc_and_only_grows() -> None:
+    first = postgres_cpu_seconds()
+    assert first >= 0.0
+    assert postgres_cpu_seconds() >= first
+
+
+def test_the_breakdown_is_the_median_of_each_share_over_the_rounds_of_each_worker_count() -> None:
+    def run(workers: int, group_commit: bool, estimator: float) -> dict[str, Any]:
+        cpu = {"estimator": estimator, "postgresql": 0.5, "other": 0.25, "idle": 1.0}
+        return {"workers": workers, "group_commit": group_commit, "cpu_ms_per_call": cpu}
+
+    runs = [run(1, False, 9.0), run(1, True, 3.0), run(2, True, 3.5), run(2, True, 4.0), run(1, True, 4.0)]
+    cpu = cpu_per_create(runs, lambda r: r)
+    assert cpu[1] == {"estimator": 3.5, "postgresql": 0.5, "other": 0.25, "idle": 1.0}  # baseline left out
+    assert cpu[2]["estimator"] == 3.75
+    assert list(cpu[1]) == ["estimator", "postgresql", "other", "idle"]
+
+
+def test_the_machine_ceiling_counts_one_process_alone_and_two_at_once() -> None:
+    machine = machine_scaling(trials=2, seconds=0.3, pinned=True)
+    if "skipped" in machine:
+        pytest.skip(machine["skipped"])
+    assert len(machine["alone_per_s"]) == len(machine["pair_per_s"]) == len(machine["ratios"]) == 2
+    assert all(n > 0 for n in machine["alone_per_s"] + machine["pair_per_s"])
+    assert machine["ratio"] == pytest.approx(statistics.median(machine["ratios"]))
+
+
+def test_a_spinning_process_that_missed_the_common_start_says_so() -> None:
+    with pytest.raises(RuntimeError, match="after the common start"):
+        spin(time.monotonic() - 5.0, 0.1)
