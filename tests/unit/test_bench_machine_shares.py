@@ -72,10 +72,10 @@ def test_the_breakdown_is_the_median_of_each_share_over_the_rounds_of_each_worke
 
 
 def test_the_machine_ceiling_counts_one_process_alone_and_two_at_once() -> None:
-    machine = machine_scaling(trials=2, seconds=0.3, pinned=True)
+    machine = machine_scaling(trials=1, seconds=0.3, pinned=True)
     if "skipped" in machine:
         pytest.skip(machine["skipped"])
-    assert len(machine["alone_per_s"]) == len(machine["pair_per_s"]) == len(machine["ratios"]) == 2
+    assert len(machine["alone_per_s"]) == len(machine["pair_per_s"]) == len(machine["ratios"]) == 1
     assert all(n > 0 for n in machine["alone_per_s"] + machine["pair_per_s"])
     assert machine["ratio"] == pytest.approx(statistics.median(machine["ratios"]))
 
