@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -540,14 +540,30 @@ def prepare(server: Server, token: str, run_id: str) -> Fixture:
     return Fixture(metadata, estimate_id, reply.SerializeToString(), phases)
 
 
-def handled_by_code(metrics_port: int, method: str) -> dict[str, float]:
-    """``grpc_server_handled_total`` of one method by code, from the estimator's /metrics."""
+def _scrape(metrics_port: int) -> str:
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode("utf-8")
+        return str(response.read().decode("utf-8"))
+
+
+def group_commits(metrics_port: int) -> tuple[float, float]:
+    """(creates, commits) the estimator's group commit has written so far
+    (``kis_store_group_commit_size``: its sum and its count)."""
+    sizes = {"_sum": 0.0, "_count": 0.0}
+    for family in text_string_to_metric_families(_scrape(metrics_port)):
+        if family.name == "kis_store_group_commit_size":
+            for sample in family.samples:
+                suffix = sample.name.removeprefix(family.name)
+                if suffix in sizes:
+                    sizes[suffix] += sample.value
+    return sizes["_sum"], sizes["_count"]
+
+
+def handled_by_code(metrics_port: int, method: str) -> dict[str, float]:
+    """``grpc_server_handled_total`` of one method by code, from the estimator's /metrics."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_scrape(metrics_port)):
         if family.name != "grpc_server_handled":
             continue
         for sample in family.samples:
@@ -892,6 +908,7 @@ class ScalingSide:
     def measure(self) -> dict[str, Any]:
         self.slices += 1
         before = ok_per_worker(self.env, self.workers)
+        batches = creates_per_commit(self.env, self.workers)
         result = timed_phase(
             self.gens,
             self.server,
@@ -904,6 +921,7 @@ class ScalingSide:
         )
         after = ok_per_worker(self.env, self.workers)
         result["per_worker_ok"] = [b - a for a, b in zip(before, after, strict=True)]
+        result["creates_per_commit"] = batches()
         if self.h2load is None:
             return result | {"h2load": {"skipped": self.h2load_missing}}
         return result | {
@@ -927,6 +945,21 @@ def handled_per_worker(env: dict[str, str], workers: int) -> list[dict[str, floa
     return [handled_by_code(base + i, method) for i in range(workers)]
 
 
+def creates_per_commit(env: dict[str, str], workers: int) -> Callable[[], float | None]:
+    """Reads every worker's group commits now; the returned function, called later, gives the
+    creates per commit in between (None when none was written)."""
+    base = int(env["KIS_METRICS_ADDRESS"].rpartition(":")[2])
+    before = [group_commits(base + i) for i in range(workers)]
+
+    def since() -> float | None:
+        after = [group_commits(base + i) for i in range(workers)]
+        creates = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+        commits = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+        return creates / commits if commits else None
+
+    return since
+
+
 def ok_per_worker(env: dict[str, str], workers: int) -> list[float]:
     """CreateEstimate calls answered OK so far by each worker."""
     return [codes.get("OK", 0.0) for codes in handled_per_worker(env, workers)]
@@ -938,6 +971,7 @@ def scaling_h2load(
     """create_small (no request_id: every call a new estimate) from h2load, a connection per call in
     flight; server CPU over every worker, gRPC outcomes summed over every worker's /metrics."""
     before = handled_per_worker(env, workers)
+    batches = creates_per_commit(env, workers)
     cpu: list[float] = []
     machine: list[tuple[int, int, int]] = []
     postgres: list[float] = []
@@ -975,6 +1009,7 @@ def scaling_h2load(
     return result | {
         "server_cpu_pct": 100.0 * server_cpu / args.duration,
         "cpu_ms_per_call": breakdown,
+        "creates_per_commit": batches(),
         "machine": shares,
         "grpc_codes": {code: n for code, n in codes.items() if n},
         "per_worker_ok": per_worker,

@@ -286,8 +286,10 @@ def print_scaling(section: dict[str, Any]) -> None:
                     f"group commit on / off {_fmt(result[f'{prefix}group_commit_gain'])}"
                     f"{_stolen_rounds(result['runs'], figures)}"
                 )
+                batches = creates_per_commit(result["runs"], figures)
                 summaries.extend(
-                    f"    CPU per create, ms, median of the rounds, --workers {workers}: {_breakdown(cpu)}"
+                    f"    --workers {workers}, medians of the rounds: CPU per create, ms: {_breakdown(cpu)}; "
+                    f"creates per commit {_fmt(batches[workers])}"
                     for workers, cpu in cpu_per_create(result["runs"], figures).items()
                     if cpu
                 )
@@ -311,6 +313,22 @@ def cpu_per_create(
         out[workers] = {
             key: statistics.median(share[key] for share in shares if key in share) for key in keys
         }
+    return out
+
+
+def creates_per_commit(
+    runs: list[dict[str, Any]], figures: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[int, float | None]:
+    """Per worker count (group commit on), the median over its runs of the creates each group
+    commit wrote (each worker's own batches: two workers split the calls, and so the batches)."""
+    out: dict[int, float | None] = {}
+    for workers in (1, 2):
+        sizes = [
+            figures(run)["creates_per_commit"]
+            for run in runs
+            if run["workers"] == workers and run["group_commit"] and figures(run).get("creates_per_commit")
+        ]
+        out[workers] = statistics.median(sizes) if sizes else None
     return out
 
 

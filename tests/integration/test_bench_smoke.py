@@ -167,6 +167,9 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
                 assert set(cpu) == {"estimator", "postgresql", "other", "idle"}, cpu
                 assert cpu["estimator"] > 0 and all(v >= 0 for v in cpu.values()), cpu
                 postgres_ms.append(cpu["postgresql"])
+                # each create is written by one group commit; the baseline writes each alone, unbatched
+                batch = figures["creates_per_commit"]
+                assert (batch is None) if not run["group_commit"] else (batch >= 1), (store, batch)
             if "skipped" not in h2:
                 assert h2["grpc_codes"].get("OK", 0) > 0
                 assert set(h2["grpc_codes"]) <= {"OK", "CANCELLED"}, h2["grpc_codes"]  # cut at the end

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench.machine_scaling import machine_scaling, spin
-from bench.scaling import _stolen_rounds, cpu_per_create
+from bench.scaling import _stolen_rounds, cpu_per_create, creates_per_commit
 from bench.stats import CLOCK_TICKS, cpu_ms_per_call, machine_shares, machine_ticks, postgres_cpu_seconds
 
 
@@ -83,3 +83,15 @@ def test_the_machine_ceiling_counts_one_process_alone_and_two_at_once() -> None:
 def test_a_spinning_process_that_missed_the_common_start_says_so() -> None:
     with pytest.raises(RuntimeError, match="after the common start"):
         spin(time.monotonic() - 5.0, 0.1)
+
+
+def test_creates_per_commit_is_the_median_over_the_rounds_and_none_without_batches() -> None:
+    runs = [
+        {"workers": 1, "group_commit": False, "creates_per_commit": None},
+        {"workers": 1, "group_commit": True, "creates_per_commit": 9.0},
+        {"workers": 2, "group_commit": True, "creates_per_commit": 3.0},
+        {"workers": 1, "group_commit": True, "creates_per_commit": 11.0},
+        {"workers": 2, "group_commit": True, "creates_per_commit": None},  # nothing written
+    ]
+    assert creates_per_commit(runs, lambda r: r) == {1: 10.0, 2: 3.0}
+    assert creates_per_commit(runs[:1], lambda r: r) == {1: None, 2: None}
