@@ -304,6 +304,41 @@ def test_gives_up_after_five_attempts_with_a_retryable_error(h: Harness) -> None
     assert h.jira.issues == {}
 
 
+def test_after_a_call_used_up_its_retries_each_call_tries_once_until_one_gets_through(h: Harness) -> None:
+    """An outage costs the first call the full policy and every later call one attempt, no wait;
+    the first answer restores the policy (a watch round must not spend 7.5 s per Jira call)."""
+    port = h.jira.port
+    tracker = h.tracker()
+    h.jira.stop()
+    with pytest.raises(TrackerError) as first:
+        tracker.file(deploy_draft())
+    assert first.value.retryable and h.sleeps == [0.5, 1.0, 2.0, 4.0]
+    for _ in range(3):  # a watcher's next rounds: each call one refused connection, no backoff
+        with pytest.raises(TrackerError) as again:
+            tracker.find("deploy:GA-1.0.0:Production")
+        assert again.value.retryable and "cannot reach Jira" in str(again.value)
+    assert h.sleeps == [0.5, 1.0, 2.0, 4.0]
+
+    h.jira.start(port)
+    ref = tracker.file(deploy_draft())  # back: the first attempt gets through, nothing waited
+    assert (ref.key, ref.created, h.sleeps) == ("KIS-1", True, [0.5, 1.0, 2.0, 4.0])
+    h.jira.fail_next(CREATE, 503, times=2)  # and a blip after that has the full policy again
+    other = tracker.file(deploy_draft(idempotency_key="deploy:GA-1.0.1:Production"))
+    assert (other.key, h.sleeps) == ("KIS-2", [0.5, 1.0, 2.0, 4.0, 0.5, 1.0])
+
+
+def test_jira_refusing_after_every_retry_also_gets_one_attempt_per_call(h: Harness) -> None:
+    tracker = h.tracker()
+    h.jira.fail_next(CREATE, 503, times=6)
+    with pytest.raises(TrackerError):
+        tracker.file(deploy_draft())
+    with pytest.raises(TrackerError) as caught:  # the sixth 503: one attempt, no wait
+        tracker.file(deploy_draft())
+    assert (caught.value.status, h.sleeps, len(h.jira.requests_to(CREATE))) == (503, [0.5, 1.0, 2.0, 4.0], 6)
+    assert tracker.file(deploy_draft()).key == "KIS-1"
+    assert h.jira.issues.keys() == {"KIS-1"}
+
+
 def test_a_long_retry_after_is_capped(h: Harness) -> None:
     h.jira.fail_next(CREATE, 429, retry_after=3600)
     h.tracker().file(deploy_draft())

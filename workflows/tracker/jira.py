@@ -276,6 +276,7 @@ class JiraIssueTracker:
         self._browse = (options.browse_url or config.url).rstrip("/")
         self._supported: bool = False
         self._version: tuple[int, ...] = (0, 0, 0)
+        self._unavailable = False  # the last call used up its retries: see _retry
         auth: dict[str, Any] = {}
         if config.user and config.token:
             auth["basic_auth"] = (config.user, config.token)
@@ -490,7 +491,31 @@ class JiraIssueTracker:
     # ------------------------------------------------------------------ steps
 
     def _retry(self, fn: Callable[[], T]) -> T:
-        return tracker_retrying(self._sleep)(fn)
+        """``fn`` under :func:`tracker_retrying`; after a call that used up every attempt on a
+        retryable failure (Jira down, unreachable, or refusing with 429/5xx), each later call makes
+        one attempt, without waits, until one gets through. An outage then costs a caller one
+        refused connection per call instead of five attempts and 7.5 s of backoff, so `kis-release
+        watch`, whose every round may search, file and flush, keeps its pace while the outbox holds
+        the tickets; the first call that gets an answer restores the full policy."""
+        if self._unavailable:
+            try:
+                result = fn()
+            except TrackerError as exc:
+                if not exc.retryable:
+                    self._unavailable = False  # Jira answered: what it said is the caller's to handle
+                raise
+        else:
+            try:
+                result = tracker_retrying(self._sleep)(fn)
+            except TrackerError as exc:
+                if exc.retryable:
+                    LOG.warning(
+                        "Jira is unavailable (%s): later calls make one attempt until one gets through", exc
+                    )
+                    self._unavailable = True
+                raise
+        self._unavailable = False
+        return result
 
     def _ensure_supported(self) -> None:
         if self._supported:
