@@ -86,7 +86,7 @@ def test_a_spinning_process_that_missed_the_common_start_says_so() -> None:
 
 
 def test_creates_per_commit_is_the_median_over_the_rounds_and_none_without_batches() -> None:
-    runs = [
+    runs: list[dict[str, Any]] = [
         {"workers": 1, "group_commit": False, "creates_per_commit": None},
         {"workers": 1, "group_commit": True, "creates_per_commit": 9.0},
         {"workers": 2, "group_commit": True, "creates_per_commit": 3.0},
