@@ -1,4 +1,4 @@
-"""Time sources. Only this module (and settings) may read the wall clock or sleep (STYLE.md §2.8)."""
+"""Time sources. Only this module (and settings) may read the wall clock or sleep (docs/conventions.md §8)."""
 
 from __future__ import annotations
 

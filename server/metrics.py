@@ -1,4 +1,4 @@
-"""Every metric of the service, built on a registry the caller passes in (STYLE.md §2.4).
+"""Every metric of the service, built on a registry the caller passes in (docs/conventions.md §4).
 
 Two naming schemes, each where it applies:
 

@@ -1,4 +1,4 @@
-"""Service configuration: one frozen Settings built from a mapping (STYLE.md §2.8).
+"""Service configuration: one frozen Settings built from a mapping (docs/conventions.md §8).
 
 Every variable has the ``KIS_`` prefix. An unknown ``KIS_*`` name stops start-up with a suggestion
 of the closest known key; values are validated here, so a bad value never reaches the service.

@@ -12,7 +12,7 @@
 Every value is computed over the same ``window`` from the raw exported series (not the recording
 rules, whose windows are fixed), so the report works against any Prometheus that scrapes the service.
 A target with no data (no traffic in the window, or Prometheus unreachable) is reported as
-``NO DATA``, never as a pass (STYLE.md §2.5).
+``NO DATA``, never as a pass (docs/conventions.md §5).
 
 Exit status: 0 every target met; 1 at least one missed; 2 none missed but at least one undecided.
 """

@@ -4,7 +4,7 @@
 with a reason, or skipped because the channel is not configured) and never raises: a notice that
 could not be delivered is reported by the caller, the deploy it announces stands.
 
-Retries (STYLE.md §2.5, stated in full, ``sleep`` injected):
+Retries (docs/conventions.md §5, stated in full, ``sleep`` injected):
 
 - Slack incoming webhook: up to 3 attempts on connection errors, timeouts, 429 and 5xx. A webhook
   POST carries no idempotency key, so a retry after a 5xx that Slack had in fact processed can post

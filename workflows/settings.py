@@ -1,4 +1,5 @@
-"""WorkflowSettings: one frozen dataclass from ``KIS_*`` variables and/or a TOML file (STYLE.md §2.8).
+"""WorkflowSettings: one frozen dataclass from ``KIS_*`` variables and/or a TOML file
+(docs/conventions.md §8).
 
 Namespaces: the workflows own the variables whose names start with one of :data:`PREFIXES`; the
 service (``server/settings.py``) owns every other ``KIS_*`` name. Each side rejects unknown names in

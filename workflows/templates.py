@@ -1,4 +1,4 @@
-"""Issue, comment and announcement text of the release and incident workflows (STYLE.md §2.5).
+"""Issue, comment and announcement text of the release and incident workflows (docs/conventions.md §5).
 
 Every text a workflow files or sends is rendered here from a typed context, so tests assert on the
 rendered text and the wording lives in one module. The shapes follow the GA-1.0.0 deployment notice

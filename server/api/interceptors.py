@@ -417,7 +417,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
                 principal = self._admit(request, context, operation, public)
                 _principal.set(principal)
                 response = behavior(request, context)
-            except Exception as exc:  # noqa: BLE001 - the boundary of STYLE.md §2.7: log, convert, never swallow
+            except Exception as exc:  # noqa: BLE001 - the boundary of docs/conventions.md §7: log, convert, never swallow
                 self._end_with_error(context, exc, method, started, principal)
             gone = client_gone(context)
             if gone is not None:
@@ -511,7 +511,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # g
                     method, (client_gone(context) or grpc.StatusCode.CANCELLED).name, started, principal
                 )
                 raise
-            except Exception as exc:  # noqa: BLE001 - the boundary of STYLE.md §2.7: log, convert, never swallow
+            except Exception as exc:  # noqa: BLE001 - the boundary of docs/conventions.md §7: log, convert, never swallow
                 self._end_with_error(context, exc, method, started, principal)
             finally:
                 self._close_stream(stream)

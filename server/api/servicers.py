@@ -1,4 +1,4 @@
-"""Thin gRPC adapters: convert the request, call one use case, convert the reply (STYLE.md §2.2).
+"""Thin gRPC adapters: convert the request, call one use case, convert the reply (docs/conventions.md §2).
 
 Servicers never call ``context.abort``: use cases raise DomainError, the interceptor maps it.
 """

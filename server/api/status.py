@@ -1,4 +1,4 @@
-"""The one mapping from domain errors to gRPC statuses (STYLE.md §2.7, docs/pricing-rules.md §4).
+"""The one mapping from domain errors to gRPC statuses (docs/conventions.md §7, docs/pricing-rules.md §4).
 
 Details follow the rich error model: ``google.rpc.BadRequest`` with one FieldViolation per
 violation (field = path, reason = code, description = English, localized_message = Korean) and

@@ -1,5 +1,5 @@
-"""The tamper-evident audit log: events chained by SHA-256 (STYLE.md §2.3; docs/pricing-rules.md §12, §15,
-§16.2).
+"""The tamper-evident audit log: events chained by SHA-256 (docs/conventions.md §3;
+docs/pricing-rules.md §12, §15, §16.2).
 
 Every event carries ``seq`` (1, 2, 3, … without gaps), the ``hash`` of the event before it
 (``prev_hash``; :data:`GENESIS_HASH` for the first) and its own ``hash``:

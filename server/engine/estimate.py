@@ -3,7 +3,7 @@
 selection §6 → sizing §7 → stock §8 → pricing §9 → totals §10 → review reasons §11 → phase
 balance §14, plus the rule applications and the trace of the evidence bundle (§15).
 
-Choices where the spec is silent (STYLE.md 2.10):
+Choices where the spec is silent (docs/conventions.md §10):
 * rule ids not spelled out by the spec: ``GATE-1..3`` (applied to ``main``, ``branches``,
   ``accessories``), ``DUP-1`` the transport idempotency key ``request_id`` and ``DUP-2`` the
   business key ``meta.dedup_key`` (recorded when present), ``REV-1`` / ``REV-R`` (see review.py),

@@ -5,7 +5,7 @@ omitted. Each line's ``rule_id`` is ``PRC-<#>``. Size-dependent prices use the *
 W and H (§8, §20). Money is integer KRW; busbar kg is an exact 2-decimal ``Decimal``; the base and
 the steel P-cover use exact fractions rounded half-up to 100 KRW.
 
-Choices where the spec is silent (documented here, STYLE.md 2.10):
+Choices where the spec is silent (documented here, docs/conventions.md §10):
 * a breaker line with no catalog row prints ``{p}P {AT}A`` (auto-selection gap) or the requested
   model (explicit gap); after review it prints the reviewer's model. Lines not resolved from the
   catalog are never merged and sort after catalog models, also after review, so a reviewed quote

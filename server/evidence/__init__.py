@@ -1,6 +1,6 @@
 """Evidence bundles of estimate revisions (docs/pricing-rules.md §15): building, signing, verification.
 
-Imports only the stdlib and :mod:`kis_estimator.server.engine` (STYLE.md §2.1).
+Imports only the stdlib and :mod:`kis_estimator.server.engine` (docs/conventions.md §1).
 """
 
 from kis_estimator.server.evidence.bundle import EvidenceBundle, EvidenceError, build_bundle

@@ -22,7 +22,7 @@ signature covers the whole content. HMAC is deterministic: the same revision sig
 key gives the same bytes, but a bundle rebuilt after a key rotation differs in ``manifest.sig``
 (and so in its ZIP SHA-256) while ``manifest.json`` stays identical.
 
-Choices where §15 is silent (STYLE.md §2.10):
+Choices where §15 is silent (docs/conventions.md §10):
 
 * timestamps are truncated to whole seconds (``2025-10-01T03:04:05Z``); codec.py's microsecond
   text is the source, so storage and evidence agree on the instant up to the second;

@@ -12,7 +12,7 @@ an extension (the ``manifest.sig`` entry, see :mod:`kis_estimator.server.evidenc
   output, L = 32 bytes for SHA-256);
 * signatures are lowercase hex; verification compares in constant time (``hmac.compare_digest``)
   and is strict: upper-case hex or another algorithm name is INVALID;
-* no error message and no ``repr`` ever contains key material (STYLE.md §2.4).
+* no error message and no ``repr`` ever contains key material (docs/conventions.md §4).
 """
 
 from __future__ import annotations

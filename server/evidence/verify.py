@@ -4,7 +4,7 @@
 does not match ``manifest.json``. It never raises on bad input: garbage, a truncated archive, an
 entry whose header claims gigabytes, or a manifest that is not JSON all become findings.
 
-Choices where the spec is silent (STYLE.md §2.10):
+Choices where the spec is silent (docs/conventions.md §10):
 
 * the expected entries are the five content paths of ``kis-evidence/1`` plus whatever the manifest
   lists; ``manifest.json`` and ``manifest.sig`` are the only other names allowed. Anything else is

@@ -1,4 +1,4 @@
-"""The storage seam: repository and unit-of-work protocols, their records and errors (STYLE.md §2.3).
+"""The storage seam: repository and unit-of-work protocols, their records and errors (docs/conventions.md §3).
 
 Only the operations the service uses. Implementations (``sqlite.py``, later ``postgres.py``) use
 plain parameterized SQL and translate their driver's errors into the types below, which are the

@@ -1,4 +1,4 @@
-"""A Jira Server/DC REST v2 emulator over real HTTP, for the real ``jira`` library (STYLE.md §2.9).
+"""A Jira Server/DC REST v2 emulator over real HTTP, for the real ``jira`` library (docs/conventions.md §9).
 
 It serves what :mod:`kis_estimator.workflows.tracker.jira` uses — ``serverInfo``, ``field``, ``search`` (the
 JQL subset below; anything else is a 400 with ``errorMessages``, as Jira answers a bad query), issue

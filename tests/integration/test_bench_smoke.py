@@ -2,7 +2,7 @@
 
 It starts a real estimator, the ceiling server, load-generator processes, h2load (when installed)
 and py-spy, and must write a results JSON holding every figure of the benchmark issue. No timing is
-asserted (STYLE.md §2.9: speed belongs to the benchmark's printed figures): a figure only has to be
+asserted (docs/conventions.md §9: speed belongs to the benchmark's printed figures): a figure only has to be
 there, be a number, and come from calls that succeeded.
 """
 

@@ -2,7 +2,7 @@
 
 Each test gets a fresh database from the storage contract suite's :func:`pg_database`, so these
 cases skip with a reason when no PostgreSQL server is reachable and fail under
-``KIS_REQUIRE_PG=1`` (STYLE.md §2.3). What is checked here is what SQLite's single writer gave
+``KIS_REQUIRE_PG=1`` (docs/conventions.md §3). What is checked here is what SQLite's single writer gave
 the service for free: the 40 regression cases, the MIXED quota under 50 concurrent creates, and an
 audit chain that verifies afterwards. The last tests pin down store behaviour that exists only on
 PostgreSQL (server-side connection loss, aborted transactions), so the contract suite cannot.

@@ -3,7 +3,7 @@
 Backends come from the ``backend`` fixture (``params=["sqlite", "postgres"]``). The PostgreSQL
 backend gives each test a fresh database on the server of ``KIS_TEST_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``, used only to create and drop it); its cases skip with
-a reason when no server is reachable, and fail under ``KIS_REQUIRE_PG=1``, per STYLE.md §2.3.
+a reason when no server is reachable, and fail under ``KIS_REQUIRE_PG=1``, per docs/conventions.md §3.
 Nothing below the backends names one. Tampering tests reach the database around the store through
 the backend's ``raw`` hooks, as an attacker with database access would.
 """

@@ -38,6 +38,9 @@ RULES_DOC_NAME = "docs/pricing-rules.md"
 # Spelled in parts so that this file does not itself mention what it looks for.
 OLD_SPEC = "DOMAIN" + ".md"
 OLD_SPEC_EXEMPT = ("proto/baseline/",)
+OUTSIDE_STYLE_GUIDE = "STYLE" + ".md"  # the team's style guide lives outside the repository
+CONVENTIONS_DOC = ROOT / "docs" / "conventions.md"
+CONVENTIONS_CITATION = re.compile(re.escape("docs/conventions.md") + r"\s*§\s*(\d+)")
 # An absolute path under the work or home directory of a machine: a slash not preceded by a path
 # or word character, then "work" or "home", then a slash.
 OUTSIDE_PATH = re.compile(r"(?<![\w.~-])/(?:wo" + r"rk|ho" + r"me)/")
@@ -108,6 +111,21 @@ def test_no_file_outside_proto_cites_the_old_spec(texts: dict[str, str]) -> None
         for line in _lines_matching(text, OLD_SPEC)
     ]
     assert offenders == [], f"cite {RULES_DOC_NAME} instead of {OLD_SPEC}: {offenders}"
+
+
+def test_conventions_are_cited_from_the_repository_and_name_existing_sections(texts: dict[str, str]) -> None:
+    outside = [
+        f"{name}:{line}"
+        for name, text in texts.items()
+        if not name.startswith(OLD_SPEC_EXEMPT)
+        for line in _lines_matching(text, OUTSIDE_STYLE_GUIDE)
+    ]
+    assert outside == [], f"cite docs/conventions.md instead of {OUTSIDE_STYLE_GUIDE}: {outside}"
+    sections = set(NUMBERED_HEADING.findall(CONVENTIONS_DOC.read_text(encoding="utf-8")))
+    cited = [(name, n) for name, text in texts.items() for n in CONVENTIONS_CITATION.findall(text)]
+    assert len(cited) >= 30, "the conventions citation pattern finds almost nothing: is it broken?"
+    missing = sorted({f"{name}: §{n}" for name, n in cited if n not in sections})
+    assert missing == [], f"citations of sections docs/conventions.md does not have: {missing}"
 
 
 def test_no_file_names_a_path_outside_the_repository(texts: dict[str, str]) -> None:

@@ -85,7 +85,7 @@ ZIP_ORDER = [
 
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
-    return load_catalog()  # expensive and immutable (STYLE.md §2.9)
+    return load_catalog()  # expensive and immutable (docs/conventions.md §9)
 
 
 def case_request(case_id: str) -> dict[str, Any]:
@@ -845,7 +845,7 @@ def test_parse_keyring_errors_name_the_item_not_the_key(spec: str, active: str |
     assert KEY_2.hex() not in str(caught.value)
 
 
-# --------------------------------------------------------------------------- layering (STYLE.md §2.1)
+# -------------------------------------------------------------------- layering (docs/conventions.md §1)
 
 
 def test_evidence_imports_only_the_stdlib_and_the_engine() -> None:

@@ -1,4 +1,4 @@
-"""The dependency rule of STYLE.md §2.1, enforced by walking imports with ``ast``."""
+"""The dependency rule of docs/conventions.md §1, enforced by walking imports with ``ast``."""
 
 from __future__ import annotations
 

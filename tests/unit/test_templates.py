@@ -1,4 +1,5 @@
-"""Issue and announcement text (workflows/templates.py), asserted on the rendered text (STYLE.md §2.5)."""
+"""Issue and announcement text (workflows/templates.py), asserted on the rendered text
+(docs/conventions.md §5)."""
 
 from __future__ import annotations
 

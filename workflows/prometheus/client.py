@@ -1,4 +1,5 @@
-"""The ``MetricsSource`` seam (STYLE.md §2.5) and its one real implementation, the Prometheus HTTP API.
+"""The ``MetricsSource`` seam (docs/conventions.md §5) and its one real implementation, the Prometheus
+HTTP API.
 
 Every query answers with a result object, never with an exception: a failed query is a
 :class:`QueryError` held by the result, so "Prometheus could not answer" can never be mistaken for

@@ -23,10 +23,10 @@ Reproducibility
   of one commit — and its SHA-256 — can be rebuilt and re-verified byte for byte.
 
 catalog_version and rules_version
-  ``workflows`` may not import ``kis_estimator.server.engine`` (STYLE.md §2.1), so both are read from the
-  *built wheel*: the three catalog CSVs under ``kis_estimator/server/data/catalog/`` hashed with the formula
-  of docs/pricing-rules.md §5.4 (reimplemented in :func:`catalog_version`; a unit test compares it with the
-  engine's), and ``RULES_VERSION`` parsed (``ast``, never imported) from
+  ``workflows`` may not import ``kis_estimator.server.engine`` (docs/conventions.md §1), so both are read
+  from the *built wheel*: the three catalog CSVs under ``kis_estimator/server/data/catalog/`` hashed with
+  the formula of docs/pricing-rules.md §5.4 (reimplemented in :func:`catalog_version`; a unit test compares
+  it with the engine's), and ``RULES_VERSION`` parsed (``ast``, never imported) from
   ``kis_estimator/server/engine/model.py``. Reading the artifact rather than the checkout means the manifest
   states what ships, also when the catalog was replaced for the build.
 

@@ -9,9 +9,10 @@ is its one real implementation. Every number comes from real calls to the target
   in a child process (:class:`CandidateAcceptanceRunner`), parsed from its ``PASS/FAIL`` lines and
   its ``regression: 40/40 passed`` summary.
 
-  Why not a second runner here: STYLE.md §2.1 lets workflows import only ``kis_estimator.server.gen`` from
-  ``server``, and re-implementing ``kis_estimator.server.acceptance`` (case loading, ``base``/``patch``,
-  ``{run}`` substitution, the subset comparison of ~40 expectations) in workflows would give two
+  Why not a second runner here: docs/conventions.md §1 lets workflows import only
+  ``kis_estimator.server.gen`` from ``server``, and re-implementing ``kis_estimator.server.acceptance``
+  (case loading, ``base``/``patch``, ``{run}`` substitution, the subset comparison of ~40 expectations)
+  in workflows would give two
   implementations of the acceptance semantics that can silently disagree. Running the runner that ships in the
   artifact keeps one implementation, tests the suite that belongs to the candidate, and still reaches the
   service only over a channel, like any client. The runner's report is kept verbatim as the regression report

@@ -215,7 +215,7 @@ class SloMeasurement:
 
     @property
     def passed(self) -> bool:
-        """No data is never a pass (STYLE.md §2.5)."""
+        """No data is never a pass (docs/conventions.md §5)."""
         return (
             self.p95_ms is not None
             and self.error_rate is not None
@@ -743,7 +743,7 @@ def _file_deploy_issue(run: _Run, result: PromotionResult) -> tuple[IssueRef | N
     try:
         return run.deps.tracker.file(build(result, run.settings)), ""
     except TrackerError as exc:
-        # The tracker owns its retries (STYLE.md §2.5); what reaches here is final for this run.
+        # The tracker owns its retries (docs/conventions.md §5); what reaches here is final for this run.
         return None, f"{exc} (retryable: {exc.retryable}); re-run promote to file it"
 
 

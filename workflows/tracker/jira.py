@@ -1,6 +1,6 @@
 """JiraIssueTracker: the IssueTracker for Jira Server/Data Center over REST v2, with the ``jira`` library.
 
-Failure modes this module exists for (STYLE.md §2.5, jiralert's notify.go):
+Failure modes this module exists for (docs/conventions.md §5, jiralert's notify.go):
 
 - The library never retries or sleeps: ``JIRA(..., max_retries=0, timeout=(connect, read))``.
   :func:`tracker_retrying` owns retries: 429 (honouring an integer ``Retry-After``), 502/503/504,
@@ -94,7 +94,7 @@ class RetryAfterWait(wait_base):
 
 
 def tracker_retrying(sleep: Callable[[float], None]) -> Retrying:
-    """The retry policy for every idempotent tracker call (STYLE.md §2.5), plus ``Retry-After``."""
+    """The retry policy for every idempotent tracker call (docs/conventions.md §5), plus ``Retry-After``."""
     return Retrying(
         stop=stop_after_attempt(5),  # attempts, not seconds: delay stops read time.monotonic()
         # A Retry-After above 60 s is capped: a release run should not block for minutes; the

@@ -1,5 +1,5 @@
 -- 0002: evidence bundles, the hash-chained audit log, MIXED grants, report indexes
--- (docs/pricing-rules.md §12, §15, §16.3; STYLE.md §2.3). Timestamps as in 0001 (RFC 3339 UTC, 6 digits).
+-- (docs/pricing-rules.md §12, §15, §16.3; docs/conventions.md §3). Timestamps as in 0001 (RFC 3339 UTC, 6 digits).
 
 -- One ZIP per estimate revision (docs/pricing-rules.md §15). The bundle is the last column on purpose: SQLite
 -- reads a row's columns in order, so GetEvidenceInfo's columns come without walking the blob's

@@ -1,5 +1,5 @@
 -- 0002 (PostgreSQL): evidence bundles, the hash-chained audit log, MIXED grants, report indexes
--- (docs/pricing-rules.md §12, §15, §16.3; STYLE.md §2.3). The same schema and guards as
+-- (docs/pricing-rules.md §12, §15, §16.3; docs/conventions.md §3). The same schema and guards as
 -- migrations/0002_evidence_audit_grants.sql; types as in 0001 (timestamptz, bigint, bytea, text).
 
 -- One ZIP per estimate revision (docs/pricing-rules.md §15). GetEvidenceInfo reads the other columns only, so
