@@ -52,7 +52,8 @@ def spin(start_at: float, seconds: float) -> int:
     return done
 
 
-STARTUP_S = 2.5  # for the processes to import the engine and load the catalog before the common start
+# for the processes to import the engine and load the catalog (~1 s each) before the common start
+STARTUP_S = 4.0
 
 
 def _start(cpu: int | None, start_at: float, seconds: float) -> subprocess.Popen[str]:

@@ -183,3 +183,5 @@ def test_the_scaling_section_runs_one_and_two_workers_on_each_store(results: dic
     machine = results["scaling"]["machine"]  # the same run's ceiling: two busy processes / one
     assert machine["pinned"] and len(machine["ratios"]) == 1 and _number(machine["ratio"]), machine
     assert all(n > 0 for n in machine["alone_per_s"] + machine["pair_per_s"]), machine
+    (alone,), (pair,) = machine["alone_per_s"], machine["pair_per_s"]
+    assert machine["ratio"] == pytest.approx(pair / alone), machine

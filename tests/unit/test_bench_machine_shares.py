@@ -6,13 +6,12 @@ taken by other guests and its CPU breakdown (bench/scaling.py), and the machine'
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from typing import Any
 
 import pytest
 
-from bench.machine_scaling import machine_scaling, spin
+from bench.machine_scaling import spin
 from bench.scaling import _stolen_rounds, cpu_per_create, creates_per_commit
 from bench.stats import CLOCK_TICKS, cpu_ms_per_call, machine_shares, machine_ticks, postgres_cpu_seconds
 
@@ -69,15 +68,6 @@ def test_the_breakdown_is_the_median_of_each_share_over_the_rounds_of_each_worke
     assert cpu[1] == {"estimator": 3.5, "postgresql": 0.5, "other": 0.25, "idle": 1.0}  # baseline left out
     assert cpu[2]["estimator"] == 3.75
     assert list(cpu[1]) == ["estimator", "postgresql", "other", "idle"]
-
-
-def test_the_machine_ceiling_counts_one_process_alone_and_two_at_once() -> None:
-    machine = machine_scaling(trials=1, seconds=0.3, pinned=True)
-    if "skipped" in machine:
-        pytest.skip(machine["skipped"])
-    assert len(machine["alone_per_s"]) == len(machine["pair_per_s"]) == len(machine["ratios"]) == 1
-    assert all(n > 0 for n in machine["alone_per_s"] + machine["pair_per_s"])
-    assert machine["ratio"] == pytest.approx(statistics.median(machine["ratios"]))
 
 
 def test_a_spinning_process_that_missed_the_common_start_says_so() -> None:
