@@ -132,7 +132,7 @@ class EstimateService:
     def _replay_or_mismatch(self, req: EstimateRequest, digest: str) -> Created | None:
         if req.request_id is None:
             return None
-        with self._store.unit_of_work(read_only=True) as uow:
+        with self._store.lookup() as uow:  # one statement: no transaction around it
             known = uow.idempotency.get(req.request_id)
         if known is None:
             return None
@@ -155,7 +155,7 @@ class EstimateService:
     def _check_dedup(self, req: EstimateRequest) -> None:
         if req.dedup_key is None:
             return
-        with self._store.unit_of_work(read_only=True) as uow:
+        with self._store.lookup() as uow:  # one statement: no transaction around it
             existing = uow.estimates.find_by_dedup_key(req.dedup_key)
         if existing is not None:
             raise _duplicate(req.dedup_key, existing)

@@ -167,3 +167,37 @@ def test_a_caller_that_gave_up_while_queued_has_nothing_stored(backend: Served) 
     with served.app.store.unit_of_work(read_only=True) as uow:
         assert uow.idempotency.get(gone.request_id) is None
     assert verify(served.app.store) is None
+
+
+def test_the_replay_and_duplicate_checks_of_a_create_are_one_statement_each(
+    backend: Served, monkeypatch: Any
+) -> None:
+    """A create with a request_id and a dedup_key reads each in a look-up (one statement, no
+    transaction around it), not in a read transaction; the answers are those of a transaction."""
+    store = backend.app.store
+    opened: list[str] = []
+    for name in ("lookup", "unit_of_work"):
+        original = getattr(store, name)
+
+        def spy(*args: Any, __original: Any = original, __name: str = name, **kwargs: Any) -> Any:
+            opened.append(f"{__name}{'(read_only)' if kwargs.get('read_only') else ''}")
+            return __original(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, spy)
+    client = Client.connect(backend.address, token=backend.tokens["ESTIMATOR"])
+    try:
+        request = _request(meta={"dedup_key": uuid.uuid4().hex})
+        first = client.estimator.CreateEstimate(request, timeout=TIMEOUT_S)
+        assert "unit_of_work(read_only)" not in opened, opened
+        assert opened.count("lookup") >= 2, opened  # the request_id's and the dedup key's
+        again = client.estimator.CreateEstimate(request, timeout=TIMEOUT_S)  # a retry: the replay
+        assert again.estimate.estimate_id == first.estimate.estimate_id
+        other = _request(meta={"dedup_key": request.meta.dedup_key})  # another request_id, same key
+        try:
+            client.estimator.CreateEstimate(other, timeout=TIMEOUT_S)
+            raise AssertionError("a taken dedup key was accepted")
+        except grpc.RpcError as exc:
+            assert CallError.of(exc).reason == "DUPLICATE_REQUEST", exc
+        assert "unit_of_work(read_only)" not in opened, opened
+    finally:
+        client.close()
