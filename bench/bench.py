@@ -448,15 +448,17 @@ def timed_phase(
             raise PySpyFailed(f"py-spy failed: {err.decode(errors='replace').strip()}")
     latencies, errors, window, client_cpu, response_bytes = merge(answers)
     extended = any(a.get("window_extended") for a in answers)
-    if extended:  # a smoke window held open for min_calls: server CPU up to now (an approximation)
+    if extended:  # a smoke window held open for min_calls: CPU up to now (an approximation)
         cpu_to, server_window = cpu_times(server.pid), time.monotonic() - measure_from
+        machine_to = machine_ticks()
+        pg_to = postgres_cpu_seconds() if breakdown else 0.0
     else:
         server_window = window
     calls = len(latencies)
     server_user, server_sys = cpu_to[0] - cpu_from[0], cpu_to[1] - cpu_from[1]
     server_cpu = server_user + server_sys
     extra = {}
-    if breakdown and not extended:
+    if breakdown:
         extra["cpu_ms_per_call"] = cpu_ms_per_call(
             calls, server_cpu, pg_to - pg_from, machine_from, machine_to
         )
