@@ -497,23 +497,17 @@ class JiraIssueTracker:
         refused connection per call instead of five attempts and 7.5 s of backoff, so `kis-release
         watch`, whose every round may search, file and flush, keeps its pace while the outbox holds
         the tickets; the first call that gets an answer restores the full policy."""
-        if self._unavailable:
-            try:
-                result = fn()
-            except TrackerError as exc:
-                if not exc.retryable:
-                    self._unavailable = False  # Jira answered: what it said is the caller's to handle
-                raise
-        else:
-            try:
-                result = tracker_retrying(self._sleep)(fn)
-            except TrackerError as exc:
-                if exc.retryable:
-                    LOG.warning(
-                        "Jira is unavailable (%s): later calls make one attempt until one gets through", exc
-                    )
-                    self._unavailable = True
-                raise
+        was_unavailable = self._unavailable
+        try:
+            result = fn() if was_unavailable else tracker_retrying(self._sleep)(fn)
+        except TrackerError as exc:
+            # a retryable failure (still) means unavailable; any other answer means Jira answered
+            if exc.retryable and not was_unavailable:
+                LOG.warning(
+                    "Jira is unavailable (%s): later calls make one attempt until one gets through", exc
+                )
+            self._unavailable = exc.retryable
+            raise
         self._unavailable = False
         return result
 
