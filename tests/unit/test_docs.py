@@ -103,23 +103,23 @@ def _lines_matching(text: str, needle: re.Pattern[str] | str) -> list[int]:
     return out
 
 
-def test_no_file_outside_proto_cites_the_old_spec(texts: dict[str, str]) -> None:
-    offenders = [
+def _citing(texts: dict[str, str], outside_doc: str) -> list[str]:
+    """``name:line`` of every line naming ``outside_doc``, outside the released proto baseline."""
+    return [
         f"{name}:{line}"
         for name, text in texts.items()
         if not name.startswith(OLD_SPEC_EXEMPT)
-        for line in _lines_matching(text, OLD_SPEC)
+        for line in _lines_matching(text, outside_doc)
     ]
+
+
+def test_no_file_outside_proto_cites_the_old_spec(texts: dict[str, str]) -> None:
+    offenders = _citing(texts, OLD_SPEC)
     assert offenders == [], f"cite {RULES_DOC_NAME} instead of {OLD_SPEC}: {offenders}"
 
 
 def test_conventions_are_cited_from_the_repository_and_name_existing_sections(texts: dict[str, str]) -> None:
-    outside = [
-        f"{name}:{line}"
-        for name, text in texts.items()
-        if not name.startswith(OLD_SPEC_EXEMPT)
-        for line in _lines_matching(text, OUTSIDE_STYLE_GUIDE)
-    ]
+    outside = _citing(texts, OUTSIDE_STYLE_GUIDE)
     assert outside == [], f"cite docs/conventions.md instead of {OUTSIDE_STYLE_GUIDE}: {outside}"
     sections = set(NUMBERED_HEADING.findall(CONVENTIONS_DOC.read_text(encoding="utf-8")))
     cited = [(name, n) for name, text in texts.items() for n in CONVENTIONS_CITATION.findall(text)]
