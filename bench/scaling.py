@@ -304,11 +304,7 @@ def cpu_per_create(
     ``cpu_ms_per_call``: where the machine's two cores went per create."""
     out: dict[int, dict[str, float]] = {}
     for workers in (1, 2):
-        shares = [
-            figures(run).get("cpu_ms_per_call") or {}
-            for run in runs
-            if run["workers"] == workers and run["group_commit"]
-        ]
+        shares = [figures(run).get("cpu_ms_per_call") or {} for run in _rounds_of(runs, workers)]
         keys = sorted({key for share in shares for key in share}, key=BREAKDOWN_ORDER.index)
         out[workers] = {
             key: statistics.median(share[key] for share in shares if key in share) for key in keys
@@ -325,11 +321,16 @@ def creates_per_commit(
     for workers in (1, 2):
         sizes = [
             figures(run)["creates_per_commit"]
-            for run in runs
-            if run["workers"] == workers and run["group_commit"] and figures(run).get("creates_per_commit")
+            for run in _rounds_of(runs, workers)
+            if figures(run).get("creates_per_commit")
         ]
         out[workers] = statistics.median(sizes) if sizes else None
     return out
+
+
+def _rounds_of(runs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """The runs of the rounds with ``workers`` workers (group commit on: the baseline is no round)."""
+    return [run for run in runs if run["workers"] == workers and run["group_commit"]]
 
 
 BREAKDOWN_ORDER = ["estimator", "postgresql", "other", "idle"]
