@@ -375,17 +375,22 @@ class PostgresUnitOfWork(SqlRepositories):
         COMMIT included, and the unit is rolled back."""
         conn = self._tx.statement(write=True)
         try:
-            # prepare=False: a statement the server skipped after a failure in the pipeline never
-            # had its Parse run, and must not be remembered as prepared on this connection.
+            # The INSERTs are prepared as psycopg prepares any statement, on a connection's fifth
+            # use of one text (one text per table and batch size), and PostgreSQL then plans them
+            # once: parsing, analysing and planning a multi-row INSERT, with a custom plan copying
+            # every bound value (the bundles, the documents) into its tree, was about a tenth of
+            # the server's CPU per create (bench/README.md). What makes that safe is below: a
+            # failed pipeline's connection is never used again.
             with conn.pipeline() if _PIPELINE else contextlib.nullcontext():
                 for sql, rows in inserts:
                     statement, params = multi_row(sql, rows)
-                    conn.execute(_dialect(statement), params, prepare=False)
+                    conn.execute(_dialect(statement), params)
                 status = conn.execute("COMMIT", prepare=False)
         except psycopg.errors.UniqueViolation as exc:
-            # A connection whose pipeline was aborted is closed, not pooled: a replica's CI run saw
-            # such a connection fail a later COMMIT with "prepared statement _pg3_0 does not
-            # exist" (psycopg's record of prepared statements out of step with the server's).
+            # A connection whose pipeline was aborted is closed, not pooled. The server skipped
+            # every statement after the failed one, their Parse too, so one psycopg had decided to
+            # prepare would be remembered as prepared and fail its next use ("prepared statement
+            # _pg3_0 does not exist", seen in a replica's CI run before this close).
             conn.close()
             self._finish(conn)
             if exc.diag.table_name == "audit_events":  # pragma: no cover - the advisory lock prevents it

@@ -313,7 +313,8 @@ def test_a_batch_aborted_by_a_taken_key_leaves_no_phantom_prepared_statement(pg_
     too. A client that had decided to prepare one of them (psycopg does, on a statement's fifth use
     on a connection) would believe it prepared, and the connection's next use of it would fail
     with "prepared statement … does not exist". The aborted batch is tried at every count of
-    earlier COMMITs on a fresh connection, so the pipeline's COMMIT meets its fifth use once."""
+    earlier batches of its own size on a fresh connection, so each of its statements (the INSERTs,
+    which psycopg prepares, and the COMMIT) meets its fifth use once."""
     taken = new_create("T0", request_id="rid-taken")
     first = PostgresStore(pg_url)
     try:
@@ -325,19 +326,47 @@ def test_a_batch_aborted_by_a_taken_key_leaves_no_phantom_prepared_statement(pg_
         store = PostgresStore(pg_url, max_idle_connections=1)  # every unit on the one connection
         try:
             for i in range(earlier):
-                create = new_create(f"K{earlier}-{i}")
+                pair = [new_create(f"K{earlier}-{i}a"), new_create(f"K{earlier}-{i}b")]
                 with store.unit_of_work() as uow:
-                    assert uow.store_creates([create[0]], [create[1]])
+                    assert uow.store_creates([rows for rows, _ in pair], [d for _, d in pair])
             batch = [new_create(f"K{earlier}-a"), new_create(f"K{earlier}-b", request_id="rid-taken")]
             with store.unit_of_work() as uow:
                 assert not uow.store_creates([rows for rows, _ in batch], [d for _, d in batch])
-            for i in range(3):  # the same connection: batches and plain units, each with a COMMIT
+            for i in range(3):  # the same store: batches of both sizes and plain units, each with a COMMIT
                 create = new_create(f"K{earlier}-after{i}")
                 with store.unit_of_work() as uow:
                     assert uow.store_creates([create[0]], [create[1]])
+                pair = [new_create(f"K{earlier}-after{i}a"), new_create(f"K{earlier}-after{i}b")]
+                with store.unit_of_work() as uow:
+                    assert uow.store_creates([rows for rows, _ in pair], [d for _, d in pair])
                 with store.unit_of_work() as uow:
                     uow.audit.append(draft(i))
                     uow.commit()
             assert verify(store) is None
         finally:
             store.close()
+
+
+def test_a_connection_prepares_the_group_commit_inserts_after_a_few_batches(pg_url: str) -> None:
+    """Each batch size's INSERTs are prepared on a connection's fifth batch of that size, so the
+    server parses and plans them once per connection, not once per batch (the server's CPU per
+    create, bench/README.md). What they store is unchanged."""
+    store = PostgresStore(pg_url, max_idle_connections=1)  # every unit on the one connection
+    try:
+        for i in range(6):
+            trio = [new_create(f"P{i}-{j}", request_id=f"rid-P{i}-{j}") for j in range(3)]
+            with store.unit_of_work() as uow:
+                assert uow.store_creates([rows for rows, _ in trio], [d for _, d in trio])
+        conn, _ = store.acquire()
+        try:
+            prepared = [row[0] for row in conn.execute("SELECT statement FROM pg_prepared_statements")]
+        finally:
+            store.release(conn, healthy=True)
+        tables = sorted(text.split()[2] for text in prepared if text.startswith("INSERT INTO"))
+        assert tables == ["audit_events", "estimates", "evidence", "idempotency"]
+        with store.lookup() as uow:
+            assert uow.estimates.get("P5-2") is not None
+        assert [e.estimate_id for e in read_chain(store)[2]][-3:] == ["P5-0", "P5-1", "P5-2"]
+        assert verify(store) is None
+    finally:
+        store.close()
