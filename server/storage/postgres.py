@@ -42,7 +42,10 @@ Transactions.
   to be scheduled and win the GIL back from the request threads while it holds the lock every
   other process's writer waits for; under load a round trip took ~3 ms, 4-10 ms with two workers.
   Without ``ON CONFLICT`` there: a taken key fails its INSERT, the server skips the rest (the
-  ``COMMIT`` too), and the unit is rolled back and reports it.
+  ``COMMIT`` too), and the unit is rolled back and reports it; that connection is then closed, so
+  the INSERTs can be prepared statements (one per table and batch size, on a connection's fifth
+  use of it, as psycopg prepares any statement) without a skipped Parse leaving psycopg's record
+  of what is prepared out of step with the server's.
 * Read-only units: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot for the whole
   unit (audit verification reads the anchor and the events consistently), never blocked by
   writers; the server refuses writes in them (a non-retryable :class:`StorageError`).
@@ -377,10 +380,10 @@ class PostgresUnitOfWork(SqlRepositories):
         try:
             # The INSERTs are prepared as psycopg prepares any statement, on a connection's fifth
             # use of one text (one text per table and batch size), and PostgreSQL then plans them
-            # once: parsing, analysing and planning a multi-row INSERT, with a custom plan copying
-            # every bound value (the bundles, the documents) into its tree, was about a tenth of
-            # the server's CPU per create (bench/README.md). What makes that safe is below: a
-            # failed pipeline's connection is never used again.
+            # once: parsing, analysing and planning every batch's multi-row INSERTs, with custom
+            # plans copying each bound value (the bundles, the documents) into their trees, cost
+            # about 5 % of the server's CPU per create (bench/README.md, ninth section). What makes
+            # preparing safe is below: a failed pipeline's connection is never used again.
             with conn.pipeline() if _PIPELINE else contextlib.nullcontext():
                 for sql, rows in inserts:
                     statement, params = multi_row(sql, rows)
