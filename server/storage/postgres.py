@@ -43,9 +43,10 @@ Transactions.
   other process's writer waits for; under load a round trip took ~3 ms, 4-10 ms with two workers.
   Without ``ON CONFLICT`` there: a taken key fails its INSERT, the server skips the rest (the
   ``COMMIT`` too), and the unit is rolled back and reports it; that connection is then closed, so
-  the INSERTs can be prepared statements (one per table and batch size, on a connection's fifth
-  use of it, as psycopg prepares any statement) without a skipped Parse leaving psycopg's record
-  of what is prepared out of step with the server's.
+  the INSERTs can be prepared statements (one per table and batch size up to
+  :data:`PREPARED_BATCH_MAX`, on a connection's fifth use of it, as psycopg prepares any
+  statement) without a skipped Parse leaving psycopg's record of what is prepared out of step with
+  the server's.
 * Read-only units: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot for the whole
   unit (audit verification reads the anchor and the events consistently), never blocked by
   writers; the server refuses writes in them (a non-retryable :class:`StorageError`).
@@ -115,6 +116,13 @@ _BEGIN_WRITE_WITHOUT_HEAD = (
 _BEGIN_WRITE = f"{_BEGIN_WRITE_WITHOUT_HEAD}; {AUDIT_HEAD}"
 # Pipeline mode needs libpq 14 or later (psycopg's binary package brings its own).
 _PIPELINE = psycopg.Pipeline.is_supported()
+# The largest group-commit batch whose INSERTs are prepared (UnitOfWork.store_creates). Each batch
+# size is a statement text of its own per table, and a prepared one keeps its parse tree and plan
+# in the backend for the connection's life. Measured on one connection: sizes 1-8, each at its
+# generic plan, held 1.2 MB of plan memory; sizes 1-40 (104 statements, psycopg's limit of 100 a
+# connection passed) 7.5 MB before most had a generic plan. Nearly every batch is this small
+# (bench/README.md: 3-6 creates a commit at c16); a larger one is planned afresh.
+PREPARED_BATCH_MAX = 8
 
 _Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -378,16 +386,21 @@ class PostgresUnitOfWork(SqlRepositories):
         COMMIT included, and the unit is rolled back."""
         conn = self._tx.statement(write=True)
         try:
-            # The INSERTs are prepared as psycopg prepares any statement, on a connection's fifth
-            # use of one text (one text per table and batch size), and PostgreSQL then plans them
-            # once: parsing, analysing and planning every batch's multi-row INSERTs, with custom
-            # plans copying each bound value (the bundles, the documents) into their trees, cost
-            # about 5 % of the server's CPU per create (bench/README.md, ninth section). What makes
-            # preparing safe is below: a failed pipeline's connection is never used again.
+            # The INSERTs of a batch of up to PREPARED_BATCH_MAX creates are prepared as psycopg
+            # prepares any statement, on a connection's fifth use of one text (one text per table
+            # and batch size), and PostgreSQL then plans them once: parsing, analysing and planning
+            # every batch's multi-row INSERTs, with custom plans copying each bound value (the
+            # bundles, the documents) into their trees, cost about 5 % of the server's CPU per
+            # create (bench/README.md, ninth section). What makes preparing safe is below: a failed
+            # pipeline's connection is never used again.
             with conn.pipeline() if _PIPELINE else contextlib.nullcontext():
                 for sql, rows in inserts:
                     statement, params = multi_row(sql, rows)
-                    conn.execute(_dialect(statement), params)
+                    conn.execute(
+                        _dialect(statement),
+                        params,
+                        prepare=None if len(rows) <= PREPARED_BATCH_MAX else False,
+                    )
                 status = conn.execute("COMMIT", prepare=False)
         except psycopg.errors.UniqueViolation as exc:
             # A connection whose pipeline was aborted is closed, not pooled. The server skipped

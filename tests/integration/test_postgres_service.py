@@ -347,26 +347,39 @@ def test_a_batch_aborted_by_a_taken_key_leaves_no_phantom_prepared_statement(pg_
             store.close()
 
 
-def test_a_connection_prepares_the_group_commit_inserts_after_a_few_batches(pg_url: str) -> None:
+def test_a_connection_prepares_the_group_commit_inserts_of_small_batches(pg_url: str) -> None:
     """Each batch size's INSERTs are prepared on a connection's fifth batch of that size, so the
     server parses and plans them once per connection, not once per batch (the server's CPU per
-    create, bench/README.md). What they store is unchanged."""
+    create, bench/README.md); a batch larger than PREPARED_BATCH_MAX is not, so the plans a
+    connection keeps stay bounded. What they store is unchanged."""
     store = PostgresStore(pg_url, max_idle_connections=1)  # every unit on the one connection
+    small, large = 3, postgres.PREPARED_BATCH_MAX + 1
     try:
         for i in range(6):
-            trio = [new_create(f"P{i}-{j}", request_id=f"rid-P{i}-{j}") for j in range(3)]
-            with store.unit_of_work() as uow:
-                assert uow.store_creates([rows for rows, _ in trio], [d for _, d in trio])
+            for size in (small, large):
+                batch = [
+                    new_create(f"P{size}-{i}-{j}", request_id=f"rid-P{size}-{i}-{j}") for j in range(size)
+                ]
+                with store.unit_of_work() as uow:
+                    assert uow.store_creates([rows for rows, _ in batch], [d for _, d in batch])
         conn, _ = store.acquire()
         try:
             prepared = [row[0] for row in conn.execute("SELECT statement FROM pg_prepared_statements")]
         finally:
             store.release(conn, healthy=True)
-        tables = sorted(text.split()[2] for text in prepared if text.startswith("INSERT INTO"))
-        assert tables == ["audit_events", "estimates", "evidence", "idempotency"]
+        inserts = [text for text in prepared if text.startswith("INSERT INTO")]
+        assert sorted(text.split()[2] for text in inserts) == [
+            "audit_events",
+            "estimates",
+            "evidence",
+            "idempotency",
+        ]
+        assert {text.count("), (") + 1 for text in inserts} == {small}
         with store.lookup() as uow:
-            assert uow.estimates.get("P5-2") is not None
-        assert [e.estimate_id for e in read_chain(store)[2]][-3:] == ["P5-0", "P5-1", "P5-2"]
+            assert uow.estimates.get(f"P{large}-5-{large - 1}") is not None
+        chain = [e.estimate_id for e in read_chain(store)[2]]
+        assert chain[-large:] == [f"P{large}-5-{j}" for j in range(large)]
+        assert len(chain) == 6 * (small + large)
         assert verify(store) is None
     finally:
         store.close()
