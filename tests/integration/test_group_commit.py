@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import json_format
 
 from kis_estimator.client import CallError, Client, estimator_pb2
@@ -193,11 +194,9 @@ def test_the_replay_and_duplicate_checks_of_a_create_are_one_statement_each(
         again = client.estimator.CreateEstimate(request, timeout=TIMEOUT_S)  # a retry: the replay
         assert again.estimate.estimate_id == first.estimate.estimate_id
         other = _request(meta={"dedup_key": request.meta.dedup_key})  # another request_id, same key
-        try:
+        with pytest.raises(grpc.RpcError) as refused:
             client.estimator.CreateEstimate(other, timeout=TIMEOUT_S)
-            raise AssertionError("a taken dedup key was accepted")
-        except grpc.RpcError as exc:
-            assert CallError.of(exc).reason == "DUPLICATE_REQUEST", exc
+        assert CallError.of(refused.value).reason == "DUPLICATE_REQUEST", refused.value
         assert "unit_of_work(read_only)" not in opened, opened
     finally:
         client.close()

@@ -42,6 +42,7 @@ from tests.integration.test_storage_contract import (
     new_create,
     pg_database,
     read_chain,
+    store_committed,
     verify,
 )
 
@@ -326,9 +327,7 @@ def test_a_batch_aborted_by_a_taken_key_leaves_no_phantom_prepared_statement(pg_
         store = PostgresStore(pg_url, max_idle_connections=1)  # every unit on the one connection
         try:
             for i in range(earlier):
-                pair = [new_create(f"K{earlier}-{i}a"), new_create(f"K{earlier}-{i}b")]
-                with store.unit_of_work() as uow:
-                    assert uow.store_creates([rows for rows, _ in pair], [d for _, d in pair])
+                assert store_committed(store, new_create(f"K{earlier}-{i}a"), new_create(f"K{earlier}-{i}b"))
             batch = [new_create(f"K{earlier}-a"), new_create(f"K{earlier}-b", request_id="rid-taken")]
             with store.unit_of_work() as uow:
                 assert not uow.store_creates([rows for rows, _ in batch], [d for _, d in batch])
@@ -336,9 +335,9 @@ def test_a_batch_aborted_by_a_taken_key_leaves_no_phantom_prepared_statement(pg_
                 create = new_create(f"K{earlier}-after{i}")
                 with store.unit_of_work() as uow:
                     assert uow.store_creates([create[0]], [create[1]])
-                pair = [new_create(f"K{earlier}-after{i}a"), new_create(f"K{earlier}-after{i}b")]
-                with store.unit_of_work() as uow:
-                    assert uow.store_creates([rows for rows, _ in pair], [d for _, d in pair])
+                assert store_committed(
+                    store, new_create(f"K{earlier}-after{i}a"), new_create(f"K{earlier}-after{i}b")
+                )
                 with store.unit_of_work() as uow:
                     uow.audit.append(draft(i))
                     uow.commit()
@@ -360,8 +359,7 @@ def test_a_connection_prepares_the_group_commit_inserts_of_small_batches(pg_url:
                 batch = [
                     new_create(f"P{size}-{i}-{j}", request_id=f"rid-P{size}-{i}-{j}") for j in range(size)
                 ]
-                with store.unit_of_work() as uow:
-                    assert uow.store_creates([rows for rows, _ in batch], [d for _, d in batch])
+                assert store_committed(store, *batch)
         conn, _ = store.acquire()
         try:
             prepared = [row[0] for row in conn.execute("SELECT statement FROM pg_prepared_statements")]
