@@ -15,10 +15,10 @@ round trip, ``storage/postgres.py``); then each caller learns its outcome. The b
 itself: whatever arrives while a commit runs is the next batch, so a lone create waits for
 nothing. The writer opens its write unit (takes the lock) before it takes the batch, so the
 creates that arrive while another process holds the lock join this commit rather than wait for
-the next one; and each create's rows
-(``storage.rows.new_rows``: the JSON document, the checked bundle) are made on the request's thread
-before it queues, so the lock is held for the SQL and the commit only. A reply is still sent
-only after the commit that stored it (its caller waits for that), so nothing acknowledged can be lost,
+the next one; and each create's rows (``storage.rows.new_rows``: the JSON document, the checked
+bundle, on PostgreSQL both packed by ``Store.prepare_rows``) are made on the request's thread
+before it queues, so the lock is held for the SQL and the commit only. A reply is still sent only
+after the commit that stored it (its caller waits for that), so nothing acknowledged can be lost,
 and a batch that fails (the store unavailable, a commit error) fails every member, none half-stored.
 
 A batch that meets a taken key (a duplicate ``request_id`` or ``dedup_key``: two creates racing
@@ -116,6 +116,7 @@ class GroupCommit:
             self._write_alone(item)
             _raise_for(item)
             return
+        self._store.prepare_rows(item.rows)  # on this thread, not the writer's under the lock
         with self._cond:
             self._waiting.append(item)
             if self._writer is None:

@@ -89,11 +89,13 @@ from kis_estimator.server.storage.migrate import (
     load_migrations,
     refuse_unknown_versions,
 )
+from kis_estimator.server.storage.packing import unpack
 from kis_estimator.server.storage.repository import (
+    NewRows,
     StorageError,
     TokenRecord,
 )
-from kis_estimator.server.storage.rows import Row, token_of
+from kis_estimator.server.storage.rows import Large, Row, token_of
 from kis_estimator.server.storage.sql_repositories import (
     AUDIT_HEAD,
     Insert,
@@ -135,6 +137,14 @@ _RETRYABLE_CLASSES = ("40", "08")
 _RETRYABLE_STATES = frozenset({"55P03", "57P01", "57P02", "57P03", "53300"})
 
 
+# (the audit chain exists: 0002; the document is bytea, so values are stored packed: 0005)
+_SCHEMA_FEATURES = (
+    "SELECT to_regclass('audit_events') IS NOT NULL,"
+    " EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('estimates')"
+    " AND attname = 'document' AND atttypid = 'bytea'::regtype)"
+)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -158,8 +168,9 @@ def translate(exc: psycopg.Error, what: str) -> StorageError:
 class _Transaction:
     """The connection of one open unit of work; every statement goes through here."""
 
-    def __init__(self, *, single_statement: bool = False) -> None:
+    def __init__(self, *, single_statement: bool = False, pack_large: bool = True) -> None:
         self.conn: _Connection | None = None  # set while the unit is open
+        self._pack_large = pack_large
         self._budget = StatementBudget(single=single_statement)
         # Answers of reads the unit ran with its BEGIN (one round trip; PostgresUnitOfWork._begin),
         # by their SQL: good until the unit's first write, after which they may be stale.
@@ -225,6 +236,16 @@ class _Transaction:
         """``timestamptz``: psycopg binds an aware datetime as it is."""
         return value
 
+    def bind_large(self, value: Large) -> object:
+        """A zstd frame (``bytea``, kept as it is: migration 0005), packed here, by the replica,
+        not by the database every replica shares (storage/packing.py); as it is on an older schema."""
+        return value.packed() if self._pack_large else value.value
+
+    @staticmethod
+    def read_large(stored: bytes, what: str) -> bytes:
+        """Unpacked when it is a zstd frame; a bundle stored before 0005 is read as it is."""
+        return unpack(stored, what)
+
     @staticmethod
     def read_time(value: object) -> datetime:
         if not isinstance(value, datetime) or value.tzinfo is None:
@@ -283,7 +304,7 @@ class PostgresUnitOfWork(SqlRepositories):
         self._store = store
         self._read_only = read_only or not snapshot
         self._snapshot = snapshot
-        self._tx = _Transaction(single_statement=not snapshot)
+        self._tx = _Transaction(single_statement=not snapshot, pack_large=store.packs_large_values)
         self._entered = False
         super().__init__(self._tx)
 
@@ -581,10 +602,12 @@ class PostgresStore:
                 load_migrations(package_dir=POSTGRES_MIGRATIONS) if migrations is None else migrations,
                 now,
             )
-            # Every schema from 0002 on has the audit chain; one opened at schema 1 (the upgrade
-            # tests write through such a store) has none, and a write unit reads no head there.
-            row = conn.execute("SELECT to_regclass('audit_events') IS NOT NULL").fetchone()
+            # Every schema from 0002 on has the audit chain, and from 0005 on a bytea document
+            # (packed values); one opened at an older schema (the upgrade tests write through
+            # such stores) has neither: a write unit reads no head there and packs nothing.
+            row = conn.execute(_SCHEMA_FEATURES).fetchone()
             self.has_audit_chain = row is not None and bool(row[0])
+            self.packs_large_values = row is not None and bool(row[1])
         except psycopg.Error as exc:
             conn.close()
             raise translate(exc, "cannot migrate the PostgreSQL schema") from exc
@@ -718,6 +741,15 @@ class PostgresStore:
         finally:
             self.release(conn, healthy=healthy)
         return row
+
+    def prepare_rows(self, rows: NewRows) -> None:
+        """Pack the document and the bundle now, on the calling (request) thread, so the group
+        commit's writer finds them packed while it holds the write lock (storage/packing.py)."""
+        if not self.packs_large_values:
+            return
+        for value in (*rows.estimate, *rows.evidence):
+            if isinstance(value, Large):
+                value.packed()
 
     def size_bytes(self) -> int:
         """``pg_database_size`` of the store's database (tables, indexes, TOAST; not the WAL)."""

@@ -377,6 +377,10 @@ class Store(Protocol):
         reads one consistent snapshot by itself): the per-call look-ups (the caller's token) skip
         opening and ending a transaction. A second statement raises StorageError; writes are refused."""
 
+    def prepare_rows(self, rows: NewRows) -> None:
+        """Work of storing ``rows`` that needs no lock, done now on the calling thread (PostgreSQL
+        packs the large values; storage/packing.py). Optional: the write does it when not done."""
+
     def size_bytes(self) -> int:
         """Bytes the store occupies on disk now (SQLite: database, WAL and shared-memory files;
         PostgreSQL: ``pg_database_size`` of its database). For the ``kis_store_size_bytes`` gauge."""

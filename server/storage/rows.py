@@ -18,6 +18,7 @@ from datetime import datetime
 from kis_estimator.server.engine.audit import AuditEvent, DetailValue
 from kis_estimator.server.engine.codec import DocumentError, record_from_document, record_to_document
 from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.storage.packing import pack, unpack
 from kis_estimator.server.storage.repository import (
     EstimateCursor,
     EvidenceRecord,
@@ -89,9 +90,21 @@ def document_text(record: EstimateRecord) -> str:
     return text_
 
 
+def document_of(estimate_id: object, document: object) -> str:
+    """The JSON text of a stored document: text as SQLite keeps it, or bytes as PostgreSQL does
+    (a zstd frame since migration 0005, the UTF-8 text before it; storage.packing)."""
+    if isinstance(document, str):
+        return document
+    raw = unpack(blob(document), f"estimate {estimate_id}: stored document")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StorageError(f"estimate {estimate_id}: stored document is not UTF-8: {exc}") from exc
+
+
 def record_of(estimate_id: object, document: object) -> EstimateRecord:
     try:
-        return record_from_document(json.loads(text(document)))
+        return record_from_document(json.loads(document_of(estimate_id, document)))
     except (ValueError, DocumentError) as exc:  # json.JSONDecodeError is a ValueError
         raise StorageError(f"estimate {estimate_id}: stored document is unreadable: {exc}") from exc
 
@@ -165,6 +178,34 @@ def audit_event_of(row: Row, time_of: TimeOf) -> AuditEvent:
     )
 
 
+class Large:
+    """A create's document (text) or bundle (bytes) on its way to a row: each dialect binds it as
+    it stores it (``SqlTransaction.bind_large``: SQLite as it is, PostgreSQL packed). The packed
+    form is made at most once, by whichever thread asks first: the store's ``prepare_rows`` asks on
+    the request's thread, so the writer finds it ready under the write lock."""
+
+    __slots__ = ("_packed", "value")
+
+    def __init__(self, value: str | bytes) -> None:
+        self.value = value
+        self._packed: bytes | None = None
+
+    def packed(self) -> bytes:
+        if self._packed is None:
+            raw = self.value.encode("utf-8") if isinstance(self.value, str) else self.value
+            self._packed = pack(raw)
+        return self._packed
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Large) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"Large({len(self.value)} {'chars' if isinstance(self.value, str) else 'bytes'})"
+
+
 # --------------------------------------------------------------------------- the rows of a create
 # Column values in each table's insert order, datetimes not yet bound (each dialect binds them as it
 # inserts): computed on the request's thread, before the write lock (group_commit.py).
@@ -188,7 +229,7 @@ def estimate_row(record: EstimateRecord) -> Row:
         record.quote.totals.total_krw,
         record.quote.totals.partial_subtotal_krw,
         record.quote.catalog_version,
-        document_text(record),
+        Large(document_text(record)),
     )
 
 
@@ -206,7 +247,7 @@ def evidence_row(record: EvidenceRecord) -> Row:
         record.signature,
         record.created_at,
         bytes(record.manifest_json),
-        bytes(record.bundle),
+        Large(bytes(record.bundle)),
     )
 
 

@@ -10,6 +10,10 @@ seam each store's transaction implements (``server/storage/sqlite.py``, ``server
 * times: :meth:`SqlTransaction.bind_time` is what a datetime is bound as (SQLite: fixed-width UTC
   text, which sorts like the instant; PostgreSQL: ``timestamptz``), :meth:`SqlTransaction.read_time`
   reads it back as an aware UTC datetime, and refuses a corrupt value with StorageError;
+* large values: :meth:`SqlTransaction.bind_large` is what a create's document or bundle
+  (:class:`~kis_estimator.server.storage.rows.Large`) is bound as (SQLite: as it is; PostgreSQL: a
+  zstd frame, packed by the replica so that the shared database does not compress it,
+  ``server/storage/packing.py``), and :meth:`SqlTransaction.read_large` reads a bundle back;
 * planner hints: :meth:`SqlTransaction.unindexed` names a column whose index must not be used
   (SQLite's unary ``+``; PostgreSQL plans from statistics and needs none);
 * a batch's inserts and commit: :meth:`SqlRepositories.store_creates` builds the statements once
@@ -44,6 +48,7 @@ from kis_estimator.server.storage.repository import (
     TokenRecord,
 )
 from kis_estimator.server.storage.rows import (
+    Large,
     Row,
     audit_event_of,
     estimate_row,
@@ -92,6 +97,12 @@ class SqlTransaction(Protocol):
     def unindexed(self, column: str) -> str:
         """``column`` in a WHERE clause, so that the planner does not search its index."""
 
+    def bind_large(self, value: Large) -> object:
+        """What a create's document or bundle is stored as."""
+
+    def read_large(self, stored: bytes, what: str) -> bytes:
+        """A stored bundle's bytes as they were given to :meth:`bind_large`."""
+
 
 # --------------------------------------------------------------------------- repositories
 
@@ -103,8 +114,16 @@ _ESTIMATE_PLACEHOLDERS = ", ".join("?" for _ in _ESTIMATE_COLUMNS.split(","))
 
 
 def _bound(tx: SqlTransaction, row: Row) -> Row:
-    """``row`` (``storage.rows``) with its datetimes bound as ``tx``'s dialect stores them."""
-    return tuple(tx.bind_time(value) if isinstance(value, datetime) else value for value in row)
+    """``row`` (``storage.rows``) with its datetimes and large values bound as ``tx``'s dialect
+    stores them."""
+    return tuple(
+        tx.bind_time(value)
+        if isinstance(value, datetime)
+        else tx.bind_large(value)
+        if isinstance(value, Large)
+        else value
+        for value in row
+    )
 
 
 class StatementBudget:
@@ -202,7 +221,7 @@ class EstimateRepository:
                 record.quote.totals.total_krw,
                 record.quote.totals.partial_subtotal_krw,
                 record.quote.catalog_version,
-                _document_text(record),
+                self._tx.bind_large(Large(_document_text(record))),
                 record.estimate_id,
                 expected,
             ),
@@ -394,7 +413,10 @@ class EvidenceRepository:
 
     def get(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
         row = self._row(f"{_EVIDENCE_INFO_COLUMNS}, bundle", estimate_id, revision)
-        return None if row is None else evidence_of(row, _blob(row[8]), self._tx.read_time)
+        if row is None:
+            return None
+        bundle = self._tx.read_large(_blob(row[8]), f"evidence of estimate {estimate_id}")
+        return evidence_of(row, bundle, self._tx.read_time)
 
     def get_info(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
         row = self._row(_EVIDENCE_INFO_COLUMNS, estimate_id, revision)

@@ -64,9 +64,10 @@ from kis_estimator.server.engine.codec import (
 )
 from kis_estimator.server.storage.migrate import Migration, load_migrations, migrate_sqlite
 from kis_estimator.server.storage.repository import (
+    NewRows,
     StorageError,
 )
-from kis_estimator.server.storage.rows import Row
+from kis_estimator.server.storage.rows import Large, Row
 from kis_estimator.server.storage.rows import text as _text
 from kis_estimator.server.storage.sql_repositories import Insert, SqlRepositories, StatementBudget, multi_row
 
@@ -171,6 +172,15 @@ class _Transaction:
         return rows
 
     # The dialect seam of server/storage/sql_repositories.py.
+
+    @staticmethod
+    def bind_large(value: Large) -> object:
+        """As it is: the document as TEXT, the bundle as a BLOB (storage/packing.py says why)."""
+        return value.value
+
+    @staticmethod
+    def read_large(stored: bytes, what: str) -> bytes:
+        return stored
 
     @staticmethod
     def bind_time(value: datetime | None) -> object:
@@ -662,6 +672,10 @@ class SqliteStore:
     def files(self) -> tuple[Path, Path, Path, Path]:
         """The database file, its WAL and shared-memory companions, and the writer lock file."""
         return self.path, self.wal_path, Path(f"{self.path}-shm"), Path(f"{self.path}-writer")
+
+    @staticmethod
+    def prepare_rows(rows: NewRows) -> None:
+        """Nothing: SQLite stores the large values as they are."""
 
     def size_bytes(self) -> int:
         """Bytes of the database, WAL and shared-memory files (a missing companion counts 0)."""

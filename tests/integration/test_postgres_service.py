@@ -10,6 +10,7 @@ PostgreSQL (server-side connection loss, aborted transactions), so the contract 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -28,11 +29,13 @@ from kis_estimator.server.engine.months import KST
 from kis_estimator.server.engine.roles import Role
 from kis_estimator.server.main import build_app
 from kis_estimator.server.settings import Settings
-from kis_estimator.server.storage import postgres
+from kis_estimator.server.storage import packing, postgres, rows
 from kis_estimator.server.storage.migrate import POSTGRES_MIGRATIONS, load_migrations
 from kis_estimator.server.storage.postgres import PostgresStore
 from kis_estimator.server.storage.repository import IdempotencyRecord, StorageError
 from tests.integration.conftest import Served
+from tests.integration.test_evidence_api import _s01, download
+from tests.integration.test_evidence_api import create as create_s01
 from tests.integration.test_mixed_quota import create, mixed, quota
 from tests.integration.test_storage_contract import (
     T0,
@@ -171,66 +174,127 @@ def test_pooled_connections_killed_by_the_server_are_replaced(pg_url: str) -> No
         store.close()
 
 
-def test_a_creates_bundle_and_document_are_stored_compressed_with_lz4(pg_url: str) -> None:
-    """Migration 0004: the evidence ZIP (STORED entries: JSON) is compressed, not kept as it is, and
-    the large values of a create use lz4 (the stored reply too, once it is large enough to be
-    compressed at all: ~2 KiB); what is read back is the same bytes."""
+def test_a_creates_document_and_bundle_arrive_packed_and_the_database_keeps_them_as_they_are(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0005 and storage/packing.py: the replica packs the document and the evidence ZIP
+    (zstd), on the request's thread, not on the group commit's writer under the write lock; the
+    database stores the frames without compressing them again (the stored reply keeps lz4); what
+    is read back, and downloaded, is the bytes the create made."""
+    packed_on: list[str] = []
+    real_pack = packing.pack
+
+    def recording_pack(raw: bytes) -> bytes:
+        packed_on.append(threading.current_thread().name)
+        return real_pack(raw)
+
+    monkeypatch.setattr(rows, "pack", recording_pack)
     served = start_on_postgres(pg_url)
     try:
-        outcome, reply = create(served, mixed("lz4-check"))
-        assert outcome.code == "OK", outcome
-        estimate_id = reply.estimate.estimate_id
+        estimate_id = create_s01(served, _s01("packed-")).estimate_id
+        bundle, _ = download(served, estimate_id)
     finally:
         served.app.stop(0)
+    assert len(packed_on) == 2 and "group-commit" not in packed_on, packed_on
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        methods = conn.execute(
-            "SELECT attrelid::regclass::text || '.' || attname, attcompression, attstorage FROM pg_attribute"
-            " WHERE (attrelid, attname) IN (('evidence'::regclass, 'bundle'),"
+        columns = conn.execute(
+            "SELECT attrelid::regclass::text || '.' || attname, atttypid::regtype::text, attcompression,"
+            " attstorage FROM pg_attribute WHERE (attrelid, attname) IN (('evidence'::regclass, 'bundle'),"
             " ('estimates'::regclass, 'document'), ('idempotency'::regclass, 'response'))"
         ).fetchall()
-        assert sorted(methods) == [
-            ("estimates.document", "l", "x"),
-            ("evidence.bundle", "l", "x"),  # x: EXTENDED, compressed (0002 had e: EXTERNAL, not)
-            ("idempotency.response", "l", "x"),
+        assert sorted(columns) == [
+            ("estimates.document", "bytea", "l", "e"),  # e: EXTERNAL, never compressed again
+            ("evidence.bundle", "bytea", "l", "e"),
+            ("idempotency.response", "bytea", "l", "x"),
         ]
-        for table, column in (("evidence", "bundle"), ("estimates", "document")):
-            row = conn.execute(
-                f"SELECT pg_column_compression({column}), pg_column_size({column}), octet_length({column})"
-                f" FROM {table} WHERE estimate_id = %s",
-                (estimate_id,),
-            ).fetchone()
-            assert row is not None and row[0] == "lz4", (column, row)
-            assert row[1] * 2 < row[2], (column, row)  # JSON: at least twofold
-        document = conn.execute(
-            "SELECT document FROM estimates WHERE estimate_id = %s", (estimate_id,)
+        stored = conn.execute(
+            "SELECT e.document, pg_column_compression(e.document), v.bundle, pg_column_compression(v.bundle),"
+            " v.size_bytes, v.sha256 FROM estimates e JOIN evidence v USING (estimate_id)"
+            " WHERE estimate_id = %s",
+            (estimate_id,),
         ).fetchone()
-    assert document is not None and json.loads(document[0])["estimate_id"] == estimate_id
+    assert stored is not None
+    document, document_compression, packed_bundle, bundle_compression, size_bytes, sha256 = stored
+    assert document_compression is None and bundle_compression is None
+    assert document[:4] == packed_bundle[:4] == packing.ZSTD_MAGIC
+    assert json.loads(packing.unpack(document, "document"))["estimate_id"] == estimate_id
+    assert len(packed_bundle) * 3 < size_bytes  # the ZIP's STORED JSON entries: at least threefold
+    assert len(bundle) == size_bytes and hashlib.sha256(bundle).hexdigest() == sha256
+    assert packing.unpack(packed_bundle, "bundle") == bundle
 
 
-def test_bundles_stored_before_0004_read_back_the_same_and_new_ones_are_compressed(pg_url: str) -> None:
-    old = PostgresStore(pg_url, migrations=load_migrations(package_dir=POSTGRES_MIGRATIONS)[:3])
-    try:
-        with old.unit_of_work() as uow:
-            uow.estimates.add(make_record("E1"))
-            uow.evidence.add(make_evidence("E1", 1))
-            uow.commit()
-    finally:
-        old.close()
+def test_values_stored_before_0005_read_back_the_same_and_new_ones_are_packed(pg_url: str) -> None:
+    """A database written at schema 3 (bundle uncompressed) and 4 (lz4) keeps its rows through
+    0005's type change, read back byte for byte; an old row's document stays lz4-compressed, and the
+    bundle check still holds an unpacked bundle to its size."""
+    migrations = load_migrations(package_dir=POSTGRES_MIGRATIONS)
+    for schema, estimate_id in ((3, "E3"), (4, "E4")):
+        old = PostgresStore(pg_url, migrations=migrations[:schema])
+        try:
+            assert not old.packs_large_values
+            with old.unit_of_work() as uow:
+                uow.estimates.add(make_record(estimate_id))
+                uow.evidence.add(make_evidence(estimate_id, 1))
+                uow.commit()
+        finally:
+            old.close()
     upgraded = PostgresStore(pg_url)
     try:
+        assert upgraded.packs_large_values
         with upgraded.unit_of_work() as uow:
-            uow.evidence.add(make_evidence("E1", 2))
+            uow.estimates.add(make_record("E5"))
+            uow.evidence.add(make_evidence("E5", 1))
+            uow.evidence.add(make_evidence("E4", 2))
             uow.commit()
         with upgraded.unit_of_work(read_only=True) as uow:
-            assert uow.evidence.get("E1", 1) == make_evidence("E1", 1)
-            assert uow.evidence.get("E1", 2) == make_evidence("E1", 2)
+            for estimate_id in ("E3", "E4", "E5"):
+                assert uow.estimates.get(estimate_id) == make_record(estimate_id)
+                assert uow.evidence.get(estimate_id, 1) == make_evidence(estimate_id, 1)
+            assert uow.evidence.get("E4", 2) == make_evidence("E4", 2)
     finally:
         upgraded.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         stored = conn.execute(
-            "SELECT revision, pg_column_compression(bundle) FROM evidence ORDER BY revision"
-        )
-        assert stored.fetchall() == [(1, None), (2, "lz4")]  # the old row as it was written
+            "SELECT estimate_id, revision, pg_column_compression(bundle), substring(bundle FROM 1 FOR 4)"
+            " FROM evidence ORDER BY estimate_id, revision"
+        ).fetchall()
+        magic = packing.ZSTD_MAGIC
+        assert [(e, r, c, m == magic) for e, r, c, m in stored] == [
+            ("E3", 1, None, False),  # as 0002 stored it: uncompressed
+            ("E4", 1, "lz4", False),  # as 0004 stored it
+            ("E4", 2, None, True),  # packed by the replica, not compressed again
+            ("E5", 1, None, True),
+        ]
+        documents = conn.execute(
+            "SELECT estimate_id, pg_column_compression(document), substring(document FROM 1 FOR 4)"
+            " FROM estimates ORDER BY estimate_id"
+        ).fetchall()
+        assert [(e, c, m == magic) for e, c, m in documents] == [
+            ("E3", "lz4", False),  # 0005's rewrite compresses the converted text as the column did
+            ("E4", "lz4", False),
+            ("E5", None, True),
+        ]
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE evidence SET size_bytes = size_bytes + 1 WHERE estimate_id = 'E3'")
+
+
+def test_a_corrupt_packed_value_is_a_storage_error_not_a_crash(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        with store.unit_of_work() as uow:
+            uow.estimates.add(make_record("E1"))
+            uow.evidence.add(make_evidence("E1", 1))
+            uow.commit()
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # a frame cut short, as a bad disk would
+            conn.execute("UPDATE estimates SET document = substring(document FROM 1 FOR 40)")
+            conn.execute("UPDATE evidence SET bundle = substring(bundle FROM 1 FOR 40)")
+        with store.unit_of_work(read_only=True) as uow:
+            with pytest.raises(StorageError, match="estimate E1: stored document: corrupt packed value"):
+                uow.estimates.get("E1")
+            with pytest.raises(StorageError, match="evidence of estimate E1: corrupt packed value"):
+                uow.evidence.get("E1", 1)
+    finally:
+        store.close()
 
 
 def test_commit_after_a_failed_statement_is_refused_not_silently_rolled_back(pg_url: str) -> None:

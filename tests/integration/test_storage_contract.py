@@ -55,6 +55,7 @@ from kis_estimator.server.engine.model import (
 )
 from kis_estimator.server.engine.records import EstimateRecord
 from kis_estimator.server.engine.request import request_hash
+from kis_estimator.server.storage import packing
 from kis_estimator.server.storage.migrate import POSTGRES_MIGRATIONS, SchemaVersionError, load_migrations
 from kis_estimator.server.storage.postgres import PostgresStore
 from kis_estimator.server.storage.repository import (
@@ -858,6 +859,34 @@ def test_evidence_reads_back_byte_identical_by_revision_or_highest(store: Store)
     assert get_evidence(store, "E1", 3) is None
     assert get_evidence(store, "E2", None) is None
     assert get_evidence(store, "unknown", None) is None
+
+
+def test_a_bundle_that_starts_like_a_packed_value_reads_back_as_given(store: Store) -> None:
+    """PostgreSQL tells a packed value by zstd's magic (storage/packing.py); a bundle whose own
+    bytes start with it (none the service builds: those are ZIPs) is packed like any other there,
+    and SQLite reads nothing into it, so both give back exactly what was stored. So do an empty one
+    and one of zstd's own frames."""
+    made = [
+        packing.ZSTD_MAGIC + b"\x00not a frame",
+        packing.ZSTD_MAGIC,
+        packing.pack(b"a frame of its own"),
+        b"",
+    ]
+    records = [
+        dataclasses.replace(
+            make_evidence("E1", revision),
+            bundle=bundle,
+            sha256=hashlib.sha256(bundle).hexdigest(),
+            size_bytes=len(bundle),
+        )
+        for revision, bundle in enumerate(made, start=1)
+    ]
+    with store.unit_of_work() as uow:
+        uow.estimates.add(make_record("E1"))
+        for record in records:
+            uow.evidence.add(record)
+        uow.commit()
+    assert [get_evidence(store, "E1", r.revision) for r in records] == records
 
 
 def test_evidence_info_has_everything_but_the_blob(store: Store) -> None:
