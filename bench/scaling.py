@@ -8,13 +8,16 @@ others sit idle: the baseline once, then ``--scaling-rounds`` rounds of one work
 order (one, two; two, one; …), so that a slow spell of the machine lands on both sides of the
 rounds and the two sides of a round run seconds apart rather than a server start apart. Each slice
 runs the same closed-loop CreateEstimate phase twice, ``--scaling-duration`` seconds after
-``--scaling-warmup``: c16 from ``SCALING_CLIENTS`` load-generator processes with
-``SCALING_CONNECTIONS`` connections each, one connection per call in flight as h2load's, and then
+``--scaling-warmup``: c16 from ``SCALING_CLIENTS`` load-generator process with
+``SCALING_CONNECTIONS`` connections, one connection per call in flight as h2load's, and then
 from h2load. SO_REUSEPORT spreads connections, not calls, over the workers by a hash: four
 connections in all (one per process, as this section had first) put all four on one worker one
 time in eight and three on one half the time, so a run measured the split as much as the server;
 sixteen split 11/5 or worse one time in five (binomial), and each slice prints its split (each
-worker's share of the calls).
+worker's share of the calls). One process makes the sixteen calls: it keeps up with two workers
+using a sixth of a core, and four processes of four connections, as this section had before, cost
+the two cores 0.52–0.67 ms a create where one costs 0.30–0.37 (bench/README.md, tenth section):
+CPU a generator spends on these cores is CPU two workers lose and one worker does not.
 
 Reported: QPS, latency, server CPU summed over the serving processes, the ratio two workers / one
 worker of each round and their median (the scale-out issue asks ≥ 1.6; on a shared 2-core machine
@@ -57,8 +60,8 @@ from bench.machine_scaling import machine_scaling
 # interleaved so that a slow spell of the machine lands on both sides.
 BASELINE = (1, False)
 ONE, TWO = (1, True), (2, True)
-SCALING_CLIENTS = 4
-SCALING_CONNECTIONS = 4  # per load-generator process
+SCALING_CLIENTS = 1
+SCALING_CONNECTIONS = 16  # per load-generator process
 SCALING_CONCURRENCY = 16
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1/test"
 
@@ -241,7 +244,7 @@ def print_scaling(section: dict[str, Any]) -> None:
     tables: tuple[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
         (
             f"\nScaling: CreateEstimate small, c{section['concurrency']} from {section['clients']} "
-            f"load-generator processes ({section['connections']} connections in all); "
+            f"load-generator process(es) ({section['connections']} connections in all); "
             f"KIS_CPU_AFFINITY={section.get('cpu_affinity', 'none')} on both sides; "
             "server CPU summed over the serving processes; split: each worker's share of the calls",
             "",
