@@ -27,6 +27,7 @@ the read-check-insert sequences below (dedup, quota, the audit chain's head) are
 from __future__ import annotations
 
 import builtins
+import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -415,8 +416,16 @@ class EvidenceRepository:
         row = self._row(f"{_EVIDENCE_INFO_COLUMNS}, bundle", estimate_id, revision)
         if row is None:
             return None
-        bundle = self._tx.read_large(_blob(row[8]), f"evidence of estimate {estimate_id}")
-        return evidence_of(row, bundle, self._tx.read_time)
+        what = f"evidence of estimate {estimate_id}"
+        record = evidence_of(row, self._tx.read_large(_blob(row[8]), what), self._tx.read_time)
+        # What is served as evidence is what was stored: checked on every read, since a bundle
+        # now passes through a decoder (PostgreSQL) and the stored sha256 costs nothing to check.
+        if (
+            len(record.bundle) != record.size_bytes
+            or hashlib.sha256(record.bundle).hexdigest() != record.sha256
+        ):
+            raise StorageError(f"{what} revision {record.revision}: the bundle does not match its sha256")
+        return record
 
     def get_info(self, estimate_id: str, revision: int | None) -> EvidenceRecord | None:
         row = self._row(_EVIDENCE_INFO_COLUMNS, estimate_id, revision)

@@ -889,6 +889,25 @@ def test_a_bundle_that_starts_like_a_packed_value_reads_back_as_given(store: Sto
     assert [get_evidence(store, "E1", r.revision) for r in records] == records
 
 
+def test_a_stored_bundle_that_no_longer_matches_its_sha256_is_refused(backend: Backend) -> None:
+    """A bundle changed in the database behind the service (same size, so the schema's checks
+    hold) is not served as evidence: every read checks it against its stored sha256."""
+    store = backend.open()
+    with store.unit_of_work() as uow:
+        uow.estimates.add(make_record("E1"))
+        uow.evidence.add(make_evidence("E1", 1))
+        uow.commit()
+    original = make_evidence("E1", 1).bundle
+    changed = bytes([original[0] ^ 0xFF]) + original[1:]
+    backend.raw(
+        "UPDATE evidence SET bundle = ?", (changed if backend.name == "sqlite" else packing.pack(changed),)
+    )
+    with pytest.raises(StorageError, match="evidence of estimate E1 revision 1: the bundle does not match"):
+        get_evidence(store, "E1", 1)
+    with store.unit_of_work(read_only=True) as uow:
+        assert uow.evidence.get_info("E1", 1) == dataclasses.replace(make_evidence("E1", 1), bundle=b"")
+
+
 def test_evidence_info_has_everything_but_the_blob(store: Store) -> None:
     rev1, rev2 = make_evidence("E1", 1, signed=True), make_evidence("E1", 2)
     with store.unit_of_work() as uow:
