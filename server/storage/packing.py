@@ -37,7 +37,9 @@ LEVEL = 1
 # by default), and a bound on what a corrupt or hostile header can make a reader allocate.
 MAX_UNPACKED_BYTES = 64 * 1024 * 1024
 
-# Compression contexts are not thread-safe; one per thread, made on first use.
+# Compression contexts are not thread-safe; one per thread, made on first use. Each holds memory
+# for the thread's life: after a create's values, ~260 KB (compressor) and ~96 KB (decompressor),
+# so about 6 MB for the default 16 RPC threads of a worker.
 _contexts = threading.local()
 
 
