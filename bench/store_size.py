@@ -67,7 +67,8 @@ def table_bytes(db: Path) -> dict[str, int]:
 
 def value_bytes(db: Path) -> dict[str, float]:
     queries = {
-        "evidence ZIP (bundle)": "SELECT AVG(length(bundle)) FROM evidence",
+        "evidence ZIP (as stored: packed)": "SELECT AVG(length(bundle)) FROM evidence",
+        "evidence ZIP (unpacked)": "SELECT AVG(size_bytes) FROM evidence",
         "evidence manifest_json": "SELECT AVG(length(manifest_json)) FROM evidence",
         "estimate JSON document": "SELECT AVG(length(CAST(document AS BLOB))) FROM estimates",
         "idempotency reply": "SELECT AVG(length(response)) FROM idempotency",

@@ -1,4 +1,4 @@
-"""The two large values of a create, packed with zstd by the replica before they reach PostgreSQL.
+"""The two large values of a create, packed with zstd by the replica before they reach the store.
 
 Every create stores its JSON document (~13 KiB) and its evidence ZIP (~26 KiB, STORED entries:
 JSON as it is, docs/pricing-rules.md §15). PostgreSQL would compress both itself (lz4, migration
@@ -13,10 +13,10 @@ tenth section).
 
 What reads a value back unpacks it by its first four bytes: a zstd frame starts with the magic
 ``28 b5 2f fd``, which neither a JSON document (``{``) nor a ZIP (``PK``) can start with, so the
-values PostgreSQL stored before migration 0005 read back as they were, unchanged. SQLite stores
-both values as they are (its tables are STRICT: a packed document would need ``estimates``, which
-other tables reference, rebuilt), so this module is PostgreSQL's side of the dialect seam
-(``SqlTransaction.bind_large``).
+values PostgreSQL stored before migration 0005 read back as they were, unchanged. SQLite packs the
+bundle too (its migration 0003; the ZIP is most of a create's bytes, which SQLite stored
+uncompressed), not the document: its STRICT TEXT column could only change with ``estimates``
+rebuilt, which other tables reference. Each store's ``SqlTransaction.bind_large`` decides.
 
 A frame's header carries the unpacked size (the packer always writes it); a frame without one, or
 one claiming more than :data:`MAX_UNPACKED_BYTES`, is refused as corrupt before anything is

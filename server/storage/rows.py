@@ -180,7 +180,7 @@ def audit_event_of(row: Row, time_of: TimeOf) -> AuditEvent:
 
 class Large:
     """A create's document (text) or bundle (bytes) on its way to a row: each dialect binds it as
-    it stores it (``SqlTransaction.bind_large``: SQLite as it is, PostgreSQL packed). The packed
+    it stores it (``SqlTransaction.bind_large``: packed, or as it is; storage/packing.py). The packed
     form is made at most once, by whichever thread asks first: the store's ``prepare_rows`` asks on
     the request's thread, so the writer finds it ready under the write lock."""
 

@@ -11,9 +11,10 @@ seam each store's transaction implements (``server/storage/sqlite.py``, ``server
   text, which sorts like the instant; PostgreSQL: ``timestamptz``), :meth:`SqlTransaction.read_time`
   reads it back as an aware UTC datetime, and refuses a corrupt value with StorageError;
 * large values: :meth:`SqlTransaction.bind_large` is what a create's document or bundle
-  (:class:`~kis_estimator.server.storage.rows.Large`) is bound as (SQLite: as it is; PostgreSQL: a
-  zstd frame, packed by the replica so that the shared database does not compress it,
-  ``server/storage/packing.py``), and :meth:`SqlTransaction.read_large` reads a bundle back;
+  (:class:`~kis_estimator.server.storage.rows.Large`) is bound as (a zstd frame, packed by the
+  replica, ``server/storage/packing.py``: on PostgreSQL both, so that the shared database does not
+  compress them; on SQLite the bundle, the document staying TEXT), and
+  :meth:`SqlTransaction.read_large` reads a bundle back;
 * planner hints: :meth:`SqlTransaction.unindexed` names a column whose index must not be used
   (SQLite's unary ``+``; PostgreSQL plans from statistics and needs none);
 * a batch's inserts and commit: :meth:`SqlRepositories.store_creates` builds the statements once

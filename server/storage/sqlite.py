@@ -63,6 +63,7 @@ from kis_estimator.server.engine.codec import (
     datetime_to_text,
 )
 from kis_estimator.server.storage.migrate import Migration, load_migrations, migrate_sqlite
+from kis_estimator.server.storage.packing import unpack
 from kis_estimator.server.storage.repository import (
     NewRows,
     StorageError,
@@ -78,6 +79,7 @@ FILE_MODE = 0o600  # the database and its -wal/-shm/-writer files: owner only
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024  # above it the checkpointer truncates the WAL (checkpoint())
 GAP_DRAIN_S = 1.0  # how long a truncating checkpoint waits for this process's reads to finish
 TRUNCATE_BUSY_S = 0.25  # how long a truncation then waits for other processes' readers
+PACKED_BUNDLE_VERSION = 3  # the migration from which evidence.bundle holds zstd frames
 # How the writer lock polls another process's hold: from 0.2 ms, doubling, at most 1 ms apart.
 FIRST_POLL_S = 0.0002
 MAX_POLL_S = 0.001
@@ -115,8 +117,9 @@ class _Connection(sqlite3.Connection):
 class _Transaction:
     """The connection of one open unit of work; every statement goes through here."""
 
-    def __init__(self, *, single_statement: bool = False) -> None:
+    def __init__(self, *, single_statement: bool = False, pack_bundle: bool = False) -> None:
         self.conn: _Connection | None = None  # set while the unit is open
+        self._pack_bundle = pack_bundle
         self._budget = StatementBudget(single=single_statement)
 
     @property
@@ -173,14 +176,15 @@ class _Transaction:
 
     # The dialect seam of server/storage/sql_repositories.py.
 
-    @staticmethod
-    def bind_large(value: Large) -> object:
-        """As it is: the document as TEXT, the bundle as a BLOB (storage/packing.py says why)."""
-        return value.value
+    def bind_large(self, value: Large) -> object:
+        """The bundle packed (a BLOB; migration 0003), the document as it is (its column is STRICT
+        TEXT); both as they are on an older schema."""
+        return value.packed() if self._pack_bundle and isinstance(value.value, bytes) else value.value
 
     @staticmethod
     def read_large(stored: bytes, what: str) -> bytes:
-        return stored
+        """Unpacked when it is a zstd frame; a bundle stored before 0003 is read as it is."""
+        return unpack(stored, what)
 
     @staticmethod
     def bind_time(value: datetime | None) -> object:
@@ -267,7 +271,7 @@ class SqliteUnitOfWork(SqlRepositories):
         self._store = store
         self._read_only = read_only or not snapshot
         self._snapshot = snapshot
-        self._tx = _Transaction(single_statement=not snapshot)
+        self._tx = _Transaction(single_statement=not snapshot, pack_bundle=store.packs_bundles)
         self._entered = False
         super().__init__(self._tx)
 
@@ -499,6 +503,12 @@ class SqliteStore:
                 now=now,
                 format_time=datetime_to_text,
             )
+            # From 0003 on the evidence table takes packed bundles; a store opened at an older
+            # schema (the upgrade tests write through such stores) stores them as they are.
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            self.packs_bundles = (
+                row is not None and row[0] is not None and int(row[0]) >= PACKED_BUNDLE_VERSION
+            )
         except sqlite3.Error as exc:
             conn.close()
             raise translate(exc, f"cannot open {self.path}") from exc
@@ -673,9 +683,14 @@ class SqliteStore:
         """The database file, its WAL and shared-memory companions, and the writer lock file."""
         return self.path, self.wal_path, Path(f"{self.path}-shm"), Path(f"{self.path}-writer")
 
-    @staticmethod
-    def prepare_rows(rows: NewRows) -> None:
-        """Nothing: SQLite stores the large values as they are."""
+    def prepare_rows(self, rows: NewRows) -> None:
+        """Pack the bundle now, on the calling (request) thread, so the group commit's writer finds
+        it packed while it holds the write lock (storage/packing.py)."""
+        if not self.packs_bundles:
+            return
+        for value in rows.evidence:
+            if isinstance(value, Large):
+                value.packed()
 
     def size_bytes(self) -> int:
         """Bytes of the database, WAL and shared-memory files (a missing companion counts 0)."""

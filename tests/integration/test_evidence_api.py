@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sqlite3
+import threading
 import zipfile
 from io import BytesIO
 from pathlib import Path
@@ -21,6 +23,7 @@ from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2 as pb
 from kis_estimator.server.gen.kis.estimator.v1 import estimator_pb2_grpc as pb_grpc
 from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2 as evidence_pb
 from kis_estimator.server.gen.kis.estimator.v1 import evidence_pb2_grpc as evidence_grpc
+from kis_estimator.server.storage import packing, rows
 from tests.integration.conftest import TIMEOUT_S, Served, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,3 +179,33 @@ def _rewrite(src: Path, dst: Path, name: str, change: Any) -> None:
         for item in zin.infolist():
             data = zin.read(item)
             zout.writestr(item, change(data) if item.filename == name else data)
+
+
+def test_the_bundle_is_stored_packed_and_packed_on_the_request_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite stores the ZIP as a zstd frame (migration 0003), packed before the group commit's
+    writer takes the write lock; the download is the ZIP the create described, byte for byte."""
+    packed_on: list[str] = []
+    real_pack = packing.pack
+
+    def recording_pack(raw: bytes) -> bytes:
+        packed_on.append(threading.current_thread().name)
+        return real_pack(raw)
+
+    monkeypatch.setattr(rows, "pack", recording_pack)
+    served = start_app(tmp_path)
+    try:
+        est = create(served, _s01("packed-"))
+        bundle, _ = download(served, est.estimate_id)
+    finally:
+        served.app.stop(0)
+    assert len(packed_on) == 1 and packed_on[0] != "group-commit", packed_on  # the bundle only
+    assert hashlib.sha256(bundle).hexdigest() == est.evidence.sha256
+    with sqlite3.connect(tmp_path / "kis.db") as conn:
+        stored, document = conn.execute(
+            "SELECT v.bundle, typeof(e.document) FROM evidence v JOIN estimates e USING (estimate_id)"
+        ).fetchone()
+    assert stored[:4] == packing.ZSTD_MAGIC and packing.unpack(stored, "bundle") == bundle
+    assert len(stored) * 3 < len(bundle)
+    assert document == "text"

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from kis_estimator.server.storage import packing
 from kis_estimator.server.storage.migrate import Migration, load_migrations, migrate_sqlite, split_statements
 from kis_estimator.server.storage.repository import StorageError
 from kis_estimator.server.storage.sqlite import SqliteStore
+from tests.integration.test_storage_contract import make_evidence, make_record
 
 T0 = datetime(2025, 10, 1, tzinfo=UTC)
 
@@ -42,7 +44,7 @@ def test_store_open_creates_parents_wal_schema_and_records_the_version(tmp_path:
     store = SqliteStore(path, now=lambda: T0)
     store.close()
     SqliteStore(path, now=lambda: datetime(2030, 1, 1, tzinfo=UTC)).close()  # reopen: nothing applied
-    assert _versions(path) == [(1, "2025-10-01T00:00:00.000000Z"), (2, "2025-10-01T00:00:00.000000Z")]
+    assert _versions(path) == [(version, "2025-10-01T00:00:00.000000Z") for version in (1, 2, 3)]
     expected = {"estimates", "idempotency", "tokens", "schema_migrations", "audit_events", "evidence"}
     assert expected <= _tables(path)
     conn = sqlite3.connect(path)
@@ -110,3 +112,46 @@ def test_store_open_translates_a_failing_migration(tmp_path: Path) -> None:
     bad = Migration(1, "bad", "INSERT INTO missing VALUES (1);")
     with pytest.raises(StorageError, match="cannot open"):
         SqliteStore(tmp_path / "kis.db", migrations=[bad])
+
+
+def test_bundles_stored_before_0003_read_back_the_same_and_new_ones_are_packed(tmp_path: Path) -> None:
+    """0003 rebuilds the evidence table: its rows are copied as they are and read back byte for
+    byte; from then on a bundle is stored as a zstd frame, and the schema still holds an unpacked
+    bundle to its size."""
+    path = tmp_path / "kis.db"
+    old = SqliteStore(path, migrations=load_migrations()[:2], now=lambda: T0)
+    try:
+        assert not old.packs_bundles
+        with old.unit_of_work() as uow:
+            uow.estimates.add(make_record("E1"))
+            uow.evidence.add(make_evidence("E1", 1))
+            uow.commit()
+    finally:
+        old.close()
+    upgraded = SqliteStore(path, now=lambda: T0)
+    try:
+        assert upgraded.packs_bundles
+        with upgraded.unit_of_work() as uow:
+            uow.evidence.add(make_evidence("E1", 2))
+            uow.commit()
+        with upgraded.unit_of_work(read_only=True) as uow:
+            assert uow.evidence.get("E1", 1) == make_evidence("E1", 1)
+            assert uow.evidence.get("E1", 2) == make_evidence("E1", 2)
+            assert uow.estimates.get("E1") == make_record("E1")
+    finally:
+        upgraded.close()
+    conn = sqlite3.connect(path)
+    try:
+        stored = conn.execute(
+            "SELECT revision, bundle, size_bytes FROM evidence ORDER BY revision"
+        ).fetchall()
+        assert [(revision, bundle[:4] == packing.ZSTD_MAGIC) for revision, bundle, _ in stored] == [
+            (1, False),  # as 0002 stored it
+            (2, True),
+        ]
+        assert len(stored[1][1]) < stored[1][2]  # packed: smaller than the ZIP it holds
+        assert conn.execute("SELECT typeof(document) FROM estimates").fetchall() == [("text",)]
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE evidence SET size_bytes = size_bytes + 1 WHERE revision = 1")
+    finally:
+        conn.close()

@@ -862,10 +862,10 @@ def test_evidence_reads_back_byte_identical_by_revision_or_highest(store: Store)
 
 
 def test_a_bundle_that_starts_like_a_packed_value_reads_back_as_given(store: Store) -> None:
-    """PostgreSQL tells a packed value by zstd's magic (storage/packing.py); a bundle whose own
-    bytes start with it (none the service builds: those are ZIPs) is packed like any other there,
-    and SQLite reads nothing into it, so both give back exactly what was stored. So do an empty one
-    and one of zstd's own frames."""
+    """A stored bundle is told packed by zstd's magic (storage/packing.py); a bundle whose own
+    bytes start with it (none the service builds: those are ZIPs) is packed like any other, so
+    each store gives back exactly what was stored. So do an empty one and one of zstd's own
+    frames."""
     made = [
         packing.ZSTD_MAGIC + b"\x00not a frame",
         packing.ZSTD_MAGIC,
