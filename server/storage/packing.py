@@ -16,7 +16,7 @@ What reads a value back unpacks it by its first four bytes: a zstd frame starts 
 values PostgreSQL stored before migration 0005 read back as they were, unchanged. SQLite packs the
 bundle too (its migration 0003; the ZIP is most of a create's bytes, which SQLite stored
 uncompressed), not the document: its STRICT TEXT column could only change with ``estimates``
-rebuilt, which other tables reference. Each store's ``SqlTransaction.bind_large`` decides.
+rebuilt, which other tables reference. Each store's ``packs`` decides.
 
 A frame's header carries the unpacked size (the packer always writes it); a frame without one, or
 one claiming more than :data:`MAX_UNPACKED_BYTES`, is refused as corrupt before anything is

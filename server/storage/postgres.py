@@ -89,13 +89,12 @@ from kis_estimator.server.storage.migrate import (
     load_migrations,
     refuse_unknown_versions,
 )
-from kis_estimator.server.storage.packing import unpack
 from kis_estimator.server.storage.repository import (
     NewRows,
     StorageError,
     TokenRecord,
 )
-from kis_estimator.server.storage.rows import Large, Row, token_of
+from kis_estimator.server.storage.rows import Large, Row, pack_ahead, token_of
 from kis_estimator.server.storage.sql_repositories import (
     AUDIT_HEAD,
     Insert,
@@ -168,9 +167,9 @@ def translate(exc: psycopg.Error, what: str) -> StorageError:
 class _Transaction:
     """The connection of one open unit of work; every statement goes through here."""
 
-    def __init__(self, *, single_statement: bool = False, pack_large: bool = True) -> None:
+    def __init__(self, *, single_statement: bool = False, packs: Callable[[Large], bool]) -> None:
         self.conn: _Connection | None = None  # set while the unit is open
-        self._pack_large = pack_large
+        self.packs = packs
         self._budget = StatementBudget(single=single_statement)
         # Answers of reads the unit ran with its BEGIN (one round trip; PostgresUnitOfWork._begin),
         # by their SQL: good until the unit's first write, after which they may be stale.
@@ -236,16 +235,6 @@ class _Transaction:
         """``timestamptz``: psycopg binds an aware datetime as it is."""
         return value
 
-    def bind_large(self, value: Large) -> object:
-        """A zstd frame (``bytea``, kept as it is: migration 0005), packed here, by the replica,
-        not by the database every replica shares (storage/packing.py); as it is on an older schema."""
-        return value.packed() if self._pack_large else value.value
-
-    @staticmethod
-    def read_large(stored: bytes, what: str) -> bytes:
-        """Unpacked when it is a zstd frame; a bundle stored before 0005 is read as it is."""
-        return unpack(stored, what)
-
     @staticmethod
     def read_time(value: object) -> datetime:
         if not isinstance(value, datetime) or value.tzinfo is None:
@@ -304,7 +293,7 @@ class PostgresUnitOfWork(SqlRepositories):
         self._store = store
         self._read_only = read_only or not snapshot
         self._snapshot = snapshot
-        self._tx = _Transaction(single_statement=not snapshot, pack_large=store.packs_large_values)
+        self._tx = _Transaction(single_statement=not snapshot, packs=store.packs)
         self._entered = False
         super().__init__(self._tx)
 
@@ -742,14 +731,14 @@ class PostgresStore:
             self.release(conn, healthy=healthy)
         return row
 
+    def packs(self, value: Large) -> bool:
+        """Both the document and the bundle, as zstd frames (``bytea`` kept as it is: migration
+        0005), packed by the replica, not by the database every replica shares (storage/packing.py);
+        neither on an older schema."""
+        return self.packs_large_values
+
     def prepare_rows(self, rows: NewRows) -> None:
-        """Pack the document and the bundle now, on the calling (request) thread, so the group
-        commit's writer finds them packed while it holds the write lock (storage/packing.py)."""
-        if not self.packs_large_values:
-            return
-        for value in (*rows.estimate, *rows.evidence):
-            if isinstance(value, Large):
-                value.packed()
+        pack_ahead(rows, self.packs)
 
     def size_bytes(self) -> int:
         """``pg_database_size`` of the store's database (tables, indexes, TOAST; not the WAL)."""

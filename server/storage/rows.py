@@ -180,7 +180,7 @@ def audit_event_of(row: Row, time_of: TimeOf) -> AuditEvent:
 
 class Large:
     """A create's document (text) or bundle (bytes) on its way to a row: each dialect binds it as
-    it stores it (``SqlTransaction.bind_large``: packed, or as it is; storage/packing.py). The packed
+    it stores it (packed when ``SqlTransaction.packs`` says so; storage/packing.py). The packed
     form is made at most once, by whichever thread asks first: the store's ``prepare_rows`` asks on
     the request's thread, so the writer finds it ready under the write lock."""
 
@@ -204,6 +204,14 @@ class Large:
 
     def __repr__(self) -> str:
         return f"Large({len(self.value)} {'chars' if isinstance(self.value, str) else 'bytes'})"
+
+
+def pack_ahead(rows: NewRows, packs: Callable[[Large], bool]) -> None:
+    """Pack now, on the calling thread, each large value of ``rows`` the store ``packs``
+    (``Store.prepare_rows``), so the group commit's writer finds them packed under the lock."""
+    for value in (*rows.estimate, *rows.evidence):
+        if isinstance(value, Large) and packs(value):
+            value.packed()
 
 
 # --------------------------------------------------------------------------- the rows of a create

@@ -10,11 +10,10 @@ seam each store's transaction implements (``server/storage/sqlite.py``, ``server
 * times: :meth:`SqlTransaction.bind_time` is what a datetime is bound as (SQLite: fixed-width UTC
   text, which sorts like the instant; PostgreSQL: ``timestamptz``), :meth:`SqlTransaction.read_time`
   reads it back as an aware UTC datetime, and refuses a corrupt value with StorageError;
-* large values: :meth:`SqlTransaction.bind_large` is what a create's document or bundle
-  (:class:`~kis_estimator.server.storage.rows.Large`) is bound as (a zstd frame, packed by the
-  replica, ``server/storage/packing.py``: on PostgreSQL both, so that the shared database does not
-  compress them; on SQLite the bundle, the document staying TEXT), and
-  :meth:`SqlTransaction.read_large` reads a bundle back;
+* large values: :meth:`SqlTransaction.packs` says which of a create's document and bundle
+  (:class:`~kis_estimator.server.storage.rows.Large`) are stored as a zstd frame, packed by the
+  replica (``server/storage/packing.py``: on PostgreSQL both, so that the shared database does not
+  compress them; on SQLite the bundle, the document staying TEXT); reading unpacks a frame;
 * planner hints: :meth:`SqlTransaction.unindexed` names a column whose index must not be used
   (SQLite's unary ``+``; PostgreSQL plans from statistics and needs none);
 * a batch's inserts and commit: :meth:`SqlRepositories.store_creates` builds the statements once
@@ -36,6 +35,7 @@ from typing import Protocol
 from kis_estimator.server.engine.audit import AuditDraft, AuditEvent, seal
 from kis_estimator.server.engine.model import Status
 from kis_estimator.server.engine.records import EstimateRecord
+from kis_estimator.server.storage.packing import unpack
 from kis_estimator.server.storage.repository import (
     AuditFilter,
     DuplicateKeyError,
@@ -99,11 +99,8 @@ class SqlTransaction(Protocol):
     def unindexed(self, column: str) -> str:
         """``column`` in a WHERE clause, so that the planner does not search its index."""
 
-    def bind_large(self, value: Large) -> object:
-        """What a create's document or bundle is stored as."""
-
-    def read_large(self, stored: bytes, what: str) -> bytes:
-        """A stored bundle's bytes as they were given to :meth:`bind_large`."""
+    def packs(self, value: Large) -> bool:
+        """Whether a create's document or bundle is stored packed (the store's schema decides)."""
 
 
 # --------------------------------------------------------------------------- repositories
@@ -121,11 +118,16 @@ def _bound(tx: SqlTransaction, row: Row) -> Row:
     return tuple(
         tx.bind_time(value)
         if isinstance(value, datetime)
-        else tx.bind_large(value)
+        else _large(tx, value)
         if isinstance(value, Large)
         else value
         for value in row
     )
+
+
+def _large(tx: SqlTransaction, value: Large) -> object:
+    """What a document or bundle is bound as: its zstd frame, or the value as it is."""
+    return value.packed() if tx.packs(value) else value.value
 
 
 class StatementBudget:
@@ -223,7 +225,7 @@ class EstimateRepository:
                 record.quote.totals.total_krw,
                 record.quote.totals.partial_subtotal_krw,
                 record.quote.catalog_version,
-                self._tx.bind_large(Large(_document_text(record))),
+                _large(self._tx, Large(_document_text(record))),
                 record.estimate_id,
                 expected,
             ),
@@ -418,7 +420,7 @@ class EvidenceRepository:
         if row is None:
             return None
         what = f"evidence of estimate {estimate_id}"
-        record = evidence_of(row, self._tx.read_large(_blob(row[8]), what), self._tx.read_time)
+        record = evidence_of(row, unpack(_blob(row[8]), what), self._tx.read_time)
         # What is served as evidence is what was stored: checked on every read, since a bundle
         # now passes through a decoder (PostgreSQL) and the stored sha256 costs nothing to check.
         if (

@@ -63,12 +63,11 @@ from kis_estimator.server.engine.codec import (
     datetime_to_text,
 )
 from kis_estimator.server.storage.migrate import Migration, load_migrations, migrate_sqlite
-from kis_estimator.server.storage.packing import unpack
 from kis_estimator.server.storage.repository import (
     NewRows,
     StorageError,
 )
-from kis_estimator.server.storage.rows import Large, Row
+from kis_estimator.server.storage.rows import Large, Row, pack_ahead
 from kis_estimator.server.storage.rows import text as _text
 from kis_estimator.server.storage.sql_repositories import Insert, SqlRepositories, StatementBudget, multi_row
 
@@ -117,9 +116,9 @@ class _Connection(sqlite3.Connection):
 class _Transaction:
     """The connection of one open unit of work; every statement goes through here."""
 
-    def __init__(self, *, single_statement: bool = False, pack_bundle: bool = False) -> None:
+    def __init__(self, *, single_statement: bool = False, packs: Callable[[Large], bool]) -> None:
         self.conn: _Connection | None = None  # set while the unit is open
-        self._pack_bundle = pack_bundle
+        self.packs = packs
         self._budget = StatementBudget(single=single_statement)
 
     @property
@@ -175,16 +174,6 @@ class _Transaction:
         return rows
 
     # The dialect seam of server/storage/sql_repositories.py.
-
-    def bind_large(self, value: Large) -> object:
-        """The bundle packed (a BLOB; migration 0003), the document as it is (its column is STRICT
-        TEXT); both as they are on an older schema."""
-        return value.packed() if self._pack_bundle and isinstance(value.value, bytes) else value.value
-
-    @staticmethod
-    def read_large(stored: bytes, what: str) -> bytes:
-        """Unpacked when it is a zstd frame; a bundle stored before 0003 is read as it is."""
-        return unpack(stored, what)
 
     @staticmethod
     def bind_time(value: datetime | None) -> object:
@@ -271,7 +260,7 @@ class SqliteUnitOfWork(SqlRepositories):
         self._store = store
         self._read_only = read_only or not snapshot
         self._snapshot = snapshot
-        self._tx = _Transaction(single_statement=not snapshot, pack_bundle=store.packs_bundles)
+        self._tx = _Transaction(single_statement=not snapshot, packs=store.packs)
         self._entered = False
         super().__init__(self._tx)
 
@@ -683,14 +672,13 @@ class SqliteStore:
         """The database file, its WAL and shared-memory companions, and the writer lock file."""
         return self.path, self.wal_path, Path(f"{self.path}-shm"), Path(f"{self.path}-writer")
 
+    def packs(self, value: Large) -> bool:
+        """The bundle (a BLOB; migration 0003), not the document (its column is STRICT TEXT);
+        neither on an older schema (storage/packing.py)."""
+        return self.packs_bundles and isinstance(value.value, bytes)
+
     def prepare_rows(self, rows: NewRows) -> None:
-        """Pack the bundle now, on the calling (request) thread, so the group commit's writer finds
-        it packed while it holds the write lock (storage/packing.py)."""
-        if not self.packs_bundles:
-            return
-        for value in rows.evidence:
-            if isinstance(value, Large):
-                value.packed()
+        pack_ahead(rows, self.packs)
 
     def size_bytes(self) -> int:
         """Bytes of the database, WAL and shared-memory files (a missing companion counts 0)."""

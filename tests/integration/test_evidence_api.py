@@ -181,11 +181,8 @@ def _rewrite(src: Path, dst: Path, name: str, change: Any) -> None:
             zout.writestr(item, change(data) if item.filename == name else data)
 
 
-def test_the_bundle_is_stored_packed_and_packed_on_the_request_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite stores the ZIP as a zstd frame (migration 0003), packed before the group commit's
-    writer takes the write lock; the download is the ZIP the create described, byte for byte."""
+def threads_that_pack(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that pack a large value from now on (storage/packing.py), in order."""
     packed_on: list[str] = []
     real_pack = packing.pack
 
@@ -194,6 +191,15 @@ def test_the_bundle_is_stored_packed_and_packed_on_the_request_thread(
         return real_pack(raw)
 
     monkeypatch.setattr(rows, "pack", recording_pack)
+    return packed_on
+
+
+def test_the_bundle_is_stored_packed_and_packed_on_the_request_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite stores the ZIP as a zstd frame (migration 0003), packed before the group commit's
+    writer takes the write lock; the download is the ZIP the create described, byte for byte."""
+    packed_on = threads_that_pack(monkeypatch)
     served = start_app(tmp_path)
     try:
         est = create(served, _s01("packed-"))

@@ -29,12 +29,12 @@ from kis_estimator.server.engine.months import KST
 from kis_estimator.server.engine.roles import Role
 from kis_estimator.server.main import build_app
 from kis_estimator.server.settings import Settings
-from kis_estimator.server.storage import packing, postgres, rows
+from kis_estimator.server.storage import packing, postgres
 from kis_estimator.server.storage.migrate import POSTGRES_MIGRATIONS, load_migrations
 from kis_estimator.server.storage.postgres import PostgresStore
 from kis_estimator.server.storage.repository import IdempotencyRecord, StorageError
 from tests.integration.conftest import Served
-from tests.integration.test_evidence_api import _s01, download
+from tests.integration.test_evidence_api import _s01, download, threads_that_pack
 from tests.integration.test_evidence_api import create as create_s01
 from tests.integration.test_mixed_quota import create, mixed, quota
 from tests.integration.test_storage_contract import (
@@ -181,14 +181,7 @@ def test_a_creates_document_and_bundle_arrive_packed_and_the_database_keeps_them
     (zstd), on the request's thread, not on the group commit's writer under the write lock; the
     database stores the frames without compressing them again (the stored reply keeps lz4); what
     is read back, and downloaded, is the bytes the create made."""
-    packed_on: list[str] = []
-    real_pack = packing.pack
-
-    def recording_pack(raw: bytes) -> bytes:
-        packed_on.append(threading.current_thread().name)
-        return real_pack(raw)
-
-    monkeypatch.setattr(rows, "pack", recording_pack)
+    packed_on = threads_that_pack(monkeypatch)
     served = start_on_postgres(pg_url)
     try:
         estimate_id = create_s01(served, _s01("packed-")).estimate_id
