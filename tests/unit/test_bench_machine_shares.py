@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bench.machine_scaling import spin
-from bench.scaling import _stolen_rounds, cpu_per_create, creates_per_commit
+from bench.scaling import _stolen_rounds, _summary, cpu_per_create, creates_per_commit, room_for_two
 from bench.stats import CLOCK_TICKS, cpu_ms_per_call, machine_shares, machine_ticks, postgres_cpu_seconds
 
 
@@ -85,3 +85,29 @@ def test_creates_per_commit_is_the_median_over_the_rounds_and_none_without_batch
     ]
     assert creates_per_commit(runs, lambda r: r) == {1: 10.0, 2: 3.0}
     assert creates_per_commit(runs[:1], lambda r: r) == {1: None, 2: None}
+
+
+def cpu_run(workers: int, qps: float, **cpu: float) -> dict[str, Any]:
+    return {"workers": workers, "group_commit": True, "qps": qps, "cpu_ms_per_call": cpu}
+
+
+def test_room_for_two_is_what_the_work_beside_the_estimator_leaves_two_workers() -> None:
+    one = cpu_run(1, 333.0, estimator=3.0, postgresql=0.5, other=0.1, idle=2.4)
+    two = cpu_run(2, 500.0, estimator=3.3, postgresql=0.5, other=0.1, idle=0.1)
+    # 2 × 3.0 / (3.0 + 0.5 + 0.1 + 0.1): the one-worker estimator figure, the rest of two workers'
+    assert room_for_two(one, two) == pytest.approx(6.0 / 3.7)
+    assert room_for_two(one, {"workers": 2}) is None  # no breakdown (h2load not installed): no room
+    assert room_for_two({"cpu_ms_per_call": {}}, two) is None
+
+
+def test_the_summary_gives_each_load_generator_the_median_room_over_the_rounds() -> None:
+    baseline = cpu_run(1, 300.0, estimator=3.3)
+    rounds = [
+        (cpu_run(1, 333.0, estimator=3.0), cpu_run(2, 500.0, estimator=3.3, postgresql=1.0)),  # 1.50
+        (cpu_run(1, 333.0, estimator=3.0), cpu_run(2, 520.0, estimator=3.2, postgresql=0.0)),  # 2.00
+        (cpu_run(1, 333.0, estimator=3.0), cpu_run(2, 510.0, estimator=3.1, postgresql=0.75)),  # 1.60
+    ]
+    runs = [baseline, *(run for pair in rounds for run in pair)]
+    summary = _summary(runs)
+    assert summary["room"] == pytest.approx(1.6)
+    assert summary["h2load_room"] is None  # no h2load figures in these runs
