@@ -26,9 +26,8 @@ two cores went per create (``cpu_ms_per_call``: the estimator, PostgreSQL, every
 median over the rounds), and the room for two (``room_for_two``): the most two workers / one could
 be with what PostgreSQL, the load generator and idle time took per create in that round, were a
 create to cost each of two workers no more than it costs one. The section ends with the machine's
-own two / one in the same run
-(``machine_scaling``): two processes doing the engine's pure-Python work over one, the most any
-workload gains from the second core here.
+own two / one in the same run (``machine_scaling``): two processes doing the engine's pure-Python
+work over one, the most any workload gains from the second core here.
 
 On a 2-core machine the load generators and PostgreSQL share the cores with the workers, so the
 ratio is a lower bound of what two workers give on a host of their own: one worker leaves the
@@ -244,7 +243,7 @@ def room_for_two(one: dict[str, Any], two: dict[str, Any]) -> float | None:
     estimator = alone.get("estimator")
     if not estimator or not both:
         return None
-    beside = sum(both.get(key, 0.0) for key in ("postgresql", "other", "idle"))
+    beside = sum(both.get(key, 0.0) for key in BREAKDOWN_ORDER if key != "estimator")
     return 2 * estimator / (estimator + beside)
 
 
